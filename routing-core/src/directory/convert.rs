@@ -1,0 +1,139 @@
+//! Conversions between `ateapi` protobuf messages and the directory's record types.
+
+use super::{ActorPage, ActorRecord, DirectoryError, ResumeOutcome, TemplateRef, Worker};
+use crate::actor_ref::ActorRef;
+use crate::proto;
+
+/// The request-side `ObjectRef` for an actor.
+pub fn object_ref(actor: &ActorRef) -> proto::ObjectRef {
+    proto::ObjectRef {
+        atespace: actor.atespace().to_owned(),
+        name: actor.name().to_owned(),
+    }
+}
+
+/// Reads an `Actor` message. `asked` is the actor the call was about: it fills a missing
+/// metadata name, and an answer about a different actor is an internal error.
+pub fn record_from_proto(
+    asked: Option<&ActorRef>,
+    a: proto::Actor,
+) -> Result<ActorRecord, DirectoryError> {
+    let meta = a.metadata.unwrap_or_default();
+    let actor = if meta.atespace.is_empty() && meta.name.is_empty() {
+        asked.cloned().ok_or_else(|| {
+            DirectoryError::new(tonic::Code::Internal, "actor without metadata in response")
+        })?
+    } else {
+        let r = ActorRef::new(&meta.atespace, &meta.name).map_err(|e| {
+            DirectoryError::new(
+                tonic::Code::Internal,
+                format!("bad actor name in response: {e}"),
+            )
+        })?;
+        if let Some(asked) = asked
+            && *asked != r
+        {
+            return Err(DirectoryError::new(
+                tonic::Code::Internal,
+                format!("asked for actor {asked}, control plane answered about {r}"),
+            ));
+        }
+        r
+    };
+    let template = match a.actor_template {
+        Some(t) if !t.name.is_empty() => Some(TemplateRef {
+            namespace: t.atespace,
+            name: t.name,
+        }),
+        _ if !a.actor_template_name.is_empty() => Some(TemplateRef {
+            namespace: a.actor_template_namespace,
+            name: a.actor_template_name,
+        }),
+        _ => None,
+    };
+    let status = a.status.unwrap_or_default();
+    let state = proto::ActorState::try_from(status.state).unwrap_or(proto::ActorState::Unspecified);
+    let worker = status.worker_assignment.map(|w| Worker {
+        pod_ip: w.worker_pod_ip,
+        pod: w.worker_pod,
+        namespace: w.worker_namespace,
+        pool: w.worker_pool,
+        port: None,
+    });
+    Ok(ActorRecord {
+        actor,
+        uid: meta.uid,
+        template,
+        state,
+        worker,
+    })
+}
+
+/// Writes an `Actor` message (used when serving a directory as `ateapi.Control`).
+pub fn record_to_proto(r: &ActorRecord) -> proto::Actor {
+    let (tns, tname) = r
+        .template
+        .as_ref()
+        .map(|t| (t.namespace.clone(), t.name.clone()))
+        .unwrap_or_default();
+    proto::Actor {
+        metadata: Some(proto::ResourceMetadata {
+            atespace: r.actor.atespace().to_owned(),
+            name: r.actor.name().to_owned(),
+            uid: r.uid.clone(),
+            version: 1,
+            create_time: None,
+            update_time: None,
+        }),
+        actor_template_namespace: tns.clone(),
+        actor_template_name: tname.clone(),
+        actor_template: r.template.as_ref().map(|_| proto::ObjectRef {
+            atespace: tns,
+            name: tname,
+        }),
+        status: Some(proto::ActorStatus {
+            state: r.state as i32,
+            worker_assignment: r.worker.as_ref().map(|w| proto::WorkerAssignment {
+                worker_namespace: w.namespace.clone(),
+                worker_pool: w.pool.clone(),
+                worker_pod: w.pod.clone(),
+                worker_pod_uid: String::new(),
+                worker_pod_ip: w.pod_ip.clone(),
+                worker: if w.pod.is_empty() {
+                    None
+                } else {
+                    Some(proto::ObjectRef {
+                        atespace: w.namespace.clone(),
+                        name: w.pod.clone(),
+                    })
+                },
+            }),
+        }),
+    }
+}
+
+/// Reads a `ResumeActorResponse`.
+pub fn resume_from_proto(
+    asked: &ActorRef,
+    r: proto::ResumeActorResponse,
+) -> Result<ResumeOutcome, DirectoryError> {
+    let actor = r.actor.ok_or_else(|| {
+        DirectoryError::new(tonic::Code::Internal, "ResumeActor response without actor")
+    })?;
+    Ok(ResumeOutcome {
+        record: record_from_proto(Some(asked), actor)?,
+        resumed: r.resumed,
+    })
+}
+
+/// Reads a `ListActorsResponse`.
+pub fn page_from_proto(r: proto::ListActorsResponse) -> Result<ActorPage, DirectoryError> {
+    Ok(ActorPage {
+        actors: r
+            .actors
+            .into_iter()
+            .map(|a| record_from_proto(None, a))
+            .collect::<Result<_, _>>()?,
+        next_page_token: r.next_page_token,
+    })
+}

@@ -1,0 +1,343 @@
+//! Request metadata → `ActorRef` (DESIGN §2): the `ate-target-actor` header, the
+//! `<name>.<atespace>.<suffix>` authority and the legacy `<name>.<suffix>` authority, tried in a
+//! configured order. Allocation-free except for the resulting `ActorRef`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::actor_ref::{ActorRef, check_label};
+
+/// The header that names the target actor as `<atespace>/<name>`.
+pub const TARGET_ACTOR_HEADER: &str = "ate-target-actor";
+/// Default host suffix of actor authorities.
+pub const DEFAULT_HOST_SUFFIX: &str = "actors.resources.substrate.ate.dev";
+/// Atespace of legacy `<name>.<suffix>` hosts unless configured otherwise.
+pub const DEFAULT_ATESPACE: &str = "default";
+/// Actor port used when the authority carries none.
+pub const DEFAULT_ACTOR_PORT: u16 = 80;
+
+/// One way of finding the actor in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractorKind {
+    /// `ate-target-actor: <atespace>/<name>`.
+    Header,
+    /// `Host: <name>.<atespace>.<suffix>[:port]`.
+    Host,
+    /// `Host: <name>.<suffix>[:port]` with the configured default atespace.
+    LegacyHost,
+}
+
+/// The parts of a request that extraction looks at. Adapters fill it from their own request type.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RequestMeta<'a> {
+    /// The `ate-target-actor` header. An adapter that sees the header more than once passes
+    /// `Some("")` so the request fails closed instead of picking one of the values.
+    pub target_actor: Option<&'a str>,
+    /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+    pub authority: Option<&'a str>,
+}
+
+/// The actor a request targets and the actor port it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub actor: ActorRef,
+    /// Port from the authority when the actor came from it; otherwise the default actor port.
+    pub port: u16,
+    /// Which extractor matched (for logs and metrics).
+    pub via: ExtractorKind,
+}
+
+/// The request named no valid actor. Clients see `404 invalid actor reference`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid actor reference")]
+pub struct InvalidActorRef;
+
+/// Extraction settings: which extractors, in which order, and the host conventions.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    order: Vec<ExtractorKind>,
+    /// `"." + suffix`, lowercase.
+    dotted_suffix: Box<str>,
+    default_atespace: Option<Box<str>>,
+    default_port: u16,
+}
+
+/// Invalid extractor settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractorConfigError {
+    #[error("must list at least one extractor")]
+    NoExtractors,
+    #[error("lists {0:?} twice")]
+    Duplicate(ExtractorKind),
+    #[error("invalid host suffix {0:?}: must be dot-separated DNS labels")]
+    BadSuffix(String),
+    #[error("invalid default atespace {0:?}: {1}")]
+    BadDefaultAtespace(String, crate::actor_ref::ActorRefError),
+    #[error("legacy_host needs a default atespace")]
+    LegacyWithoutAtespace,
+}
+
+impl Default for Extractor {
+    fn default() -> Self {
+        Self {
+            order: vec![
+                ExtractorKind::Header,
+                ExtractorKind::Host,
+                ExtractorKind::LegacyHost,
+            ],
+            dotted_suffix: format!(".{DEFAULT_HOST_SUFFIX}").into(),
+            default_atespace: Some(DEFAULT_ATESPACE.into()),
+            default_port: DEFAULT_ACTOR_PORT,
+        }
+    }
+}
+
+impl Extractor {
+    /// Builds an extractor. `legacy_host` requires `default_atespace`.
+    pub fn new(
+        order: Vec<ExtractorKind>,
+        suffix: &str,
+        default_atespace: Option<&str>,
+    ) -> Result<Self, ExtractorConfigError> {
+        if order.is_empty() {
+            return Err(ExtractorConfigError::NoExtractors);
+        }
+        for (i, k) in order.iter().enumerate() {
+            if order[..i].contains(k) {
+                return Err(ExtractorConfigError::Duplicate(*k));
+            }
+        }
+        let suffix_lc = suffix.trim_end_matches('.').to_ascii_lowercase();
+        if suffix_lc.is_empty()
+            || suffix_lc
+                .split('.')
+                .any(|l| check_label(l, "suffix label").is_err())
+        {
+            return Err(ExtractorConfigError::BadSuffix(suffix.to_owned()));
+        }
+        if let Some(ns) = default_atespace {
+            check_label(ns, "atespace")
+                .map_err(|e| ExtractorConfigError::BadDefaultAtespace(ns.to_owned(), e))?;
+        }
+        if order.contains(&ExtractorKind::LegacyHost) && default_atespace.is_none() {
+            return Err(ExtractorConfigError::LegacyWithoutAtespace);
+        }
+        Ok(Self {
+            order,
+            dotted_suffix: format!(".{suffix_lc}").into(),
+            default_atespace: default_atespace.map(Into::into),
+            default_port: DEFAULT_ACTOR_PORT,
+        })
+    }
+
+    /// Finds the target actor. The first extractor whose form is present decides: a present but
+    /// malformed `ate-target-actor` header, or an authority under the actor suffix with bad labels,
+    /// fails instead of falling through to the next extractor.
+    pub fn extract(&self, req: &RequestMeta<'_>) -> Result<Target, InvalidActorRef> {
+        let mut host = None;
+        for kind in &self.order {
+            match kind {
+                ExtractorKind::Header => {
+                    if let Some(v) = req.target_actor {
+                        let actor = ActorRef::parse(v.trim()).map_err(|_| InvalidActorRef)?;
+                        return Ok(Target {
+                            actor,
+                            port: self.default_port,
+                            via: ExtractorKind::Header,
+                        });
+                    }
+                }
+                ExtractorKind::Host | ExtractorKind::LegacyHost => {
+                    let Some(authority) = req.authority else {
+                        continue;
+                    };
+                    let parsed = match host {
+                        Some(p) => p,
+                        None => {
+                            let p = self.split_authority(authority)?;
+                            host = Some(p);
+                            p
+                        }
+                    };
+                    let Some((labels, port)) = parsed else {
+                        continue; // not under the actor suffix
+                    };
+                    match (kind, labels.split_once('.')) {
+                        (ExtractorKind::Host, Some((name, atespace))) => {
+                            let actor = ActorRef::new_case_insensitive(atespace, name)
+                                .map_err(|_| InvalidActorRef)?;
+                            return Ok(Target {
+                                actor,
+                                port,
+                                via: ExtractorKind::Host,
+                            });
+                        }
+                        (ExtractorKind::LegacyHost, None) => {
+                            let atespace =
+                                self.default_atespace.as_deref().ok_or(InvalidActorRef)?;
+                            let actor = ActorRef::new_case_insensitive(atespace, labels)
+                                .map_err(|_| InvalidActorRef)?;
+                            return Ok(Target {
+                                actor,
+                                port,
+                                via: ExtractorKind::LegacyHost,
+                            });
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+        }
+        Err(InvalidActorRef)
+    }
+
+    /// Splits `host[:port]`; returns `Ok(None)` when the host is not under the actor suffix and
+    /// `Ok(Some((labels before the suffix, port)))` when it is.
+    #[allow(clippy::type_complexity)]
+    fn split_authority<'a>(
+        &self,
+        authority: &'a str,
+    ) -> Result<Option<(&'a str, u16)>, InvalidActorRef> {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => {
+                if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(InvalidActorRef); // IPv6 literals land here too
+                }
+                let port: u16 = p.parse().map_err(|_| InvalidActorRef)?;
+                if port == 0 {
+                    return Err(InvalidActorRef);
+                }
+                (h, port)
+            }
+            None => (authority, self.default_port),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let sfx = self.dotted_suffix.as_bytes();
+        let hb = host.as_bytes();
+        if hb.len() <= sfx.len() || !hb[hb.len() - sfx.len()..].eq_ignore_ascii_case(sfx) {
+            return Ok(None);
+        }
+        Ok(Some((&host[..host.len() - sfx.len()], port)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Extractor {
+        Extractor::new(
+            vec![
+                ExtractorKind::Header,
+                ExtractorKind::Host,
+                ExtractorKind::LegacyHost,
+            ],
+            DEFAULT_HOST_SUFFIX,
+            Some("default"),
+        )
+        .unwrap()
+    }
+
+    fn host(e: &Extractor, h: &str) -> Result<Target, InvalidActorRef> {
+        e.extract(&RequestMeta {
+            target_actor: None,
+            authority: Some(h),
+        })
+    }
+
+    #[test]
+    fn header_form() {
+        let t = all()
+            .extract(&RequestMeta {
+                target_actor: Some("ns1/agent"),
+                authority: Some("gateway.example.com:8080"),
+            })
+            .unwrap();
+        assert_eq!(t.actor.as_str(), "ns1/agent");
+        assert_eq!(t.port, 80);
+        assert_eq!(t.via, ExtractorKind::Header);
+    }
+
+    #[test]
+    fn host_forms_with_case_dot_and_port() {
+        let e = all();
+        let t = host(&e, "Agent.NS1.Actors.Resources.Substrate.ATE.dev.:8081").unwrap();
+        assert_eq!(
+            (t.actor.as_str(), t.port, t.via),
+            ("ns1/agent", 8081, ExtractorKind::Host)
+        );
+        let t = host(&e, "agent.actors.resources.substrate.ate.dev").unwrap();
+        assert_eq!(
+            (t.actor.as_str(), t.port, t.via),
+            ("default/agent", 80, ExtractorKind::LegacyHost)
+        );
+    }
+
+    #[test]
+    fn invalid_forms() {
+        let e = all();
+        let long = "a".repeat(64);
+        let cases = [
+            "".to_string(),
+            ".actors.resources.substrate.ate.dev".to_string(),
+            "a..actors.resources.substrate.ate.dev".to_string(),
+            format!("{long}.ns.actors.resources.substrate.ate.dev"),
+            "a_b.ns.actors.resources.substrate.ate.dev".to_string(),
+            "a.b.c.actors.resources.substrate.ate.dev".to_string(),
+            "10.0.0.1".to_string(),
+            "10.0.0.1:80".to_string(),
+            "[::1]:80".to_string(),
+            "example.com".to_string(),
+            "agent.ns.actors.resources.substrate.ate.dev:".to_string(),
+            "agent.ns.actors.resources.substrate.ate.dev:99999".to_string(),
+            "agent.ns.actors.resources.substrate.ate.dev:0".to_string(),
+            "actors.resources.substrate.ate.dev".to_string(),
+        ];
+        for h in &cases {
+            assert_eq!(host(&e, h), Err(InvalidActorRef), "{h:?}");
+        }
+        for hdr in ["", "a", "a/b/c", "A_/b", "/b", "a/", &format!("a/{long}")] {
+            let r = e.extract(&RequestMeta {
+                target_actor: Some(hdr),
+                authority: Some("agent.ns.actors.resources.substrate.ate.dev"),
+            });
+            assert_eq!(r, Err(InvalidActorRef), "header {hdr:?} must fail closed");
+        }
+        assert_eq!(e.extract(&RequestMeta::default()), Err(InvalidActorRef));
+    }
+
+    #[test]
+    fn order_is_respected() {
+        let e = Extractor::new(
+            vec![ExtractorKind::Host, ExtractorKind::Header],
+            "actors.example",
+            None,
+        )
+        .unwrap();
+        let t = e
+            .extract(&RequestMeta {
+                target_actor: Some("hdr/actor"),
+                authority: Some("a.b.actors.example"),
+            })
+            .unwrap();
+        assert_eq!(t.actor.as_str(), "b/a");
+        // Without legacy_host configured, a one-label host does not match.
+        assert_eq!(host(&e, "a.actors.example"), Err(InvalidActorRef));
+    }
+
+    #[test]
+    fn config_errors() {
+        assert_eq!(
+            Extractor::new(vec![], "x", None).unwrap_err(),
+            ExtractorConfigError::NoExtractors
+        );
+        assert!(matches!(
+            Extractor::new(vec![ExtractorKind::Host], "bad_suffix", None),
+            Err(ExtractorConfigError::BadSuffix(_))
+        ));
+        assert_eq!(
+            Extractor::new(vec![ExtractorKind::LegacyHost], "a.b", None).unwrap_err(),
+            ExtractorConfigError::LegacyWithoutAtespace
+        );
+    }
+}

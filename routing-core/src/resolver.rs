@@ -1,0 +1,623 @@
+//! The resolver (DESIGN §4): actor → routable worker endpoint.
+//!
+//! * Route cache: RUNNING placements are served without an RPC until their TTL or an explicit
+//!   `invalidate` (worker refused the connection or answered 421).
+//! * Single flight: one control-plane lookup per actor at a time; concurrent requests join it.
+//!   The flight is a task of its own: no caller's cancellation reaches it and it never drops an
+//!   RPC it has sent. It retries ABORTED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION and UNAVAILABLE
+//!   with exponential backoff and jitter, and stops retrying when its budget is spent.
+//! * A flight first asks `GetActor`; an actor found RUNNING is routed at once. Otherwise the
+//!   flight calls `ResumeActor`, and from then on every waiting request needs a parking slot:
+//!   when none is free it is refused with `router at capacity`. Requests to running actors never
+//!   take a slot.
+//! * Each request waits at most the budget from the moment it joined, then gets 504.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::actor_ref::ActorRef;
+use crate::directory::{ActorDirectory, ActorRecord, DirectoryError, TemplateRef};
+use crate::error::{RouteError, sanitize_detail};
+use crate::extract::{Extractor, RequestMeta, Target};
+use crate::metrics::{ResolveKind, ResolverMetrics, code_name};
+use crate::proto::ActorState;
+
+/// How many recent control-plane decisions `/statusz` shows.
+const RECENT_DECISIONS: usize = 64;
+
+/// How the gateway reaches workers, which decides the endpoint port (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum WorkerTransport {
+    /// Plain HTTP to `worker_pod_ip:<actor port>`.
+    Plain,
+    /// mTLS to the worker agent (atunnel) at `worker_pod_ip:<port>` (443 upstream); the actor
+    /// port travels in `X-Ate-Target-Port`.
+    Agent { port: u16 },
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BackoffSettings {
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    pub factor: f64,
+    /// Fraction of each delay added or removed at random (0.1 = ±10%).
+    pub jitter: f64,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            factor: 1.1,
+            jitter: 0.1,
+            max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Resolver settings; `Default` gives DESIGN §4's defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolverSettings {
+    /// Time budget of one flight and the longest a request waits for one.
+    #[serde(with = "humantime_serde")]
+    pub budget: Duration,
+    pub backoff: BackoffSettings,
+    /// Requests that may wait for resuming actors at once.
+    pub parking_limit: usize,
+    /// How long a RUNNING placement is served from cache; zero disables the cache.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    pub cache_max_entries: u64,
+    pub worker_transport: WorkerTransport,
+    /// Ask `GetActor` before `ResumeActor` (lets running actors skip parking).
+    pub probe_with_get: bool,
+    /// The `boot` flag of `ResumeActorRequest`.
+    pub resume_boot: bool,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> Self {
+        Self {
+            budget: Duration::from_secs(5),
+            backoff: BackoffSettings::default(),
+            parking_limit: 1000,
+            cache_ttl: Duration::from_secs(5),
+            cache_max_entries: 100_000,
+            worker_transport: WorkerTransport::Plain,
+            probe_with_get: true,
+            resume_boot: false,
+        }
+    }
+}
+
+/// Where a RUNNING actor lives (shared between the cache and routes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub actor: ActorRef,
+    pub uid: String,
+    pub template: Option<TemplateRef>,
+    pub worker_ip: IpAddr,
+    /// Static directory only: the port to dial instead of the actor port.
+    pub worker_port: Option<u16>,
+    pub worker_pod: String,
+}
+
+/// A routable result: the placement, the endpoint to dial and how it was found.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub placement: Arc<Placement>,
+    pub endpoint: SocketAddr,
+    /// The actor port the request asked for (the worker agent needs it in agent mode).
+    pub actor_port: u16,
+    pub kind: ResolveKind,
+}
+
+impl Route {
+    /// The routed actor.
+    pub fn actor(&self) -> &ActorRef {
+        &self.placement.actor
+    }
+    /// Whether this request's flight resumed the actor.
+    pub fn resumed(&self) -> bool {
+        self.kind == ResolveKind::Resumed
+    }
+}
+
+/// One finished control-plane lookup, for `/statusz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub at: SystemTime,
+    pub actor: String,
+    pub outcome: &'static str,
+    pub kind: Option<ResolveKind>,
+    pub duration_ms: f64,
+    /// Client-safe message of a failure.
+    pub error: Option<String>,
+}
+
+/// Counters and recent decisions for `/statusz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolverStatus {
+    pub cache_entries: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub parked: i64,
+    pub parking_limit: usize,
+    pub parking_rejected: u64,
+    pub flights_in_progress: usize,
+    pub recent: Vec<Decision>,
+}
+
+type FlightResult = Result<(Arc<Placement>, ResolveKind), RouteError>;
+
+#[derive(Clone)]
+enum FlightState {
+    /// Asking whether the actor runs (no parking needed yet).
+    Looking,
+    /// Resuming: waiting requests hold parking slots.
+    Resuming,
+    Done(FlightResult),
+}
+
+struct Inner {
+    directory: Arc<dyn ActorDirectory>,
+    settings: ResolverSettings,
+    extractor: Extractor,
+    cache: Option<moka::sync::Cache<ActorRef, Arc<Placement>>>,
+    flights: Mutex<HashMap<ActorRef, watch::Receiver<FlightState>>>,
+    parking: Arc<Semaphore>,
+    metrics: ResolverMetrics,
+    recent: Mutex<VecDeque<Decision>>,
+}
+
+/// The routing core's entry point. Cheap to clone; all clones share cache and flights.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+/// A held parking slot; releases the slot and the gauge when dropped.
+struct Parked {
+    _permit: OwnedSemaphorePermit,
+    metrics: ResolverMetrics,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.metrics.parked.dec();
+    }
+}
+
+impl Resolver {
+    /// Builds a resolver over a directory.
+    pub fn new(
+        directory: Arc<dyn ActorDirectory>,
+        settings: ResolverSettings,
+        extractor: Extractor,
+        metrics: ResolverMetrics,
+    ) -> Self {
+        let cache = (!settings.cache_ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(settings.cache_max_entries)
+                .time_to_live(settings.cache_ttl)
+                .build()
+        });
+        Self {
+            inner: Arc::new(Inner {
+                directory,
+                parking: Arc::new(Semaphore::new(settings.parking_limit)),
+                settings,
+                extractor,
+                cache,
+                flights: Mutex::new(HashMap::new()),
+                metrics,
+                recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
+            }),
+        }
+    }
+
+    /// The extractor this resolver was built with.
+    pub fn extractor(&self) -> &Extractor {
+        &self.inner.extractor
+    }
+
+    /// The directory behind this resolver.
+    pub fn directory(&self) -> &Arc<dyn ActorDirectory> {
+        &self.inner.directory
+    }
+
+    /// Request metadata → route: the whole routing contract in one call.
+    pub async fn route(&self, req: &RequestMeta<'_>) -> Result<Route, RouteError> {
+        match self.inner.extractor.extract(req) {
+            Ok(target) => self.resolve(&target).await,
+            Err(e) => {
+                self.inner.metrics.route("invalid_ref", None);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Resolves an extracted target.
+    pub async fn resolve(&self, target: &Target) -> Result<Route, RouteError> {
+        let inner = &self.inner;
+        if let Some(cache) = &inner.cache
+            && let Some(p) = cache.get(&target.actor)
+        {
+            inner.metrics.cache_hits.inc();
+            inner.metrics.route("ok", Some(ResolveKind::Cached));
+            return Ok(self.make_route(p, target.port, ResolveKind::Cached));
+        }
+        inner.metrics.cache_misses.inc();
+        let started = Instant::now();
+        let result = self.wait_for_flight(&target.actor).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok((p, kind)) => {
+                inner.metrics.route("ok", Some(kind));
+                inner.metrics.flight_wait("ok", Some(kind), elapsed);
+                Ok(self.make_route(p, target.port, kind))
+            }
+            Err(e) => {
+                inner.metrics.route(e.outcome(), None);
+                inner.metrics.flight_wait(e.outcome(), None, elapsed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops a cached route, e.g. after the worker refused a connection or answered 421, so the
+    /// next request asks the control plane again.
+    pub fn invalidate(&self, actor: &ActorRef) {
+        if let Some(cache) = &self.inner.cache
+            && cache.contains_key(actor)
+        {
+            cache.invalidate(actor);
+            self.inner.metrics.cache_invalidations.inc();
+        }
+    }
+
+    /// Counters and recent decisions.
+    pub fn status(&self) -> ResolverStatus {
+        let m = &self.inner.metrics;
+        ResolverStatus {
+            cache_entries: self.inner.cache.as_ref().map_or(0, |c| c.entry_count()),
+            cache_hits: m.cache_hits_total(),
+            cache_misses: m.cache_misses_total(),
+            parked: m.parked_now(),
+            parking_limit: self.inner.settings.parking_limit,
+            parking_rejected: m.parking_rejected_total(),
+            flights_in_progress: self.inner.flights.lock().map_or(0, |f| f.len()),
+            recent: self
+                .inner
+                .recent
+                .lock()
+                .map(|r| r.iter().rev().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &ResolverSettings {
+        &self.inner.settings
+    }
+
+    fn make_route(&self, placement: Arc<Placement>, actor_port: u16, kind: ResolveKind) -> Route {
+        let port = match self.inner.settings.worker_transport {
+            WorkerTransport::Plain => placement.worker_port.unwrap_or(actor_port),
+            WorkerTransport::Agent { port } => placement.worker_port.unwrap_or(port),
+        };
+        Route {
+            endpoint: SocketAddr::new(placement.worker_ip, port),
+            placement,
+            actor_port,
+            kind,
+        }
+    }
+
+    async fn wait_for_flight(&self, actor: &ActorRef) -> FlightResult {
+        let mut rx = self.join_or_start(actor);
+        let deadline = tokio::time::Instant::now() + self.inner.settings.budget;
+        let mut parked: Option<Parked> = None;
+        loop {
+            let resuming = match &*rx.borrow_and_update() {
+                FlightState::Done(r) => return r.clone(),
+                FlightState::Resuming => true,
+                FlightState::Looking => false,
+            };
+            if resuming && parked.is_none() {
+                match self.inner.parking.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        self.inner.metrics.parked.inc();
+                        parked = Some(Parked {
+                            _permit: permit,
+                            metrics: self.inner.metrics.clone(),
+                        });
+                    }
+                    Err(_) => {
+                        self.inner.metrics.parking_rejected.inc();
+                        return Err(RouteError::AtCapacity(actor.clone()));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(RouteError::Internal(actor.clone())),
+                Err(_) => return Err(RouteError::Timeout(actor.clone())),
+            }
+        }
+    }
+
+    fn join_or_start(&self, actor: &ActorRef) -> watch::Receiver<FlightState> {
+        let mut flights = match self.inner.flights.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(rx) = flights.get(actor) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(FlightState::Looking);
+        flights.insert(actor.clone(), rx.clone());
+        drop(flights);
+        let guard = FlightGuard {
+            inner: self.inner.clone(),
+            actor: actor.clone(),
+            rx: rx.clone(),
+        };
+        let inner = self.inner.clone();
+        let actor = actor.clone();
+        tokio::spawn(async move {
+            inner.metrics.flights.inc();
+            inner.metrics.flights_in_progress.inc();
+            let started = Instant::now();
+            let result = inner.run_flight(&actor, &tx).await;
+            inner.metrics.flights_in_progress.dec();
+            if let (Ok((p, _)), Some(cache)) = (&result, &inner.cache) {
+                cache.insert(actor.clone(), p.clone());
+            }
+            inner.record(&actor, &result, started.elapsed());
+            drop(guard); // leave the map before publishing: late arrivals hit the cache
+            let _ = tx.send(FlightState::Done(result));
+        });
+        rx
+    }
+}
+
+/// Removes a flight from the map when it ends, even by panic.
+struct FlightGuard {
+    inner: Arc<Inner>,
+    actor: ActorRef,
+    rx: watch::Receiver<FlightState>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut flights = match self.inner.flights.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        if flights
+            .get(&self.actor)
+            .is_some_and(|r| r.same_channel(&self.rx))
+        {
+            flights.remove(&self.actor);
+        }
+    }
+}
+
+impl Inner {
+    async fn run_flight(&self, actor: &ActorRef, tx: &watch::Sender<FlightState>) -> FlightResult {
+        let deadline = Instant::now() + self.settings.budget;
+        let mut backoff = Backoff::new(self.settings.backoff);
+        let mut probing = self.settings.probe_with_get;
+        if !probing {
+            tx.send_replace(FlightState::Resuming);
+        }
+        loop {
+            let attempt = if probing {
+                let r = self.directory.get(actor).await;
+                self.metrics.rpc(
+                    "GetActor",
+                    r.as_ref().err().map_or(tonic::Code::Ok, |e| e.code),
+                );
+                r.map(|rec| (rec, false))
+            } else {
+                let r = self
+                    .directory
+                    .resume(actor, self.settings.resume_boot)
+                    .await;
+                self.metrics.rpc(
+                    "ResumeActor",
+                    r.as_ref().err().map_or(tonic::Code::Ok, |e| e.code),
+                );
+                r.map(|o| (o.record, o.resumed))
+            };
+            let err = match attempt {
+                Ok((rec, resumed)) if rec.state == ActorState::Running => {
+                    let kind = if resumed {
+                        ResolveKind::Resumed
+                    } else {
+                        ResolveKind::Running
+                    };
+                    return placement(rec).map(|p| (Arc::new(p), kind));
+                }
+                Ok(_) if probing => {
+                    probing = false;
+                    tx.send_replace(FlightState::Resuming);
+                    continue;
+                }
+                Ok((rec, _)) => DirectoryError::new(
+                    tonic::Code::FailedPrecondition,
+                    format!("actor is {}", state_name(rec.state)),
+                ),
+                Err(e) => e,
+            };
+            if !is_retryable(err.code) {
+                return Err(final_error(actor, err));
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= deadline {
+                return Err(final_error(actor, err));
+            }
+            tracing::debug!(actor = %actor, code = code_name(err.code), delay_ms = delay.as_millis() as u64, "retrying control-plane call");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn record(&self, actor: &ActorRef, result: &FlightResult, took: Duration) {
+        let (outcome, kind, error) = match result {
+            Ok((_, kind)) => ("ok", Some(*kind), None),
+            Err(e) => (e.outcome(), None, Some(e.client_message())),
+        };
+        match &error {
+            None => {
+                tracing::debug!(actor = %actor, outcome, took_ms = took.as_millis() as u64, "resolved")
+            }
+            Some(e) => {
+                tracing::info!(actor = %actor, outcome, error = %e, took_ms = took.as_millis() as u64, "resolve failed")
+            }
+        }
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_DECISIONS {
+                recent.pop_front();
+            }
+            recent.push_back(Decision {
+                at: SystemTime::now(),
+                actor: actor.to_string(),
+                outcome,
+                kind,
+                duration_ms: took.as_secs_f64() * 1000.0,
+                error,
+            });
+        }
+    }
+}
+
+/// Codes DESIGN §3 says are worth retrying within the budget.
+pub fn is_retryable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Aborted
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::Unavailable
+    )
+}
+
+/// Maps a final control-plane error to the client-facing error (DESIGN §4).
+pub fn final_error(actor: &ActorRef, e: DirectoryError) -> RouteError {
+    let a = actor.clone();
+    match e.code {
+        tonic::Code::NotFound => RouteError::NotFound(a),
+        tonic::Code::FailedPrecondition | tonic::Code::Aborted | tonic::Code::ResourceExhausted => {
+            RouteError::Unavailable {
+                actor: a,
+                detail: sanitize_detail(&e.message),
+            }
+        }
+        tonic::Code::Unavailable => RouteError::ControlPlaneUnavailable(a),
+        tonic::Code::DeadlineExceeded => RouteError::Timeout(a),
+        tonic::Code::PermissionDenied => RouteError::AccessDenied(a),
+        tonic::Code::Unauthenticated => RouteError::Unauthenticated(a),
+        _ => RouteError::Internal(a),
+    }
+}
+
+fn placement(rec: ActorRecord) -> Result<Placement, RouteError> {
+    let bad = || RouteError::RoutingFailed(rec.actor.clone());
+    let worker = rec.worker.as_ref().ok_or_else(bad)?;
+    let ip: IpAddr = worker.pod_ip.trim().parse().map_err(|_| bad())?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(bad());
+    }
+    Ok(Placement {
+        worker_ip: ip,
+        worker_port: worker.port,
+        worker_pod: worker.pod.clone(),
+        actor: rec.actor,
+        uid: rec.uid,
+        template: rec.template,
+    })
+}
+
+fn state_name(s: ActorState) -> &'static str {
+    match s {
+        ActorState::Unspecified => "in an unknown state",
+        ActorState::Resuming => "resuming",
+        ActorState::Running => "running",
+        ActorState::Suspending => "suspending",
+        ActorState::Suspended => "suspended",
+        ActorState::Pausing => "pausing",
+        ActorState::Paused => "paused",
+        ActorState::Crashed => "crashed",
+        ActorState::Deleting => "being deleted",
+    }
+}
+
+/// Exponential backoff with symmetric jitter, capped.
+struct Backoff {
+    next: Duration,
+    s: BackoffSettings,
+}
+
+impl Backoff {
+    fn new(s: BackoffSettings) -> Self {
+        Self { next: s.initial, s }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = base.mul_f64(self.s.factor.max(1.0)).min(self.s.max);
+        let spread = self.s.jitter.clamp(0.0, 1.0) * (fastrand::f64() * 2.0 - 1.0);
+        base.mul_f64(1.0 + spread)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_within_jitter_and_caps() {
+        let mut b = Backoff::new(BackoffSettings {
+            initial: Duration::from_millis(100),
+            factor: 2.0,
+            jitter: 0.1,
+            max: Duration::from_millis(500),
+        });
+        let d: Vec<_> = (0..6).map(|_| b.next_delay().as_millis()).collect();
+        assert!((90..=110).contains(&d[0]), "{d:?}");
+        assert!((180..=220).contains(&d[1]), "{d:?}");
+        assert!((450..=550).contains(&d[5]), "{d:?}");
+    }
+
+    #[test]
+    fn error_mapping() {
+        let a = ActorRef::parse("n/a").unwrap();
+        let m = |c, msg: &str| final_error(&a, DirectoryError::new(c, msg));
+        assert_eq!(m(tonic::Code::NotFound, "x").http_status(), 404);
+        assert_eq!(
+            m(tonic::Code::FailedPrecondition, "no free workers available").client_message(),
+            "actor n/a unavailable: no free workers available"
+        );
+        assert_eq!(
+            m(tonic::Code::Unavailable, "tcp connect error").client_message(),
+            "actor n/a unavailable"
+        );
+        assert_eq!(m(tonic::Code::DeadlineExceeded, "").http_status(), 504);
+        assert_eq!(m(tonic::Code::PermissionDenied, "").http_status(), 403);
+        assert_eq!(m(tonic::Code::Unauthenticated, "").http_status(), 401);
+        assert_eq!(
+            m(tonic::Code::DataLoss, "secret internals").client_message(),
+            "error resuming actor n/a"
+        );
+    }
+}
