@@ -1,1 +1,95 @@
-fn main() {}
+//! `actorgate`: the ingress and egress gateway for actor platforms.
+//!
+//! Subcommands: `serve --config FILE` runs the configured components; `check-config FILE`
+//! validates a config and prints the effective result.
+
+mod admin;
+mod config;
+mod serve;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "actorgate",
+    version,
+    about = "Ingress and egress gateway for actor platforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file.
+    Serve {
+        /// The YAML config file (see deploy/local/actorgate.yaml).
+        #[arg(long, short = 'c', env = "ACTORGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the effective config (defaults filled in).
+    CheckConfig {
+        /// The YAML config file.
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Serve { config } => {
+            let loaded = match config::load(&config) {
+                Ok(l) => l,
+                Err(e) => return config_failed(&config, &e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("actorgate: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve::run(loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("actorgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_failed(path: &std::path::Path, e: &config::ConfigError) -> ExitCode {
+    for line in e.to_string().lines() {
+        eprintln!("actorgate: {}: {line}", path.display());
+    }
+    ExitCode::from(2)
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => match serde_saphyr::to_string(&loaded.config) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                eprintln!("actorgate: {}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("actorgate: cannot print the effective config: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => config_failed(path, &e),
+    }
+}

@@ -121,6 +121,10 @@ impl ResolverMetrics {
         let mut m = m;
         for (oi, outcome) in OUTCOMES.iter().enumerate() {
             for (ki, kind) in KINDS.iter().enumerate() {
+                // Successes have a kind; failures have none. Register only those pairs.
+                if (*outcome == "ok") == (*kind == "none") {
+                    continue;
+                }
                 let l = RouteLabels { outcome, kind };
                 m.routes[oi * KINDS.len() + ki] = routes.get_or_create_owned(&l);
                 if *kind != "cached" {

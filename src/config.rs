@@ -1,0 +1,905 @@
+//! The configuration file: one YAML document, validated on load. Every problem is reported as
+//! one line naming its field path (`directory.static.actors[2].endpoint: invalid socket address
+//! "10.0.0.1"`). `deploy/local/actorgate.yaml` is the annotated example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use routing_core::directory::ateapi::{AteApiSettings, TlsMode};
+use routing_core::directory::static_dir::{
+    StaticActorSpec, StaticDirectorySpec, StaticLoader, ValidStaticSpec,
+};
+use routing_core::extract::{DEFAULT_ATESPACE, DEFAULT_HOST_SUFFIX, ExtractorKind};
+use routing_core::field_error::FieldErrors;
+use routing_core::resolver::BackoffSettings;
+use routing_core::{Extractor, ResolverSettings, WorkerTransport};
+use serde::{Deserialize, Serialize};
+
+/// Largest config or actors file read.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub resolver: ResolverConfig,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `actorgate=debug,info`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The admin server: health, readiness, metrics, status page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "0.0.0.0:9090".to_owned()
+}
+
+/// The gRPC server. In this release it can host the `ateapi.Control` simulator and gRPC health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    #[serde(default = "default_grpc_listen")]
+    pub listen: String,
+    /// Serve the static directory as `ateapi.Control` (a control-plane simulator).
+    #[serde(default)]
+    pub control_plane_simulator: bool,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_grpc_listen(),
+            control_plane_simulator: false,
+        }
+    }
+}
+
+fn default_grpc_listen() -> String {
+    "0.0.0.0:50051".to_owned()
+}
+
+/// How requests name actors and how workers are reached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default = "default_extractors")]
+    pub extractors: Vec<ExtractorKind>,
+    #[serde(default = "default_suffix")]
+    pub host_suffix: String,
+    /// Atespace of legacy `<name>.<suffix>` hosts; required by the `legacy_host` extractor.
+    #[serde(default = "default_atespace")]
+    pub default_atespace: Option<String>,
+    #[serde(default)]
+    pub worker_transport: WorkerTransportConfig,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            extractors: default_extractors(),
+            host_suffix: default_suffix(),
+            default_atespace: default_atespace(),
+            worker_transport: WorkerTransportConfig::default(),
+        }
+    }
+}
+
+fn default_extractors() -> Vec<ExtractorKind> {
+    vec![
+        ExtractorKind::Header,
+        ExtractorKind::Host,
+        ExtractorKind::LegacyHost,
+    ]
+}
+fn default_suffix() -> String {
+    DEFAULT_HOST_SUFFIX.to_owned()
+}
+fn default_atespace() -> Option<String> {
+    Some(DEFAULT_ATESPACE.to_owned())
+}
+
+/// `plain` (worker_pod_ip:<actor port>) or `agent` (worker_pod_ip:<agent_port> over mTLS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTransportConfig {
+    #[serde(default)]
+    pub mode: WorkerMode,
+    #[serde(default = "default_agent_port")]
+    pub agent_port: u16,
+}
+
+impl Default for WorkerTransportConfig {
+    fn default() -> Self {
+        Self {
+            mode: WorkerMode::Plain,
+            agent_port: default_agent_port(),
+        }
+    }
+}
+
+fn default_agent_port() -> u16 {
+    443
+}
+
+/// Worker transport mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerMode {
+    #[default]
+    Plain,
+    Agent,
+}
+
+/// Resolver tuning (DESIGN §4 defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    #[serde(default = "d_budget", with = "humantime_serde")]
+    pub budget: Duration,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    #[serde(default = "d_parking")]
+    pub parking_limit: usize,
+    #[serde(default)]
+    pub route_cache: RouteCacheConfig,
+    /// Ask `GetActor` before `ResumeActor`, so running actors never need a parking slot.
+    #[serde(default = "d_true")]
+    pub probe_with_get_actor: bool,
+    /// The `boot` flag sent with `ResumeActor`.
+    #[serde(default)]
+    pub resume_boot: bool,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            budget: d_budget(),
+            backoff: BackoffConfig::default(),
+            parking_limit: d_parking(),
+            route_cache: RouteCacheConfig::default(),
+            probe_with_get_actor: true,
+            resume_boot: false,
+        }
+    }
+}
+
+fn d_budget() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_parking() -> usize {
+    1000
+}
+fn d_true() -> bool {
+    true
+}
+
+/// Retry backoff.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "d_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "d_factor")]
+    pub factor: f64,
+    #[serde(default = "d_jitter")]
+    pub jitter: f64,
+    #[serde(default = "d_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: d_initial(),
+            factor: d_factor(),
+            jitter: d_jitter(),
+            max: d_max(),
+        }
+    }
+}
+
+fn d_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn d_factor() -> f64 {
+    1.1
+}
+fn d_jitter() -> f64 {
+    0.1
+}
+fn d_max() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Route cache for RUNNING actors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    /// `0s` disables the cache.
+    #[serde(default = "d_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(default = "d_entries")]
+    pub max_entries: u64,
+}
+
+impl Default for RouteCacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: d_ttl(),
+            max_entries: d_entries(),
+        }
+    }
+}
+
+fn d_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_entries() -> u64 {
+    100_000
+}
+
+/// Where actors are looked up: exactly one of `static` or `ateapi`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_: Option<StaticConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ateapi: Option<AteApiConfig>,
+}
+
+/// The embedded static directory: inline `actors` or a `file` holding `actors` (and
+/// `resume_delay`). The source is watched and reloaded on change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// Actors file, relative to this config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resume_delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<StaticActorSpec>,
+}
+
+/// The real control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AteApiConfig {
+    /// `host:port` of ate-api-server.
+    pub address: String,
+    #[serde(default)]
+    pub tls: TlsMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default = "d_connect", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "d_rpc", with = "humantime_serde")]
+    pub rpc_timeout: Duration,
+}
+
+fn d_connect() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_rpc() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// SIGTERM handling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long `/readyz` answers 503 before listeners close (lets load
+    /// balancers stop sending new connections).
+    #[serde(default, with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// How long in-flight requests may take to finish once listeners close.
+    #[serde(default = "d_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::ZERO,
+            drain_timeout: d_drain_timeout(),
+        }
+    }
+}
+
+fn d_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A loaded config that passed validation, with everything derived from it.
+pub struct Loaded {
+    /// The config with defaults filled in (what `check-config` prints).
+    pub config: Config,
+    pub admin_listen: SocketAddr,
+    pub grpc_listen: Option<SocketAddr>,
+    pub extractor: Extractor,
+    pub resolver: ResolverSettings,
+    pub directory: DirectorySettings,
+}
+
+/// The chosen directory back-end.
+pub enum DirectorySettings {
+    Static {
+        loader: StaticLoader,
+        /// The file to watch for changes.
+        watch: PathBuf,
+        initial: ValidStaticSpec,
+    },
+    AteApi(AteApiSettings),
+}
+
+/// Why a config could not be loaded; displays as one line per problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(FieldErrors),
+}
+
+fn read_capped(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("{} is larger than 16 MiB", path.display()));
+    }
+    Ok(text)
+}
+
+/// Parses YAML into `T`, reporting the field path of a type error.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldErrors> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let msg = e.without_snippet().to_string().replace('\n', " ");
+        let path = if path == "." { String::new() } else { path };
+        FieldErrors(vec![routing_core::field_error::FieldError::new(path, msg)])
+    })
+}
+
+/// Reads and validates the config file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let fail = |m: String| {
+        ConfigError::Invalid(FieldErrors(vec![
+            routing_core::field_error::FieldError::new("", m),
+        ]))
+    };
+    let text = read_capped(path).map_err(fail)?;
+    let config: Config = parse_yaml(&text).map_err(ConfigError::Invalid)?;
+    validate(config, path).map_err(ConfigError::Invalid)
+}
+
+fn parse_addr(errs: &mut FieldErrors, field: &str, v: &str) -> Option<SocketAddr> {
+    match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                field,
+                format!("invalid socket address {v:?} (want ip:port)"),
+            );
+            None
+        }
+    }
+}
+
+fn check_duration(errs: &mut FieldErrors, field: &str, v: Duration, min: Duration, max: Duration) {
+    if v < min || v > max {
+        errs.push(
+            field,
+            format!(
+                "{} is out of range ({} to {})",
+                humantime::format_duration(v),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        );
+    }
+}
+
+/// Validates a parsed config; `path` locates relative files.
+pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
+    let mut errs = FieldErrors::default();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.logging.level) {
+        errs.push(
+            "logging.level",
+            format!("invalid filter {:?}: {e}", config.logging.level),
+        );
+    }
+
+    let admin_listen = parse_addr(&mut errs, "admin.listen", &config.admin.listen);
+    let grpc_addr = parse_addr(&mut errs, "grpc.listen", &config.grpc.listen);
+    if let (Some(a), Some(g)) = (admin_listen, grpc_addr)
+        && a == g
+        && a.port() != 0
+    {
+        errs.push("grpc.listen", format!("{g} is also admin.listen"));
+    }
+
+    let r = &config.routing;
+    let extractor = match Extractor::new(
+        r.extractors.clone(),
+        &r.host_suffix,
+        r.default_atespace.as_deref(),
+    ) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let field = match e {
+                routing_core::extract::ExtractorConfigError::BadSuffix(_) => "routing.host_suffix",
+                routing_core::extract::ExtractorConfigError::BadDefaultAtespace(..) => {
+                    "routing.default_atespace"
+                }
+                _ => "routing.extractors",
+            };
+            errs.push(field, e.to_string());
+            None
+        }
+    };
+    if r.worker_transport.mode == WorkerMode::Agent && r.worker_transport.agent_port == 0 {
+        errs.push("routing.worker_transport.agent_port", "must not be 0");
+    }
+
+    let rc = &config.resolver;
+    let ms = Duration::from_millis;
+    check_duration(
+        &mut errs,
+        "resolver.budget",
+        rc.budget,
+        ms(10),
+        Duration::from_secs(600),
+    );
+    check_duration(
+        &mut errs,
+        "resolver.backoff.initial",
+        rc.backoff.initial,
+        ms(1),
+        Duration::from_secs(60),
+    );
+    check_duration(
+        &mut errs,
+        "resolver.backoff.max",
+        rc.backoff.max,
+        rc.backoff.initial,
+        Duration::from_secs(300),
+    );
+    if !(1.0..=10.0).contains(&rc.backoff.factor) {
+        errs.push(
+            "resolver.backoff.factor",
+            format!("{} is out of range (1 to 10)", rc.backoff.factor),
+        );
+    }
+    if !(0.0..=1.0).contains(&rc.backoff.jitter) {
+        errs.push(
+            "resolver.backoff.jitter",
+            format!("{} is out of range (0 to 1)", rc.backoff.jitter),
+        );
+    }
+    if rc.parking_limit == 0 || rc.parking_limit > 1_000_000 {
+        errs.push(
+            "resolver.parking_limit",
+            format!("{} is out of range (1 to 1000000)", rc.parking_limit),
+        );
+    }
+    check_duration(
+        &mut errs,
+        "resolver.route_cache.ttl",
+        rc.route_cache.ttl,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+    if rc.route_cache.max_entries == 0 || rc.route_cache.max_entries > 10_000_000 {
+        errs.push(
+            "resolver.route_cache.max_entries",
+            format!(
+                "{} is out of range (1 to 10000000)",
+                rc.route_cache.max_entries
+            ),
+        );
+    }
+
+    let s = &config.shutdown;
+    check_duration(
+        &mut errs,
+        "shutdown.drain_delay",
+        s.drain_delay,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    );
+    check_duration(
+        &mut errs,
+        "shutdown.drain_timeout",
+        s.drain_timeout,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+
+    let directory = match (&config.directory.static_, &config.directory.ateapi) {
+        (Some(_), Some(_)) => {
+            errs.push("directory", "set exactly one of static or ateapi, not both");
+            None
+        }
+        (None, None) => {
+            errs.push("directory", "set one of static or ateapi");
+            None
+        }
+        (Some(st), None) => static_settings(&mut errs, st, &base, path),
+        (None, Some(api)) => ateapi_settings(&mut errs, api, &base),
+    };
+    if config.grpc.control_plane_simulator && config.directory.static_.is_none() {
+        errs.push("grpc.control_plane_simulator", "requires directory.static");
+    }
+
+    let resolver = ResolverSettings {
+        budget: rc.budget,
+        backoff: BackoffSettings {
+            initial: rc.backoff.initial,
+            factor: rc.backoff.factor,
+            jitter: rc.backoff.jitter,
+            max: rc.backoff.max,
+        },
+        parking_limit: rc.parking_limit,
+        cache_ttl: rc.route_cache.ttl,
+        cache_max_entries: rc.route_cache.max_entries,
+        worker_transport: match r.worker_transport.mode {
+            WorkerMode::Plain => WorkerTransport::Plain,
+            WorkerMode::Agent => WorkerTransport::Agent {
+                port: r.worker_transport.agent_port,
+            },
+        },
+        probe_with_get: rc.probe_with_get_actor,
+        resume_boot: rc.resume_boot,
+    };
+    match (errs.is_empty(), admin_listen, extractor, directory) {
+        (true, Some(admin_listen), Some(extractor), Some(directory)) => Ok(Loaded {
+            grpc_listen: config
+                .grpc
+                .control_plane_simulator
+                .then_some(grpc_addr)
+                .flatten(),
+            config,
+            admin_listen,
+            extractor,
+            resolver,
+            directory,
+        }),
+        _ => Err(errs),
+    }
+}
+
+fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn static_settings(
+    errs: &mut FieldErrors,
+    st: &StaticConfig,
+    base: &Path,
+    config_path: &Path,
+) -> Option<DirectorySettings> {
+    let (loader, watch): (StaticLoader, PathBuf) = match &st.file {
+        Some(file) => {
+            if !st.actors.is_empty() || st.resume_delay.is_some() {
+                errs.push(
+                    "directory.static.file",
+                    "put actors and resume_delay in the file, or inline here, not both",
+                );
+                return None;
+            }
+            let file = resolve_path(base, file);
+            let f = file.clone();
+            let loader: StaticLoader = Arc::new(move || {
+                let text = read_capped(&f)?;
+                let spec: StaticDirectorySpec = parse_yaml(&text).map_err(|e| {
+                    format!("{}: {}", f.display(), e.to_string().replace('\n', "; "))
+                })?;
+                spec.validate("")
+                    .map_err(|e| format!("{}: {}", f.display(), e.to_string().replace('\n', "; ")))
+            });
+            (loader, file)
+        }
+        None => {
+            // Inline actors: reload re-reads this config file and takes directory.static from it.
+            let cfg = config_path.to_path_buf();
+            let loader: StaticLoader = Arc::new(move || {
+                let text = read_capped(&cfg)?;
+                let config: Config = parse_yaml(&text).map_err(|e| {
+                    format!("{}: {}", cfg.display(), e.to_string().replace('\n', "; "))
+                })?;
+                let st = config.directory.static_.ok_or_else(|| {
+                    format!(
+                        "{}: directory.static was removed; keeping the previous actors",
+                        cfg.display()
+                    )
+                })?;
+                StaticDirectorySpec {
+                    resume_delay: st.resume_delay,
+                    actors: st.actors,
+                }
+                .validate("directory.static")
+                .map_err(|e| format!("{}: {}", cfg.display(), e.to_string().replace('\n', "; ")))
+            });
+            (loader, config_path.to_path_buf())
+        }
+    };
+    match &st.file {
+        None => {
+            let spec = StaticDirectorySpec {
+                resume_delay: st.resume_delay,
+                actors: st.actors.clone(),
+            };
+            match spec.validate("directory.static") {
+                Ok(initial) => Some(DirectorySettings::Static {
+                    loader,
+                    watch,
+                    initial,
+                }),
+                Err(e) => {
+                    errs.0.extend(e.0);
+                    None
+                }
+            }
+        }
+        Some(_) => match loader() {
+            Ok(initial) => Some(DirectorySettings::Static {
+                loader,
+                watch,
+                initial,
+            }),
+            Err(e) => {
+                errs.push("directory.static.file", e);
+                None
+            }
+        },
+    }
+}
+
+fn ateapi_settings(
+    errs: &mut FieldErrors,
+    api: &AteApiConfig,
+    base: &Path,
+) -> Option<DirectorySettings> {
+    let before = errs.0.len();
+    let valid_host_port = api
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if !valid_host_port {
+        errs.push(
+            "directory.ateapi.address",
+            format!("invalid address {:?} (want host:port)", api.address),
+        );
+    }
+    let file = |errs: &mut FieldErrors,
+                field: &str,
+                p: &Option<PathBuf>,
+                required: bool|
+     -> Option<PathBuf> {
+        match p {
+            Some(p) => {
+                let full = resolve_path(base, p);
+                if !full.is_file() {
+                    errs.push(
+                        field,
+                        format!("{} does not exist or is not a file", full.display()),
+                    );
+                }
+                Some(full)
+            }
+            None if required => {
+                errs.push(field, "is required for this tls mode");
+                None
+            }
+            None => None,
+        }
+    };
+    let tls = api.tls.clone();
+    let ca_file = file(
+        errs,
+        "directory.ateapi.ca_file",
+        &api.ca_file,
+        tls != TlsMode::Plaintext,
+    );
+    let cert_file = file(
+        errs,
+        "directory.ateapi.cert_file",
+        &api.cert_file,
+        tls == TlsMode::Mtls,
+    );
+    let key_file = file(
+        errs,
+        "directory.ateapi.key_file",
+        &api.key_file,
+        tls == TlsMode::Mtls,
+    );
+    let token_file = file(errs, "directory.ateapi.token_file", &api.token_file, false);
+    check_duration(
+        errs,
+        "directory.ateapi.connect_timeout",
+        api.connect_timeout,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
+    check_duration(
+        errs,
+        "directory.ateapi.rpc_timeout",
+        api.rpc_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    (errs.0.len() == before).then(|| {
+        DirectorySettings::AteApi(AteApiSettings {
+            address: api.address.clone(),
+            tls,
+            ca_file,
+            cert_file,
+            key_file,
+            server_name: api.server_name.clone(),
+            token_file,
+            connect_timeout: api.connect_timeout,
+            rpc_timeout: api.rpc_timeout,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Loaded, String> {
+        let config: Config = parse_yaml(yaml).map_err(|e| e.to_string())?;
+        validate(config, Path::new("/nonexistent/actorgate.yaml")).map_err(|e| e.to_string())
+    }
+
+    fn err(yaml: &str) -> String {
+        match check(yaml) {
+            Ok(_) => panic!("expected an error for {yaml:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn minimal_static_config_is_valid_with_defaults() {
+        let l = check("directory:\n  static:\n    actors:\n    - {atespace: demo, name: a, endpoint: '127.0.0.1:8081'}\n").unwrap();
+        assert_eq!(l.admin_listen.to_string(), "0.0.0.0:9090");
+        assert!(l.grpc_listen.is_none());
+        assert_eq!(l.resolver.budget, Duration::from_secs(5));
+        assert_eq!(l.resolver.parking_limit, 1000);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let msg = err("admin: {listen: 'nope'}\n\
+             resolver: {parking_limit: 0, backoff: {jitter: 2}}\n\
+             routing: {host_suffix: 'bad_suffix'}\n\
+             grpc: {control_plane_simulator: true}\n\
+             directory:\n  static:\n    actors:\n\
+             \x20   - {atespace: a, name: b, endpoint: '10.0.0.1:1'}\n\
+             \x20   - {atespace: a, name: c, endpoint: '10.0.0.1:2'}\n\
+             \x20   - {atespace: a, name: d, endpoint: '10.0.0.1'}\n");
+        for want in [
+            r#"admin.listen: invalid socket address "nope""#,
+            "resolver.parking_limit: 0 is out of range",
+            "resolver.backoff.jitter: 2 is out of range",
+            "routing.host_suffix: invalid host suffix",
+            r#"directory.static.actors[2].endpoint: invalid socket address "10.0.0.1""#,
+        ] {
+            assert!(
+                msg.lines().any(|l| l.starts_with(want)),
+                "missing {want:?} in:\n{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let e = err("resolver:\n  budget: soon\ndirectory: {static: {}}\n");
+        assert!(e.starts_with("resolver.budget:"), "{e}");
+        let e = err("resolver:\n  budgett: 1s\n");
+        assert!(e.starts_with("resolver.budgett: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn directory_choice_is_exclusive_and_required() {
+        assert!(err("{}").starts_with("directory: set one of"));
+        let both = err("directory: {static: {}, ateapi: {address: 'x:1'}}");
+        assert!(both.starts_with("directory: set exactly one"), "{both}");
+        let mtls = err("directory: {ateapi: {address: 'api:8443', tls: mtls}}");
+        assert!(
+            mtls.contains("directory.ateapi.ca_file: is required"),
+            "{mtls}"
+        );
+        assert!(
+            mtls.contains("directory.ateapi.cert_file: is required"),
+            "{mtls}"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! `actorgate serve`: builds the directory and resolver, binds the listeners, runs the admin and
+//! gRPC servers, and drains on SIGTERM/SIGINT (readiness flips to 503, listeners close after
+//! `shutdown.drain_delay`, in-flight work gets `shutdown.drain_timeout`, then exit 0).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use routing_core::directory::ateapi::AteApiDirectory;
+use routing_core::directory::control_service::ControlService;
+use routing_core::directory::static_dir::StaticDirectory;
+use routing_core::{ActorDirectory, Resolver, ResolverMetrics};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{AdminState, DirectoryHealth};
+use crate::config::{DirectorySettings, Loaded};
+
+/// How often readiness re-checks the directory.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long one readiness probe may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{field}: cannot listen on {addr}"))
+}
+
+/// Runs until a termination signal, then drains.
+pub async fn run(loaded: Loaded) -> Result<()> {
+    crate::telemetry::init(&loaded.config.logging);
+    let mut registry = Registry::default();
+    registry.register(
+        "actorgate_build",
+        "Build information",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    let directory_up = Gauge::<i64>::default();
+    registry.register(
+        "actorgate_directory_up",
+        "1 when the actor directory answered its last health probe",
+        directory_up.clone(),
+    );
+    let metrics = ResolverMetrics::register(&mut registry);
+
+    let mut _watch = None;
+    let (directory, static_directory): (Arc<dyn ActorDirectory>, Option<StaticDirectory>) =
+        match loaded.directory {
+            DirectorySettings::Static {
+                loader,
+                watch,
+                initial,
+            } => {
+                tracing::info!(actors = initial.len(), source = %watch.display(), "static directory loaded");
+                let d = StaticDirectory::new(loader).map_err(anyhow::Error::msg)?;
+                match d.watch(&watch) {
+                    Ok(w) => _watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, file = %watch.display(), "cannot watch the static directory; edits need a restart")
+                    }
+                }
+                (Arc::new(d.clone()), Some(d))
+            }
+            DirectorySettings::AteApi(s) => {
+                tracing::info!(address = %s.address, tls = ?s.tls, "using ate-api-server");
+                let d = AteApiDirectory::new(&s).context("directory.ateapi")?;
+                (Arc::new(d), None)
+            }
+        };
+    let directory_kind = directory.kind();
+    let resolver = Resolver::new(
+        directory.clone(),
+        loaded.resolver.clone(),
+        loaded.extractor.clone(),
+        metrics,
+    );
+
+    // Bind everything before announcing readiness, so a port in use is one clear error.
+    let admin_listener = bind(loaded.admin_listen, "admin.listen").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let grpc_listener = match loaded.grpc_listen {
+        Some(addr) => Some(bind(addr, "grpc.listen").await?),
+        None => None,
+    };
+    let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let state = Arc::new(AdminState {
+        started: Instant::now(),
+        draining: AtomicBool::new(false),
+        directory_ok: AtomicBool::new(false),
+        directory_health: Mutex::new(DirectoryHealth {
+            healthy: false,
+            checked_at: None,
+            error: None,
+        }),
+        directory_kind,
+        resolver: resolver.clone(),
+        static_directory: static_directory.clone(),
+        registry,
+        summary: serde_json::json!({
+            "admin_listen": admin_addr.to_string(),
+            "grpc_listen": grpc_addr.map(|a| a.to_string()),
+            "control_plane_simulator": loaded.config.grpc.control_plane_simulator,
+            "routing": loaded.config.routing,
+            "resolver": loaded.resolver,
+            "shutdown": loaded.config.shutdown,
+        }),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let health_task = tokio::spawn(probe_directory(
+        directory.clone(),
+        state.clone(),
+        directory_up,
+    ));
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        state.clone(),
+        stop_rx.clone(),
+    ));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let grpc_task = match (grpc_listener, static_directory.clone()) {
+        (Some(listener), Some(dir)) => {
+            health_reporter
+                .set_serving::<routing_core::proto::control_server::ControlServer<ControlService<StaticDirectory>>>()
+                .await;
+            let mut stop = stop_rx.clone();
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            Some(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                    .add_service(health_service)
+                    .add_service(ControlService::new(dir).into_server())
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        _ => None,
+    };
+    tracing::info!(
+        admin = %admin_addr,
+        grpc = ?grpc_addr,
+        directory = directory_kind,
+        "actorgate started"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!(drain_delay = ?loaded.config.shutdown.drain_delay, "shutdown requested: readiness is now 503");
+    state.draining.store(true, Ordering::Release);
+    health_reporter
+        .set_not_serving::<routing_core::proto::control_server::ControlServer<ControlService<StaticDirectory>>>()
+        .await;
+    tokio::time::sleep(loaded.config.shutdown.drain_delay).await;
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(loaded.config.shutdown.drain_timeout, async {
+        let _ = admin_task.await;
+        if let Some(t) = grpc_task {
+            match t.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    })
+    .await;
+    health_task.abort();
+    match drained {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(
+            timeout = ?loaded.config.shutdown.drain_timeout,
+            "drain timeout reached; exiting with requests still open"
+        ),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Probes the directory now and every `HEALTH_INTERVAL`, feeding `/readyz` and the gauge.
+async fn probe_directory(
+    directory: Arc<dyn ActorDirectory>,
+    state: Arc<AdminState>,
+    up: Gauge<i64>,
+) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = match tokio::time::timeout(HEALTH_TIMEOUT, directory.health()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+        };
+        let healthy = result.is_ok();
+        let was = state.directory_ok.swap(healthy, Ordering::AcqRel);
+        up.set(healthy as i64);
+        match (&result, was) {
+            (Err(e), true) => {
+                tracing::warn!(error = %e, "actor directory is unreachable; not ready")
+            }
+            (Ok(()), false) => tracing::info!("actor directory is reachable; ready"),
+            _ => {}
+        }
+        if let Ok(mut h) = state.directory_health.lock() {
+            *h = DirectoryHealth {
+                healthy,
+                checked_at: Some(SystemTime::now()),
+                error: result.err(),
+            };
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Helpers for end-to-end tests of the `actorgate` binary: start it with a config, talk HTTP to
+//! its admin server, send signals.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `actorgate serve`, killed on drop. Its stderr goes to `log`.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `actorgate serve --config <config>` and waits for `/readyz` to answer (any status).
+    pub async fn start(config: &Path, admin: SocketAddr) -> Self {
+        let log = config.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_actorgate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn actorgate");
+        let mut gw = Self {
+            child: Some(child),
+            admin,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if get(admin, "/healthz").await.is_ok() {
+                break;
+            }
+            if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("actorgate exited early ({status}):\n{}", gw.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "actorgate did not start:\n{}",
+                gw.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = get(self.admin, "/readyz").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never ready:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "actorgate did not exit:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// GET `http://addr/path` → (status, body).
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    get_with(addr, path, &[]).await
+}
+
+/// GET with extra headers.
+pub async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .map_err(|_| "timeout".to_string())?
+    .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Checks Prometheus text exposition strictly enough to catch a broken encoder: every sample
+/// line is `name{labels} value`, every sample's family has HELP and TYPE, and the document
+/// parses with prometheus-parse.
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        let family_known = typed.iter().any(|t| name.starts_with(t.as_str()));
+        assert!(family_known, "sample {name} has no # TYPE line");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels in {line:?}"
+            );
+        }
+    }
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("prometheus-parse")
+}
+
+/// A config file in `dir` with admin/grpc on free loopback ports; returns (path, admin, grpc).
+pub fn write_config(dir: &Path, body: &str) -> (PathBuf, SocketAddr, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = body
+        .replace("ADMIN_ADDR", &admin.to_string())
+        .replace("GRPC_ADDR", &grpc.to_string());
+    let path = dir.join("actorgate.yaml");
+    std::fs::write(&path, text).unwrap();
+    (path, admin, grpc)
+}
+
+/// Write-then-rename, as editors and ConfigMap updates do.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

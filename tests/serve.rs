@@ -1,0 +1,393 @@
+//! End-to-end tests of `actorgate serve` and `actorgate check-config`: the real binary, real
+//! sockets, real gRPC.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use routing_core::proto;
+use routing_core::proto::control_client::ControlClient;
+use routing_core::testing::FakeControlPlane;
+
+async fn control_client(addr: std::net::SocketAddr) -> ControlClient<tonic::transport::Channel> {
+    ControlClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to simulator")
+}
+
+fn object(actor: &str) -> Option<proto::ObjectRef> {
+    let (ns, name) = actor.split_once('/').unwrap();
+    Some(proto::ObjectRef {
+        atespace: ns.into(),
+        name: name.into(),
+    })
+}
+
+/// The README's first command, with the shipped config as is (default demo ports).
+#[tokio::test]
+async fn demo_config_serves_readyz_metrics_and_the_simulator() {
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/actorgate.yaml");
+    let admin = "127.0.0.1:9090".parse().unwrap();
+    let mut gw = Gateway::start(&config, admin).await;
+    gw.wait_ready().await;
+
+    let (status, body) = get(admin, "/readyz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, metrics) = get(admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let scrape = parse_metrics(&metrics);
+    let up = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "actorgate_directory_up")
+        .expect("directory gauge");
+    assert_eq!(up.value, prometheus_parse::Value::Gauge(1.0));
+
+    let mut c = control_client("127.0.0.1:50051".parse().unwrap()).await;
+    let hello = c
+        .get_actor(proto::GetActorRequest {
+            actor: object("demo/hello"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hello.metadata.as_ref().unwrap().name, "hello");
+    let st = hello.status.unwrap();
+    assert_eq!(st.state, proto::ActorState::Running as i32);
+    assert_eq!(st.worker_assignment.unwrap().worker_pod_ip, "127.0.0.1");
+    assert_eq!(hello.actor_template.unwrap().name, "echo");
+
+    let sleepy = c
+        .get_actor(proto::GetActorRequest {
+            actor: object("demo/sleepy"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        sleepy.status.unwrap().state,
+        proto::ActorState::Suspended as i32
+    );
+    let resumed = c
+        .resume_actor(proto::ResumeActorRequest {
+            actor: object("demo/sleepy"),
+            boot: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resumed.resumed);
+    assert_eq!(
+        resumed.actor.unwrap().status.unwrap().state,
+        proto::ActorState::Running as i32
+    );
+    let again = c
+        .resume_actor(proto::ResumeActorRequest {
+            actor: object("demo/sleepy"),
+            boot: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.resumed, "already running");
+
+    let missing = c
+        .get_actor(proto::GetActorRequest {
+            actor: object("demo/nobody"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let bad = c
+        .get_actor(proto::GetActorRequest {
+            actor: object("Demo/x_y"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let list = c
+        .list_actors(proto::ListActorsRequest {
+            atespace: "demo".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.actors.len(), 2);
+
+    // gRPC health reports the simulator as serving.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_static("http://127.0.0.1:50051")
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ateapi.Control".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test]
+async fn static_file_edits_apply_and_broken_edits_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let actors = dir.path().join("actors.yaml");
+    std::fs::write(
+        &actors,
+        "actors:\n- {atespace: ns, name: one, endpoint: '127.0.0.1:1001'}\n",
+    )
+    .unwrap();
+    let (config, admin, grpc) = write_config(
+        dir.path(),
+        "admin: {listen: ADMIN_ADDR}\ngrpc: {listen: GRPC_ADDR, control_plane_simulator: true}\n\
+         directory: {static: {file: actors.yaml}}\n",
+    );
+    let gw = Gateway::start(&config, admin).await;
+    gw.wait_ready().await;
+    let mut c = control_client(grpc).await;
+    assert_eq!(
+        c.get_actor(proto::GetActorRequest {
+            actor: object("ns/two")
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        tonic::Code::NotFound
+    );
+
+    replace_file(
+        &actors,
+        "actors:\n- {atespace: ns, name: one, endpoint: '127.0.0.1:1001'}\n- {atespace: ns, name: two, endpoint: '127.0.0.2:1002'}\n",
+    );
+    let mut found = None;
+    for _ in 0..200 {
+        if let Ok(a) = c
+            .get_actor(proto::GetActorRequest {
+                actor: object("ns/two"),
+            })
+            .await
+        {
+            found = Some(a.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let two = found.expect("edit applied without restart");
+    assert_eq!(
+        two.status.unwrap().worker_assignment.unwrap().worker_pod_ip,
+        "127.0.0.2"
+    );
+
+    replace_file(
+        &actors,
+        "actors:\n- {atespace: ns, name: one, endpoint: '10.0.0.1'}\n",
+    );
+    let mut last_error = None;
+    for _ in 0..200 {
+        let (_, body) = get(admin, "/statusz?format=json").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(e) = v
+            .pointer("/directory/static/last_error")
+            .and_then(|e| e.as_str())
+        {
+            last_error = Some(e.to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let last_error = last_error.expect("reload error on /statusz");
+    assert!(
+        last_error.contains(r#"actors[0].endpoint: invalid socket address "10.0.0.1""#),
+        "{last_error}"
+    );
+    let (_, html) = get(admin, "/statusz").await.unwrap();
+    assert!(
+        html.contains("invalid socket address &quot;10.0.0.1&quot;"),
+        "HTML status shows the error"
+    );
+    let log = gw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("static directory reload failed")
+                && l.contains("invalid socket address")),
+        "error logged:\n{log}"
+    );
+    // The previous directory still answers.
+    let still = c
+        .get_actor(proto::GetActorRequest {
+            actor: object("ns/two"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        still
+            .status
+            .unwrap()
+            .worker_assignment
+            .unwrap()
+            .worker_pod_ip,
+        "127.0.0.2"
+    );
+    assert_eq!(
+        get(admin, "/readyz").await.unwrap().0,
+        200,
+        "a bad edit does not make us unready"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_flips_readiness_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin, _) = write_config(
+        dir.path(),
+        "admin: {listen: ADMIN_ADDR}\nshutdown: {drain_delay: 1500ms, drain_timeout: 5s}\n\
+         directory: {static: {actors: [{atespace: a, name: b, endpoint: '127.0.0.1:9'}]}}\n",
+    );
+    let mut gw = Gateway::start(&config, admin).await;
+    gw.wait_ready().await;
+    gw.signal("TERM");
+    let mut saw_draining = false;
+    for _ in 0..50 {
+        if let Ok((503, body)) = get(admin, "/readyz").await {
+            assert_eq!(body, "draining\n");
+            saw_draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_draining, "readiness went 503 during the drain delay");
+    assert_eq!(
+        get(admin, "/healthz").await.unwrap().0,
+        200,
+        "still alive while draining"
+    );
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit 0, got {status}");
+    assert!(get(admin, "/healthz").await.is_err(), "listener closed");
+    assert!(gw.log_text().contains("drained; exiting"));
+}
+
+#[tokio::test]
+async fn readiness_follows_the_ateapi_control_plane() {
+    let mut fake = FakeControlPlane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin, _) = write_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\ndirectory: {{ateapi: {{address: '{}'}}}}\n",
+            fake.addr
+        ),
+    );
+    let gw = Gateway::start(&config, admin).await;
+    gw.wait_ready().await;
+    fake.stop();
+    // The probe runs every 5 s; wait for it to notice.
+    let mut unready = false;
+    for _ in 0..200 {
+        if let Ok((503, body)) = get(admin, "/readyz").await {
+            assert_eq!(body, "directory unreachable\n");
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(unready, "readiness reports the unreachable control plane");
+    let (_, metrics) = get(admin, "/metrics").await.unwrap();
+    assert!(metrics.contains("actorgate_directory_up 0"));
+}
+
+#[tokio::test]
+async fn port_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, _) = write_config(
+        dir.path(),
+        &format!("admin: {{listen: '{addr}'}}\ndirectory: {{static: {{}}}}\n"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_actorgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("actorgate: "))
+        .expect("error line");
+    assert!(
+        line.contains(&format!("admin.listen: cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_prints_effective_config_or_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "directory: {static: {actors: [{atespace: a, name: b, endpoint: '127.0.0.1:80'}]}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_actorgate"))
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("budget: 5s") && printed.contains("parking_limit: 1000"),
+        "{printed}"
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "admin: {listen: ':9090'}\nresolver: {budget: 0s}\n\
+         directory:\n  static:\n    actors:\n    - {atespace: a, name: b, endpoint: '127.0.0.1:1'}\n\
+         \x20   - {atespace: a, name: c, endpoint: '127.0.0.1:2'}\n    - {atespace: a, name: d, endpoint: '10.0.0.1'}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_actorgate"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per problem:\n{stderr}");
+    let prefix = format!("actorgate: {}: ", bad.display());
+    assert_eq!(
+        lines[0],
+        format!(r#"{prefix}admin.listen: invalid socket address ":9090" (want ip:port)"#)
+    );
+    assert!(
+        lines[1].starts_with(&format!("{prefix}resolver.budget: 0s is out of range")),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[2],
+        format!(
+            r#"{prefix}directory.static.actors[2].endpoint: invalid socket address "10.0.0.1""#
+        )
+    );
+}
