@@ -902,4 +902,38 @@ mod tests {
             "{mtls}"
         );
     }
+
+    #[test]
+    fn inline_actors_reload_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actorgate.yaml");
+        std::fs::write(&path, "directory:\n  static:\n    actors:\n    - {atespace: a, name: one, endpoint: '127.0.0.1:1'}\n").unwrap();
+        let loaded = load(&path).unwrap();
+        let DirectorySettings::Static {
+            loader,
+            watch,
+            initial,
+        } = loaded.directory
+        else {
+            panic!("static expected");
+        };
+        assert_eq!(watch, path);
+        assert_eq!(initial.len(), 1);
+        std::fs::write(
+            &path,
+            "directory:\n  static:\n    actors:\n    - {atespace: a, name: one, endpoint: '127.0.0.1:1'}\n    - {atespace: a, name: two, endpoint: '127.0.0.1:2'}\n",
+        )
+        .unwrap();
+        assert_eq!(loader().unwrap().len(), 2);
+        std::fs::write(
+            &path,
+            "directory:\n  static:\n    actors:\n    - {atespace: a, name: one, endpoint: 'x'}\n",
+        )
+        .unwrap();
+        let e = loader().unwrap_err();
+        assert!(
+            e.contains(r#"directory.static.actors[0].endpoint: invalid socket address "x""#),
+            "{e}"
+        );
+    }
 }

@@ -47,6 +47,7 @@ struct State {
     calls: Mutex<HashMap<(Method, String), usize>>,
     cancelled: AtomicUsize,
     completed: AtomicUsize,
+    last_authorization: Mutex<Option<String>>,
 }
 
 /// The running fake. Dropping it stops the server.
@@ -191,6 +192,11 @@ impl FakeControlPlane {
         self.state.completed.load(Ordering::SeqCst)
     }
 
+    /// The `authorization` metadata of the latest RPC, if it carried one.
+    pub fn last_authorization(&self) -> Option<String> {
+        self.state.last_authorization.lock().expect("lock").clone()
+    }
+
     /// Stops the server (the control plane goes down).
     pub fn stop(&mut self) {
         if let Some(s) = self.stop.take() {
@@ -208,6 +214,14 @@ impl Drop for FakeControlPlane {
 struct Service(Arc<State>);
 
 impl Service {
+    fn note_auth(&self, md: &tonic::metadata::MetadataMap) {
+        let v = md
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        *self.0.last_authorization.lock().expect("lock") = v;
+    }
+
     /// Counts the call and plays its script; `Err` answers with a status.
     async fn prelude(&self, method: Method, key: &str) -> Result<(), tonic::Status> {
         *self
@@ -296,6 +310,7 @@ impl Control for Service {
             state: &self.0,
             done: false,
         };
+        self.note_auth(request.metadata());
         let req = request.into_inner();
         let k = key(&req.actor);
         let r = self.prelude(Method::GetActor, &k).await;
@@ -313,6 +328,7 @@ impl Control for Service {
             state: &self.0,
             done: false,
         };
+        self.note_auth(request.metadata());
         let req = request.into_inner();
         let k = key(&req.actor);
         let result = async {
@@ -347,6 +363,7 @@ impl Control for Service {
             state: &self.0,
             done: false,
         };
+        self.note_auth(request.metadata());
         let req = request.into_inner();
         let r = self.prelude(Method::ListActors, "").await;
         watch.done = true;

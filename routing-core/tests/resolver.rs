@@ -398,3 +398,60 @@ async fn route_extracts_then_resolves() {
         (404, "invalid actor reference")
     );
 }
+
+#[tokio::test]
+async fn bearer_token_file_is_sent_and_bad_tokens_are_refused() {
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/t", ActorState::Running, "10.0.0.15", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-token\n").unwrap();
+    let client = AteApiDirectory::new(&AteApiSettings {
+        address: fake.addr.to_string(),
+        tls: TlsMode::Plaintext,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        server_name: None,
+        token_file: Some(token.clone()),
+        connect_timeout: Duration::from_millis(500),
+        rpc_timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let r = Resolver::new(
+        Arc::new(client),
+        settings(1000),
+        Extractor::default(),
+        ResolverMetrics::new(),
+    );
+    r.resolve(&target("ns/t")).await.unwrap();
+    assert_eq!(
+        fake.last_authorization().as_deref(),
+        Some("Bearer s3cr3t-token")
+    );
+
+    // A token file that is not a valid header value is refused at construction.
+    std::fs::write(&token, "bad\u{7f}token").unwrap();
+    let err = AteApiDirectory::new(&AteApiSettings {
+        address: fake.addr.to_string(),
+        tls: TlsMode::Plaintext,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        server_name: None,
+        token_file: Some(token.clone()),
+        connect_timeout: Duration::from_millis(500),
+        rpc_timeout: Duration::from_secs(5),
+    })
+    .err()
+    .expect("bad token refused");
+    assert!(
+        err.to_string()
+            .contains("does not hold a valid header value"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("bad"),
+        "the token is not echoed: {err}"
+    );
+}
