@@ -1,20 +1,12 @@
 //! Property tests: no input makes extraction panic, and what it accepts is always valid.
 
 use proptest::prelude::*;
-use routing_core::extract::{DEFAULT_HOST_SUFFIX, ExtractorKind};
+use routing_core::extract::DEFAULT_HOST_SUFFIX;
 use routing_core::{ActorRef, Extractor, RequestMeta};
 
 fn extractor() -> Extractor {
-    Extractor::new(
-        vec![
-            ExtractorKind::Header,
-            ExtractorKind::Host,
-            ExtractorKind::LegacyHost,
-        ],
-        DEFAULT_HOST_SUFFIX,
-        Some("default"),
-    )
-    .unwrap()
+    // The default tries all three forms: header, host, legacy host (atespace "default").
+    Extractor::default()
 }
 
 fn label() -> impl Strategy<Value = String> {

@@ -25,19 +25,22 @@ fn settings(budget_ms: u64) -> ResolverSettings {
     }
 }
 
-fn resolver_for(fake: &FakeControlPlane, s: ResolverSettings) -> Resolver {
-    let dir = AteApiDirectory::new(&AteApiSettings {
+fn ateapi(fake: &FakeControlPlane, token_file: Option<std::path::PathBuf>) -> AteApiSettings {
+    AteApiSettings {
         address: fake.addr.to_string(),
         tls: TlsMode::Plaintext,
         ca_file: None,
         cert_file: None,
         key_file: None,
         server_name: None,
-        token_file: None,
+        token_file,
         connect_timeout: Duration::from_millis(500),
         rpc_timeout: Duration::from_secs(30),
-    })
-    .expect("client");
+    }
+}
+
+fn resolver_for(fake: &FakeControlPlane, s: ResolverSettings) -> Resolver {
+    let dir = AteApiDirectory::new(&ateapi(fake, None)).expect("client");
     Resolver::new(
         Arc::new(dir),
         s,
@@ -406,18 +409,7 @@ async fn bearer_token_file_is_sent_and_bad_tokens_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cr3t-token\n").unwrap();
-    let client = AteApiDirectory::new(&AteApiSettings {
-        address: fake.addr.to_string(),
-        tls: TlsMode::Plaintext,
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        server_name: None,
-        token_file: Some(token.clone()),
-        connect_timeout: Duration::from_millis(500),
-        rpc_timeout: Duration::from_secs(5),
-    })
-    .unwrap();
+    let client = AteApiDirectory::new(&ateapi(&fake, Some(token.clone()))).unwrap();
     let r = Resolver::new(
         Arc::new(client),
         settings(1000),
@@ -432,19 +424,9 @@ async fn bearer_token_file_is_sent_and_bad_tokens_are_refused() {
 
     // A token file that is not a valid header value is refused at construction.
     std::fs::write(&token, "bad\u{7f}token").unwrap();
-    let err = AteApiDirectory::new(&AteApiSettings {
-        address: fake.addr.to_string(),
-        tls: TlsMode::Plaintext,
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        server_name: None,
-        token_file: Some(token.clone()),
-        connect_timeout: Duration::from_millis(500),
-        rpc_timeout: Duration::from_secs(5),
-    })
-    .err()
-    .expect("bad token refused");
+    let err = AteApiDirectory::new(&ateapi(&fake, Some(token.clone())))
+        .err()
+        .expect("bad token refused");
     assert!(
         err.to_string()
             .contains("does not hold a valid header value"),
