@@ -659,6 +659,30 @@ fn resolve_path(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Prefixes each problem found in an actors file with the file, so every line says where it is.
+fn in_file(file: &Path, errs: FieldErrors) -> FieldErrors {
+    FieldErrors(
+        errs.0
+            .into_iter()
+            .map(|e| {
+                let path = if e.path.is_empty() {
+                    file.display().to_string()
+                } else {
+                    format!("{}: {}", file.display(), e.path)
+                };
+                routing_core::field_error::FieldError::new(path, e.message)
+            })
+            .collect(),
+    )
+}
+
+fn one_error(path: &Path, message: String) -> FieldErrors {
+    FieldErrors(vec![routing_core::field_error::FieldError::new(
+        path.display().to_string(),
+        message,
+    )])
+}
+
 fn static_settings(
     errs: &mut FieldErrors,
     st: &StaticConfig,
@@ -677,12 +701,9 @@ fn static_settings(
             let file = resolve_path(base, file);
             let f = file.clone();
             let loader: StaticLoader = Arc::new(move || {
-                let text = read_capped(&f)?;
-                let spec: StaticDirectorySpec = parse_yaml(&text).map_err(|e| {
-                    format!("{}: {}", f.display(), e.to_string().replace('\n', "; "))
-                })?;
-                spec.validate("")
-                    .map_err(|e| format!("{}: {}", f.display(), e.to_string().replace('\n', "; ")))
+                let text = read_capped(&f).map_err(|m| one_error(&f, m))?;
+                let spec: StaticDirectorySpec = parse_yaml(&text).map_err(|e| in_file(&f, e))?;
+                spec.validate("").map_err(|e| in_file(&f, e))
             });
             (loader, file)
         }
@@ -690,14 +711,12 @@ fn static_settings(
             // Inline actors: reload re-reads this config file and takes directory.static from it.
             let cfg = config_path.to_path_buf();
             let loader: StaticLoader = Arc::new(move || {
-                let text = read_capped(&cfg)?;
-                let config: Config = parse_yaml(&text).map_err(|e| {
-                    format!("{}: {}", cfg.display(), e.to_string().replace('\n', "; "))
-                })?;
+                let text = read_capped(&cfg).map_err(|m| one_error(&cfg, m))?;
+                let config: Config = parse_yaml(&text).map_err(|e| in_file(&cfg, e))?;
                 let st = config.directory.static_.ok_or_else(|| {
-                    format!(
-                        "{}: directory.static was removed; keeping the previous actors",
-                        cfg.display()
+                    one_error(
+                        &cfg,
+                        "directory.static was removed; keeping the previous actors".into(),
                     )
                 })?;
                 StaticDirectorySpec {
@@ -705,40 +724,30 @@ fn static_settings(
                     actors: st.actors,
                 }
                 .validate("directory.static")
-                .map_err(|e| format!("{}: {}", cfg.display(), e.to_string().replace('\n', "; ")))
+                .map_err(|e| in_file(&cfg, e))
             });
             (loader, config_path.to_path_buf())
         }
     };
-    match &st.file {
-        None => {
-            let spec = StaticDirectorySpec {
-                resume_delay: st.resume_delay,
-                actors: st.actors.clone(),
-            };
-            match spec.validate("directory.static") {
-                Ok(initial) => Some(DirectorySettings::Static {
-                    loader,
-                    watch,
-                    initial,
-                }),
-                Err(e) => {
-                    errs.0.extend(e.0);
-                    None
-                }
-            }
+    let initial = match &st.file {
+        // Inline: validate what was just parsed, with paths relative to the config.
+        None => StaticDirectorySpec {
+            resume_delay: st.resume_delay,
+            actors: st.actors.clone(),
         }
-        Some(_) => match loader() {
-            Ok(initial) => Some(DirectorySettings::Static {
-                loader,
-                watch,
-                initial,
-            }),
-            Err(e) => {
-                errs.push("directory.static.file", e);
-                None
-            }
-        },
+        .validate("directory.static"),
+        Some(_) => loader(),
+    };
+    match initial {
+        Ok(initial) => Some(DirectorySettings::Static {
+            loader,
+            watch,
+            initial,
+        }),
+        Err(e) => {
+            errs.0.extend(e.0);
+            None
+        }
     }
 }
 
@@ -930,7 +939,10 @@ mod tests {
             "directory:\n  static:\n    actors:\n    - {atespace: a, name: one, endpoint: 'x'}\n",
         )
         .unwrap();
-        let e = loader().unwrap_err();
+        let e = match loader() {
+            Ok(_) => panic!("broken edit accepted"),
+            Err(e) => e.to_string(),
+        };
         assert!(
             e.contains(r#"directory.static.actors[0].endpoint: invalid socket address "x""#),
             "{e}"

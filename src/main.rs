@@ -61,7 +61,6 @@ fn main() -> ExitCode {
             match runtime.block_on(serve::run(loaded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
                     eprintln!("actorgate: {e:#}");
                     ExitCode::FAILURE
                 }

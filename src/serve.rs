@@ -35,6 +35,8 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener> {
 /// Runs until a termination signal, then drains.
 pub async fn run(loaded: Loaded) -> Result<()> {
     crate::telemetry::init(&loaded.config.logging);
+    // Install signal handlers before anything listens, so an early SIGTERM drains too.
+    let mut signals = Signals::install()?;
     let mut registry = Registry::default();
     registry.register(
         "actorgate_build",
@@ -58,7 +60,8 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 initial,
             } => {
                 tracing::info!(actors = initial.len(), source = %watch.display(), "static directory loaded");
-                let d = StaticDirectory::new(loader).map_err(anyhow::Error::msg)?;
+                let d = StaticDirectory::new(loader)
+                    .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', "; ")))?;
                 match d.watch(&watch) {
                     Ok(w) => _watch = Some(w),
                     Err(e) => {
@@ -153,11 +156,20 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         "actorgate started"
     );
 
-    wait_for_signal().await?;
+    signals.next().await;
     tracing::info!(drain_delay = ?loaded.config.shutdown.drain_delay, "shutdown requested: readiness is now 503");
     state.draining.store(true, Ordering::Release);
+    // A second signal skips the drain.
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("actorgate: second signal: exiting without waiting for the drain");
+        std::process::exit(1);
+    });
     health_reporter
         .set_not_serving::<routing_core::proto::control_server::ControlServer<ControlService<StaticDirectory>>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     tokio::time::sleep(loaded.config.shutdown.drain_delay).await;
     let _ = stop_tx.send(true);
@@ -183,15 +195,27 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Probes the directory now and every `HEALTH_INTERVAL`, feeding `/readyz` and the gauge.

@@ -59,10 +59,14 @@ impl ActorRef {
     }
 
     fn from_valid_lowercase(atespace: &str, name: &str) -> Self {
-        let mut key = String::with_capacity(atespace.len() + 1 + name.len());
-        key.push_str(atespace);
-        key.push('/');
-        key.push_str(name);
+        // Both labels are validated ASCII of at most 63 bytes: build the key on the stack and
+        // allocate once.
+        let mut buf = [0u8; 2 * MAX_LABEL_LEN + 1];
+        let n = atespace.len() + 1 + name.len();
+        buf[..atespace.len()].copy_from_slice(atespace.as_bytes());
+        buf[atespace.len()] = b'/';
+        buf[atespace.len() + 1..n].copy_from_slice(name.as_bytes());
+        let key: &str = std::str::from_utf8(&buf[..n]).unwrap_or_default();
         Self {
             key: Arc::from(key),
             slash: atespace.len(),

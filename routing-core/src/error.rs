@@ -122,12 +122,15 @@ const MAX_DETAIL_LEN: usize = 200;
 /// `rpc error: code = X desc = ` prefix, control characters, and anything past 200 bytes.
 pub fn sanitize_detail(message: &str) -> String {
     let mut m = message.trim();
-    while let Some(rest) = m.strip_prefix("rpc error:") {
-        m = match rest.find("desc = ") {
-            Some(i) => &rest[i + "desc = ".len()..],
+    // A wrapped Go gRPC error: keep only the innermost description, or nothing.
+    if m.contains("rpc error:") {
+        m = match m.rfind("desc = ") {
+            Some(i) => m[i + "desc = ".len()..].trim(),
             None => "",
+        };
+        if m.contains("rpc error:") {
+            m = "";
         }
-        .trim();
     }
     let mut out = String::with_capacity(m.len().min(MAX_DETAIL_LEN));
     for c in m.chars() {
@@ -212,6 +215,16 @@ mod tests {
                 "rpc error: code = FailedPrecondition desc = no free workers available"
             ),
             "no free workers available"
+        );
+        assert_eq!(
+            sanitize_detail(
+                "failed to place: rpc error: code = Unavailable desc = no free workers available"
+            ),
+            "no free workers available"
+        );
+        assert_eq!(
+            sanitize_detail("wrapped rpc error: code = Internal"),
+            "no details"
         );
         assert_eq!(sanitize_detail("a\nb\u{7}c"), "a b c");
         assert_eq!(sanitize_detail(""), "no details");

@@ -193,23 +193,16 @@ impl Extractor {
 
     /// Splits `host[:port]`; returns `Ok(None)` when the host is not under the actor suffix and
     /// `Ok(Some((labels before the suffix, port)))` when it is.
-    #[allow(clippy::type_complexity)]
     fn split_authority<'a>(
         &self,
         authority: &'a str,
     ) -> Result<Option<(&'a str, u16)>, InvalidActorRef> {
+        // Decide "is this an actor host?" before judging the port, so a host that is not under
+        // the suffix (an IPv6 literal, a gateway name with an odd port) lets later extractors run.
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => {
-                if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(InvalidActorRef); // IPv6 literals land here too
-                }
-                let port: u16 = p.parse().map_err(|_| InvalidActorRef)?;
-                if port == 0 {
-                    return Err(InvalidActorRef);
-                }
-                (h, port)
-            }
-            None => (authority, self.default_port),
+            Some((h, p)) if !h.contains(':') && !h.starts_with('[') => (h, Some(p)),
+            Some(_) => return Ok(None), // IPv6 literal: never an actor host
+            None => (authority, None),
         };
         let host = host.strip_suffix('.').unwrap_or(host);
         let sfx = self.dotted_suffix.as_bytes();
@@ -217,6 +210,18 @@ impl Extractor {
         if hb.len() <= sfx.len() || !hb[hb.len() - sfx.len()..].eq_ignore_ascii_case(sfx) {
             return Ok(None);
         }
+        let port = match port {
+            None => self.default_port,
+            Some(p) => {
+                if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(InvalidActorRef);
+                }
+                match p.parse::<u16>() {
+                    Ok(port) if port != 0 => port,
+                    _ => return Err(InvalidActorRef),
+                }
+            }
+        };
         Ok(Some((&host[..host.len() - sfx.len()], port)))
     }
 }
@@ -321,6 +326,16 @@ mod tests {
             })
             .unwrap();
         assert_eq!(t.actor.as_str(), "b/a");
+        // A gateway authority with a bad port is "not an actor host": the header still decides.
+        for authority in ["gateway:notaport", "[::1]:8080", "[::1]"] {
+            let t = e
+                .extract(&RequestMeta {
+                    target_actor: Some("hdr/actor"),
+                    authority: Some(authority),
+                })
+                .unwrap();
+            assert_eq!(t.actor.as_str(), "hdr/actor", "{authority}");
+        }
         // Without legacy_host configured, a one-label host does not match.
         assert_eq!(host(&e, "a.actors.example"), Err(InvalidActorRef));
     }

@@ -14,7 +14,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -24,7 +25,7 @@ use crate::actor_ref::ActorRef;
 use crate::directory::{ActorDirectory, ActorRecord, DirectoryError, TemplateRef};
 use crate::error::{RouteError, sanitize_detail};
 use crate::extract::{Extractor, RequestMeta, Target};
-use crate::metrics::{ResolveKind, ResolverMetrics, code_name};
+use crate::metrics::{ResolveKind, ResolverMetrics};
 use crate::proto::ActorState;
 
 /// How many recent control-plane decisions `/statusz` shows.
@@ -159,13 +160,21 @@ pub struct ResolverStatus {
 
 type FlightResult = Result<(Arc<Placement>, ResolveKind), RouteError>;
 
-#[derive(Clone)]
-enum FlightState {
-    /// Asking whether the actor runs (no parking needed yet).
-    Looking,
-    /// Resuming: waiting requests hold parking slots.
-    Resuming,
-    Done(FlightResult),
+/// What waiters of a flight see.
+#[derive(Clone, Default)]
+struct FlightState {
+    /// `ResumeActor` is under way: waiting requests hold parking slots.
+    resuming: bool,
+    /// The latest retryable failure, already mapped: what a request whose wait runs out is told
+    /// (a 503 with the server's reason beats a bare 504).
+    last_error: Option<RouteError>,
+    done: Option<FlightResult>,
+}
+
+/// A flight in the map: its state channel and whether an invalidation made its result stale.
+struct FlightEntry {
+    rx: watch::Receiver<FlightState>,
+    stale: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -173,7 +182,7 @@ struct Inner {
     settings: ResolverSettings,
     extractor: Extractor,
     cache: Option<moka::sync::Cache<ActorRef, Arc<Placement>>>,
-    flights: Mutex<HashMap<ActorRef, watch::Receiver<FlightState>>>,
+    flights: Mutex<HashMap<ActorRef, FlightEntry>>,
     parking: Arc<Semaphore>,
     metrics: ResolverMetrics,
     recent: Mutex<VecDeque<Decision>>,
@@ -211,7 +220,8 @@ impl Resolver {
                 .time_to_live(settings.cache_ttl)
                 .build()
         });
-        Self {
+        let changes = directory.changes();
+        let resolver = Self {
             inner: Arc::new(Inner {
                 directory,
                 parking: Arc::new(Semaphore::new(settings.parking_limit)),
@@ -222,7 +232,19 @@ impl Resolver {
                 metrics,
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
             }),
+        };
+        // A directory that changes (the static one, on reload) empties the route cache, so an
+        // edit applies to the next resolution.
+        if let (Some(mut rx), Ok(rt)) = (changes, tokio::runtime::Handle::try_current()) {
+            let weak: Weak<Inner> = Arc::downgrade(&resolver.inner);
+            rt.spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let Some(inner) = weak.upgrade() else { break };
+                    Resolver { inner }.invalidate_all();
+                }
+            });
         }
+        resolver
     }
 
     /// The extractor this resolver was built with.
@@ -275,13 +297,27 @@ impl Resolver {
     }
 
     /// Drops a cached route, e.g. after the worker refused a connection or answered 421, so the
-    /// next request asks the control plane again.
+    /// next request asks the control plane again. A lookup already under way for the actor is
+    /// detached too: its result is not cached and later requests do not join it.
     pub fn invalidate(&self, actor: &ActorRef) {
         if let Some(cache) = &self.inner.cache
             && cache.contains_key(actor)
         {
             cache.invalidate(actor);
             self.inner.metrics.cache_invalidations.inc();
+        }
+        if let Some(entry) = self.inner.lock_flights().remove(actor) {
+            entry.stale.store(true, Ordering::Release);
+        }
+    }
+
+    /// Drops every cached route and detaches every lookup under way (the directory changed).
+    pub fn invalidate_all(&self) {
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate_all();
+        }
+        for (_, entry) in self.inner.lock_flights().drain() {
+            entry.stale.store(true, Ordering::Release);
         }
     }
 
@@ -295,7 +331,7 @@ impl Resolver {
             parked: m.parked_now(),
             parking_limit: self.inner.settings.parking_limit,
             parking_rejected: m.parking_rejected_total(),
-            flights_in_progress: self.inner.flights.lock().map_or(0, |f| f.len()),
+            flights_in_progress: self.inner.lock_flights().len(),
             recent: self
                 .inner
                 .recent
@@ -328,10 +364,12 @@ impl Resolver {
         let deadline = tokio::time::Instant::now() + self.inner.settings.budget;
         let mut parked: Option<Parked> = None;
         loop {
-            let resuming = match &*rx.borrow_and_update() {
-                FlightState::Done(r) => return r.clone(),
-                FlightState::Resuming => true,
-                FlightState::Looking => false,
+            let resuming = {
+                let state = rx.borrow_and_update();
+                if let Some(done) = &state.done {
+                    return done.clone();
+                }
+                state.resuming
             };
             if resuming && parked.is_none() {
                 match self.inner.parking.clone().try_acquire_owned() {
@@ -350,63 +388,77 @@ impl Resolver {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(RouteError::Internal(actor.clone())),
-                Err(_) => return Err(RouteError::Timeout(actor.clone())),
+                Ok(Err(_)) => {
+                    return rx
+                        .borrow()
+                        .done
+                        .clone()
+                        .unwrap_or_else(|| Err(RouteError::Internal(actor.clone())));
+                }
+                Err(_) => {
+                    let last = rx.borrow().last_error.clone();
+                    return Err(last.unwrap_or_else(|| RouteError::Timeout(actor.clone())));
+                }
             }
         }
     }
 
     fn join_or_start(&self, actor: &ActorRef) -> watch::Receiver<FlightState> {
-        let mut flights = match self.inner.flights.lock() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(rx) = flights.get(actor) {
-            return rx.clone();
+        let mut flights = self.inner.lock_flights();
+        if let Some(entry) = flights.get(actor) {
+            return entry.rx.clone();
         }
-        let (tx, rx) = watch::channel(FlightState::Looking);
-        flights.insert(actor.clone(), rx.clone());
+        let (tx, rx) = watch::channel(FlightState::default());
+        let stale = Arc::new(AtomicBool::new(false));
+        flights.insert(
+            actor.clone(),
+            FlightEntry {
+                rx: rx.clone(),
+                stale: stale.clone(),
+            },
+        );
         drop(flights);
-        let guard = FlightGuard {
-            inner: self.inner.clone(),
-            actor: actor.clone(),
-            rx: rx.clone(),
-        };
+        let guard = FlightGuard::new(self.inner.clone(), actor.clone(), rx.clone());
         let inner = self.inner.clone();
         let actor = actor.clone();
         tokio::spawn(async move {
-            inner.metrics.flights.inc();
-            inner.metrics.flights_in_progress.inc();
             let started = Instant::now();
             let result = inner.run_flight(&actor, &tx).await;
-            inner.metrics.flights_in_progress.dec();
-            if let (Ok((p, _)), Some(cache)) = (&result, &inner.cache) {
+            if let (Ok((p, _)), Some(cache)) = (&result, &inner.cache)
+                && !stale.load(Ordering::Acquire)
+            {
                 cache.insert(actor.clone(), p.clone());
             }
             inner.record(&actor, &result, started.elapsed());
             drop(guard); // leave the map before publishing: late arrivals hit the cache
-            let _ = tx.send(FlightState::Done(result));
+            tx.send_modify(|s| s.done = Some(result));
         });
         rx
     }
 }
 
-/// Removes a flight from the map when it ends, even by panic.
+/// Counts a flight and removes it from the map when it ends, even by panic.
 struct FlightGuard {
     inner: Arc<Inner>,
     actor: ActorRef,
     rx: watch::Receiver<FlightState>,
 }
 
+impl FlightGuard {
+    fn new(inner: Arc<Inner>, actor: ActorRef, rx: watch::Receiver<FlightState>) -> Self {
+        inner.metrics.flights.inc();
+        inner.metrics.flights_in_progress.inc();
+        Self { inner, actor, rx }
+    }
+}
+
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        let mut flights = match self.inner.flights.lock() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        };
+        self.inner.metrics.flights_in_progress.dec();
+        let mut flights = self.inner.lock_flights();
         if flights
             .get(&self.actor)
-            .is_some_and(|r| r.same_channel(&self.rx))
+            .is_some_and(|e| e.rx.same_channel(&self.rx))
         {
             flights.remove(&self.actor);
         }
@@ -414,31 +466,64 @@ impl Drop for FlightGuard {
 }
 
 impl Inner {
+    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<ActorRef, FlightEntry>> {
+        match self.flights.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Sends one directory call on its own task (so nothing ever cancels it) and returns the
+    /// handle; the call records its own metric when it completes.
+    fn call(
+        &self,
+        actor: &ActorRef,
+        resume: bool,
+    ) -> tokio::task::JoinHandle<Result<(ActorRecord, bool), DirectoryError>> {
+        let metrics = self.metrics.clone();
+        let (method, fut): (
+            &'static str,
+            crate::directory::DirFuture<(ActorRecord, bool)>,
+        ) = if resume {
+            let f = self.directory.resume(actor, self.settings.resume_boot);
+            (
+                "ResumeActor",
+                Box::pin(async move { f.await.map(|o| (o.record, o.resumed)) }),
+            )
+        } else {
+            let f = self.directory.get(actor);
+            (
+                "GetActor",
+                Box::pin(async move { f.await.map(|rec| (rec, false)) }),
+            )
+        };
+        tokio::spawn(async move {
+            let r = fut.await;
+            metrics.rpc(method, r.as_ref().err().map_or(tonic::Code::Ok, |e| e.code));
+            r
+        })
+    }
+
     async fn run_flight(&self, actor: &ActorRef, tx: &watch::Sender<FlightState>) -> FlightResult {
-        let deadline = Instant::now() + self.settings.budget;
+        let deadline = tokio::time::Instant::now() + self.settings.budget;
         let mut backoff = Backoff::new(self.settings.backoff);
         let mut probing = self.settings.probe_with_get;
         if !probing {
-            tx.send_replace(FlightState::Resuming);
+            tx.send_modify(|s| s.resuming = true);
         }
+        let mut last_error: Option<RouteError> = None;
         loop {
-            let attempt = if probing {
-                let r = self.directory.get(actor).await;
-                self.metrics.rpc(
-                    "GetActor",
-                    r.as_ref().err().map_or(tonic::Code::Ok, |e| e.code),
-                );
-                r.map(|rec| (rec, false))
-            } else {
-                let r = self
-                    .directory
-                    .resume(actor, self.settings.resume_boot)
-                    .await;
-                self.metrics.rpc(
-                    "ResumeActor",
-                    r.as_ref().err().map_or(tonic::Code::Ok, |e| e.code),
-                );
-                r.map(|o| (o.record, o.resumed))
+            // The flight stops waiting at its budget; the call itself runs on to completion.
+            let attempt = match tokio::time::timeout_at(deadline, self.call(actor, !probing)).await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(DirectoryError::new(
+                    tonic::Code::Internal,
+                    "directory call panicked",
+                )),
+                Err(_) => {
+                    return Err(last_error.unwrap_or_else(|| RouteError::Timeout(actor.clone())));
+                }
             };
             let err = match attempt {
                 Ok((rec, resumed)) if rec.state == ActorState::Running => {
@@ -451,7 +536,7 @@ impl Inner {
                 }
                 Ok(_) if probing => {
                     probing = false;
-                    tx.send_replace(FlightState::Resuming);
+                    tx.send_modify(|s| s.resuming = true);
                     continue;
                 }
                 Ok((rec, _)) => DirectoryError::new(
@@ -460,14 +545,18 @@ impl Inner {
                 ),
                 Err(e) => e,
             };
-            if !is_retryable(err.code) {
-                return Err(final_error(actor, err));
+            let retryable = is_retryable(err.code);
+            let mapped = final_error(actor, err);
+            if !retryable {
+                return Err(mapped);
             }
             let delay = backoff.next_delay();
-            if Instant::now() + delay >= deadline {
-                return Err(final_error(actor, err));
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Err(mapped);
             }
-            tracing::debug!(actor = %actor, code = code_name(err.code), delay_ms = delay.as_millis() as u64, "retrying control-plane call");
+            tracing::debug!(actor = %actor, error = %mapped, delay_ms = delay.as_millis() as u64, "retrying control-plane call");
+            tx.send_modify(|s| s.last_error = Some(mapped.clone()));
+            last_error = Some(mapped);
             tokio::time::sleep(delay).await;
         }
     }

@@ -30,6 +30,8 @@ pub enum Step {
     Delay(Duration),
     /// Never answer (until the client gives up).
     Hang,
+    /// Wait, then answer with this status.
+    FailAfter(Duration, tonic::Code, String),
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +246,10 @@ impl Service {
             Some(Step::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 Ok(())
+            }
+            Some(Step::FailAfter(d, code, msg)) => {
+                tokio::time::sleep(d).await;
+                Err(tonic::Status::new(code, msg))
             }
             Some(Step::Hang) => {
                 futures_util::future::pending::<()>().await;

@@ -160,6 +160,59 @@ async fn failed_precondition_past_budget_is_503_with_description() {
 }
 
 #[tokio::test]
+async fn budget_ending_during_a_retry_still_reports_the_server_reason() {
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor(
+        "ns/slowfail",
+        ActorState::Suspended,
+        "10.0.0.6",
+        Duration::ZERO,
+    );
+    // Every attempt takes 150 ms and fails: the 400 ms budget runs out in the middle of one.
+    fake.script(
+        Method::ResumeActor,
+        "ns/slowfail",
+        (0..100).map(|_| {
+            Step::FailAfter(
+                Duration::from_millis(150),
+                tonic::Code::ResourceExhausted,
+                "no free workers available".into(),
+            )
+        }),
+    );
+    let r = resolver_for(&fake, settings(400));
+    let err = r.resolve(&target("ns/slowfail")).await.unwrap_err();
+    assert_eq!(
+        (err.http_status(), err.client_message().as_str()),
+        (
+            503,
+            "actor ns/slowfail unavailable: no free workers available"
+        )
+    );
+}
+
+#[tokio::test]
+async fn client_rpc_deadline_is_a_timeout_not_an_internal_error() {
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/dl", ActorState::Running, "10.0.0.16", Duration::ZERO);
+    fake.script(Method::GetActor, "ns/dl", [Step::Hang]);
+    let mut s = ateapi(&fake, None);
+    s.rpc_timeout = Duration::from_millis(100);
+    let dir = AteApiDirectory::new(&s).unwrap();
+    let r = Resolver::new(
+        Arc::new(dir),
+        settings(3000),
+        Extractor::default(),
+        ResolverMetrics::new(),
+    );
+    let err = r.resolve(&target("ns/dl")).await.unwrap_err();
+    assert_eq!(
+        (err.http_status(), err.client_message().as_str()),
+        (504, "actor ns/dl request timed out")
+    );
+}
+
+#[tokio::test]
 async fn hung_rpc_past_budget_is_504() {
     let fake = FakeControlPlane::start().await;
     fake.add_actor(

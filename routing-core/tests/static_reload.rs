@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use routing_core::directory::static_dir::{StaticDirectory, StaticDirectorySpec};
+use routing_core::field_error::{FieldError, FieldErrors};
 use routing_core::{ActorDirectory, ActorRef};
 
 fn loader(path: PathBuf) -> routing_core::directory::static_dir::StaticLoader {
     Arc::new(move || {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let spec: StaticDirectorySpec = serde_saphyr::from_str(&text)
-            .map_err(|e| format!("{}: {}", path.display(), e.without_snippet()))?;
+        let fail = |m: String| FieldErrors(vec![FieldError::new(path.display().to_string(), m)]);
+        let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+        let spec: StaticDirectorySpec =
+            serde_saphyr::from_str(&text).map_err(|e| fail(e.without_snippet().to_string()))?;
         spec.validate("")
-            .map_err(|e| format!("{}: {e}", path.display()))
     })
 }
 
@@ -31,6 +31,59 @@ async fn endpoint_port(d: &StaticDirectory, a: &ActorRef) -> Option<u16> {
         .ok()
         .and_then(|r| r.worker)
         .and_then(|w| w.port)
+}
+
+#[tokio::test]
+async fn an_edit_changes_the_next_resolution_despite_the_route_cache() {
+    use routing_core::extract::{ExtractorKind, Target};
+    use routing_core::{Extractor, ResolveKind, Resolver, ResolverMetrics, ResolverSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("actors.yaml");
+    write(
+        &path,
+        "actors:\n- {atespace: demo, name: one, endpoint: '127.0.0.1:1001'}\n",
+    );
+    let d = StaticDirectory::new(loader(path.clone())).unwrap();
+    let _watch = d.watch(&path).unwrap();
+    let settings = ResolverSettings {
+        cache_ttl: Duration::from_secs(3600),
+        ..ResolverSettings::default()
+    };
+    let r = Resolver::new(
+        Arc::new(d.clone()),
+        settings,
+        Extractor::default(),
+        ResolverMetrics::new(),
+    );
+    let t = Target {
+        actor: ActorRef::parse("demo/one").unwrap(),
+        port: 80,
+        via: ExtractorKind::Header,
+    };
+    assert_eq!(r.resolve(&t).await.unwrap().endpoint.port(), 1001);
+    assert_eq!(r.resolve(&t).await.unwrap().kind, ResolveKind::Cached);
+    write(
+        &path,
+        "actors:\n- {atespace: demo, name: one, endpoint: '127.0.0.1:2002'}\n",
+    );
+    let mut port = 0;
+    for _ in 0..300 {
+        port = r.resolve(&t).await.unwrap().endpoint.port();
+        if port == 2002 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        port, 2002,
+        "the edit reached the resolver although the cached route had an hour left"
+    );
+    // Unrelated files in the same folder do not trigger reloads.
+    let generation = d.status().generation;
+    std::fs::write(dir.path().join("other.log"), "noise").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.status().generation, generation);
+    assert!(d.status().last_reload < std::time::SystemTime::now() - Duration::from_millis(250));
 }
 
 #[tokio::test]

@@ -21,17 +21,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A running `actorgate serve`, killed on drop. Its stderr goes to `log`.
+/// A running `actorgate serve`, killed on drop. Its stderr goes to `log`, in a temporary
+/// directory of its own (never beside the config: the static directory watches that folder).
 pub struct Gateway {
     pub child: Option<Child>,
     pub admin: SocketAddr,
     pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
 }
 
 impl Gateway {
     /// Starts `actorgate serve --config <config>` and waits for `/readyz` to answer (any status).
     pub async fn start(config: &Path, admin: SocketAddr) -> Self {
-        let log = config.with_extension("log");
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("actorgate.log");
         let child = Command::new(env!("CARGO_BIN_EXE_actorgate"))
             .args(["serve", "--config"])
             .arg(config)
@@ -44,6 +47,7 @@ impl Gateway {
             child: Some(child),
             admin,
             log,
+            _log_dir: log_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -40,8 +40,13 @@ impl From<tonic::Status> for DirectoryError {
         // statuses with a source error; they mean "the control plane is unreachable".
         let transport = std::error::Error::source(&s).is_some()
             && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal);
+        // tonic reports its own client-side deadline (`grpc-timeout`) as CANCELLED.
+        let client_deadline =
+            s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired";
         let code = if transport {
             tonic::Code::Unavailable
+        } else if client_deadline {
+            tonic::Code::DeadlineExceeded
         } else {
             s.code()
         };
@@ -115,6 +120,11 @@ pub trait ActorDirectory: Send + Sync + 'static {
         let page = self.list("", 1, "");
         Box::pin(async move { page.await.map(|_| ()) })
     }
+    /// A channel that ticks whenever the directory's content changed wholesale (the static
+    /// directory on reload); resolvers then drop their cached routes. `None`: never changes.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 impl<D: ActorDirectory + ?Sized> ActorDirectory for Arc<D> {
@@ -132,5 +142,8 @@ impl<D: ActorDirectory + ?Sized> ActorDirectory for Arc<D> {
     }
     fn health(&self) -> DirFuture<()> {
         (**self).health()
+    }
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        (**self).changes()
     }
 }

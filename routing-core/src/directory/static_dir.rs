@@ -202,8 +202,9 @@ impl StaticDirectorySpec {
     }
 }
 
-/// Loads and validates the directory's source; called at start and on every change.
-pub type StaticLoader = Arc<dyn Fn() -> Result<ValidStaticSpec, String> + Send + Sync>;
+/// Loads and validates the directory's source; called at start and on every change. Errors
+/// name their field (or file) each.
+pub type StaticLoader = Arc<dyn Fn() -> Result<ValidStaticSpec, FieldErrors> + Send + Sync>;
 
 /// What `/statusz` shows about the static directory.
 #[derive(Debug, Clone, Serialize)]
@@ -304,6 +305,8 @@ struct Inner {
     loader: StaticLoader,
     /// Serialises reloads.
     reload_lock: Mutex<()>,
+    /// Ticks with the generation on every change.
+    changes: watch::Sender<u64>,
 }
 
 /// The static back-end. Cheap to clone.
@@ -314,7 +317,7 @@ pub struct StaticDirectory {
 
 impl StaticDirectory {
     /// Loads the directory once through `loader`; the loader is reused by `reload`.
-    pub fn new(loader: StaticLoader) -> Result<Self, String> {
+    pub fn new(loader: StaticLoader) -> Result<Self, FieldErrors> {
         let spec = loader()?;
         let snap = Snapshot::build(spec, None);
         let status = StaticStatus {
@@ -331,6 +334,7 @@ impl StaticDirectory {
                 status: Mutex::new(status),
                 loader,
                 reload_lock: Mutex::new(()),
+                changes: watch::Sender::new(1),
             }),
         })
     }
@@ -349,7 +353,7 @@ impl StaticDirectory {
     /// Returns whether the declarations changed. Blocking: call from `spawn_blocking`.
     pub fn reload(&self) -> Result<bool, String> {
         let _serial = self.inner.reload_lock.lock();
-        let result = (self.inner.loader)();
+        let result = (self.inner.loader)().map_err(|e| e.to_string().replace('\n', "; "));
         let mut status = match self.inner.status.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
@@ -364,6 +368,7 @@ impl StaticDirectory {
                     status.actors = snap.entries.len();
                     status.resume_delay = snap.resume_delay;
                     self.inner.snapshot.store(Arc::new(snap));
+                    self.inner.changes.send_replace(status.generation);
                     tracing::info!(
                         actors = status.actors,
                         generation = status.generation,
@@ -404,8 +409,16 @@ impl StaticDirectory {
             _ => PathBuf::from("."),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let file_name = path.file_name().map(|n| n.to_os_string());
+        let relevant = move |p: &Path| {
+            let n = p.file_name();
+            n == file_name.as_deref() || n == Some(std::ffi::OsStr::new("..data"))
+        };
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok_and(|e| !e.kind.is_access()) {
+            if let Ok(e) = ev
+                && !e.kind.is_access()
+                && e.paths.iter().any(|p| relevant(p))
+            {
                 let _ = tx.try_send(());
             }
         })?;
@@ -570,6 +583,10 @@ impl ActorDirectory for StaticDirectory {
 
     fn health(&self) -> DirFuture<()> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.changes.subscribe())
     }
 }
 

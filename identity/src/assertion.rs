@@ -1,0 +1,88 @@
+//! Egress assertions (DESIGN §6): the tunnel agent's per-tunnel JWT carrying the actor identity
+//! and the original destination (`dst`, as captured by `SO_ORIGINAL_DST`), audience = the PEP,
+//! lifetime ≤ 60 s. The PEP requires `dst` to equal the CONNECT target and refuses a `jti` seen
+//! within its lifetime.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::actor::ActorIdentity;
+use crate::keys::KeyError;
+use crate::replay::{ReplayCache, ReplayError};
+use crate::token::{Signer, TokenError, Verified, Verifier, now_secs};
+
+/// Longest lifetime of an egress assertion.
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Why an assertion was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssertionError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("assertion has no dst")]
+    MissingDst,
+    #[error("assertion dst {asserted} does not match the destination {actual}")]
+    DstMismatch { asserted: String, actual: SocketAddr },
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+}
+
+/// Mints assertions (the tunnel agent's side).
+pub struct AssertionMinter {
+    signer: Signer,
+    audience: String,
+    lifetime: Duration,
+}
+
+impl AssertionMinter {
+    /// `lifetime` is capped at 60 s.
+    pub fn new(signer: Signer, pep_audience: &str, lifetime: Duration) -> Self {
+        Self {
+            signer,
+            audience: pep_audience.to_owned(),
+            lifetime: lifetime.min(MAX_ASSERTION_LIFETIME),
+        }
+    }
+
+    /// An assertion that `actor` opened a connection to `dst`.
+    pub fn mint(&self, actor: &ActorIdentity, dst: SocketAddr) -> Result<String, KeyError> {
+        let mut claims = self.signer.claims(actor, &self.audience, self.lifetime);
+        claims.dst = Some(dst.to_string());
+        self.signer.sign(&claims)
+    }
+}
+
+/// Verifies assertions (the PEP's side). The inner verifier's `max_lifetime` should be ≤ 60 s.
+pub struct AssertionVerifier {
+    verifier: Verifier,
+    replay: ReplayCache,
+}
+
+impl AssertionVerifier {
+    pub fn new(verifier: Verifier, replay_capacity: usize) -> Self {
+        Self {
+            verifier,
+            replay: ReplayCache::new(replay_capacity),
+        }
+    }
+
+    /// Verifies the token, that its `dst` is `actual_dst`, and that its `jti` is new.
+    pub async fn verify(&self, token: &str, actual_dst: SocketAddr) -> Result<Verified, AssertionError> {
+        let v = self.verifier.verify(token).await?;
+        let asserted = v.claims.dst.as_deref().ok_or(AssertionError::MissingDst)?;
+        // Compare as addresses so "[::1]:80" and an equivalent spelling agree.
+        if asserted.parse::<SocketAddr>().ok() != Some(actual_dst) {
+            return Err(AssertionError::DstMismatch {
+                asserted: asserted.chars().take(64).collect(),
+                actual: actual_dst,
+            });
+        }
+        self.replay.check_and_insert(&v.claims.jti, v.claims.exp, now_secs())?;
+        Ok(v)
+    }
+
+    /// Token ids currently remembered.
+    pub fn replay_entries(&self) -> usize {
+        self.replay.len()
+    }
+}

@@ -1,0 +1,204 @@
+//! Identity from an X.509 certificate (DESIGN §6): exactly one SPIFFE URI SAN naming an actor or
+//! a platform component, client-auth EKU, not a CA; the upstream ActorIdentity extension
+//! (OID 1.3.6.1.4.1.11129.2.12.2, JSON `{"Atespace","ActorName","ActorUid","Purpose"}`) is
+//! accepted when present and must agree with the SPIFFE ID.
+//!
+//! Chain validation is rustls's job (the handshake); these checks run on the verified leaf and
+//! repeat the usage checks as defence in depth.
+
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::actor::ActorIdentity;
+use crate::spiffe::{SpiffeError, SpiffeId};
+
+/// The upstream ActorIdentity extension's OID.
+pub const ACTOR_IDENTITY_OID: &str = "1.3.6.1.4.1.11129.2.12.2";
+/// Largest ActorIdentity extension value accepted.
+const MAX_EXTENSION_BYTES: usize = 4096;
+
+/// Who a peer certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerIdentity {
+    Actor(ActorIdentity),
+    Component {
+        namespace: String,
+        service_account: String,
+        /// The full SPIFFE ID, for allow-lists.
+        spiffe_id: String,
+    },
+}
+
+/// Why a certificate does not carry an acceptable identity. Each case is distinct so logs and
+/// tests can tell them apart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertIdentityError {
+    #[error("no peer certificate")]
+    NoCertificate,
+    #[error("certificate does not parse: {0}")]
+    Unparsable(String),
+    #[error("a CA certificate is not accepted as a leaf")]
+    CaAsLeaf,
+    #[error("certificate lacks the client-auth extended key usage")]
+    MissingClientAuth,
+    #[error("certificate has no SPIFFE URI SAN")]
+    NoSpiffeId,
+    #[error("certificate has {0} SPIFFE URI SANs; exactly one is allowed")]
+    MultipleSpiffeIds(usize),
+    #[error("invalid SPIFFE ID: {0}")]
+    BadSpiffeId(#[from] SpiffeError),
+    #[error("trust domain {found:?} is not {expected:?}")]
+    WrongTrustDomain { expected: String, found: String },
+    #[error("invalid ActorIdentity extension: {0}")]
+    BadExtension(String),
+    #[error("ActorIdentity extension names {extension}, SPIFFE ID names {spiffe}")]
+    ExtensionMismatch { extension: String, spiffe: String },
+    #[error("certificate names a component, not an actor")]
+    NotAnActor,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ActorIdentityExtension {
+    atespace: String,
+    actor_name: String,
+    #[serde(default)]
+    actor_uid: String,
+    #[serde(default)]
+    purpose: String,
+}
+
+/// The identity named by a leaf certificate (DER), checked against `trust_domain`.
+pub fn identity_from_der(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, CertIdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertIdentityError::Unparsable(e.to_string()))?;
+    check_leaf(&cert)?;
+    let spiffe = single_spiffe_uri(&cert)?;
+    let id = SpiffeId::parse(spiffe)?;
+    if id.trust_domain() != trust_domain {
+        return Err(CertIdentityError::WrongTrustDomain {
+            expected: trust_domain.to_owned(),
+            found: id.trust_domain().to_owned(),
+        });
+    }
+    let ext = actor_extension(&cert)?;
+    match id {
+        SpiffeId::Actor { atespace, name, .. } => {
+            let uid = match ext {
+                None => None,
+                Some(e) => {
+                    if e.atespace != atespace || e.actor_name != name {
+                        return Err(CertIdentityError::ExtensionMismatch {
+                            extension: format!("{}/{}", e.atespace, e.actor_name),
+                            spiffe: format!("{atespace}/{name}"),
+                        });
+                    }
+                    if !e.purpose.is_empty() && e.purpose != "atunnel" {
+                        return Err(CertIdentityError::BadExtension(format!(
+                            "unexpected purpose {:?}",
+                            e.purpose
+                        )));
+                    }
+                    (!e.actor_uid.is_empty()).then_some(e.actor_uid)
+                }
+            };
+            Ok(PeerIdentity::Actor(ActorIdentity {
+                atespace,
+                name,
+                uid,
+            }))
+        }
+        SpiffeId::Component {
+            namespace,
+            service_account,
+            trust_domain,
+        } => {
+            if ext.is_some() {
+                return Err(CertIdentityError::BadExtension(
+                    "ActorIdentity extension on a component certificate".into(),
+                ));
+            }
+            Ok(PeerIdentity::Component {
+                spiffe_id: crate::spiffe::component_uri(&trust_domain, &namespace, &service_account),
+                namespace,
+                service_account,
+            })
+        }
+    }
+}
+
+/// The actor named by a leaf certificate; component certificates are refused.
+pub fn actor_from_der(der: &[u8], trust_domain: &str) -> Result<ActorIdentity, CertIdentityError> {
+    match identity_from_der(der, trust_domain)? {
+        PeerIdentity::Actor(a) => Ok(a),
+        PeerIdentity::Component { .. } => Err(CertIdentityError::NotAnActor),
+    }
+}
+
+/// The identity of a TLS peer from its verified chain (leaf first), as rustls reports it.
+pub fn peer_identity(
+    chain: Option<&[CertificateDer<'_>]>,
+    trust_domain: &str,
+) -> Result<PeerIdentity, CertIdentityError> {
+    let leaf = chain
+        .and_then(|c| c.first())
+        .ok_or(CertIdentityError::NoCertificate)?;
+    identity_from_der(leaf, trust_domain)
+}
+
+fn check_leaf(cert: &X509Certificate<'_>) -> Result<(), CertIdentityError> {
+    let bc = cert
+        .basic_constraints()
+        .map_err(|e| CertIdentityError::Unparsable(e.to_string()))?;
+    if bc.is_some_and(|b| b.value.ca) {
+        return Err(CertIdentityError::CaAsLeaf);
+    }
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|e| CertIdentityError::Unparsable(e.to_string()))?;
+    match eku {
+        Some(e) if e.value.client_auth => Ok(()),
+        _ => Err(CertIdentityError::MissingClientAuth),
+    }
+}
+
+fn single_spiffe_uri<'a>(cert: &'a X509Certificate<'a>) -> Result<&'a str, CertIdentityError> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| CertIdentityError::Unparsable(e.to_string()))?;
+    let uris: Vec<&str> = san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match uris.as_slice() {
+        [] => Err(CertIdentityError::NoSpiffeId),
+        [one] => Ok(one),
+        many => Err(CertIdentityError::MultipleSpiffeIds(many.len())),
+    }
+}
+
+fn actor_extension(cert: &X509Certificate<'_>) -> Result<Option<ActorIdentityExtension>, CertIdentityError> {
+    let Some(ext) = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == ACTOR_IDENTITY_OID)
+    else {
+        return Ok(None);
+    };
+    if ext.value.len() > MAX_EXTENSION_BYTES {
+        return Err(CertIdentityError::BadExtension("too large".into()));
+    }
+    serde_json::from_slice(ext.value)
+        .map(Some)
+        .map_err(|e| CertIdentityError::BadExtension(e.to_string()))
+}

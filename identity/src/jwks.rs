@@ -1,0 +1,267 @@
+//! Verification keys by `kid`, from a JWKS file or an HTTPS URL, cached, refreshed on an interval
+//! and (rate-limited) when a token names an unknown `kid`. A failed refresh keeps the previous
+//! keys. Symmetric (`oct`) keys are never accepted from a JWKS.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::keys::ALLOWED_ALGORITHMS;
+
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Longest a JWKS fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// A local JWKS file (e.g. a mounted ConfigMap).
+    File(PathBuf),
+    /// An `https://` URL (or `http://` for local development), with an optional CA bundle.
+    Url { url: String, ca_file: Option<PathBuf> },
+    /// Fixed keys (tests).
+    Fixed(JwkSet),
+}
+
+/// JWKS problems.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot read JWKS {0}")]
+    Read(String),
+    #[error("cannot fetch JWKS {url}: {reason}")]
+    Fetch { url: String, reason: String },
+    #[error("invalid JWKS: {0}")]
+    Parse(String),
+    #[error("JWKS has no usable signing keys")]
+    Empty,
+}
+
+/// A usable verification key.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub alg: Algorithm,
+    pub key: Arc<DecodingKey>,
+}
+
+/// Refresh bookkeeping, for status pages.
+#[derive(Debug, Clone)]
+pub struct KeySetStatus {
+    pub keys: usize,
+    pub last_refresh: SystemTime,
+    pub last_error: Option<String>,
+}
+
+/// The current keys and how to refresh them.
+pub struct KeySet {
+    source: JwksSource,
+    keys: ArcSwap<HashMap<String, VerifyKey>>,
+    status: Mutex<KeySetStatus>,
+    last_kid_refresh: Mutex<Option<Instant>>,
+    min_kid_refresh_interval: Duration,
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+/// The algorithm a JWK is for: its `alg`, or inferred from its key type.
+fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    let inferred = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Some(Algorithm::ES256),
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Some(Algorithm::EdDSA),
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        _ => None,
+    }?;
+    match jwk.common.key_algorithm {
+        None => Some(inferred),
+        Some(KeyAlgorithm::ES256) if inferred == Algorithm::ES256 => Some(Algorithm::ES256),
+        Some(KeyAlgorithm::EdDSA) if inferred == Algorithm::EdDSA => Some(Algorithm::EdDSA),
+        Some(KeyAlgorithm::RS256) if inferred == Algorithm::RS256 => Some(Algorithm::RS256),
+        Some(_) => None, // an alg that does not fit the key, or one we do not accept
+    }
+}
+
+/// Parses a JWKS document into usable keys, skipping (and logging) keys that cannot be used.
+pub fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, VerifyKey>, JwksError> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| JwksError::Parse(e.to_string()))?;
+    keys_from_set(&set)
+}
+
+fn keys_from_set(set: &JwkSet) -> Result<HashMap<String, VerifyKey>, JwksError> {
+    let mut out = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone().filter(|k| !k.is_empty()) else {
+            tracing::warn!("JWKS key without kid skipped");
+            continue;
+        };
+        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+            continue;
+        }
+        let Some(alg) = jwk_algorithm(jwk).filter(|a| ALLOWED_ALGORITHMS.contains(a)) else {
+            tracing::warn!(kid, "JWKS key with an unsupported type or algorithm skipped");
+            continue;
+        };
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => {
+                out.insert(kid, VerifyKey { alg, key: Arc::new(key) });
+            }
+            Err(e) => tracing::warn!(kid, error = %e, "invalid JWKS key skipped"),
+        }
+    }
+    if out.is_empty() {
+        return Err(JwksError::Empty);
+    }
+    Ok(out)
+}
+
+impl KeySet {
+    /// Loads the keys once; fails when the source cannot be read or has no usable key.
+    pub async fn load(source: JwksSource, min_kid_refresh_interval: Duration) -> Result<Arc<Self>, JwksError> {
+        let keys = fetch(&source).await?;
+        Ok(Arc::new(Self {
+            status: Mutex::new(KeySetStatus {
+                keys: keys.len(),
+                last_refresh: SystemTime::now(),
+                last_error: None,
+            }),
+            source,
+            keys: ArcSwap::from_pointee(keys),
+            last_kid_refresh: Mutex::new(None),
+            min_kid_refresh_interval,
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The key for a `kid`, if currently known.
+    pub fn get(&self, kid: &str) -> Option<VerifyKey> {
+        self.keys.load().get(kid).cloned()
+    }
+
+    /// Re-reads the source. On failure the previous keys stay and the error is returned.
+    pub async fn refresh(&self) -> Result<usize, JwksError> {
+        let _one = self.refresh_lock.lock().await;
+        let result = fetch(&self.source).await;
+        let mut status = match self.status.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        match result {
+            Ok(keys) => {
+                let n = keys.len();
+                self.keys.store(Arc::new(keys));
+                status.keys = n;
+                status.last_refresh = SystemTime::now();
+                status.last_error = None;
+                Ok(n)
+            }
+            Err(e) => {
+                if status.last_error.as_deref() != Some(&e.to_string()) {
+                    tracing::error!(error = %e, "JWKS refresh failed; keeping the previous keys");
+                }
+                status.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Refreshes because a token named an unknown `kid`, at most once per
+    /// `min_kid_refresh_interval` (so garbage `kid`s cannot hammer the JWKS endpoint).
+    /// Returns whether a refresh happened.
+    pub async fn refresh_for_unknown_kid(&self) -> bool {
+        {
+            let mut last = match self.last_kid_refresh.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            if last.is_some_and(|t| t.elapsed() < self.min_kid_refresh_interval) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        self.refresh().await.is_ok()
+    }
+
+    /// Refreshes every `every` until the returned task is aborted.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let _ = this.refresh().await;
+            }
+        })
+    }
+
+    /// Refresh status.
+    pub fn status(&self) -> KeySetStatus {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+async fn fetch(source: &JwksSource) -> Result<HashMap<String, VerifyKey>, JwksError> {
+    match source {
+        JwksSource::Fixed(set) => keys_from_set(set),
+        JwksSource::File(path) => {
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| JwksError::Read(format!("{}: {e}", path.display())))?;
+            if bytes.len() > MAX_JWKS_BYTES {
+                return Err(JwksError::Read(format!("{}: larger than 1 MiB", path.display())));
+            }
+            parse_jwks(&bytes)
+        }
+        JwksSource::Url { url, ca_file } => {
+            let bytes = tokio::time::timeout(FETCH_TIMEOUT, fetch_url(url, ca_file.as_ref()))
+                .await
+                .map_err(|_| JwksError::Fetch {
+                    url: url.clone(),
+                    reason: format!("no answer within {FETCH_TIMEOUT:?}"),
+                })??;
+            parse_jwks(&bytes)
+        }
+    }
+}
+
+async fn fetch_url(url: &str, ca_file: Option<&PathBuf>) -> Result<Vec<u8>, JwksError> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let fail = |reason: String| JwksError::Fetch {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca_file {
+        for cert in crate::pem::load_certs(ca).map_err(|e| fail(e.to_string()))? {
+            roots.add(cert).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let resp = client.get(uri).await.map_err(|e| fail(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("HTTP {}", resp.status())));
+    }
+    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(body.to_bytes().to_vec())
+}

@@ -1,0 +1,71 @@
+//! JWT signing keys: generation (ES256, EdDSA, RS256), loading from PEM, and the public JWKS that
+//! verifiers use.
+
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyOperations, PublicKeyUse};
+use jsonwebtoken::{Algorithm, EncodingKey};
+
+/// Algorithms actorgate signs and accepts. Never `none`, never HMAC.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 3] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256];
+
+/// Key problems.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("algorithm {0:?} is not supported (use ES256, EdDSA or RS256)")]
+    Unsupported(String),
+    #[error("key generation failed: {0}")]
+    Generate(String),
+    #[error("invalid {alg:?} private key: {reason}")]
+    BadKey { alg: Algorithm, reason: String },
+    #[error("cannot build a JWK: {0}")]
+    Jwk(String),
+}
+
+/// Parses an algorithm name as written in configs and on the command line.
+pub fn parse_algorithm(s: &str) -> Result<Algorithm, KeyError> {
+    match s.to_ascii_uppercase().as_str() {
+        "ES256" => Ok(Algorithm::ES256),
+        "EDDSA" | "ED25519" => Ok(Algorithm::EdDSA),
+        "RS256" => Ok(Algorithm::RS256),
+        _ => Err(KeyError::Unsupported(s.to_owned())),
+    }
+}
+
+/// Generates a private key for `alg` as PKCS#8 PEM.
+pub fn generate_private_key_pem(alg: Algorithm) -> Result<String, KeyError> {
+    let kp = match alg {
+        Algorithm::ES256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        Algorithm::EdDSA => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        Algorithm::RS256 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        other => return Err(KeyError::Unsupported(format!("{other:?}"))),
+    }
+    .map_err(|e| KeyError::Generate(e.to_string()))?;
+    Ok(kp.serialize_pem())
+}
+
+/// Loads a private key PEM for `alg`.
+pub fn encoding_key(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, KeyError> {
+    let r = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(pem),
+        other => return Err(KeyError::Unsupported(format!("{other:?}"))),
+    };
+    r.map_err(|e| KeyError::BadKey {
+        alg,
+        reason: e.to_string(),
+    })
+}
+
+/// The public JWK (with `kid`, `alg`, `use: sig`) of a private key.
+pub fn public_jwk(alg: Algorithm, kid: &str, key: &EncodingKey) -> Result<Jwk, KeyError> {
+    let mut jwk = Jwk::from_encoding_key(key, alg).map_err(|e| KeyError::Jwk(e.to_string()))?;
+    jwk.common.key_id = Some(kid.to_owned());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    jwk.common.key_operations = Some(vec![KeyOperations::Verify]);
+    Ok(jwk)
+}
+
+/// A JWKS document of the given keys.
+pub fn jwks(keys: Vec<Jwk>) -> JwkSet {
+    JwkSet { keys }
+}
