@@ -22,7 +22,10 @@ pub enum AssertionError {
     #[error("assertion has no dst")]
     MissingDst,
     #[error("assertion dst {asserted} does not match the destination {actual}")]
-    DstMismatch { asserted: String, actual: SocketAddr },
+    DstMismatch {
+        asserted: String,
+        actual: SocketAddr,
+    },
     #[error(transparent)]
     Replay(#[from] ReplayError),
 }
@@ -67,7 +70,11 @@ impl AssertionVerifier {
     }
 
     /// Verifies the token, that its `dst` is `actual_dst`, and that its `jti` is new.
-    pub async fn verify(&self, token: &str, actual_dst: SocketAddr) -> Result<Verified, AssertionError> {
+    pub async fn verify(
+        &self,
+        token: &str,
+        actual_dst: SocketAddr,
+    ) -> Result<Verified, AssertionError> {
         let v = self.verifier.verify(token).await?;
         let asserted = v.claims.dst.as_deref().ok_or(AssertionError::MissingDst)?;
         // Compare as addresses so "[::1]:80" and an equivalent spelling agree.
@@ -77,7 +84,8 @@ impl AssertionVerifier {
                 actual: actual_dst,
             });
         }
-        self.replay.check_and_insert(&v.claims.jti, v.claims.exp, now_secs())?;
+        self.replay
+            .check_and_insert(&v.claims.jti, v.claims.exp, now_secs())?;
         Ok(v)
     }
 

@@ -71,7 +71,10 @@ struct ActorIdentityExtension {
 }
 
 /// The identity named by a leaf certificate (DER), checked against `trust_domain`.
-pub fn identity_from_der(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, CertIdentityError> {
+pub fn identity_from_der(
+    der: &[u8],
+    trust_domain: &str,
+) -> Result<PeerIdentity, CertIdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| CertIdentityError::Unparsable(e.to_string()))?;
     check_leaf(&cert)?;
@@ -121,7 +124,11 @@ pub fn identity_from_der(der: &[u8], trust_domain: &str) -> Result<PeerIdentity,
                 ));
             }
             Ok(PeerIdentity::Component {
-                spiffe_id: crate::spiffe::component_uri(&trust_domain, &namespace, &service_account),
+                spiffe_id: crate::spiffe::component_uri(
+                    &trust_domain,
+                    &namespace,
+                    &service_account,
+                ),
                 namespace,
                 service_account,
             })
@@ -187,7 +194,9 @@ fn single_spiffe_uri<'a>(cert: &'a X509Certificate<'a>) -> Result<&'a str, CertI
     }
 }
 
-fn actor_extension(cert: &X509Certificate<'_>) -> Result<Option<ActorIdentityExtension>, CertIdentityError> {
+fn actor_extension(
+    cert: &X509Certificate<'_>,
+) -> Result<Option<ActorIdentityExtension>, CertIdentityError> {
     let Some(ext) = cert
         .extensions()
         .iter()

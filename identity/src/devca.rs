@@ -59,7 +59,8 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
     // Backdate a little so peers with a slow clock accept new certificates.
     params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64);
+    params.not_after =
+        now + time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64);
 }
 
 fn named(cn: &str) -> DistinguishedName {
@@ -70,7 +71,9 @@ fn named(cn: &str) -> DistinguishedName {
 }
 
 fn uri(s: String) -> Result<SanType, DevCaError> {
-    Ok(SanType::URI(s.clone().try_into().map_err(|_| DevCaError::BadName(s))?))
+    Ok(SanType::URI(
+        s.clone().try_into().map_err(|_| DevCaError::BadName(s))?,
+    ))
 }
 
 impl DevCa {
@@ -80,7 +83,11 @@ impl DevCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = named(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         validity(&mut params, lifetime);
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
@@ -131,15 +138,28 @@ impl DevCa {
     }
 
     /// A server certificate for DNS names and IP addresses (server-auth EKU).
-    pub fn issue_server(&self, dns: &[String], ips: &[IpAddr], lifetime: Duration) -> Result<Issued, DevCaError> {
+    pub fn issue_server(
+        &self,
+        dns: &[String],
+        ips: &[IpAddr],
+        lifetime: Duration,
+    ) -> Result<Issued, DevCaError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name = named(dns.first().map(String::as_str).unwrap_or("actorgate server"));
+        params.distinguished_name = named(
+            dns.first()
+                .map(String::as_str)
+                .unwrap_or("actorgate server"),
+        );
         for d in dns {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(d.clone().try_into().map_err(|_| DevCaError::BadName(d.clone()))?));
+            params.subject_alt_names.push(SanType::DnsName(
+                d.clone()
+                    .try_into()
+                    .map_err(|_| DevCaError::BadName(d.clone()))?,
+            ));
         }
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params, lifetime)
     }
@@ -164,10 +184,12 @@ impl DevCa {
                 "ActorUid": actor.uid.clone().unwrap_or_default(),
                 "Purpose": "atunnel",
             });
-            params.custom_extensions.push(CustomExtension::from_oid_content(
-                &[1, 3, 6, 1, 4, 1, 11129, 2, 12, 2],
-                json.to_string().into_bytes(),
-            ));
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    &[1, 3, 6, 1, 4, 1, 11129, 2, 12, 2],
+                    json.to_string().into_bytes(),
+                ));
         }
         self.sign(params, lifetime)
     }
@@ -185,20 +207,35 @@ impl DevCa {
     ) -> Result<Issued, DevCaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = named(&format!("{namespace}/{service_account}"));
-        params.subject_alt_names = vec![uri(spiffe::component_uri(trust_domain, namespace, service_account))?];
+        params.subject_alt_names = vec![uri(spiffe::component_uri(
+            trust_domain,
+            namespace,
+            service_account,
+        ))?];
         for d in dns {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(d.clone().try_into().map_err(|_| DevCaError::BadName(d.clone()))?));
+            params.subject_alt_names.push(SanType::DnsName(
+                d.clone()
+                    .try_into()
+                    .map_err(|_| DevCaError::BadName(d.clone()))?,
+            ));
         }
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
         self.sign(params, lifetime)
     }
 
     /// Signs arbitrary parameters (tests use it for deliberately wrong certificates). The key
     /// usage is set to digital signature when the parameters name none.
-    pub fn sign(&self, mut params: CertificateParams, lifetime: Duration) -> Result<Issued, DevCaError> {
+    pub fn sign(
+        &self,
+        mut params: CertificateParams,
+        lifetime: Duration,
+    ) -> Result<Issued, DevCaError> {
         let key = KeyPair::generate()?;
         if params.key_usages.is_empty() && !matches!(params.is_ca, IsCa::Ca(_)) {
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -231,7 +268,8 @@ pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), DevCa
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
     }
     f.write_all(contents.as_bytes()).map_err(err)
 }

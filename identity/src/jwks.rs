@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::keys::ALLOWED_ALGORITHMS;
@@ -24,7 +26,10 @@ pub enum JwksSource {
     /// A local JWKS file (e.g. a mounted ConfigMap).
     File(PathBuf),
     /// An `https://` URL (or `http://` for local development), with an optional CA bundle.
-    Url { url: String, ca_file: Option<PathBuf> },
+    Url {
+        url: String,
+        ca_file: Option<PathBuf>,
+    },
     /// Fixed keys (tests).
     Fixed(JwkSet),
 }
@@ -70,8 +75,12 @@ pub struct KeySet {
 /// The algorithm a JWK is for: its `alg`, or inferred from its key type.
 fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     let inferred = match &jwk.algorithm {
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Some(Algorithm::ES256),
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Some(Algorithm::EdDSA),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+            Some(Algorithm::ES256)
+        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Some(Algorithm::EdDSA)
+        }
         AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
         _ => None,
     }?;
@@ -101,12 +110,21 @@ fn keys_from_set(set: &JwkSet) -> Result<HashMap<String, VerifyKey>, JwksError> 
             continue;
         }
         let Some(alg) = jwk_algorithm(jwk).filter(|a| ALLOWED_ALGORITHMS.contains(a)) else {
-            tracing::warn!(kid, "JWKS key with an unsupported type or algorithm skipped");
+            tracing::warn!(
+                kid,
+                "JWKS key with an unsupported type or algorithm skipped"
+            );
             continue;
         };
         match DecodingKey::from_jwk(jwk) {
             Ok(key) => {
-                out.insert(kid, VerifyKey { alg, key: Arc::new(key) });
+                out.insert(
+                    kid,
+                    VerifyKey {
+                        alg,
+                        key: Arc::new(key),
+                    },
+                );
             }
             Err(e) => tracing::warn!(kid, error = %e, "invalid JWKS key skipped"),
         }
@@ -119,7 +137,10 @@ fn keys_from_set(set: &JwkSet) -> Result<HashMap<String, VerifyKey>, JwksError> 
 
 impl KeySet {
     /// Loads the keys once; fails when the source cannot be read or has no usable key.
-    pub async fn load(source: JwksSource, min_kid_refresh_interval: Duration) -> Result<Arc<Self>, JwksError> {
+    pub async fn load(
+        source: JwksSource,
+        min_kid_refresh_interval: Duration,
+    ) -> Result<Arc<Self>, JwksError> {
         let keys = fetch(&source).await?;
         Ok(Arc::new(Self {
             status: Mutex::new(KeySetStatus {
@@ -214,7 +235,10 @@ async fn fetch(source: &JwksSource) -> Result<HashMap<String, VerifyKey>, JwksEr
                 .await
                 .map_err(|e| JwksError::Read(format!("{}: {e}", path.display())))?;
             if bytes.len() > MAX_JWKS_BYTES {
-                return Err(JwksError::Read(format!("{}: larger than 1 MiB", path.display())));
+                return Err(JwksError::Read(format!(
+                    "{}: larger than 1 MiB",
+                    path.display()
+                )));
             }
             parse_jwks(&bytes)
         }
@@ -236,7 +260,9 @@ async fn fetch_url(url: &str, ca_file: Option<&PathBuf>) -> Result<Vec<u8>, Jwks
         url: url.to_owned(),
         reason,
     };
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca_file {
         for cert in crate::pem::load_certs(ca).map_err(|e| fail(e.to_string()))? {
@@ -254,7 +280,8 @@ async fn fetch_url(url: &str, ca_file: Option<&PathBuf>) -> Result<Vec<u8>, Jwks
         .enable_http1()
         .build();
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
     let resp = client.get(uri).await.map_err(|e| fail(e.to_string()))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));

@@ -5,7 +5,8 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey};
 
 /// Algorithms actorgate signs and accepts. Never `none`, never HMAC.
-pub const ALLOWED_ALGORITHMS: [Algorithm; 3] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256];
+pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256];
 
 /// Key problems.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,9 @@ pub fn generate_private_key_pem(alg: Algorithm) -> Result<String, KeyError> {
     let kp = match alg {
         Algorithm::ES256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         Algorithm::EdDSA => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
-        Algorithm::RS256 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        Algorithm::RS256 => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
         other => return Err(KeyError::Unsupported(format!("{other:?}"))),
     }
     .map_err(|e| KeyError::Generate(e.to_string()))?;

@@ -75,7 +75,10 @@ impl ReplayCache {
 
     /// Ids currently remembered.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|s| s.seen.len()).unwrap_or(0)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.seen.len()).unwrap_or(0))
+            .sum()
     }
 
     /// Whether nothing is remembered.
@@ -92,8 +95,15 @@ mod tests {
     fn refuses_replays_until_expiry() {
         let c = ReplayCache::new(100);
         assert_eq!(c.check_and_insert("a", 110, 100), Ok(()));
-        assert_eq!(c.check_and_insert("a", 110, 105), Err(ReplayError::Replayed));
-        assert_eq!(c.check_and_insert("a", 120, 111), Ok(()), "expired ids may be reused");
+        assert_eq!(
+            c.check_and_insert("a", 110, 105),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(
+            c.check_and_insert("a", 120, 111),
+            Ok(()),
+            "expired ids may be reused"
+        );
     }
 
     #[test]
@@ -104,7 +114,9 @@ mod tests {
         // 1,000,000 distinct ids, each valid 60 s, arriving 20,000 per second.
         for i in 0..1_000_000u64 {
             let now = 1_000 + i / 20_000;
-            if c.check_and_insert(&format!("jti-{i}"), now + 60, now).is_err() {
+            if c.check_and_insert(&format!("jti-{i}"), now + 60, now)
+                .is_err()
+            {
                 refused += 1;
             }
             assert!(c.len() <= cap + SHARDS, "cache grew past its bound at {i}");

@@ -29,7 +29,9 @@ pub enum SpiffeError {
     NotSpiffe,
     #[error("invalid trust domain {0:?}")]
     BadTrustDomain(String),
-    #[error("malformed SPIFFE path {0:?}: want /atespace/<atespace>/actor/<name> or /ns/<namespace>/sa/<name>")]
+    #[error(
+        "malformed SPIFFE path {0:?}: want /atespace/<atespace>/actor/<name> or /ns/<namespace>/sa/<name>"
+    )]
     BadPath(String),
 }
 
@@ -37,15 +39,17 @@ pub enum SpiffeError {
 pub fn is_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'_'))
+        && td.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'_')
+        })
 }
 
 impl SpiffeId {
     /// Parses and validates a SPIFFE ID of one of the two known shapes.
     pub fn parse(uri: &str) -> Result<Self, SpiffeError> {
-        let rest = uri.strip_prefix("spiffe://").ok_or(SpiffeError::NotSpiffe)?;
+        let rest = uri
+            .strip_prefix("spiffe://")
+            .ok_or(SpiffeError::NotSpiffe)?;
         let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
         if !is_trust_domain(td) {
             return Err(SpiffeError::BadTrustDomain(td.to_owned()));
@@ -139,9 +143,15 @@ mod tests {
             "spiffe://td/actor/bot",
             "spiffe://td",
         ] {
-            assert!(matches!(SpiffeId::parse(bad), Err(SpiffeError::BadPath(_))), "{bad}");
+            assert!(
+                matches!(SpiffeId::parse(bad), Err(SpiffeError::BadPath(_))),
+                "{bad}"
+            );
         }
         assert_eq!(SpiffeId::parse("https://x/y"), Err(SpiffeError::NotSpiffe));
-        assert!(matches!(SpiffeId::parse("spiffe://TD/ns/a/sa/b"), Err(SpiffeError::BadTrustDomain(_))));
+        assert!(matches!(
+            SpiffeId::parse("spiffe://TD/ns/a/sa/b"),
+            Err(SpiffeError::BadTrustDomain(_))
+        ));
     }
 }

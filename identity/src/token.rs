@@ -63,7 +63,11 @@ pub enum TokenError {
     #[error("unknown key id {0:?}")]
     UnknownKid(String),
     #[error("token alg {header:?} does not match key {kid:?} ({key:?})")]
-    AlgorithmMismatch { header: String, kid: String, key: Algorithm },
+    AlgorithmMismatch {
+        header: String,
+        kid: String,
+        key: Algorithm,
+    },
     #[error("bad signature")]
     BadSignature,
     #[error("wrong audience")]
@@ -86,7 +90,10 @@ pub enum TokenError {
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A random 128-bit token id, hex.
@@ -148,7 +155,12 @@ impl Signer {
     }
 
     /// Mints an actor identity token.
-    pub fn actor_token(&self, actor: &ActorIdentity, audience: &str, ttl: Duration) -> Result<String, KeyError> {
+    pub fn actor_token(
+        &self,
+        actor: &ActorIdentity,
+        audience: &str,
+        ttl: Duration,
+    ) -> Result<String, KeyError> {
         self.sign(&self.claims(actor, audience, ttl))
     }
 
@@ -194,16 +206,22 @@ struct RawHeader {
 }
 
 fn algorithm_named(s: &str) -> Option<Algorithm> {
-    ALLOWED_ALGORITHMS
-        .iter()
-        .copied()
-        .find(|a| matches!((a, s), (Algorithm::ES256, "ES256") | (Algorithm::EdDSA, "EdDSA") | (Algorithm::RS256, "RS256")))
+    ALLOWED_ALGORITHMS.iter().copied().find(|a| {
+        matches!(
+            (a, s),
+            (Algorithm::ES256, "ES256") | (Algorithm::EdDSA, "EdDSA") | (Algorithm::RS256, "RS256")
+        )
+    })
 }
 
 impl Verifier {
     pub fn new(keys: Arc<KeySet>, settings: VerifierSettings) -> Self {
         let leeway = settings.leeway.min(MAX_LEEWAY).as_secs();
-        Self { keys, settings, leeway }
+        Self {
+            keys,
+            settings,
+            leeway,
+        }
     }
 
     /// The key set behind this verifier.
@@ -221,15 +239,21 @@ impl Verifier {
         let header_json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(header_b64)
             .map_err(|_| TokenError::Malformed("header is not base64url".into()))?;
-        let header: RawHeader =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed("header is not JSON".into()))?;
-        let alg = algorithm_named(&header.alg).ok_or_else(|| TokenError::UnsupportedAlgorithm(header.alg.clone()))?;
-        let kid = header.kid.filter(|k| !k.is_empty()).ok_or(TokenError::MissingKid)?;
+        let header: RawHeader = serde_json::from_slice(&header_json)
+            .map_err(|_| TokenError::Malformed("header is not JSON".into()))?;
+        let alg = algorithm_named(&header.alg)
+            .ok_or_else(|| TokenError::UnsupportedAlgorithm(header.alg.clone()))?;
+        let kid = header
+            .kid
+            .filter(|k| !k.is_empty())
+            .ok_or(TokenError::MissingKid)?;
         let key = match self.keys.get(&kid) {
             Some(k) => k,
             None => {
                 self.keys.refresh_for_unknown_kid().await;
-                self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKid(kid.clone()))?
+                self.keys
+                    .get(&kid)
+                    .ok_or_else(|| TokenError::UnknownKid(kid.clone()))?
             }
         };
         if key.alg != alg {
@@ -245,15 +269,16 @@ impl Verifier {
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         v.set_audience(&[&self.settings.audience]);
         v.set_issuer(&self.settings.issuers);
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAudience => TokenError::WrongAudience,
-            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidAlgorithm => TokenError::UnsupportedAlgorithm(format!("{alg:?}")),
-            other => TokenError::Malformed(format!("{other:?}")),
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidAlgorithm => TokenError::UnsupportedAlgorithm(format!("{alg:?}")),
+                other => TokenError::Malformed(format!("{other:?}")),
+            })?;
         let c = data.claims;
         let now = now_secs();
         if c.iat > now + self.leeway {

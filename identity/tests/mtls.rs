@@ -1,0 +1,503 @@
+//! Real rustls handshakes over loopback with dev-CA certificates: identities, refusals, SPIFFE
+//! server checks, rotation without restart, and interop with curl and openssl.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use identity::cert::{CertIdentityError, identity_from_der};
+use identity::devca::Issued;
+use identity::spiffe::SpiffeError;
+use identity::tls::{
+    ClientAuth, ClientTlsFiles, ReloadableClientConfig, ReloadableServerConfig, ServerIdentity,
+    ServerTlsFiles,
+};
+use identity::{ActorIdentity, PeerIdentity};
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, SanType};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: identity::devca::DevCa,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dev_ca(dir.path());
+    Pki { dir, ca }
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn mtls_server(
+        &self,
+    ) -> (
+        SocketAddr,
+        Arc<ReloadableServerConfig>,
+        tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    ) {
+        let server = self
+            .ca
+            .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
+            .unwrap();
+        let (cert, key) = write_issued(self.dir.path(), "server", &server);
+        let tls = ReloadableServerConfig::server(ServerTlsFiles {
+            cert_file: cert,
+            key_file: key,
+            client_ca_file: Some(self.path("ca.crt")),
+            client_auth: ClientAuth::Required,
+            alpn: vec![b"http/1.1".to_vec()],
+        })
+        .unwrap();
+        let (addr, seen) = tls_server(tls.clone()).await;
+        (addr, tls, seen)
+    }
+
+    fn client(
+        &self,
+        ca_dir: &Path,
+        cert: Option<(&Path, &Path)>,
+        expect: ServerIdentity,
+    ) -> Arc<ReloadableClientConfig> {
+        ReloadableClientConfig::client(ClientTlsFiles {
+            ca_file: ca_dir.join("ca.crt"),
+            cert_file: cert.map(|c| c.0.to_path_buf()),
+            key_file: cert.map(|c| c.1.to_path_buf()),
+            server_identity: expect,
+            alpn: vec![b"http/1.1".to_vec()],
+        })
+        .unwrap()
+    }
+}
+
+fn actor() -> ActorIdentity {
+    ActorIdentity::new("demo", "agent", Some("uid-42".into())).unwrap()
+}
+
+/// Connects, sends a line, reads it back; returns the client-side handshake error if any.
+async fn talk(addr: SocketAddr, client: &ReloadableClientConfig) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = client
+        .connector()
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    s.write_all(b"ping\n").await.map_err(|e| format!("{e:?}"))?;
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).await.map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+async fn next(seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn bad_cert(
+    p: &Pki,
+    stem: &str,
+    edit: impl FnOnce(&mut CertificateParams),
+) -> (std::path::PathBuf, std::path::PathBuf, Issued) {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(
+        identity::spiffe::actor_uri(TD, "demo", "agent")
+            .try_into()
+            .unwrap(),
+    )];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    edit(&mut params);
+    let issued = p.ca.sign(params, YEAR).unwrap();
+    let (c, k) = write_issued(p.dir.path(), stem, &issued);
+    (c, k, issued)
+}
+
+fn der(issued: &Issued) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn dev_ca_actor_certificate_yields_the_actor_identity() {
+    let p = pki();
+    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let issued = p.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
+    let (c, k) = write_issued(p.dir.path(), "actor", &issued);
+    talk(
+        addr,
+        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+    )
+    .await
+    .unwrap();
+    match next(&mut seen).await {
+        Seen::Identity(Ok(PeerIdentity::Actor(a))) => {
+            assert_eq!(a, actor(), "uid comes from the ActorIdentity extension")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the extension: same actor, no uid.
+    let plain = p.ca.issue_actor(TD, &actor(), false, YEAR).unwrap();
+    assert_eq!(
+        identity_from_der(&der(&plain), TD).unwrap(),
+        PeerIdentity::Actor(ActorIdentity {
+            uid: None,
+            ..actor()
+        })
+    );
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused_in_the_handshake() {
+    let p = pki();
+    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let other = pki();
+    let issued = other.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
+    let (c, k) = write_issued(other.dir.path(), "actor", &issued);
+    let _ = talk(
+        addr,
+        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+    )
+    .await;
+    match next(&mut seen).await {
+        Seen::HandshakeFailed(e) => assert!(e.contains("UnknownIssuer"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ca_certificate_as_leaf_is_refused() {
+    let p = pki();
+    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let (c, k, issued) = bad_cert(&p, "ca-leaf", |params| {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+    });
+    let _ = talk(
+        addr,
+        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+    )
+    .await;
+    match next(&mut seen).await {
+        Seen::HandshakeFailed(e) => assert!(e.contains("CaUsedAsEndEntity"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        identity_from_der(&der(&issued), TD),
+        Err(CertIdentityError::CaAsLeaf)
+    );
+}
+
+#[tokio::test]
+async fn server_only_eku_is_refused() {
+    let p = pki();
+    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let (c, k, issued) = bad_cert(&p, "server-eku", |params| {
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
+    });
+    let _ = talk(
+        addr,
+        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+    )
+    .await;
+    match next(&mut seen).await {
+        Seen::HandshakeFailed(e) => assert!(
+            e.contains("InvalidPurposeContext { required: ClientAuth"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        identity_from_der(&der(&issued), TD),
+        Err(CertIdentityError::MissingClientAuth)
+    );
+}
+
+#[tokio::test]
+async fn two_spiffe_uris_are_refused() {
+    let p = pki();
+    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let (c, k, _) = bad_cert(&p, "two-uris", |params| {
+        params.subject_alt_names.push(SanType::URI(
+            identity::spiffe::actor_uri(TD, "demo", "other")
+                .try_into()
+                .unwrap(),
+        ))
+    });
+    let _ = talk(
+        addr,
+        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+    )
+    .await;
+    match next(&mut seen).await {
+        Seen::Identity(r) => assert_eq!(r, Err(CertIdentityError::MultipleSpiffeIds(2))),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn malformed_spiffe_path_is_refused() {
+    let p = pki();
+    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let (c, k, _) = bad_cert(&p, "bad-path", |params| {
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{TD}/atespace/demo/agent")
+                .try_into()
+                .unwrap(),
+        )]
+    });
+    let _ = talk(
+        addr,
+        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+    )
+    .await;
+    match next(&mut seen).await {
+        Seen::Identity(Err(CertIdentityError::BadSpiffeId(SpiffeError::BadPath(path)))) => {
+            assert_eq!(path, "/atespace/demo/agent")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_trust_domain_and_mismatched_extension_are_refused() {
+    let p = pki();
+    let other_td =
+        p.ca.issue_actor("other.domain", &actor(), false, YEAR)
+            .unwrap();
+    assert!(matches!(
+        identity_from_der(&der(&other_td), TD),
+        Err(CertIdentityError::WrongTrustDomain { .. })
+    ));
+    let (_, _, lying) = bad_cert(&p, "lying-ext", |params| {
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 11129, 2, 12, 2],
+                br#"{"Atespace":"demo","ActorName":"admin","ActorUid":"x","Purpose":"atunnel"}"#
+                    .to_vec(),
+            ))
+    });
+    assert!(matches!(
+        identity_from_der(&der(&lying), TD),
+        Err(CertIdentityError::ExtensionMismatch { .. })
+    ));
+}
+
+#[tokio::test]
+async fn client_checks_the_servers_spiffe_id() {
+    let p = pki();
+    let pep =
+        p.ca.issue_component(TD, "ate-system", "pep", &[], &[], YEAR)
+            .unwrap();
+    let (cert, key) = write_issued(p.dir.path(), "pep", &pep);
+    let tls = ReloadableServerConfig::server(ServerTlsFiles {
+        cert_file: cert,
+        key_file: key,
+        client_ca_file: None,
+        client_auth: ClientAuth::None,
+        alpn: vec![],
+    })
+    .unwrap();
+    let (addr, _seen) = tls_server(tls).await;
+    let id = identity::spiffe::component_uri(TD, "ate-system", "pep");
+    talk(
+        addr,
+        &p.client(p.dir.path(), None, ServerIdentity::Spiffe(id.clone())),
+    )
+    .await
+    .unwrap();
+    talk(
+        addr,
+        &p.client(
+            p.dir.path(),
+            None,
+            ServerIdentity::SpiffePrefix(format!("spiffe://{TD}/ns/ate-system/")),
+        ),
+    )
+    .await
+    .unwrap();
+    let err = talk(
+        addr,
+        &p.client(
+            p.dir.path(),
+            None,
+            ServerIdentity::Spiffe(format!("spiffe://{TD}/ns/x/sa/y")),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("NotValidForName"), "{err}");
+    let other = pki();
+    let err = talk(
+        addr,
+        &p.client(other.dir.path(), None, ServerIdentity::Spiffe(id)),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_rotation_applies_to_new_handshakes_only() {
+    let p = pki();
+    let (addr, tls, _seen) = p.mtls_server().await;
+    let _watch = tls.watch().unwrap();
+    let issued = p.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
+    let (c, k) = write_issued(p.dir.path(), "actor", &issued);
+    let client = p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname);
+
+    async fn connect(
+        addr: SocketAddr,
+        client: &ReloadableClientConfig,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .connector()
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+    let presented = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    };
+
+    let mut old_conn = connect(addr, &client).await;
+    let old_cert = presented(&old_conn);
+
+    // Replace the server's files with a new certificate (write-then-rename, both files).
+    let fresh =
+        p.ca.issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
+            .unwrap();
+    let staging = p.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    fresh.write(&staging, "server").unwrap();
+    std::fs::rename(staging.join("server.key"), p.path("server.key")).unwrap();
+    std::fs::rename(staging.join("server.crt"), p.path("server.crt")).unwrap();
+
+    let mut rotated = None;
+    for _ in 0..100 {
+        let conn = connect(addr, &client).await;
+        if presented(&conn) != old_cert {
+            rotated = Some(conn);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        rotated.is_some(),
+        "a new handshake presented the new certificate"
+    );
+    assert!(tls.last_error().is_none());
+
+    // The connection made before the rotation still works and still has the old certificate.
+    old_conn.write_all(b"still-here\n").await.unwrap();
+    let mut buf = [0u8; 11];
+    old_conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still-here\n");
+    assert_eq!(presented(&old_conn), old_cert);
+
+    // A broken replacement keeps the current material.
+    std::fs::write(p.path("server.crt"), "not a certificate").unwrap();
+    for _ in 0..100 {
+        if tls.last_error().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        tls.last_error().unwrap().contains("server.crt"),
+        "{:?}",
+        tls.last_error()
+    );
+    connect(addr, &client).await; // still serving
+}
+
+#[tokio::test]
+async fn dev_ca_output_works_with_curl_and_openssl() {
+    let p = pki();
+    let (addr, _tls, _seen) = p.mtls_server().await;
+    let issued = p.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
+    let (c, k) = write_issued(p.dir.path(), "actor", &issued);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(p.path("ca.key"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    let url = format!("https://127.0.0.1:{}/", addr.port());
+    let ca = p.path("ca.crt");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&c)
+            .arg("--key")
+            .arg(&k)
+            .arg(&url)
+            .output()
+            .expect("curl is installed")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "actor demo/agent");
+
+    // Without a client certificate the server refuses the handshake.
+    let url = format!("https://127.0.0.1:{}/", addr.port());
+    let ca = p.path("ca.crt");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .arg(&url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "no client certificate → no response");
+
+    for leaf in ["actor.crt", "server.crt"] {
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(p.path("ca.crt"))
+            .arg(p.path(leaf))
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl verify {leaf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .trim_end()
+                .ends_with(": OK")
+        );
+    }
+}

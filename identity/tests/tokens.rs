@@ -1,0 +1,400 @@
+//! Actor token verification: each refusal of DESIGN §6 in its own test, and JWKS rotation.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use identity::token::{Claims, TokenError, now_secs};
+use identity::{ActorIdentity, Verifier};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn actor() -> ActorIdentity {
+    ActorIdentity::new("team-a", "agent-7", Some("uid-7".into())).unwrap()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    jwks_path: std::path::PathBuf,
+    key: TestKey,
+    verifier: Verifier,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    let key = TestKey::new(Algorithm::ES256, "k1");
+    write_jwks(&jwks_path, &[&key]);
+    let verifier = verifier_for(&jwks_path, HOUR).await;
+    Setup {
+        _dir: dir,
+        jwks_path,
+        key,
+        verifier,
+    }
+}
+
+fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+fn claims(s: &Setup) -> Claims {
+    s.key
+        .signer()
+        .claims(&actor(), AUDIENCE, Duration::from_secs(300))
+}
+
+#[tokio::test]
+async fn a_valid_token_yields_the_actor() {
+    let s = setup().await;
+    let token = s
+        .key
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(300))
+        .unwrap();
+    let v = s.verifier.verify(&token).await.unwrap();
+    assert_eq!(v.actor, actor());
+    assert_eq!(v.claims.sub, "atespaces:team-a:actors:agent-7");
+}
+
+#[tokio::test]
+async fn eddsa_and_rs256_tokens_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let ed = TestKey::new(Algorithm::EdDSA, "ed");
+    let rs = TestKey::new(Algorithm::RS256, "rs");
+    write_jwks(&path, &[&ed, &rs]);
+    let v = verifier_for(&path, HOUR).await;
+    for k in [&ed, &rs] {
+        let t = k
+            .signer()
+            .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(v.verify(&t).await.unwrap().actor, actor(), "{:?}", k.alg);
+    }
+}
+
+#[tokio::test]
+async fn alg_none_is_refused() {
+    let s = setup().await;
+    let token = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
+        b64(&serde_json::to_vec(&claims(&s)).unwrap())
+    );
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::UnsupportedAlgorithm("none".into())
+    );
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_is_refused() {
+    let s = setup().await;
+    // The classic confusion attack: HMAC keyed with the verifier's public key material.
+    let public = serde_json::to_vec(&s.key.jwk()).unwrap();
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let token =
+        jsonwebtoken::encode(&header, &claims(&s), &EncodingKey::from_secret(&public)).unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::UnsupportedAlgorithm("HS256".into())
+    );
+}
+
+#[tokio::test]
+async fn wrong_audience_is_refused() {
+    let s = setup().await;
+    let token = s
+        .key
+        .signer()
+        .actor_token(&actor(), "someone-else", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::WrongAudience
+    );
+}
+
+#[tokio::test]
+async fn wrong_issuer_is_refused() {
+    let s = setup().await;
+    let signer = identity::Signer::from_pem(
+        Algorithm::ES256,
+        "k1",
+        s.key.pem.as_bytes(),
+        "https://evil.test",
+    )
+    .unwrap();
+    let token = signer
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::WrongIssuer
+    );
+}
+
+#[tokio::test]
+async fn expired_token_is_refused() {
+    let s = setup().await;
+    let mut c = claims(&s);
+    let now = now_secs();
+    (c.iat, c.nbf, c.exp) = (now - 700, now - 700, now - 600);
+    let token = s.key.signer().sign(&c).unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::Expired
+    );
+}
+
+#[tokio::test]
+async fn not_yet_valid_token_is_refused() {
+    let s = setup().await;
+    let mut c = claims(&s);
+    let now = now_secs();
+    (c.iat, c.nbf, c.exp) = (now, now + 600, now + 900);
+    let token = s.key.signer().sign(&c).unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::NotYetValid
+    );
+}
+
+#[tokio::test]
+async fn unknown_kid_is_refused() {
+    let s = setup().await;
+    let stranger = TestKey::new(Algorithm::ES256, "k-unknown");
+    let token = stranger
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::UnknownKid("k-unknown".into())
+    );
+}
+
+#[tokio::test]
+async fn tampered_payload_is_refused() {
+    let s = setup().await;
+    let token = s
+        .key
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut c = claims(&s);
+    c.ate.actor_name = "admin".into();
+    c.sub = "atespaces:team-a:actors:admin".into();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&serde_json::to_vec(&c).unwrap()),
+        parts[2]
+    );
+    assert_eq!(
+        s.verifier.verify(&forged).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+}
+
+#[tokio::test]
+async fn key_removed_from_jwks_stops_verifying_after_refresh() {
+    let s = setup().await;
+    let k2 = TestKey::new(Algorithm::ES256, "k2");
+    write_jwks(&s.jwks_path, &[&s.key, &k2]);
+    s.verifier.keys().refresh().await.unwrap();
+    let token = k2
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    assert!(s.verifier.verify(&token).await.is_ok());
+    write_jwks(&s.jwks_path, &[&s.key]);
+    s.verifier.keys().refresh().await.unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::UnknownKid("k2".into())
+    );
+}
+
+#[tokio::test]
+async fn key_added_to_jwks_is_accepted_without_restart() {
+    let s = setup().await;
+    let k3 = TestKey::new(Algorithm::EdDSA, "k3");
+    let token = k3
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::UnknownKid("k3".into())
+    );
+    write_jwks(&s.jwks_path, &[&s.key, &k3]);
+    // No explicit refresh: the unknown kid triggers one (rate-limited; zero here).
+    assert_eq!(s.verifier.verify(&token).await.unwrap().actor, actor());
+}
+
+#[tokio::test]
+async fn unknown_kid_refreshes_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let k1 = TestKey::new(Algorithm::ES256, "k1");
+    write_jwks(&path, &[&k1]);
+    let keys = identity::jwks::KeySet::load(
+        identity::jwks::JwksSource::File(path.clone()),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(
+        keys.refresh_for_unknown_kid().await,
+        "first refresh happens"
+    );
+    assert!(
+        !keys.refresh_for_unknown_kid().await,
+        "second within the interval does not"
+    );
+}
+
+#[tokio::test]
+async fn broken_jwks_refresh_keeps_the_previous_keys() {
+    let s = setup().await;
+    std::fs::write(&s.jwks_path, "{not json").unwrap();
+    assert!(s.verifier.keys().refresh().await.is_err());
+    assert!(s.verifier.keys().status().last_error.is_some());
+    let token = s
+        .key
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    assert!(s.verifier.verify(&token).await.is_ok());
+}
+
+#[tokio::test]
+async fn header_alg_must_match_the_keys_algorithm() {
+    let s = setup().await;
+    // An RS256 token claiming kid k1, which is an ES256 key.
+    let rsa = TestKey::new(Algorithm::RS256, "k1");
+    let token = rsa
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    assert!(matches!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::AlgorithmMismatch { .. }
+    ));
+}
+
+#[tokio::test]
+async fn over_long_lifetime_and_inconsistent_subject_are_refused() {
+    let s = setup().await;
+    let long = s
+        .key
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(2 * 3600))
+        .unwrap();
+    assert!(matches!(
+        s.verifier.verify(&long).await.unwrap_err(),
+        TokenError::LifetimeTooLong { .. }
+    ));
+    let mut c = claims(&s);
+    c.sub = "atespaces:team-a:actors:someone-else".into();
+    let token = s.key.signer().sign(&c).unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::SubjectMismatch
+    );
+}
+
+#[tokio::test]
+async fn jwks_over_https_with_the_dev_ca() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dev_ca(dir.path());
+    let server = ca
+        .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
+        .unwrap();
+    let (cert, key) = write_issued(dir.path(), "server", &server);
+    let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
+        cert_file: cert,
+        key_file: key,
+        client_ca_file: None,
+        client_auth: identity::tls::ClientAuth::None,
+        alpn: vec![b"http/1.1".to_vec()],
+    })
+    .unwrap();
+    let k = TestKey::new(Algorithm::ES256, "https-key");
+    let body = serde_json::to_string(&identity::keys::jwks(vec![k.jwk()])).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls.acceptor();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let keys = identity::jwks::KeySet::load(
+        identity::jwks::JwksSource::Url {
+            url: format!("https://127.0.0.1:{}/jwks.json", addr.port()),
+            ca_file: Some(dir.path().join("ca.crt")),
+        },
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let v = Verifier::new(
+        keys,
+        identity::VerifierSettings {
+            issuers: vec![ISSUER.into()],
+            audience: AUDIENCE.into(),
+            leeway: Duration::from_secs(5),
+            max_lifetime: HOUR,
+        },
+    );
+    let token = k
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(v.verify(&token).await.unwrap().actor, actor());
+    // An HTTPS JWKS whose certificate we do not trust is refused.
+    let other = tempfile::tempdir().unwrap();
+    dev_ca(other.path());
+    let err = identity::jwks::KeySet::load(
+        identity::jwks::JwksSource::Url {
+            url: format!("https://127.0.0.1:{}/jwks.json", addr.port()),
+            ca_file: Some(other.path().join("ca.crt")),
+        },
+        Duration::ZERO,
+    )
+    .await
+    .err()
+    .expect("untrusted JWKS server refused");
+    assert!(
+        matches!(err, identity::jwks::JwksError::Fetch { .. }),
+        "{err:?}"
+    );
+    let _ = Arc::new(());
+}
