@@ -5,6 +5,7 @@
 
 mod admin;
 mod config;
+mod devtools;
 mod serve;
 mod telemetry;
 
@@ -37,12 +38,20 @@ enum Command {
         /// The YAML config file.
         config: PathBuf,
     },
+    /// A development CA: create it, issue server, actor and component certificates.
+    #[command(subcommand)]
+    DevCa(devtools::DevCaCommand),
+    /// JWT tooling: signing keys and JWKS, actor tokens, egress assertions, verification.
+    #[command(subcommand)]
+    Token(devtools::TokenCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
+        Command::DevCa(cmd) => report(devtools::dev_ca(cmd)),
+        Command::Token(cmd) => report(devtools::token(cmd)),
         Command::Serve { config } => {
             let loaded = match config::load(&config) {
                 Ok(l) => l,
@@ -65,6 +74,17 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Prints an error as one line and maps it to the exit code.
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("actorgate: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -42,14 +42,46 @@ pub fn generate_private_key_pem(alg: Algorithm) -> Result<String, KeyError> {
         other => return Err(KeyError::Unsupported(format!("{other:?}"))),
     }
     .map_err(|e| KeyError::Generate(e.to_string()))?;
+    if alg == Algorithm::EdDSA {
+        return ed25519_v1_pem(kp.serialized_der())
+            .map_err(|reason| KeyError::BadKey { alg, reason });
+    }
     Ok(kp.serialize_pem())
+}
+
+/// Re-encodes an Ed25519 PKCS#8 key (v1 or v2) as PKCS#8 v1 PEM: jsonwebtoken only builds JWKs
+/// from v1 documents, while rcgen and some tools write v2.
+fn ed25519_v1_pem(pkcs8_der: &[u8]) -> Result<String, String> {
+    use base64::Engine;
+    let kp =
+        aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8_der).map_err(|e| e.to_string())?;
+    let v1 = kp.to_pkcs8v1().map_err(|e| e.to_string())?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(v1.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(pem)
 }
 
 /// Loads a private key PEM for `alg`.
 pub fn encoding_key(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, KeyError> {
     let r = match alg {
         Algorithm::ES256 => EncodingKey::from_ec_pem(pem),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        Algorithm::EdDSA => {
+            use rustls_pki_types::pem::PemObject;
+            let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(|e| {
+                KeyError::BadKey {
+                    alg,
+                    reason: e.to_string(),
+                }
+            })?;
+            let v1 = ed25519_v1_pem(der.secret_pkcs8_der())
+                .map_err(|reason| KeyError::BadKey { alg, reason })?;
+            EncodingKey::from_ed_pem(v1.as_bytes())
+        }
         Algorithm::RS256 => EncodingKey::from_rsa_pem(pem),
         other => return Err(KeyError::Unsupported(format!("{other:?}"))),
     };

@@ -1,0 +1,404 @@
+//! Development identity tooling: `actorgate dev-ca …` (a CA and the certificates the demo and
+//! tests need) and `actorgate token …` (JWT signing keys, JWKS, actor tokens, egress assertions).
+//! Keys are written with mode 0600; everything is PEM or JSON that curl, openssl and Envoy accept.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use identity::ActorIdentity;
+use identity::devca::{DevCa, write_file};
+use identity::keys::{encoding_key, generate_private_key_pem, parse_algorithm, public_jwk};
+use identity::spiffe::DEFAULT_TRUST_DOMAIN;
+use jsonwebtoken::jwk::JwkSet;
+
+const DAY: u64 = 24 * 3600;
+
+/// `actorgate dev-ca …`
+#[derive(Subcommand)]
+pub enum DevCaCommand {
+    /// Create a CA (ca.crt, ca.key) in a directory.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "actorgate development CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+        /// Replace an existing CA in the directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a server certificate (server-auth) for DNS names and IPs.
+    Server {
+        #[command(flatten)]
+        common: IssueArgs,
+        /// File stem of the output (<name>.crt, <name>.key).
+        #[arg(long, default_value = "server")]
+        name: String,
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+    },
+    /// Issue an actor client certificate (SPIFFE actor ID, client-auth).
+    Actor {
+        #[command(flatten)]
+        common: IssueArgs,
+        /// The actor, <atespace>/<name>.
+        #[arg(long)]
+        actor: String,
+        #[arg(long)]
+        uid: Option<String>,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Leave out the upstream ActorIdentity extension.
+        #[arg(long)]
+        no_extension: bool,
+    },
+    /// Issue a component certificate (spiffe://<td>/ns/<ns>/sa/<sa>, client- and server-auth).
+    Component {
+        #[command(flatten)]
+        common: IssueArgs,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+    },
+}
+
+/// Arguments every issuing command takes.
+#[derive(Args)]
+pub struct IssueArgs {
+    /// Directory holding ca.crt and ca.key.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Where to write the certificate and key (default: the CA directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 365)]
+    days: u64,
+}
+
+impl IssueArgs {
+    fn ca(&self) -> Result<DevCa> {
+        DevCa::load_dir(&self.ca_dir).with_context(|| format!("--ca-dir {}", self.ca_dir.display()))
+    }
+    fn out(&self) -> Result<PathBuf> {
+        let out = self.out.clone().unwrap_or_else(|| self.ca_dir.clone());
+        std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+        Ok(out)
+    }
+    fn lifetime(&self) -> Result<Duration> {
+        if self.days == 0 || self.days > 36500 {
+            bail!("--days must be between 1 and 36500");
+        }
+        Ok(Duration::from_secs(self.days * DAY))
+    }
+}
+
+/// `actorgate token …`
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a signing key (<kid>.key, 0600) and add its public key to jwks.json.
+    Keygen {
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        #[arg(long)]
+        kid: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Mint an actor identity token (printed on stdout).
+    Mint {
+        #[command(flatten)]
+        key: SigningArgs,
+        #[arg(long)]
+        audience: String,
+        /// The actor, <atespace>/<name>.
+        #[arg(long)]
+        actor: String,
+        #[arg(long)]
+        uid: Option<String>,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Mint an egress assertion for an original destination (printed on stdout).
+    MintAssertion {
+        #[command(flatten)]
+        key: SigningArgs,
+        /// The PEP's audience.
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        actor: String,
+        #[arg(long)]
+        uid: Option<String>,
+        /// The original destination, ip:port.
+        #[arg(long)]
+        dst: SocketAddr,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Verify a token against a JWKS file and print its claims.
+    Verify {
+        #[arg(long)]
+        jwks: PathBuf,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        audience: String,
+        /// Check an egress assertion for this destination.
+        #[arg(long)]
+        dst: Option<SocketAddr>,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        max_lifetime: Duration,
+        /// The token; `-` reads it from stdin.
+        token: String,
+    },
+}
+
+/// The signing key of `mint` commands.
+#[derive(Args)]
+pub struct SigningArgs {
+    /// Private key PEM written by `token keygen`.
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    kid: String,
+    #[arg(long, default_value = "ES256")]
+    alg: String,
+    #[arg(long)]
+    issuer: String,
+}
+
+impl SigningArgs {
+    fn signer(&self) -> Result<identity::Signer> {
+        let alg = parse_algorithm(&self.alg).context("--alg")?;
+        let pem =
+            std::fs::read(&self.key).with_context(|| format!("--key {}", self.key.display()))?;
+        identity::Signer::from_pem(alg, &self.kid, &pem, &self.issuer)
+            .with_context(|| format!("--key {}", self.key.display()))
+    }
+}
+
+fn actor(s: &str, uid: Option<String>) -> Result<ActorIdentity> {
+    let a = ActorIdentity::parse_ref(s).with_context(|| format!("--actor {s:?}"))?;
+    Ok(ActorIdentity { uid, ..a })
+}
+
+fn wrote(paths: &[PathBuf]) {
+    for p in paths {
+        eprintln!("wrote {}", p.display());
+    }
+}
+
+fn issued_paths(dir: &Path, stem: &str) -> Vec<PathBuf> {
+    vec![
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    ]
+}
+
+/// Runs `actorgate dev-ca …`.
+pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
+    match cmd {
+        DevCaCommand::Init {
+            dir,
+            name,
+            days,
+            force,
+        } => {
+            if dir.join("ca.key").exists() && !force {
+                bail!(
+                    "{} already holds a CA (ca.key); pass --force to replace it",
+                    dir.display()
+                );
+            }
+            if days == 0 || days > 36500 {
+                bail!("--days must be between 1 and 36500");
+            }
+            let ca = DevCa::generate(&name, Duration::from_secs(days * DAY))?;
+            ca.write_dir(&dir)
+                .with_context(|| format!("--dir {}", dir.display()))?;
+            wrote(&[dir.join("ca.crt"), dir.join("ca.key")]);
+        }
+        DevCaCommand::Server {
+            common,
+            name,
+            dns,
+            ips,
+        } => {
+            if dns.is_empty() && ips.is_empty() {
+                bail!("give at least one --dns or --ip");
+            }
+            let out = common.out()?;
+            common
+                .ca()?
+                .issue_server(&dns, &ips, common.lifetime()?)?
+                .write(&out, &name)?;
+            wrote(&issued_paths(&out, &name));
+        }
+        DevCaCommand::Actor {
+            common,
+            actor: a,
+            uid,
+            trust_domain,
+            no_extension,
+        } => {
+            if !identity::spiffe::is_trust_domain(&trust_domain) {
+                bail!("--trust-domain {trust_domain:?} is not a valid SPIFFE trust domain");
+            }
+            let id = actor(&a, uid)?;
+            let out = common.out()?;
+            let stem = format!("{}-{}", id.atespace, id.name);
+            common
+                .ca()?
+                .issue_actor(&trust_domain, &id, !no_extension, common.lifetime()?)?
+                .write(&out, &stem)?;
+            wrote(&issued_paths(&out, &stem));
+        }
+        DevCaCommand::Component {
+            common,
+            namespace,
+            service_account,
+            trust_domain,
+            dns,
+            ips,
+        } => {
+            if !identity::spiffe::is_trust_domain(&trust_domain) {
+                bail!("--trust-domain {trust_domain:?} is not a valid SPIFFE trust domain");
+            }
+            if !identity::actor::is_dns_label(&namespace)
+                || !identity::actor::is_dns_label(&service_account)
+            {
+                bail!("--namespace and --service-account must be DNS-1123 labels");
+            }
+            let out = common.out()?;
+            let stem = format!("{namespace}-{service_account}");
+            common
+                .ca()?
+                .issue_component(
+                    &trust_domain,
+                    &namespace,
+                    &service_account,
+                    &dns,
+                    &ips,
+                    common.lifetime()?,
+                )?
+                .write(&out, &stem)?;
+            wrote(&issued_paths(&out, &stem));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `actorgate token …`.
+pub fn token(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Keygen { alg, kid, out } => {
+            let alg = parse_algorithm(&alg).context("--alg")?;
+            if kid.is_empty()
+                || !kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                bail!("--kid must be non-empty and use only letters, digits, '-', '_' and '.'");
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+            let pem = generate_private_key_pem(alg)?;
+            let jwk = public_jwk(alg, &kid, &encoding_key(alg, pem.as_bytes())?)?;
+            let jwks_path = out.join("jwks.json");
+            let mut set = match std::fs::read(&jwks_path) {
+                Ok(bytes) => serde_json::from_slice::<JwkSet>(&bytes)
+                    .with_context(|| format!("{}", jwks_path.display()))?,
+                Err(_) => JwkSet { keys: vec![] },
+            };
+            set.keys
+                .retain(|k| k.common.key_id.as_deref() != Some(kid.as_str()));
+            set.keys.push(jwk);
+            let key_path = out.join(format!("{kid}.key"));
+            write_file(&key_path, &pem, true)?;
+            write_file(&jwks_path, &serde_json::to_string_pretty(&set)?, false)?;
+            wrote(&[key_path, jwks_path]);
+        }
+        TokenCommand::Mint {
+            key,
+            audience,
+            actor: a,
+            uid,
+            ttl,
+        } => {
+            println!(
+                "{}",
+                key.signer()?
+                    .actor_token(&actor(&a, uid)?, &audience, ttl)?
+            );
+        }
+        TokenCommand::MintAssertion {
+            key,
+            audience,
+            actor: a,
+            uid,
+            dst,
+            ttl,
+        } => {
+            let minter = identity::assertion::AssertionMinter::new(key.signer()?, &audience, ttl);
+            println!("{}", minter.mint(&actor(&a, uid)?, dst)?);
+        }
+        TokenCommand::Verify {
+            jwks,
+            issuer,
+            audience,
+            dst,
+            max_lifetime,
+            token,
+        } => {
+            let token = if token == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s.trim().to_owned()
+            } else {
+                token
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let claims = rt.block_on(async {
+                let keys = identity::jwks::KeySet::load(
+                    identity::jwks::JwksSource::File(jwks.clone()),
+                    Duration::ZERO,
+                )
+                .await
+                .with_context(|| format!("--jwks {}", jwks.display()))?;
+                let verifier = identity::Verifier::new(
+                    keys,
+                    identity::VerifierSettings {
+                        issuers: vec![issuer],
+                        audience,
+                        leeway: Duration::from_secs(30),
+                        max_lifetime,
+                    },
+                );
+                let verified = match dst {
+                    None => verifier.verify(&token).await.context("token refused")?,
+                    Some(dst) => identity::assertion::AssertionVerifier::new(verifier, 16)
+                        .verify(&token, dst)
+                        .await
+                        .context("assertion refused")?,
+                };
+                anyhow::Ok(verified.claims)
+            })?;
+            println!("{}", serde_json::to_string_pretty(&claims)?);
+        }
+    }
+    Ok(())
+}
