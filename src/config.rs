@@ -102,6 +102,9 @@ pub struct GrpcConfig {
     /// Serve the static directory as `ateapi.Control` (a control-plane simulator).
     #[serde(default)]
     pub control_plane_simulator: bool,
+    /// TLS for the gRPC listener (plaintext when absent). Files are reloaded on change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for GrpcConfig {
@@ -109,8 +112,23 @@ impl Default for GrpcConfig {
         Self {
             listen: default_grpc_listen(),
             control_plane_simulator: false,
+            tls: None,
         }
     }
+}
+
+/// Server TLS material and client-certificate policy of a listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA bundle for client certificates; required unless `client_auth` is `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// `none`, `optional` or `required` (mTLS).
+    #[serde(default)]
+    pub client_auth: identity::tls::ClientAuth,
 }
 
 fn default_grpc_listen() -> String {
@@ -388,6 +406,8 @@ pub struct Loaded {
     pub config: Config,
     pub admin_listen: SocketAddr,
     pub grpc_listen: Option<SocketAddr>,
+    /// TLS of the gRPC listener (paths resolved against the config's directory).
+    pub grpc_tls: Option<identity::tls::ServerTlsFiles>,
     pub extractor: Extractor,
     pub resolver: ResolverSettings,
     pub directory: DirectorySettings,
@@ -613,6 +633,11 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     if config.grpc.control_plane_simulator && config.directory.static_.is_none() {
         errs.push("grpc.control_plane_simulator", "requires directory.static");
     }
+    let grpc_tls = config
+        .grpc
+        .tls
+        .as_ref()
+        .and_then(|t| server_tls(&mut errs, "grpc.tls", t, &base, vec![b"h2".to_vec()]));
 
     let resolver = ResolverSettings {
         budget: rc.budget,
@@ -636,6 +661,7 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     };
     match (errs.is_empty(), admin_listen, extractor, directory) {
         (true, Some(admin_listen), Some(extractor), Some(directory)) => Ok(Loaded {
+            grpc_tls,
             grpc_listen: config
                 .grpc
                 .control_plane_simulator
@@ -649,6 +675,43 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
         }),
         _ => Err(errs),
     }
+}
+
+/// Checks a listener's TLS section: files exist, client auth has a CA.
+fn server_tls(
+    errs: &mut FieldErrors,
+    field: &str,
+    t: &ServerTlsConfig,
+    base: &Path,
+    alpn: Vec<Vec<u8>>,
+) -> Option<identity::tls::ServerTlsFiles> {
+    let before = errs.0.len();
+    let mut file = |name: &str, p: &Path| {
+        let full = resolve_path(base, p);
+        if !full.is_file() {
+            errs.push(
+                format!("{field}.{name}"),
+                format!("{} does not exist or is not a file", full.display()),
+            );
+        }
+        full
+    };
+    let cert_file = file("cert_file", &t.cert_file);
+    let key_file = file("key_file", &t.key_file);
+    let client_ca_file = t.client_ca_file.as_ref().map(|p| file("client_ca_file", p));
+    if t.client_auth != identity::tls::ClientAuth::None && client_ca_file.is_none() {
+        errs.push(
+            format!("{field}.client_ca_file"),
+            "is required when client_auth is optional or required",
+        );
+    }
+    (errs.0.len() == before).then_some(identity::tls::ServerTlsFiles {
+        cert_file,
+        key_file,
+        client_ca_file,
+        client_auth: t.client_auth,
+        alpn,
+    })
 }
 
 fn resolve_path(base: &Path, p: &Path) -> PathBuf {

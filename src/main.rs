@@ -8,6 +8,7 @@ mod config;
 mod devtools;
 mod serve;
 mod telemetry;
+mod tls_incoming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -92,6 +92,21 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         None => None,
     };
     let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // TLS material is loaded (and its files watched) before anything is served.
+    let (grpc_tls, _grpc_tls_watch) = match loaded.grpc_tls.clone() {
+        None => (None, None),
+        Some(files) => {
+            let tls = identity::tls::ReloadableServerConfig::server(files).context("grpc.tls")?;
+            let watch = match tls.watch() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the gRPC TLS files; rotation needs a restart");
+                    None
+                }
+            };
+            (Some(tls), watch)
+        }
+    };
 
     let state = Arc::new(AdminState {
         started: Instant::now(),
@@ -109,6 +124,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         summary: serde_json::json!({
             "admin_listen": admin_addr.to_string(),
             "grpc_listen": grpc_addr.map(|a| a.to_string()),
+            "grpc_tls": loaded.grpc_tls.as_ref().map(|t| format!("{:?}", t.client_auth)),
             "control_plane_simulator": loaded.config.grpc.control_plane_simulator,
             "routing": loaded.config.routing,
             "resolver": loaded.resolver,
@@ -134,18 +150,24 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 .set_serving::<routing_core::proto::control_server::ControlServer<ControlService<StaticDirectory>>>()
                 .await;
             let mut stop = stop_rx.clone();
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            Some(tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                    .add_service(health_service)
-                    .add_service(ControlService::new(dir).into_server())
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            }))
+            let router = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(health_service)
+                .add_service(ControlService::new(dir).into_server());
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(match &grpc_tls {
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+                }
+                Some(tls) => {
+                    let incoming = crate::tls_incoming::incoming(listener, tls.clone());
+                    tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+                }
+            })
         }
         _ => None,
     };

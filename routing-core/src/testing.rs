@@ -90,6 +90,21 @@ impl FakeControlPlane {
 
     /// Starts the fake on a given address (e.g. to restart on the same port).
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_inner(addr, None).await
+    }
+
+    /// Starts the fake with TLS (server certificate and key, PEM); with `client_ca_pem` it
+    /// requires client certificates signed by that CA (mTLS, as the real ate-api-server does).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str, client_ca_pem: Option<&str>) -> Self {
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        if let Some(ca) = client_ca_pem {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        Self::start_inner("127.0.0.1:0".parse().expect("literal address"), Some(tls)).await
+    }
+
+    async fn start_inner(addr: SocketAddr, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind fake control plane");
@@ -99,7 +114,13 @@ impl FakeControlPlane {
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder
+                    .tls_config(tls)
+                    .expect("fake control plane TLS config");
+            }
+            let _ = builder
                 .add_service(ControlServer::new(svc))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
