@@ -129,6 +129,10 @@ pub struct ServerTlsConfig {
     /// `none`, `optional` or `required` (mTLS).
     #[serde(default)]
     pub client_auth: identity::tls::ClientAuth,
+    /// When set, client certificates must also carry a valid SPIFFE identity in this trust
+    /// domain (checked in the handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_trust_domain: Option<String>,
 }
 
 fn default_grpc_listen() -> String {
@@ -699,6 +703,14 @@ fn server_tls(
     let cert_file = file("cert_file", &t.cert_file);
     let key_file = file("key_file", &t.key_file);
     let client_ca_file = t.client_ca_file.as_ref().map(|p| file("client_ca_file", p));
+    if let Some(td) = &t.client_trust_domain
+        && !identity::spiffe::is_trust_domain(td)
+    {
+        errs.push(
+            format!("{field}.client_trust_domain"),
+            format!("{td:?} is not a valid SPIFFE trust domain"),
+        );
+    }
     if t.client_auth != identity::tls::ClientAuth::None && client_ca_file.is_none() {
         errs.push(
             format!("{field}.client_ca_file"),
@@ -710,6 +722,7 @@ fn server_tls(
         key_file,
         client_ca_file,
         client_auth: t.client_auth,
+        client_trust_domain: t.client_trust_domain.clone(),
         alpn,
     })
 }

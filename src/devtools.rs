@@ -116,6 +116,9 @@ pub enum TokenCommand {
         kid: String,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing key with the same kid.
+        #[arg(long)]
+        force: bool,
     },
     /// Mint an actor identity token (printed on stdout).
     Mint {
@@ -259,7 +262,8 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
             }
             let id = actor(&a, uid)?;
             let out = common.out()?;
-            let stem = format!("{}-{}", id.atespace, id.name);
+            // A dot never occurs in a DNS label, so "<atespace>.<name>" cannot collide.
+            let stem = format!("{}.{}", id.atespace, id.name);
             common
                 .ca()?
                 .issue_actor(&trust_domain, &id, !no_extension, common.lifetime()?)?
@@ -283,7 +287,7 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
                 bail!("--namespace and --service-account must be DNS-1123 labels");
             }
             let out = common.out()?;
-            let stem = format!("{namespace}-{service_account}");
+            let stem = format!("{namespace}.{service_account}");
             common
                 .ca()?
                 .issue_component(
@@ -304,7 +308,12 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
 /// Runs `actorgate token …`.
 pub fn token(cmd: TokenCommand) -> Result<()> {
     match cmd {
-        TokenCommand::Keygen { alg, kid, out } => {
+        TokenCommand::Keygen {
+            alg,
+            kid,
+            out,
+            force,
+        } => {
             let alg = parse_algorithm(&alg).context("--alg")?;
             if kid.is_empty()
                 || !kid
@@ -317,15 +326,22 @@ pub fn token(cmd: TokenCommand) -> Result<()> {
             let pem = generate_private_key_pem(alg)?;
             let jwk = public_jwk(alg, &kid, &encoding_key(alg, pem.as_bytes())?)?;
             let jwks_path = out.join("jwks.json");
+            let key_path = out.join(format!("{kid}.key"));
+            if key_path.exists() && !force {
+                bail!(
+                    "{} exists; pass --force to replace the key",
+                    key_path.display()
+                );
+            }
             let mut set = match std::fs::read(&jwks_path) {
                 Ok(bytes) => serde_json::from_slice::<JwkSet>(&bytes)
                     .with_context(|| format!("{}", jwks_path.display()))?,
-                Err(_) => JwkSet { keys: vec![] },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => JwkSet { keys: vec![] },
+                Err(e) => return Err(e).with_context(|| format!("{}", jwks_path.display())),
             };
             set.keys
                 .retain(|k| k.common.key_id.as_deref() != Some(kid.as_str()));
             set.keys.push(jwk);
-            let key_path = out.join(format!("{kid}.key"));
             write_file(&key_path, &pem, true)?;
             write_file(&jwks_path, &serde_json::to_string_pretty(&set)?, false)?;
             wrote(&[key_path, jwks_path]);

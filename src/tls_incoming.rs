@@ -15,6 +15,8 @@ use tokio_rustls::server::TlsStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to pick them up.
 const BACKLOG: usize = 256;
+/// Handshakes in progress at once; past it, new connections wait to start theirs.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// TLS connections accepted on `listener`.
 pub fn incoming(
@@ -22,20 +24,29 @@ pub fn incoming(
     tls: Arc<ReloadableServerConfig>,
 ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                // The server is gone (shut down): stop accepting at once.
+                _ = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let conn_tx = tx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let peer = tcp.peer_addr().ok();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -45,9 +56,6 @@ pub fn incoming(
                     Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                 }
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
     futures_util::stream::unfold(

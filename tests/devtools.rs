@@ -74,7 +74,7 @@ fn dev_ca_issues_certificates_openssl_accepts() {
         "--service-account",
         "pep",
     ]);
-    for leaf in ["server.crt", "demo-hello.crt", "ate-system-pep.crt"] {
+    for leaf in ["server.crt", "demo.hello.crt", "ate-system.pep.crt"] {
         let out = Command::new("openssl")
             .args([
                 "verify",
@@ -91,7 +91,7 @@ fn dev_ca_issues_certificates_openssl_accepts() {
         );
     }
     // The actor certificate carries the SPIFFE ID and the upstream extension identity reads.
-    let pem = std::fs::read(certs.join("demo-hello.crt")).unwrap();
+    let pem = std::fs::read(certs.join("demo.hello.crt")).unwrap();
     let der = {
         use rustls_pki_types::pem::PemObject;
         rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()
@@ -105,7 +105,8 @@ fn dev_ca_issues_certificates_openssl_accepts() {
     for key in [
         ca.join("ca.key"),
         certs.join("server.key"),
-        certs.join("demo-hello.key"),
+        certs.join("demo.hello.key"),
+        certs.join("ate-system.pep.key"),
     ] {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -148,6 +149,20 @@ fn token_keygen_mint_and_verify_round_trip() {
         ]);
     }
     let jwks = jwt.join("jwks.json");
+    #[cfg(unix)]
+    for kid in ["es", "ed", "rs"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(jwt.join(format!("{kid}.key")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = actorgate(&["token", "keygen", "--kid", "es", "--out", s(&jwt)]);
+    assert!(
+        !again.status.success(),
+        "an existing key is not replaced without --force"
+    );
     let set: serde_json::Value = serde_json::from_slice(&std::fs::read(&jwks).unwrap()).unwrap();
     assert_eq!(
         set["keys"].as_array().unwrap().len(),

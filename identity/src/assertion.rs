@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::actor::ActorIdentity;
 use crate::keys::KeyError;
 use crate::replay::{ReplayCache, ReplayError};
-use crate::token::{Signer, TokenError, Verified, Verifier, now_secs};
+use crate::token::{Kind, Signer, TokenError, Verified, Verifier, now_secs};
 
 /// Longest lifetime of an egress assertion.
 pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
@@ -69,13 +69,22 @@ impl AssertionVerifier {
         }
     }
 
-    /// Verifies the token, that its `dst` is `actual_dst`, and that its `jti` is new.
+    /// Verifies the token, that its `dst` is `actual_dst`, that it lives at most 60 s (whatever
+    /// the inner verifier allows), and that its `jti` is new.
     pub async fn verify(
         &self,
         token: &str,
         actual_dst: SocketAddr,
     ) -> Result<Verified, AssertionError> {
-        let v = self.verifier.verify(token).await?;
+        let v = self.verifier.verify_kind(token, Kind::Assertion).await?;
+        let lifetime = v.claims.exp.saturating_sub(v.claims.iat);
+        if lifetime > MAX_ASSERTION_LIFETIME.as_secs() {
+            return Err(TokenError::LifetimeTooLong {
+                lifetime,
+                max: MAX_ASSERTION_LIFETIME.as_secs(),
+            }
+            .into());
+        }
         let asserted = v.claims.dst.as_deref().ok_or(AssertionError::MissingDst)?;
         // Compare as addresses so "[::1]:80" and an equivalent spelling agree.
         if asserted.parse::<SocketAddr>().ok() != Some(actual_dst) {
@@ -84,8 +93,10 @@ impl AssertionVerifier {
                 actual: actual_dst,
             });
         }
+        // The verifier accepts the token until exp + leeway: remember the id that long too.
+        let accepted_until = v.claims.exp.saturating_add(self.verifier.leeway_secs());
         self.replay
-            .check_and_insert(&v.claims.jti, v.claims.exp, now_secs())?;
+            .check_and_insert(&v.claims.jti, accepted_until, now_secs())?;
         Ok(v)
     }
 

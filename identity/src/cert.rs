@@ -104,6 +104,9 @@ pub fn identity_from_der(
                             e.purpose
                         )));
                     }
+                    if !crate::token::valid_uid(&e.actor_uid) {
+                        return Err(CertIdentityError::BadExtension("invalid ActorUid".into()));
+                    }
                     (!e.actor_uid.is_empty()).then_some(e.actor_uid)
                 }
             };

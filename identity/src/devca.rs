@@ -41,10 +41,10 @@ pub struct Issued {
 }
 
 impl Issued {
-    /// Writes `<stem>.crt` and `<stem>.key` (mode 0600) into `dir`.
+    /// Writes `<stem>.key` (mode 0600) and `<stem>.crt` into `dir`, each atomically.
     pub fn write(&self, dir: &Path, stem: &str) -> Result<(), DevCaError> {
-        write_file(&dir.join(format!("{stem}.crt")), &self.cert_pem, false)?;
-        write_file(&dir.join(format!("{stem}.key")), &self.key_pem, true)
+        write_file(&dir.join(format!("{stem}.key")), &self.key_pem, true)?;
+        write_file(&dir.join(format!("{stem}.crt")), &self.cert_pem, false)
     }
 }
 
@@ -250,13 +250,20 @@ impl DevCa {
     }
 }
 
-/// Writes a file; keys get mode 0600 from creation on (never world-readable, not even briefly).
+/// Writes a file atomically (temp file in the same directory, then rename), so a process watching
+/// the directory never reads a half-written file. Keys get mode 0600 from creation on (never
+/// world-readable, not even briefly).
 pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), DevCaError> {
     use std::io::Write;
     let err = |source| DevCaError::Write {
         path: path.display().to_string(),
         source,
     };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -264,12 +271,15 @@ pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), DevCa
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if secret { 0o600 } else { 0o644 });
     }
-    let mut f = opts.open(path).map_err(err)?;
+    let mut f = opts.open(&tmp).map_err(err)?;
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(err)?;
     }
-    f.write_all(contents.as_bytes()).map_err(err)
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }

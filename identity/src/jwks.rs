@@ -62,9 +62,27 @@ pub struct KeySetStatus {
     pub last_error: Option<String>,
 }
 
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// How keys are fetched (the HTTPS client is built once, at load).
+enum Fetcher {
+    File(PathBuf),
+    Url {
+        url: String,
+        client: Box<HttpsClient>,
+    },
+    Fixed(JwkSet),
+}
+
+/// The shortest interval between periodic refreshes.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The current keys and how to refresh them.
 pub struct KeySet {
-    source: JwksSource,
+    source: Fetcher,
     keys: ArcSwap<HashMap<String, VerifyKey>>,
     status: Mutex<KeySetStatus>,
     last_kid_refresh: Mutex<Option<Instant>>,
@@ -141,6 +159,14 @@ impl KeySet {
         source: JwksSource,
         min_kid_refresh_interval: Duration,
     ) -> Result<Arc<Self>, JwksError> {
+        let source = match source {
+            JwksSource::File(p) => Fetcher::File(p),
+            JwksSource::Fixed(set) => Fetcher::Fixed(set),
+            JwksSource::Url { url, ca_file } => Fetcher::Url {
+                client: Box::new(https_client(&url, ca_file.as_deref()).await?),
+                url,
+            },
+        };
         let keys = fetch(&source).await?;
         Ok(Arc::new(Self {
             status: Mutex::new(KeySetStatus {
@@ -192,24 +218,30 @@ impl KeySet {
     /// `min_kid_refresh_interval` (so garbage `kid`s cannot hammer the JWKS endpoint).
     /// Returns whether a refresh happened.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
-        {
+        let allowed = {
             let mut last = match self.last_kid_refresh.lock() {
                 Ok(l) => l,
                 Err(p) => p.into_inner(),
             };
-            if last.is_some_and(|t| t.elapsed() < self.min_kid_refresh_interval) {
-                return false;
+            let allowed = !last.is_some_and(|t| t.elapsed() < self.min_kid_refresh_interval);
+            if allowed {
+                *last = Some(Instant::now());
             }
-            *last = Some(Instant::now());
+            allowed
+        };
+        if allowed {
+            return self.refresh().await.is_ok();
         }
-        self.refresh().await.is_ok()
+        // A refresh may be under way for this very kid: wait for it; the caller looks again.
+        let _wait = self.refresh_lock.lock().await;
+        false
     }
 
     /// Refreshes every `every` until the returned task is aborted.
     pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(every.max(MIN_REFRESH_INTERVAL));
             tick.tick().await;
             loop {
                 tick.tick().await;
@@ -227,23 +259,23 @@ impl KeySet {
     }
 }
 
-async fn fetch(source: &JwksSource) -> Result<HashMap<String, VerifyKey>, JwksError> {
+async fn fetch(source: &Fetcher) -> Result<HashMap<String, VerifyKey>, JwksError> {
     match source {
-        JwksSource::Fixed(set) => keys_from_set(set),
-        JwksSource::File(path) => {
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|e| JwksError::Read(format!("{}: {e}", path.display())))?;
-            if bytes.len() > MAX_JWKS_BYTES {
+        Fetcher::Fixed(set) => keys_from_set(set),
+        Fetcher::File(path) => {
+            let read_err = |e: std::io::Error| JwksError::Read(format!("{}: {e}", path.display()));
+            let len = tokio::fs::metadata(path).await.map_err(read_err)?.len();
+            if len > MAX_JWKS_BYTES as u64 {
                 return Err(JwksError::Read(format!(
                     "{}: larger than 1 MiB",
                     path.display()
                 )));
             }
+            let bytes = tokio::fs::read(path).await.map_err(read_err)?;
             parse_jwks(&bytes)
         }
-        JwksSource::Url { url, ca_file } => {
-            let bytes = tokio::time::timeout(FETCH_TIMEOUT, fetch_url(url, ca_file.as_ref()))
+        Fetcher::Url { url, client } => {
+            let bytes = tokio::time::timeout(FETCH_TIMEOUT, fetch_url(url, client))
                 .await
                 .map_err(|_| JwksError::Fetch {
                     url: url.clone(),
@@ -254,8 +286,50 @@ async fn fetch(source: &JwksSource) -> Result<HashMap<String, VerifyKey>, JwksEr
     }
 }
 
-async fn fetch_url(url: &str, ca_file: Option<&PathBuf>) -> Result<Vec<u8>, JwksError> {
-    use http_body_util::{BodyExt, Empty, Limited};
+/// An HTTPS-only client trusting `ca_file`, or the system's roots without one.
+async fn https_client(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<HttpsClient, JwksError> {
+    let fail = |reason: String| JwksError::Fetch {
+        url: url.to_owned(),
+        reason,
+    };
+    if !url.starts_with("https://") {
+        return Err(fail("a JWKS URL must be https://".into()));
+    }
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match ca_file {
+        Some(ca) => {
+            use rustls_pki_types::pem::PemObject;
+            let bytes = tokio::fs::read(ca)
+                .await
+                .map_err(|e| fail(format!("{}: {e}", ca.display())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| fail(format!("{}: {e}", ca.display())))?;
+                roots.add(cert).map_err(|e| fail(e.to_string()))?;
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| fail(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(tls)
+        }
+        None => builder
+            .with_provider_and_native_roots(crate::tls::provider())
+            .map_err(|e| fail(format!("no system CA roots: {e}")))?,
+    };
+    let connector = builder.https_only().enable_http1().build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}
+
+async fn fetch_url(url: &str, client: &HttpsClient) -> Result<Vec<u8>, JwksError> {
+    use http_body_util::{BodyExt, Limited};
     let fail = |reason: String| JwksError::Fetch {
         url: url.to_owned(),
         reason,
@@ -263,25 +337,6 @@ async fn fetch_url(url: &str, ca_file: Option<&PathBuf>) -> Result<Vec<u8>, Jwks
     let uri: http::Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca_file {
-        for cert in crate::pem::load_certs(ca).map_err(|e| fail(e.to_string()))? {
-            roots.add(cert).map_err(|e| fail(e.to_string()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
     let resp = client.get(uri).await.map_err(|e| fail(e.to_string()))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));

@@ -64,6 +64,9 @@ pub struct ServerTlsFiles {
     /// CA bundle for client certificates (needed unless `client_auth` is `None`).
     pub client_ca_file: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// When set, a client certificate must also carry a valid SPIFFE identity (actor or
+    /// component) in this trust domain: checked in the handshake, so such clients never get in.
+    pub client_trust_domain: Option<String>,
     /// ALPN protocols in preference order, e.g. `h2`, `http/1.1`.
     pub alpn: Vec<Vec<u8>>,
 }
@@ -121,8 +124,21 @@ pub fn server_config(f: &ServerTlsFiles) -> Result<ServerConfig, TlsError> {
             } else {
                 v
             };
-            builder
-                .with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+            let webpki = v.build().map_err(|e| TlsError::Config(e.to_string()))?;
+            match &f.client_trust_domain {
+                None => builder.with_client_cert_verifier(webpki),
+                Some(td) => {
+                    if !crate::spiffe::is_trust_domain(td) {
+                        return Err(TlsError::Config(format!(
+                            "invalid SPIFFE trust domain {td:?}"
+                        )));
+                    }
+                    builder.with_client_cert_verifier(Arc::new(SpiffeClientVerifier {
+                        inner: webpki,
+                        trust_domain: td.clone(),
+                    }))
+                }
+            }
         }
     };
     let mut cfg = builder
@@ -141,6 +157,19 @@ pub fn client_config(f: &ClientTlsFiles) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    if let ServerIdentity::SpiffePrefix(prefix) = &f.server_identity {
+        // A prefix must end at a path boundary, or "…/ns/ate-system" would also match
+        // "…/ns/ate-system-evil".
+        let td_ok = prefix
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(td, _)| crate::spiffe::is_trust_domain(td));
+        if !td_ok || !prefix.ends_with('/') {
+            return Err(TlsError::Config(format!(
+                "SPIFFE prefix {prefix:?} must be spiffe://<trust-domain>/… and end with '/'"
+            )));
+        }
+    }
     let builder = match &f.server_identity {
         ServerIdentity::Hostname => builder.with_root_certificates(roots),
         expect => builder
@@ -229,7 +258,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let uris = spiffe_uris(end_entity);
         let ok = match (&self.expect, uris.as_slice()) {
             (ServerIdentity::Spiffe(want), [one]) => one == want,
-            (ServerIdentity::SpiffePrefix(prefix), [one]) => one.starts_with(prefix.as_str()),
+            // Only well-formed IDs; the prefix ends with '/' (checked when the config was built).
+            (ServerIdentity::SpiffePrefix(prefix), [one]) => {
+                crate::spiffe::SpiffeId::parse(one).is_ok() && one.starts_with(prefix.as_str())
+            }
             _ => false,
         };
         if ok {
@@ -273,6 +305,61 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Web PKI client verification plus the SPIFFE identity rules of [`crate::cert`], so a client
+/// whose certificate names no acceptable identity fails the handshake.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl rustls::server::danger::ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        crate::cert::identity_from_der(end_entity, &self.trust_domain).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        Ok(verified)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

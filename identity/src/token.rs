@@ -96,9 +96,25 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// A random 128-bit token id, hex.
+/// A random 128-bit token id, hex, from the system CSPRNG (ids must never repeat across
+/// processes, or valid assertions would be refused as replays).
 pub fn new_jti() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // Practically unreachable; still unique enough to not collide by accident.
+        b[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        b[8..].copy_from_slice(&now_secs().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `typ` of egress assertions; actor tokens use `JWT`. Keeps one kind of token from being
+/// accepted as the other.
+pub const ASSERTION_TYP: &str = "ate-egress+jwt";
+
+/// Checks a uid claim or extension value: printable ASCII, at most 128 bytes.
+pub fn valid_uid(uid: &str) -> bool {
+    uid.len() <= 128 && uid.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Signs tokens with one key.
@@ -132,7 +148,7 @@ impl Signer {
             aud: audience.to_owned(),
             iat: now,
             nbf: now,
-            exp: now + ttl.as_secs().max(1),
+            exp: now.saturating_add(ttl.as_secs().max(1)),
             jti: new_jti(),
             ate: AteClaim {
                 atespace: actor.atespace.clone(),
@@ -143,11 +159,19 @@ impl Signer {
         }
     }
 
-    /// Signs arbitrary claims.
+    /// Signs arbitrary claims: an egress assertion (typ `ate-egress+jwt`) when they carry `dst`,
+    /// an actor token (typ `JWT`) otherwise.
     pub fn sign(&self, claims: &Claims) -> Result<String, KeyError> {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        header.typ = Some("JWT".to_owned());
+        header.typ = Some(
+            if claims.dst.is_some() {
+                ASSERTION_TYP
+            } else {
+                "JWT"
+            }
+            .to_owned(),
+        );
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| KeyError::BadKey {
             alg: self.alg,
             reason: e.to_string(),
@@ -203,6 +227,15 @@ struct RawHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+/// Which kind of token a verification expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    ActorToken,
+    Assertion,
 }
 
 fn algorithm_named(s: &str) -> Option<Algorithm> {
@@ -229,8 +262,21 @@ impl Verifier {
         &self.keys
     }
 
-    /// Verifies a token.
+    /// The clock skew this verifier allows, in seconds (a token is accepted until `exp + leeway`).
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway
+    }
+
+    /// Verifies an actor identity token (egress assertions are refused here).
     pub async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        self.verify_kind(token, Kind::ActorToken).await
+    }
+
+    pub(crate) async fn verify_kind(
+        &self,
+        token: &str,
+        kind: Kind,
+    ) -> Result<Verified, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
@@ -243,6 +289,10 @@ impl Verifier {
             .map_err(|_| TokenError::Malformed("header is not JSON".into()))?;
         let alg = algorithm_named(&header.alg)
             .ok_or_else(|| TokenError::UnsupportedAlgorithm(header.alg.clone()))?;
+        let is_assertion = header.typ.as_deref() == Some(ASSERTION_TYP);
+        if is_assertion != (kind == Kind::Assertion) {
+            return Err(TokenError::BadClaim("typ"));
+        }
         let kid = header
             .kid
             .filter(|k| !k.is_empty())
@@ -294,8 +344,14 @@ impl Verifier {
         if c.jti.is_empty() || c.jti.len() > 128 {
             return Err(TokenError::BadClaim("jti"));
         }
-        if !is_dns_label(&c.ate.atespace) || !is_dns_label(&c.ate.actor_name) {
+        if !is_dns_label(&c.ate.atespace)
+            || !is_dns_label(&c.ate.actor_name)
+            || !valid_uid(&c.ate.actor_uid)
+        {
             return Err(TokenError::BadClaim("ate.dev"));
+        }
+        if c.dst.is_some() != (kind == Kind::Assertion) {
+            return Err(TokenError::BadClaim("dst"));
         }
         match ActorIdentity::from_subject(&c.sub) {
             Some((ns, name)) if ns == c.ate.atespace && name == c.ate.actor_name => {}

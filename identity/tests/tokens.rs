@@ -94,8 +94,11 @@ async fn alg_none_is_refused() {
 #[tokio::test]
 async fn hs256_signed_with_the_public_key_is_refused() {
     let s = setup().await;
-    // The classic confusion attack: HMAC keyed with the verifier's public key material.
-    let public = serde_json::to_vec(&s.key.jwk()).unwrap();
+    // The classic confusion attack: HMAC keyed with the verifier's public key (SPKI PEM bytes).
+    let public = rcgen::KeyPair::from_pem(&s.key.pem)
+        .unwrap()
+        .public_key_pem()
+        .into_bytes();
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("k1".into());
     let token =
@@ -325,6 +328,7 @@ async fn jwks_over_https_with_the_dev_ca() {
         key_file: key,
         client_ca_file: None,
         client_auth: identity::tls::ClientAuth::None,
+        client_trust_domain: None,
         alpn: vec![b"http/1.1".to_vec()],
     })
     .unwrap();
@@ -397,4 +401,49 @@ async fn jwks_over_https_with_the_dev_ca() {
         "{err:?}"
     );
     let _ = Arc::new(());
+}
+
+#[tokio::test]
+async fn plain_http_jwks_urls_are_refused() {
+    // Anyone on the path could hand us keys.
+    let err = identity::jwks::KeySet::load(
+        identity::jwks::JwksSource::Url {
+            url: "http://127.0.0.1:9/jwks.json".into(),
+            ca_file: None,
+        },
+        Duration::ZERO,
+    )
+    .await
+    .err()
+    .expect("http refused");
+    assert!(err.to_string().contains("must be https://"), "{err}");
+}
+
+#[tokio::test]
+async fn an_egress_assertion_is_not_an_actor_token() {
+    let s = setup().await;
+    let minter = identity::assertion::AssertionMinter::new(
+        s.key.signer(),
+        AUDIENCE,
+        Duration::from_secs(30),
+    );
+    let assertion = minter
+        .mint(&actor(), "10.0.0.1:443".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        s.verifier.verify(&assertion).await.unwrap_err(),
+        TokenError::BadClaim("typ")
+    );
+}
+
+#[tokio::test]
+async fn uid_claims_must_be_printable_and_short() {
+    let s = setup().await;
+    let mut c = claims(&s);
+    c.ate.actor_uid = "bad\nuid".into();
+    let token = s.key.signer().sign(&c).unwrap();
+    assert_eq!(
+        s.verifier.verify(&token).await.unwrap_err(),
+        TokenError::BadClaim("ate.dev")
+    );
 }

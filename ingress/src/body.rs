@@ -1,0 +1,159 @@
+//! Body types of the proxy: what goes upstream (the client's streaming body, or nothing for a
+//! retry) and what goes back (the worker's streaming body under an idle timeout, or a short
+//! generated answer).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// Errors of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body sent to a worker.
+pub enum UpstreamBody {
+    /// The client's body, streamed as it arrives.
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Client(b) => Pin::new(b).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Client(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Client(b) => b.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A worker's body that fails when no frame arrives for `idle`.
+    pub struct IdleTimeout {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        timer: tokio::time::Sleep,
+        idle: Duration,
+    }
+}
+
+/// The idle timeout fired.
+#[derive(Debug, thiserror::Error)]
+#[error("worker body idle for {0:?}")]
+pub struct IdleElapsed(pub Duration);
+
+impl IdleTimeout {
+    pub fn new(inner: Incoming, idle: Duration) -> Self {
+        Self {
+            inner,
+            timer: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + *this.idle);
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body sent to the client.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Upstream { #[pin] body: IdleTimeout },
+        Full { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    /// A worker's streaming body under an idle timeout.
+    pub fn upstream(body: Incoming, idle: Duration) -> Self {
+        Self::Upstream {
+            body: IdleTimeout::new(body, idle),
+        }
+    }
+    /// A short generated body.
+    pub fn text(s: impl Into<Bytes>) -> Self {
+        Self::Full {
+            body: Full::new(s.into()),
+        }
+    }
+    pub fn empty() -> Self {
+        Self::text(Bytes::new())
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
+            ProxyBodyProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream { body } => body.is_end_stream(),
+            Self::Full { body } => body.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream { body } => body.size_hint(),
+            Self::Full { body } => body.size_hint(),
+        }
+    }
+}

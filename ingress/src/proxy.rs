@@ -1,0 +1,431 @@
+//! The reverse proxy: request → actor (routing core) → worker, with correct proxy semantics.
+//!
+//! * Routing errors answer with DESIGN §4's status and `text/plain` body.
+//! * Hop-by-hop headers go; `X-Forwarded-*`/`Forwarded` are appended; `x-request-id` is kept or
+//!   generated and returned; `Host` is preserved; identity headers of untrusted clients go;
+//!   `ate-target-actor` is set to the resolved actor.
+//! * Bodies stream both ways; HTTP/1.1 upgrades (WebSocket) are tunneled; gRPC goes to the worker
+//!   over HTTP/2 with trailers.
+//! * A worker that refuses the connection or answers 421 invalidates the cached route; the
+//!   request is re-resolved and retried once when that is safe (it has no body).
+//! * Timeouts: connect (502), response headers (504), body idle (the stream is cut).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use routing_core::extract::RequestMeta;
+use routing_core::{Resolver, Route, RouteError, WorkerTransport};
+
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::headers::{
+    ASSIGNMENT_STALE, REQUEST_ID, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT, add_forwarded,
+    ensure_request_id, remove_hop_by_hop, untrusted_identity_headers, wants_upgrade,
+};
+use crate::metrics::{IngressMetrics, Outcome};
+
+/// Which HTTP version to speak to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/2 (prior knowledge) for gRPC, HTTP/1.1 for everything else.
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 prior knowledge for everything except upgrades.
+    Http2,
+}
+
+/// Proxy tuning.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    /// From sending the request to the worker's response headers; past it: 504.
+    pub response_timeout: Duration,
+    /// Longest pause in a worker's response body; past it the stream is cut.
+    pub idle_timeout: Duration,
+    pub upstream_protocol: UpstreamProtocol,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            upstream_protocol: UpstreamProtocol::Auto,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// What the listener knows about a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+    /// The peer may set `ate-source-actor` (a PEP on the allow-list). False for everyone today.
+    pub trusted_source: bool,
+}
+
+struct Inner {
+    resolver: Resolver,
+    h1: Client<HttpConnector, UpstreamBody>,
+    h2: Client<HttpConnector, UpstreamBody>,
+    settings: ProxySettings,
+    metrics: IngressMetrics,
+}
+
+/// The proxy service. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+/// The parts of a request needed to send it again.
+struct Replay {
+    method: http::Method,
+    version: Version,
+    headers: http::HeaderMap,
+}
+
+fn text_response(
+    status: StatusCode,
+    body: String,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::text(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(&REQUEST_ID, request_id.clone());
+    r
+}
+
+fn route_error(e: &RouteError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    text_response(status, e.client_message(), request_id)
+}
+
+impl Proxy {
+    /// Builds the proxy and its pooled worker clients.
+    pub fn new(resolver: Resolver, settings: ProxySettings, metrics: IngressMetrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .build(connector);
+        Self {
+            inner: Arc::new(Inner {
+                resolver,
+                h1,
+                h2,
+                settings,
+                metrics,
+            }),
+        }
+    }
+
+    /// The resolver behind the proxy.
+    pub fn resolver(&self) -> &Resolver {
+        &self.inner.resolver
+    }
+
+    /// Proxies one request. Never fails: every problem becomes a response.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let request_id = ensure_request_id(&mut parts.headers);
+        let route = {
+            let mut values = parts.headers.get_all(&TARGET_ACTOR).iter();
+            // Two values of the header: fail closed rather than pick one.
+            let target_actor = match (values.next(), values.next()) {
+                (None, _) => None,
+                (Some(v), None) => Some(v.to_str().unwrap_or("")),
+                (Some(_), Some(_)) => Some(""),
+            };
+            let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            });
+            self.inner
+                .resolver
+                .route(&RequestMeta {
+                    target_actor,
+                    authority,
+                })
+                .await
+        };
+        let route = match route {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .request(e.http_status(), Outcome::RouteError);
+                return route_error(&e, &request_id);
+            }
+        };
+
+        let upgrade = parts.version == Version::HTTP_11 && wants_upgrade(&parts.headers);
+        let down_upgrade = if upgrade {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        // The original authority, for Host and X-Forwarded-Host.
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let headers = &mut parts.headers;
+        remove_hop_by_hop(headers, upgrade);
+        if !conn.trusted_source {
+            for h in untrusted_identity_headers() {
+                headers.remove(h);
+            }
+        } else if let Some(src) = headers.get(&SOURCE_ACTOR)
+            && routing_core::ActorRef::parse(src.to_str().unwrap_or("")).is_err()
+        {
+            headers.remove(&SOURCE_ACTOR);
+        }
+        headers.remove(header::EXPECT);
+        add_forwarded(
+            headers,
+            conn.peer,
+            if conn.tls { "https" } else { "http" },
+            host.as_ref().and_then(|h| h.to_str().ok()),
+        );
+        if let Some(h) = &host {
+            headers.insert(header::HOST, h.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(route.actor().as_str()) {
+            headers.insert(&TARGET_ACTOR, v);
+        }
+        if let WorkerTransport::Agent { .. } = self.inner.resolver.settings().worker_transport {
+            headers.insert(&TARGET_PORT, HeaderValue::from(route.actor_port));
+        }
+        let grpc = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let use_h2 = !upgrade
+            && match self.inner.settings.upstream_protocol {
+                UpstreamProtocol::Auto => grpc,
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Http2 => true,
+            };
+        parts.version = if use_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+
+        let bodiless = http_body::Body::is_end_stream(&body);
+        let replay = bodiless.then(|| Replay {
+            method: parts.method.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        });
+        let path = path.to_owned();
+        let mut route = route;
+        let mut body = Some(UpstreamBody::Client(body));
+        let mut parts = Some(parts);
+        let mut retried = false;
+        loop {
+            let uri = match Uri::try_from(format!("http://{}{}", route.endpoint, path)) {
+                Ok(u) => u,
+                Err(_) => {
+                    self.inner.metrics.request(400, Outcome::RouteError);
+                    return text_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid request target".into(),
+                        &request_id,
+                    );
+                }
+            };
+            let req = match (parts.take(), body.take()) {
+                (Some(mut p), Some(b)) => {
+                    p.uri = uri;
+                    Request::from_parts(p, b)
+                }
+                _ => {
+                    // A retry: rebuild from the saved parts with an empty body.
+                    let Some(r) = replay.as_ref() else {
+                        return text_response(
+                            StatusCode::BAD_GATEWAY,
+                            format!("actor {} worker unreachable", route.actor()),
+                            &request_id,
+                        );
+                    };
+                    let mut req = Request::new(UpstreamBody::Empty);
+                    *req.method_mut() = r.method.clone();
+                    *req.uri_mut() = uri;
+                    *req.version_mut() = r.version;
+                    *req.headers_mut() = r.headers.clone();
+                    req
+                }
+            };
+            let client = if use_h2 {
+                &self.inner.h2
+            } else {
+                &self.inner.h1
+            };
+            let started = Instant::now();
+            let sent =
+                tokio::time::timeout(self.inner.settings.response_timeout, client.request(req))
+                    .await;
+            let stale = match &sent {
+                Ok(Err(e)) if e.is_connect() => true,
+                Ok(Ok(resp)) if resp.status() == StatusCode::MISDIRECTED_REQUEST => true,
+                _ => false,
+            };
+            if stale {
+                self.inner.resolver.invalidate(route.actor());
+                if !retried && replay.is_some() {
+                    retried = true;
+                    self.inner.metrics.retry();
+                    tracing::debug!(actor = %route.actor(), endpoint = %route.endpoint, "worker stale; re-resolving and retrying once");
+                    match self.re_resolve(&route).await {
+                        Ok(r) => {
+                            route = r;
+                            continue;
+                        }
+                        Err(e) => {
+                            self.inner
+                                .metrics
+                                .request(e.http_status(), Outcome::RouteError);
+                            return route_error(&e, &request_id);
+                        }
+                    }
+                }
+            }
+            return match sent {
+                Err(_) => {
+                    self.inner.metrics.request(504, Outcome::UpstreamTimeout);
+                    text_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("actor {} worker timed out", route.actor()),
+                        &request_id,
+                    )
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(actor = %route.actor(), endpoint = %route.endpoint, error = %e, "worker request failed");
+                    self.inner.metrics.request(502, Outcome::UpstreamError);
+                    let what = if e.is_connect() {
+                        "unreachable"
+                    } else {
+                        "connection failed"
+                    };
+                    text_response(
+                        StatusCode::BAD_GATEWAY,
+                        format!("actor {} worker {what}", route.actor()),
+                        &request_id,
+                    )
+                }
+                Ok(Ok(resp)) => {
+                    self.inner
+                        .metrics
+                        .upstream_latency(started.elapsed().as_secs_f64());
+                    self.respond(resp, down_upgrade, &request_id)
+                }
+            };
+        }
+    }
+
+    async fn re_resolve(&self, route: &Route) -> Result<Route, RouteError> {
+        let target = routing_core::Target {
+            actor: route.actor().clone(),
+            port: route.actor_port,
+            via: routing_core::ExtractorKind::Header,
+        };
+        self.inner.resolver.resolve(&target).await
+    }
+
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        down_upgrade: Option<OnUpgrade>,
+        request_id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let (mut rp, body) = resp.into_parts();
+        let status = rp.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let up = rp.extensions.remove::<OnUpgrade>();
+            return match (down_upgrade, up) {
+                (Some(down), Some(up)) => {
+                    remove_hop_by_hop(&mut rp.headers, true);
+                    rp.headers.insert(&REQUEST_ID, request_id.clone());
+                    rp.version = Version::HTTP_11;
+                    tokio::spawn(tunnel(down, up));
+                    self.inner.metrics.request(101, Outcome::Upgraded);
+                    Response::from_parts(rp, ProxyBody::empty())
+                }
+                _ => {
+                    self.inner.metrics.request(502, Outcome::UpstreamError);
+                    text_response(
+                        StatusCode::BAD_GATEWAY,
+                        "worker switched protocols unasked".into(),
+                        request_id,
+                    )
+                }
+            };
+        }
+        remove_hop_by_hop(&mut rp.headers, false);
+        rp.headers.remove(&ASSIGNMENT_STALE);
+        rp.headers.insert(&REQUEST_ID, request_id.clone());
+        rp.version = Version::HTTP_11;
+        self.inner
+            .metrics
+            .request(status.as_u16(), Outcome::Proxied);
+        Response::from_parts(
+            rp,
+            ProxyBody::upstream(body, self.inner.settings.idle_timeout),
+        )
+    }
+}
+
+/// Splices an upgraded client connection to the upgraded worker connection.
+async fn tunnel(down: OnUpgrade, up: OnUpgrade) {
+    match tokio::try_join!(down, up) {
+        Ok((down, up)) => {
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
