@@ -31,6 +31,11 @@ pub struct Config {
     #[serde(default)]
     pub grpc: GrpcConfig,
     #[serde(default)]
+    pub ingress: IngressConfig,
+    /// Run an embedded echo worker (the local demo's backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_worker: Option<EchoWorkerConfig>,
+    #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
     pub resolver: ResolverConfig,
@@ -115,6 +120,167 @@ impl Default for GrpcConfig {
             tls: None,
         }
     }
+}
+
+/// The ingress HTTP proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Turn the proxy off (e.g. when only the control-plane simulator is wanted).
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub http: HttpListenerConfig,
+    /// HTTPS listener (ALPN h2 and http/1.1); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<HttpsListenerConfig>,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            http: HttpListenerConfig::default(),
+            https: None,
+            upstream: UpstreamConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// The plaintext listener: HTTP/1.1 and h2c (prior knowledge).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerConfig {
+    #[serde(default = "d_http_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: d_http_listen(),
+        }
+    }
+}
+
+fn d_http_listen() -> String {
+    "0.0.0.0:8080".to_owned()
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsListenerConfig {
+    #[serde(default = "d_https_listen")]
+    pub listen: String,
+    pub tls: ServerTlsConfig,
+}
+
+fn d_https_listen() -> String {
+    "0.0.0.0:8443".to_owned()
+}
+
+/// How the proxy talks to workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `auto` (HTTP/2 for gRPC, HTTP/1.1 otherwise), `http1` or `http2`.
+    #[serde(default)]
+    pub protocol: ingress::UpstreamProtocol,
+    #[serde(default = "d_connect", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Until the worker's response headers; past it: 504.
+    #[serde(default = "d_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Longest pause inside a worker's response body; past it the stream is cut.
+    #[serde(default = "d_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(default = "d_pool_idle", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    #[serde(default = "d_pool_max")]
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            protocol: ingress::UpstreamProtocol::Auto,
+            connect_timeout: d_connect(),
+            response_timeout: d_response_timeout(),
+            idle_timeout: d_idle_timeout(),
+            pool_idle_timeout: d_pool_idle(),
+            pool_max_idle_per_host: d_pool_max(),
+        }
+    }
+}
+
+fn d_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_pool_idle() -> Duration {
+    Duration::from_secs(90)
+}
+fn d_pool_max() -> usize {
+    256
+}
+
+/// Request limits of the ingress listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "d_header_read", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(default = "d_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "d_headers")]
+    pub max_headers: usize,
+    #[serde(default = "d_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: d_header_read(),
+            max_header_bytes: d_header_bytes(),
+            max_headers: d_headers(),
+            max_concurrent_streams: d_streams(),
+        }
+    }
+}
+
+fn d_header_read() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_header_bytes() -> usize {
+    64 * 1024
+}
+fn d_headers() -> usize {
+    100
+}
+fn d_streams() -> u32 {
+    1000
+}
+
+/// An embedded echo worker, for the local demo.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoWorkerConfig {
+    pub listen: String,
+    #[serde(default = "d_echo_name")]
+    pub name: String,
+}
+
+fn d_echo_name() -> String {
+    "echo".to_owned()
 }
 
 /// Server TLS material and client-certificate policy of a listener.
@@ -412,9 +578,20 @@ pub struct Loaded {
     pub grpc_listen: Option<SocketAddr>,
     /// TLS of the gRPC listener (paths resolved against the config's directory).
     pub grpc_tls: Option<identity::tls::ServerTlsFiles>,
+    /// The ingress proxy, when enabled.
+    pub ingress: Option<IngressSettings>,
+    pub echo_worker: Option<(SocketAddr, String)>,
     pub extractor: Extractor,
     pub resolver: ResolverSettings,
     pub directory: DirectorySettings,
+}
+
+/// The validated ingress proxy settings.
+pub struct IngressSettings {
+    pub http_listen: SocketAddr,
+    pub https: Option<(SocketAddr, identity::tls::ServerTlsFiles)>,
+    pub proxy: ingress::ProxySettings,
+    pub limits: ingress::ListenerLimits,
 }
 
 /// The chosen directory back-end.
@@ -637,6 +814,23 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     if config.grpc.control_plane_simulator && config.directory.static_.is_none() {
         errs.push("grpc.control_plane_simulator", "requires directory.static");
     }
+    let ingress = config
+        .ingress
+        .enabled
+        .then(|| ingress_settings(&mut errs, &config.ingress, &base))
+        .flatten();
+    if let (Some(i), Some(a)) = (&ingress, admin_listen)
+        && i.http_listen == a
+        && a.port() != 0
+    {
+        errs.push("ingress.http.listen", format!("{a} is also admin.listen"));
+    }
+    let echo_worker = match &config.echo_worker {
+        None => None,
+        Some(e) => {
+            parse_addr(&mut errs, "echo_worker.listen", &e.listen).map(|a| (a, e.name.clone()))
+        }
+    };
     let grpc_tls = config
         .grpc
         .tls
@@ -666,6 +860,8 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     match (errs.is_empty(), admin_listen, extractor, directory) {
         (true, Some(admin_listen), Some(extractor), Some(directory)) => Ok(Loaded {
             grpc_tls,
+            ingress,
+            echo_worker,
             grpc_listen: config
                 .grpc
                 .control_plane_simulator
@@ -679,6 +875,110 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
         }),
         _ => Err(errs),
     }
+}
+
+fn ingress_settings(
+    errs: &mut FieldErrors,
+    c: &IngressConfig,
+    base: &Path,
+) -> Option<IngressSettings> {
+    let before = errs.0.len();
+    let http_listen = parse_addr(errs, "ingress.http.listen", &c.http.listen);
+    let https = c.https.as_ref().and_then(|h| {
+        let addr = parse_addr(errs, "ingress.https.listen", &h.listen)?;
+        let tls = server_tls(
+            errs,
+            "ingress.https.tls",
+            &h.tls,
+            base,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        )?;
+        Some((addr, tls))
+    });
+    let u = &c.upstream;
+    let s = Duration::from_secs;
+    check_duration(
+        errs,
+        "ingress.upstream.connect_timeout",
+        u.connect_timeout,
+        Duration::from_millis(10),
+        s(60),
+    );
+    check_duration(
+        errs,
+        "ingress.upstream.response_timeout",
+        u.response_timeout,
+        Duration::from_millis(10),
+        s(3600),
+    );
+    check_duration(
+        errs,
+        "ingress.upstream.idle_timeout",
+        u.idle_timeout,
+        Duration::from_millis(10),
+        s(86400),
+    );
+    check_duration(
+        errs,
+        "ingress.upstream.pool_idle_timeout",
+        u.pool_idle_timeout,
+        Duration::ZERO,
+        s(3600),
+    );
+    if u.pool_max_idle_per_host > 100_000 {
+        errs.push(
+            "ingress.upstream.pool_max_idle_per_host",
+            "must be at most 100000",
+        );
+    }
+    let l = &c.limits;
+    check_duration(
+        errs,
+        "ingress.limits.header_read_timeout",
+        l.header_read_timeout,
+        Duration::from_millis(100),
+        s(600),
+    );
+    if !(1024..=1024 * 1024).contains(&l.max_header_bytes) {
+        errs.push(
+            "ingress.limits.max_header_bytes",
+            format!("{} is out of range (1024 to 1048576)", l.max_header_bytes),
+        );
+    }
+    if !(1..=1000).contains(&l.max_headers) {
+        errs.push(
+            "ingress.limits.max_headers",
+            format!("{} is out of range (1 to 1000)", l.max_headers),
+        );
+    }
+    if !(1..=100_000).contains(&l.max_concurrent_streams) {
+        errs.push(
+            "ingress.limits.max_concurrent_streams",
+            format!("{} is out of range (1 to 100000)", l.max_concurrent_streams),
+        );
+    }
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(IngressSettings {
+        http_listen: http_listen?,
+        https,
+        proxy: ingress::ProxySettings {
+            connect_timeout: u.connect_timeout,
+            response_timeout: u.response_timeout,
+            idle_timeout: u.idle_timeout,
+            upstream_protocol: u.protocol,
+            pool_idle_timeout: u.pool_idle_timeout,
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+        },
+        limits: ingress::ListenerLimits {
+            header_read_timeout: l.header_read_timeout,
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_concurrent_streams: l.max_concurrent_streams,
+            tls_handshake_timeout: s(10),
+        },
+    })
 }
 
 /// Checks a listener's TLS section: files exist, client auth has a CA.

@@ -45,6 +45,14 @@ enum Command {
     /// JWT tooling: signing keys and JWKS, actor tokens, egress assertions, verification.
     #[command(subcommand)]
     Token(devtools::TokenCommand),
+    /// Run an echo worker (HTTP, SSE, WebSocket and gRPC echo) for demos, tests and benchmarks.
+    EchoWorker {
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        listen: std::net::SocketAddr,
+        /// Reported in `x-echo-worker` and in echo bodies.
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::DevCa(cmd) => report(devtools::dev_ca(cmd)),
         Command::Token(cmd) => report(devtools::token(cmd)),
+        Command::EchoWorker { listen, name } => report(echo_worker(listen, name)),
         Command::Serve { config } => {
             let loaded = match config::load(&config) {
                 Ok(l) => l,
@@ -77,6 +86,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn echo_worker(listen: std::net::SocketAddr, name: String) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("--listen: cannot listen on {listen}"))?;
+        eprintln!("echo worker {name} listening on {listen}");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        ingress::echo::serve(listener, name, async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await;
+        anyhow::Ok(())
+    })
 }
 
 /// Prints an error as one line and maps it to the exit code.

@@ -50,6 +50,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         directory_up.clone(),
     );
     let metrics = ResolverMetrics::register(&mut registry);
+    let ingress_metrics = ingress::IngressMetrics::register(&mut registry);
 
     let mut _watch = None;
     let (directory, static_directory): (Arc<dyn ActorDirectory>, Option<StaticDirectory>) =
@@ -92,6 +93,35 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         None => None,
     };
     let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Ingress listeners.
+    let http_listener = match &loaded.ingress {
+        Some(i) => Some(bind(i.http_listen, "ingress.http.listen").await?),
+        None => None,
+    };
+    let mut _https_watch = None;
+    let https_listener = match loaded.ingress.as_ref().and_then(|i| i.https.clone()) {
+        Some((addr, files)) => {
+            let listener = bind(addr, "ingress.https.listen").await?;
+            let tls = identity::tls::ReloadableServerConfig::server(files)
+                .context("ingress.https.tls")?;
+            match tls.watch() {
+                Ok(w) => _https_watch = Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the ingress TLS files; rotation needs a restart")
+                }
+            }
+            Some((listener, tls))
+        }
+        None => None,
+    };
+    let echo_listener = match &loaded.echo_worker {
+        Some((addr, name)) => Some((bind(*addr, "echo_worker.listen").await?, name.clone())),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let https_addr = https_listener
+        .as_ref()
+        .and_then(|(l, _)| l.local_addr().ok());
     // TLS material is loaded (and its files watched) before anything is served.
     let (grpc_tls, _grpc_tls_watch) = match loaded.grpc_tls.clone() {
         None => (None, None),
@@ -124,6 +154,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         summary: serde_json::json!({
             "admin_listen": admin_addr.to_string(),
             "grpc_listen": grpc_addr.map(|a| a.to_string()),
+            "ingress_http_listen": http_addr.map(|a| a.to_string()),
+            "ingress_https_listen": https_addr.map(|a| a.to_string()),
+            "ingress_upstream": loaded.config.ingress.upstream,
             "grpc_tls": loaded.grpc_tls.as_ref().map(|t| format!("{:?}", t.client_auth)),
             "control_plane_simulator": loaded.config.grpc.control_plane_simulator,
             "routing": loaded.config.routing,
@@ -171,9 +204,43 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         }
         _ => None,
     };
+    let mut ingress_tasks = Vec::new();
+    if let Some(i) = &loaded.ingress {
+        let proxy = ingress::Proxy::new(resolver.clone(), i.proxy.clone(), ingress_metrics.clone());
+        if let Some(l) = http_listener {
+            ingress_tasks.push(tokio::spawn(ingress::serve(
+                l,
+                proxy.clone(),
+                None,
+                i.limits.clone(),
+                "http",
+                ingress_metrics.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        if let Some((l, tls)) = https_listener {
+            ingress_tasks.push(tokio::spawn(ingress::serve(
+                l,
+                proxy,
+                Some(tls),
+                i.limits.clone(),
+                "https",
+                ingress_metrics.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+    let echo_task = echo_listener.map(|(l, name)| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(ingress::echo::serve(l, name, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     tracing::info!(
         admin = %admin_addr,
         grpc = ?grpc_addr,
+        http = ?http_addr,
+        https = ?https_addr,
         directory = directory_kind,
         "actorgate started"
     );
@@ -196,6 +263,12 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     tokio::time::sleep(loaded.config.shutdown.drain_delay).await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(loaded.config.shutdown.drain_timeout, async {
+        for t in ingress_tasks {
+            let _ = t.await;
+        }
+        if let Some(t) = echo_task {
+            let _ = t.await;
+        }
         let _ = admin_task.await;
         if let Some(t) = grpc_task {
             match t.await {

@@ -151,7 +151,12 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
         "actors:\n- {atespace: ns, name: one, endpoint: '127.0.0.1:1001'}\n",
     )
     .unwrap();
-    let (config, admin, grpc) = write_config(
+    let TestConfig {
+        path: config,
+        admin,
+        grpc,
+        ..
+    } = write_config(
         dir.path(),
         "admin: {listen: ADMIN_ADDR}\ngrpc: {listen: GRPC_ADDR, control_plane_simulator: true}\n\
          directory: {static: {file: actors.yaml}}\n",
@@ -253,7 +258,11 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
 #[tokio::test]
 async fn sigterm_flips_readiness_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, admin, _) = write_config(
+    let TestConfig {
+        path: config,
+        admin,
+        ..
+    } = write_config(
         dir.path(),
         "admin: {listen: ADMIN_ADDR}\nshutdown: {drain_delay: 1500ms, drain_timeout: 5s}\n\
          directory: {static: {actors: [{atespace: a, name: b, endpoint: '127.0.0.1:9'}]}}\n",
@@ -286,7 +295,11 @@ async fn sigterm_flips_readiness_then_exits_zero() {
 async fn readiness_follows_the_ateapi_control_plane() {
     let mut fake = FakeControlPlane::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (config, admin, _) = write_config(
+    let TestConfig {
+        path: config,
+        admin,
+        ..
+    } = write_config(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ndirectory: {{ateapi: {{address: '{}'}}}}\n",
@@ -316,7 +329,7 @@ async fn port_in_use_is_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (config, _, _) = write_config(
+    let TestConfig { path: config, .. } = write_config(
         dir.path(),
         &format!("admin: {{listen: '{addr}'}}\ndirectory: {{static: {{}}}}\n"),
     );

@@ -158,7 +158,12 @@ async fn simulator_serves_grpc_over_mtls() {
             YEAR,
         )
         .unwrap();
-    let (config, admin, grpc) = write_config(
+    let TestConfig {
+        path: config,
+        admin,
+        grpc,
+        ..
+    } = write_config(
         p.dir.path(),
         "admin: {listen: ADMIN_ADDR}\n\
          grpc:\n  listen: GRPC_ADDR\n  control_plane_simulator: true\n  tls: {cert_file: server.crt, key_file: server.key, client_ca_file: ca.crt, client_auth: required}\n\

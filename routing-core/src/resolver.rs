@@ -570,6 +570,10 @@ impl Inner {
             None => {
                 tracing::debug!(actor = %actor, outcome, took_ms = took.as_millis() as u64, "resolved")
             }
+            // Unknown actors are a client mistake (or a scan): not worth an info line each.
+            Some(e) if outcome == "not_found" => {
+                tracing::debug!(actor = %actor, outcome, error = %e, "resolve failed")
+            }
             Some(e) => {
                 tracing::info!(actor = %actor, outcome, error = %e, took_ms = took.as_millis() as u64, "resolve failed")
             }

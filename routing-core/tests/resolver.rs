@@ -490,3 +490,40 @@ async fn bearer_token_file_is_sent_and_bad_tokens_are_refused() {
         "the token is not echoed: {err}"
     );
 }
+
+#[tokio::test]
+async fn control_plane_going_down_after_connecting_is_503_unavailable() {
+    let mut fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/a", ActorState::Running, "10.0.0.17", Duration::ZERO);
+    fake.add_actor("ns/b", ActorState::Running, "10.0.0.18", Duration::ZERO);
+    let dir = AteApiDirectory::new(&ateapi(&fake, None)).unwrap();
+    let raw: Arc<dyn routing_core::ActorDirectory> = Arc::new(dir);
+    let r = Resolver::new(
+        raw.clone(),
+        settings(500),
+        Extractor::default(),
+        ResolverMetrics::new(),
+    );
+    r.resolve(&target("ns/a")).await.expect("connected");
+    // An RPC still in flight keeps the old connection half-open (GOAWAY) while the server stops.
+    fake.add_actor("ns/h", ActorState::Suspended, "10.0.0.19", Duration::ZERO);
+    fake.script(Method::ResumeActor, "ns/h", [Step::Hang]);
+    let hung = {
+        let r = r.clone();
+        tokio::spawn(async move { r.resolve(&target("ns/h")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let direct = raw
+        .get(&ActorRef::parse("ns/b").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(direct.code, tonic::Code::Unavailable, "{direct:?}");
+    let err = r.resolve(&target("ns/b")).await.unwrap_err();
+    assert_eq!(
+        (err.http_status(), err.client_message().as_str()),
+        (503, "actor ns/b unavailable")
+    );
+    hung.abort();
+}

@@ -193,16 +193,36 @@ pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
         .expect("prometheus-parse")
 }
 
-/// A config file in `dir` with admin/grpc on free loopback ports; returns (path, admin, grpc).
-pub fn write_config(dir: &Path, body: &str) -> (PathBuf, SocketAddr, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let text = body
+/// A test config: where it is and the loopback addresses it uses.
+pub struct TestConfig {
+    pub path: PathBuf,
+    pub admin: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Writes a config into `dir`, replacing ADMIN_ADDR, GRPC_ADDR and HTTP_ADDR with free loopback
+/// addresses. Without an `ingress:` section the proxy listens on HTTP_ADDR (never on the default
+/// 0.0.0.0:8080).
+pub fn write_config(dir: &Path, body: &str) -> TestConfig {
+    let free = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (admin, grpc, http) = (free(), free(), free());
+    let mut text = body.to_owned();
+    if !text.contains("ingress:") {
+        text.push_str("\ningress: {http: {listen: HTTP_ADDR}}\n");
+    }
+    let text = text
         .replace("ADMIN_ADDR", &admin.to_string())
-        .replace("GRPC_ADDR", &grpc.to_string());
+        .replace("GRPC_ADDR", &grpc.to_string())
+        .replace("HTTP_ADDR", &http.to_string());
     let path = dir.join("actorgate.yaml");
     std::fs::write(&path, text).unwrap();
-    (path, admin, grpc)
+    TestConfig {
+        path,
+        admin,
+        grpc,
+        http,
+    }
 }
 
 /// Write-then-rename, as editors and ConfigMap updates do.

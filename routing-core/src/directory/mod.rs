@@ -38,15 +38,20 @@ impl From<tonic::Status> for DirectoryError {
     fn from(s: tonic::Status) -> Self {
         // Transport failures (connect refused, reset, TLS) reach us as Unknown or Internal
         // statuses with a source error; they mean "the control plane is unreachable".
+        // A status with a source error was made by the client's transport, not sent by the server:
+        // connect failures, resets, a connection closing under the request (CANCELLED).
         let transport = std::error::Error::source(&s).is_some()
-            && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal);
+            && matches!(
+                s.code(),
+                tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+            );
         // tonic reports its own client-side deadline (`grpc-timeout`) as CANCELLED.
         let client_deadline =
             s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired";
-        let code = if transport {
-            tonic::Code::Unavailable
-        } else if client_deadline {
+        let code = if client_deadline {
             tonic::Code::DeadlineExceeded
+        } else if transport {
+            tonic::Code::Unavailable
         } else {
             s.code()
         };

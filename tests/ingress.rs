@@ -1,0 +1,623 @@
+//! The ingress HTTP proxy end to end: real `actorgate serve`, real echo workers, real sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use routing_core::proto::ActorState;
+use routing_core::testing::{FakeControlPlane, Method, Step};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SUFFIX: &str = "actors.resources.substrate.ate.dev";
+
+/// An in-process echo worker; stops when the returned sender is dropped or fired.
+async fn echo_worker(bind: &str, name: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ingress::echo::serve(
+        listener,
+        name.to_owned(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    (addr, tx)
+}
+
+fn static_config(worker: SocketAddr, extra: &str) -> String {
+    format!(
+        "admin: {{listen: ADMIN_ADDR}}\n{extra}\ndirectory:\n  static:\n    actors:\n\
+         \x20   - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n\
+         \x20   - {{atespace: default, name: legacy, endpoint: '{worker}'}}\n"
+    )
+}
+
+async fn start(body: &str) -> (tempfile::TempDir, Gateway, TestConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), body);
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+    (dir, gw, cfg)
+}
+
+type Resp = (u16, http::HeaderMap, Bytes);
+
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+) -> Resp {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+fn h1() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+fn seen_headers(body: &Bytes) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    serde_json::from_value(v["headers"].clone()).unwrap()
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    h.iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_addressing_form_reaches_the_worker_with_proxy_headers() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, _gw, cfg) = start(&static_config(worker, "")).await;
+    let host_form = format!("hello.demo.{SUFFIX}:8080");
+    let legacy_form = format!("legacy.{SUFFIX}");
+    // (request headers, Host the worker must see, actor)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("host", "gateway.example:8080"),
+                ("ate-target-actor", "demo/hello"),
+            ],
+            "gateway.example:8080",
+            "demo/hello",
+        ),
+        (vec![("host", &host_form)], &host_form, "demo/hello"),
+        (vec![("host", &legacy_form)], &legacy_form, "default/legacy"),
+    ];
+    for (extra, want_host, actor) in cases {
+        let mut headers = extra.clone();
+        headers.extend([
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("ate-source-actor", "evil/impostor"),
+            ("x-forwarded-client-cert", "By=spiffe://evil"),
+            ("x-request-id", "req-123"),
+        ]);
+        let (status, resp_headers, body) = send(&h1(), get(cfg.http, "/echo?x=1", &headers)).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(resp_headers["x-request-id"], "req-123");
+        let seen = seen_headers(&body);
+        assert_eq!(
+            header(&seen, "host"),
+            [want_host],
+            "original Host preserved"
+        );
+        assert_eq!(header(&seen, "ate-target-actor"), [actor]);
+        assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(header(&seen, "x-forwarded-proto"), ["http"]);
+        assert_eq!(header(&seen, "x-forwarded-host"), [want_host]);
+        assert_eq!(
+            header(&seen, "forwarded"),
+            [format!("for=127.0.0.1;proto=http;host=\"{want_host}\"").as_str()]
+        );
+        assert_eq!(header(&seen, "x-request-id"), ["req-123"]);
+        for gone in [
+            "connection",
+            "x-hop",
+            "keep-alive",
+            "proxy-authorization",
+            "ate-source-actor",
+            "x-forwarded-client-cert",
+        ] {
+            assert!(
+                header(&seen, gone).is_empty(),
+                "{gone} reached the worker: {seen:?}"
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["uri"], "/echo?x=1");
+    }
+    // A request without a usable id gets a generated one, on both sides.
+    let (_, h, body) = send(
+        &h1(),
+        get(cfg.http, "/", &[("ate-target-actor", "demo/hello")]),
+    )
+    .await;
+    let id = h["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert_eq!(header(&seen_headers(&body), "x-request-id"), [id.as_str()]);
+}
+
+#[tokio::test]
+async fn h2c_and_h2_over_tls_reach_the_worker() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca =
+        identity::devca::DevCa::generate("ingress test CA", Duration::from_secs(86400)).unwrap();
+    ca.write_dir(dir.path()).unwrap();
+    ca.issue_server(
+        &["localhost".into()],
+        &["127.0.0.1".parse().unwrap()],
+        Duration::from_secs(86400),
+    )
+    .unwrap()
+    .write(dir.path(), "server")
+    .unwrap();
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let extra = format!(
+        "ingress:\n  http: {{listen: HTTP_ADDR}}\n  https:\n    listen: '{https}'\n    tls: {{cert_file: server.crt, key_file: server.key}}\n"
+    );
+    let cfg = write_config(dir.path(), &static_config(worker, &extra));
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+
+    // h2c, prior knowledge.
+    let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = h2c
+        .request(get(cfg.http, "/", &[("ate-target-actor", "demo/hello")]))
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(header(&seen_headers(&body), "x-forwarded-proto"), ["http"]);
+
+    // h2 over TLS (ALPN), authority form.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in identity::pem::load_certs(&dir.path().join("ca.crt")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http2()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    let req = http::Request::get(format!("https://localhost:{}/", https.port()))
+        .header("ate-target-actor", "demo/hello")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(header(&seen_headers(&body), "x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_chunk_by_chunk() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, _gw, cfg) = start(&static_config(worker, "")).await;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://{}/sse?events=3&interval_ms=400", cfg.http))
+        .header("ate-target-actor", "demo/hello")
+        .body(Empty::new())
+        .unwrap();
+    let mut body = client.request(req).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(first.contains("id: 0"), "{first}");
+    assert!(
+        !first.contains("id: 1"),
+        "the first event came alone, before the worker produced the next: {first}"
+    );
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("id: 2"));
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_through_in_bounded_memory() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, gw, cfg) = start(&static_config(worker, "")).await;
+    let pid = gw.child.as_ref().unwrap().id();
+    // Warm up (pools, first route), then take the idle baseline.
+    send(
+        &h1(),
+        get(cfg.http, "/hello", &[("ate-target-actor", "demo/hello")]),
+    )
+    .await;
+    let idle = rss_kb(pid, "VmRSS:");
+
+    let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+    let chunks = (SIZE / chunk.len() as u64) as usize;
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))),
+    );
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{}/upload", cfg.http))
+        .header("ate-target-actor", "demo/hello")
+        .body(StreamBody::new(stream))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{{\"bytes\":{SIZE}}}")
+    );
+
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://{}/bytes?n={SIZE}", cfg.http))
+        .header("ate-target-actor", "demo/hello")
+        .body(Empty::new())
+        .unwrap();
+    let mut body = client.request(req).await.unwrap().into_body();
+    let mut got = 0u64;
+    while let Some(f) = body.frame().await {
+        got += f.unwrap().into_data().map(|d| d.len() as u64).unwrap_or(0);
+    }
+    assert_eq!(got, SIZE);
+    let peak = rss_kb(pid, "VmHWM:");
+    let grew_mb = peak.saturating_sub(idle) / 1024;
+    eprintln!(
+        "proxy RSS: idle {} MiB, peak {} MiB",
+        idle / 1024,
+        peak / 1024
+    );
+    assert!(
+        grew_mb < 64,
+        "proxy memory grew {grew_mb} MiB over idle for 2 × 200 MiB"
+    );
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, _gw, cfg) = start(&static_config(worker, "")).await;
+    let mut req = format!("ws://{}/ws", cfg.http)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("ate-target-actor", "demo/hello".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(cfg.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("hello {i}"))
+        );
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![1u8, 2, 3])
+    );
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_unary_streaming_bidi_and_error_status_through_the_proxy() {
+    use ingress::echo::proto::EchoRequest;
+    use ingress::echo::proto::echo_client::EchoClient;
+    let (worker, _w) = echo_worker("127.0.0.1:0", "grpc-worker").await;
+    let (_d, _gw, cfg) = start(&static_config(worker, "")).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cfg.http))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = EchoClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+        r.metadata_mut()
+            .insert("ate-target-actor", "demo/hello".parse().unwrap());
+        Ok(r)
+    });
+    let req = |m: &str, count: i32, fail: i32| EchoRequest {
+        message: m.into(),
+        count,
+        fail_code: fail,
+    };
+    let r = c.unary(req("hi", 0, 0)).await.unwrap().into_inner();
+    assert_eq!(
+        (r.message.as_str(), r.worker.as_str()),
+        ("hi", "grpc-worker")
+    );
+
+    let mut s = c.server_stream(req("s", 5, 0)).await.unwrap().into_inner();
+    let mut n = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        assert_eq!(m.index, n);
+        n += 1;
+    }
+    assert_eq!(n, 5);
+
+    let outbound = futures_util::stream::iter((0..3).map(move |i| req(&format!("b{i}"), 0, 0)));
+    let mut b = c.bidi(outbound).await.unwrap().into_inner();
+    let mut got = vec![];
+    while let Some(m) = b.message().await.unwrap() {
+        got.push(m.message);
+    }
+    assert_eq!(got, ["b0", "b1", "b2"]);
+
+    let err = c.unary(req("x", 0, 9)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(err.message(), "requested failure 9");
+    // A non-OK status after messages arrives in the trailers.
+    let mut s = c.server_stream(req("t", 2, 5)).await.unwrap().into_inner();
+    assert!(s.message().await.unwrap().is_some());
+    assert!(s.message().await.unwrap().is_some());
+    let err = s.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+fn ateapi_config(fake: &FakeControlPlane, budget: &str) -> String {
+    format!(
+        "admin: {{listen: ADMIN_ADDR}}\nresolver: {{budget: {budget}, backoff: {{initial: 20ms, max: 50ms}}}}\n\
+         directory: {{ateapi: {{address: '{}'}}}}\n",
+        fake.addr
+    )
+}
+
+#[tokio::test]
+async fn routing_errors_answer_with_the_table() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let port = worker.port();
+    let mut fake = FakeControlPlane::start().await;
+    fake.add_actor(
+        "ns/sleepy",
+        ActorState::Suspended,
+        "127.0.0.1",
+        Duration::from_millis(700),
+    );
+    fake.add_actor(
+        "ns/stuck",
+        ActorState::Suspended,
+        "127.0.0.1",
+        Duration::ZERO,
+    );
+    fake.script(Method::ResumeActor, "ns/stuck", [Step::Hang]);
+    fake.add_actor("ns/later", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    let (_d, _gw, cfg) = start(&ateapi_config(&fake, "2s")).await;
+    let host = |a: &str| format!("{a}.ns.{SUFFIX}:{port}");
+
+    let (s, h, b) = send(&h1(), get(cfg.http, "/", &[("host", &host("ghost"))])).await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (404, "actor ns/ghost not found")
+    );
+    assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+    let (s, _, b) = send(&h1(), get(cfg.http, "/", &[("host", "example.com")])).await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (404, "invalid actor reference")
+    );
+
+    // Suspended behind a slow resume: the request waits, then reaches the worker.
+    let (s, h, _) = send(&h1(), get(cfg.http, "/hello", &[("host", &host("sleepy"))])).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["x-echo-worker"], "w1");
+    assert_eq!(fake.calls(Method::ResumeActor, "ns/sleepy"), 1);
+
+    let (s, _, b) = send(&h1(), get(cfg.http, "/", &[("host", &host("stuck"))])).await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (504, "actor ns/stuck request timed out")
+    );
+
+    fake.stop();
+    let (s, _, b) = send(&h1(), get(cfg.http, "/", &[("host", &host("later"))])).await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (503, "actor ns/later unavailable")
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_worker_is_absorbed_by_re_resolving_once() {
+    let (a, stop_a) = echo_worker("127.0.0.2:0", "old").await;
+    let port = a.port();
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/r", ActorState::Running, "127.0.0.2", Duration::ZERO);
+    let (_d, _gw, cfg) = start(&ateapi_config(&fake, "2s")).await;
+    let host = format!("r.ns.{SUFFIX}:{port}");
+    let (s, h, _) = send(&h1(), get(cfg.http, "/hello", &[("host", &host)])).await;
+    assert_eq!((s, h["x-echo-worker"].to_str().unwrap()), (200, "old"));
+
+    // The worker restarts elsewhere: the old address refuses connections, the control plane
+    // knows the new one, the gateway's cached route is stale.
+    stop_a.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_b, _stop_b) = echo_worker(&format!("127.0.0.3:{port}"), "new").await;
+    fake.set_pod_ip("ns/r", "127.0.0.3");
+    let (s, h, _) = send(&h1(), get(cfg.http, "/hello", &[("host", &host)])).await;
+    assert_eq!(
+        (s, h["x-echo-worker"].to_str().unwrap()),
+        (200, "new"),
+        "absorbed by one retry"
+    );
+    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    assert!(
+        metrics.contains("actorgate_ingress_retries_total 1"),
+        "{metrics}"
+    );
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    common::get(addr, path).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_421_from_the_worker_re_resolves_and_retries_once() {
+    let (a, stop_a) = echo_worker("127.0.0.4:0", "old").await;
+    let port = a.port();
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/m", ActorState::Running, "127.0.0.4", Duration::ZERO);
+    let (_d, _gw, cfg) = start(&ateapi_config(&fake, "2s")).await;
+    let host = format!("m.ns.{SUFFIX}:{port}");
+    assert_eq!(
+        send(&h1(), get(cfg.http, "/hello", &[("host", &host)]))
+            .await
+            .0,
+        200
+    );
+    // The old address now answers 421 (the actor moved): a worker agent saying "not here".
+    stop_a.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let misdirected = tokio::net::TcpListener::bind(format!("127.0.0.4:{port}"))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = misdirected.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 421 Misdirected Request\r\nx-ate-assignment-stale: true\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let (_b, _stop_b) = echo_worker(&format!("127.0.0.5:{port}"), "new").await;
+    fake.set_pod_ip("ns/m", "127.0.0.5");
+    let (s, h, _) = send(&h1(), get(cfg.http, "/hello", &[("host", &host)])).await;
+    assert_eq!((s, h["x-echo-worker"].to_str().unwrap()), (200, "new"));
+    assert!(h.get("x-ate-assignment-stale").is_none());
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_long_request_finish_and_refuses_new_connections() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, mut gw, cfg) = start(&static_config(
+        worker,
+        "shutdown: {drain_delay: 0s, drain_timeout: 10s}",
+    ))
+    .await;
+    let http = cfg.http;
+    let long = tokio::spawn(async move {
+        send(
+            &h1(),
+            get(
+                http,
+                "/delay?ms=1500",
+                &[("ate-target-actor", "demo/hello")],
+            ),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "new connections are refused while draining"
+    );
+    let (s, _, b) = long.await.unwrap();
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (200, "delayed\n"),
+        "the in-flight request completed"
+    );
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test]
+async fn oversized_heads_and_expect_continue() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, _gw, cfg) = start(&static_config(worker, "")).await;
+    let big = "x".repeat(100 * 1024);
+    let mut s = tokio::net::TcpStream::connect(cfg.http).await.unwrap();
+    s.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\nx-big: {big}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Expect: 100-continue: the client hears 100 before sending the body, then the answer.
+    let mut s = tokio::net::TcpStream::connect(cfg.http).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut resp = String::new();
+    while !resp.contains("{\"bytes\":5}") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {resp}");
+        resp.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
