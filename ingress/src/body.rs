@@ -2,6 +2,7 @@
 //! retry) and what goes back (the worker's streaming body under an idle timeout, or a short
 //! generated answer).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,12 +50,12 @@ impl Body for UpstreamBody {
 }
 
 pin_project_lite::pin_project! {
-    /// A worker's body that fails when no frame arrives for `idle`.
+    /// A worker's body that fails when no frame arrives for `idle`. The timer is armed only when
+    /// the body actually has to wait, so small, ready bodies cost no timer at all.
     pub struct IdleTimeout {
         #[pin]
         inner: Incoming,
-        #[pin]
-        timer: tokio::time::Sleep,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
         idle: Duration,
     }
 }
@@ -68,7 +69,7 @@ impl IdleTimeout {
     pub fn new(inner: Incoming, idle: Duration) -> Self {
         Self {
             inner,
-            timer: tokio::time::sleep(idle),
+            timer: None,
             idle,
         }
     }
@@ -82,18 +83,23 @@ impl Body for IdleTimeout {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + *this.idle);
+                // Progress: the next wait starts a fresh idle period.
+                *this.timer = None;
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => match this.timer.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = *this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
     fn is_end_stream(&self) -> bool {

