@@ -621,3 +621,59 @@ async fn oversized_heads_and_expect_continue() {
     }
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+#[tokio::test]
+async fn a_stalled_worker_body_is_cut_by_the_idle_timeout_and_metrics_count_requests() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, _gw, cfg) = start(&static_config(
+        worker,
+        "ingress:\n  http: {listen: HTTP_ADDR}\n  upstream: {idle_timeout: 300ms}\n",
+    ))
+    .await;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://{}/sse?events=2&interval_ms=3000", cfg.http))
+        .header("ate-target-actor", "demo/hello")
+        .body(Empty::new())
+        .unwrap();
+    let mut body = client.request(req).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.into_data().is_ok());
+    // The worker pauses 3 s before the next event; the proxy gives up after 300 ms of silence.
+    let next = tokio::time::timeout(Duration::from_secs(2), body.frame())
+        .await
+        .expect("cut before the worker resumed");
+    assert!(
+        !matches!(next, Some(Ok(_))),
+        "the stream was cut, not continued: {next:?}"
+    );
+
+    send(
+        &h1(),
+        get(cfg.http, "/hello", &[("ate-target-actor", "demo/hello")]),
+    )
+    .await;
+    send(
+        &h1(),
+        get(cfg.http, "/", &[("ate-target-actor", "demo/nobody")]),
+    )
+    .await;
+    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    let scrape = parse_metrics(&metrics);
+    let value = |class: &str, outcome: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "actorgate_ingress_requests_total"
+                    && s.labels.get("class") == Some(class)
+                    && s.labels.get("outcome") == Some(outcome)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => -1.0,
+            })
+    };
+    assert!(value("2xx", "proxied").unwrap() >= 2.0);
+    assert_eq!(value("4xx", "route_error"), Some(1.0));
+    assert!(metrics.contains("actorgate_ingress_connections_active{listener=\"http\"}"));
+}
