@@ -204,6 +204,29 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     #[serde(default = "d_pool_max")]
     pub pool_max_idle_per_host: usize,
+    /// TLS to workers (the worker agent's mTLS); required when
+    /// `routing.worker_transport.mode` is `agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS material for dialing workers and the identity they must present.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// CA bundle that signs worker certificates.
+    pub ca_file: PathBuf,
+    /// The gateway's client certificate and key (workers require mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The exact SPIFFE ID every worker presents, or
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_spiffe_id: Option<String>,
+    /// a SPIFFE ID prefix ending in `/` (e.g. `spiffe://cluster.local/ns/ate-workers/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_spiffe_prefix: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -215,6 +238,7 @@ impl Default for UpstreamConfig {
             idle_timeout: d_idle_timeout(),
             pool_idle_timeout: d_pool_idle(),
             pool_max_idle_per_host: d_pool_max(),
+            tls: None,
         }
     }
 }
@@ -589,6 +613,8 @@ pub struct Loaded {
 /// The validated ingress proxy settings.
 pub struct IngressSettings {
     pub http_listen: SocketAddr,
+    /// TLS to workers.
+    pub worker_tls: Option<identity::tls::ClientTlsFiles>,
     pub https: Option<(SocketAddr, identity::tls::ServerTlsFiles)>,
     pub proxy: ingress::ProxySettings,
     pub limits: ingress::ListenerLimits,
@@ -723,6 +749,15 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     };
     if r.worker_transport.mode == WorkerMode::Agent && r.worker_transport.agent_port == 0 {
         errs.push("routing.worker_transport.agent_port", "must not be 0");
+    }
+    if r.worker_transport.mode == WorkerMode::Agent
+        && config.ingress.enabled
+        && config.ingress.upstream.tls.is_none()
+    {
+        errs.push(
+            "routing.worker_transport.mode",
+            "agent mode dials the worker agent over mTLS: set ingress.upstream.tls",
+        );
     }
 
     let rc = &config.resolver;
@@ -957,10 +992,12 @@ fn ingress_settings(
             format!("{} is out of range (1 to 100000)", l.max_concurrent_streams),
         );
     }
+    let worker_tls = u.tls.as_ref().and_then(|t| upstream_tls(errs, t, base));
     if errs.0.len() != before {
         return None;
     }
     Some(IngressSettings {
+        worker_tls,
         http_listen: http_listen?,
         https,
         proxy: ingress::ProxySettings {
@@ -978,6 +1015,59 @@ fn ingress_settings(
             max_concurrent_streams: l.max_concurrent_streams,
             tls_handshake_timeout: s(10),
         },
+    })
+}
+
+fn upstream_tls(
+    errs: &mut FieldErrors,
+    t: &UpstreamTlsConfig,
+    base: &Path,
+) -> Option<identity::tls::ClientTlsFiles> {
+    let before = errs.0.len();
+    let mut file = |name: &str, p: &Path| {
+        let full = resolve_path(base, p);
+        if !full.is_file() {
+            errs.push(
+                format!("ingress.upstream.tls.{name}"),
+                format!("{} does not exist or is not a file", full.display()),
+            );
+        }
+        full
+    };
+    let ca_file = file("ca_file", &t.ca_file);
+    let cert_file = t.cert_file.as_ref().map(|p| file("cert_file", p));
+    let key_file = t.key_file.as_ref().map(|p| file("key_file", p));
+    if cert_file.is_some() != key_file.is_some() {
+        errs.push(
+            "ingress.upstream.tls.cert_file",
+            "cert_file and key_file go together",
+        );
+    }
+    let server_identity = match (&t.server_spiffe_id, &t.server_spiffe_prefix) {
+        (Some(id), None) => {
+            if identity::spiffe::SpiffeId::parse(id).is_err() {
+                errs.push(
+                    "ingress.upstream.tls.server_spiffe_id",
+                    format!("{id:?} is not an actor or component SPIFFE ID"),
+                );
+            }
+            identity::tls::ServerIdentity::Spiffe(id.clone())
+        }
+        (None, Some(prefix)) => identity::tls::ServerIdentity::SpiffePrefix(prefix.clone()),
+        _ => {
+            errs.push(
+                "ingress.upstream.tls",
+                "set exactly one of server_spiffe_id or server_spiffe_prefix (workers are dialed by IP)",
+            );
+            identity::tls::ServerIdentity::Hostname
+        }
+    };
+    (errs.0.len() == before).then_some(identity::tls::ClientTlsFiles {
+        ca_file,
+        cert_file,
+        key_file,
+        server_identity,
+        alpn: vec![],
     })
 }
 
@@ -1321,6 +1411,30 @@ mod tests {
         };
         assert!(
             e.contains(r#"directory.static.actors[0].endpoint: invalid socket address "x""#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn agent_mode_needs_upstream_tls_with_a_spiffe_identity() {
+        let e = err("routing: {worker_transport: {mode: agent}}\ndirectory: {static: {}}\n");
+        assert!(
+            e.contains(
+                "routing.worker_transport.mode: agent mode dials the worker agent over mTLS"
+            ),
+            "{e}"
+        );
+        let e = err(
+            "ingress: {upstream: {tls: {ca_file: /nonexistent/ca.crt}}}\ndirectory: {static: {}}\n",
+        );
+        assert!(
+            e.contains("ingress.upstream.tls.ca_file: /nonexistent/ca.crt does not exist"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "ingress.upstream.tls: set exactly one of server_spiffe_id or server_spiffe_prefix"
+            ),
             "{e}"
         );
     }

@@ -205,8 +205,28 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         _ => None,
     };
     let mut ingress_tasks = Vec::new();
+    let mut _worker_tls_watch = None;
     if let Some(i) = &loaded.ingress {
-        let proxy = ingress::Proxy::new(resolver.clone(), i.proxy.clone(), ingress_metrics.clone());
+        let worker_tls = match &i.worker_tls {
+            None => None,
+            Some(files) => {
+                let tls = identity::tls::ReloadableClientConfig::client(files.clone())
+                    .context("ingress.upstream.tls")?;
+                match tls.watch() {
+                    Ok(w) => _worker_tls_watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the worker TLS files; rotation needs a restart")
+                    }
+                }
+                Some(tls)
+            }
+        };
+        let proxy = ingress::Proxy::new(
+            resolver.clone(),
+            i.proxy.clone(),
+            ingress_metrics.clone(),
+            worker_tls,
+        );
         if let Some(l) = http_listener {
             ingress_tasks.push(tokio::spawn(ingress::serve(
                 l,

@@ -677,3 +677,143 @@ async fn a_stalled_worker_body_is_cut_by_the_idle_timeout_and_metrics_count_requ
     assert_eq!(value("4xx", "route_error"), Some(1.0));
     assert!(metrics.contains("actorgate_ingress_connections_active{listener=\"http\"}"));
 }
+
+/// A worker agent: terminates mTLS (requires a client certificate from `ca`), reports the
+/// gateway's identity, and forwards the decrypted bytes to `worker`.
+async fn tls_agent(
+    dir: &std::path::Path,
+    worker: SocketAddr,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<identity::PeerIdentity>,
+) {
+    let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
+        cert_file: dir.join("agent.crt"),
+        key_file: dir.join("agent.key"),
+        client_ca_file: Some(dir.join("ca.crt")),
+        client_auth: identity::tls::ClientAuth::Required,
+        client_trust_domain: Some(identity::spiffe::DEFAULT_TRUST_DOMAIN.into()),
+        alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(id) = identity::cert::peer_identity(
+                    tls.get_ref().1.peer_certificates(),
+                    identity::spiffe::DEFAULT_TRUST_DOMAIN,
+                ) {
+                    let _ = tx.send(id);
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(worker).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn agent_mode_dials_the_worker_agent_over_mtls_with_the_target_port() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "behind-agent").await;
+    let dir = tempfile::tempdir().unwrap();
+    let td = identity::spiffe::DEFAULT_TRUST_DOMAIN;
+    let day = Duration::from_secs(86400);
+    let ca = identity::devca::DevCa::generate("agent test CA", day).unwrap();
+    ca.write_dir(dir.path()).unwrap();
+    ca.issue_component(
+        td,
+        "ate-workers",
+        "atunnel",
+        &[],
+        &["127.0.0.1".parse().unwrap()],
+        day,
+    )
+    .unwrap()
+    .write(dir.path(), "agent")
+    .unwrap();
+    ca.issue_component(td, "ate-system", "actorgate", &[], &[], day)
+        .unwrap()
+        .write(dir.path(), "gateway")
+        .unwrap();
+    let (agent, mut seen) = tls_agent(dir.path(), worker).await;
+    let config = |prefix: &str| {
+        format!(
+            "admin: {{listen: ADMIN_ADDR}}\n\
+             routing: {{worker_transport: {{mode: agent}}}}\n\
+             ingress:\n  http: {{listen: HTTP_ADDR}}\n  upstream:\n    tls: {{ca_file: ca.crt, cert_file: gateway.crt, key_file: gateway.key, server_spiffe_prefix: '{prefix}'}}\n\
+             directory: {{static: {{actors: [{{atespace: demo, name: hello, endpoint: '{agent}'}}]}}}}\n"
+        )
+    };
+    let cfg = write_config(
+        dir.path(),
+        &config(&format!("spiffe://{td}/ns/ate-workers/")),
+    );
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+    let (s, h, body) = send(
+        &h1(),
+        get(cfg.http, "/", &[("ate-target-actor", "demo/hello")]),
+    )
+    .await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(h["x-echo-worker"], "behind-agent");
+    let seen_headers = seen_headers(&body);
+    assert_eq!(
+        header(&seen_headers, "x-ate-target-port"),
+        ["80"],
+        "the actor port travels in a header"
+    );
+    assert_eq!(header(&seen_headers, "ate-target-actor"), ["demo/hello"]);
+    match tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        identity::PeerIdentity::Component {
+            namespace,
+            service_account,
+            ..
+        } => {
+            assert_eq!(
+                (namespace.as_str(), service_account.as_str()),
+                ("ate-system", "actorgate")
+            )
+        }
+        other => panic!("agent saw {other:?}"),
+    }
+    drop(gw);
+
+    // A worker that is not who the gateway expects is never sent the request.
+    let dir2 = tempfile::tempdir().unwrap();
+    for f in ["ca.crt", "ca.key", "gateway.crt", "gateway.key"] {
+        std::fs::copy(dir.path().join(f), dir2.path().join(f)).unwrap();
+    }
+    let cfg = write_config(
+        dir2.path(),
+        &config(&format!("spiffe://{td}/ns/somewhere-else/")),
+    );
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+    let (s, _, body) = send(
+        &h1(),
+        get(cfg.http, "/", &[("ate-target-actor", "demo/hello")]),
+    )
+    .await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&body).as_ref()),
+        (502, "actor demo/hello worker unreachable")
+    );
+}

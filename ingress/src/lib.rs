@@ -2,6 +2,7 @@
 //! [`server`]) and the echo worker used by the demo, tests and benchmarks ([`echo`]).
 
 pub mod body;
+pub mod connector;
 pub mod echo;
 pub mod headers;
 pub mod metrics;

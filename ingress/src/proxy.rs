@@ -20,10 +20,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use identity::tls::ReloadableClientConfig;
 use routing_core::extract::RequestMeta;
 use routing_core::{Resolver, Route, RouteError, WorkerTransport};
 
 use crate::body::{ProxyBody, UpstreamBody};
+use crate::connector::WorkerConnector;
 use crate::headers::{
     ASSIGNMENT_STALE, REQUEST_ID, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT, add_forwarded,
     ensure_request_id, remove_hop_by_hop, untrusted_identity_headers, wants_upgrade,
@@ -79,8 +81,10 @@ pub struct ConnInfo {
 
 struct Inner {
     resolver: Resolver,
-    h1: Client<HttpConnector, UpstreamBody>,
-    h2: Client<HttpConnector, UpstreamBody>,
+    h1: Client<WorkerConnector, UpstreamBody>,
+    h2: Client<WorkerConnector, UpstreamBody>,
+    /// `http` or `https` (TLS to the worker agent).
+    scheme: &'static str,
     settings: ProxySettings,
     metrics: IngressMetrics,
 }
@@ -120,12 +124,20 @@ fn route_error(e: &RouteError, request_id: &HeaderValue) -> Response<ProxyBody> 
 }
 
 impl Proxy {
-    /// Builds the proxy and its pooled worker clients.
-    pub fn new(resolver: Resolver, settings: ProxySettings, metrics: IngressMetrics) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+    /// Builds the proxy and its pooled worker clients. With `worker_tls`, workers are dialed over
+    /// TLS (the worker agent's mTLS), checked against that config's expected identity.
+    pub fn new(
+        resolver: Resolver,
+        settings: ProxySettings,
+        metrics: IngressMetrics,
+        worker_tls: Option<Arc<ReloadableClientConfig>>,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = WorkerConnector::new(http, worker_tls);
+        let scheme = connector.scheme();
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
@@ -145,6 +157,7 @@ impl Proxy {
                 resolver,
                 h1,
                 h2,
+                scheme,
                 settings,
                 metrics,
             }),
@@ -264,7 +277,10 @@ impl Proxy {
         let mut parts = Some(parts);
         let mut retried = false;
         loop {
-            let uri = match Uri::try_from(format!("http://{}{}", route.endpoint, path)) {
+            let uri = match Uri::try_from(format!(
+                "{}://{}{}",
+                self.inner.scheme, route.endpoint, path
+            )) {
                 Ok(u) => u,
                 Err(_) => {
                     self.inner.metrics.request(400, Outcome::RouteError);
