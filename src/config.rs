@@ -189,12 +189,13 @@ fn d_https_listen() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `auto` (HTTP/2 for gRPC, HTTP/1.1 otherwise), `http1` or `http2`.
+    /// `auto` (HTTP/2 for gRPC, HTTP/1.1 otherwise), `http1` or `http2`; with TLS to workers ALPN
+    /// offers only the chosen protocol.
     #[serde(default)]
     pub protocol: ingress::UpstreamProtocol,
     #[serde(default = "d_connect", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Until the worker's response headers; past it: 504.
+    /// From sending the request (body included) to the worker's response headers; past it: 504.
     #[serde(default = "d_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
     /// Longest pause inside a worker's response body; past it the stream is cut.
@@ -291,7 +292,7 @@ fn d_headers() -> usize {
     100
 }
 fn d_streams() -> u32 {
-    1000
+    250
 }
 
 /// An embedded echo worker, for the local demo.

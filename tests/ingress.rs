@@ -643,8 +643,8 @@ async fn a_stalled_worker_body_is_cut_by_the_idle_timeout_and_metrics_count_requ
         .await
         .expect("cut before the worker resumed");
     assert!(
-        !matches!(next, Some(Ok(_))),
-        "the stream was cut, not continued: {next:?}"
+        matches!(next, Some(Err(_))),
+        "the stream was cut with an error, not continued or ended: {next:?}"
     );
 
     send(
@@ -777,6 +777,11 @@ async fn agent_mode_dials_the_worker_agent_over_mtls_with_the_target_port() {
         "the actor port travels in a header"
     );
     assert_eq!(header(&seen_headers, "ate-target-actor"), ["demo/hello"]);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["version"], "HTTP/1.1",
+        "ALPN offered only http/1.1 to the agent for a plain request"
+    );
     match tokio::time::timeout(Duration::from_secs(5), seen.recv())
         .await
         .unwrap()
@@ -816,4 +821,107 @@ async fn agent_mode_dials_the_worker_agent_over_mtls_with_the_target_port() {
         (s, String::from_utf8_lossy(&body).as_ref()),
         (502, "actor demo/hello worker unreachable")
     );
+}
+
+#[tokio::test]
+async fn only_the_agents_stale_421_is_retried_and_applications_421_pass_through() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, _gw, cfg) = start(&static_config(worker, "")).await;
+    let actor = [("ate-target-actor", "demo/hello")];
+    assert_eq!(
+        send(&h1(), get(cfg.http, "/hello", &actor)).await.0,
+        200,
+        "warm the route cache"
+    );
+    // An application's own 421: passed through, no retry.
+    let (s, _, b) = send(&h1(), get(cfg.http, "/status/421", &actor)).await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (421, "status 421\n")
+    );
+    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    assert!(
+        metrics.contains("actorgate_ingress_retries_total 0"),
+        "{metrics}"
+    );
+    // The agent's stale assignment: re-resolved and retried once; the marker never reaches clients.
+    let (s, h, _) = send(&h1(), get(cfg.http, "/misdirected", &actor)).await;
+    assert_eq!(
+        s, 421,
+        "the same worker still answers 421 after the one retry"
+    );
+    assert!(h.get("x-ate-assignment-stale").is_none());
+    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    assert!(
+        metrics.contains("actorgate_ingress_retries_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_not_retried() {
+    let (a, stop_a) = echo_worker("127.0.0.6:0", "old").await;
+    let port = a.port();
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/p", ActorState::Running, "127.0.0.6", Duration::ZERO);
+    let (_d, _gw, cfg) = start(&ateapi_config(&fake, "2s")).await;
+    let host = format!("p.ns.{SUFFIX}:{port}");
+    assert_eq!(
+        send(&h1(), get(cfg.http, "/hello", &[("host", &host)]))
+            .await
+            .0,
+        200
+    );
+    stop_a.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_b, _stop_b) = echo_worker(&format!("127.0.0.7:{port}"), "new").await;
+    fake.set_pod_ip("ns/p", "127.0.0.7");
+    let post = http::Request::post(format!("http://{}/upload", cfg.http))
+        .header("host", &host)
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let (s, _, b) = send(&h1(), post).await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (502, "actor ns/p worker unreachable"),
+        "not sent twice"
+    );
+    // The stale route was dropped: the next request goes to the new worker directly.
+    let (s, h, _) = send(&h1(), get(cfg.http, "/hello", &[("host", &host)])).await;
+    assert_eq!((s, h["x-echo-worker"].to_str().unwrap()), (200, "new"));
+    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    assert!(
+        metrics.contains("actorgate_ingress_retries_total 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn connect_odd_expectations_and_h2c_upgrades_are_not_forwarded() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let (_d, _gw, cfg) = start(&static_config(worker, "")).await;
+    let raw = |req: String| async move {
+        let mut s = tokio::net::TcpStream::connect(cfg.http).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let r = raw("CONNECT 10.0.0.1:443 HTTP/1.1\r\nhost: 10.0.0.1:443\r\nate-target-actor: demo/hello\r\nconnection: close\r\n\r\n".into()).await;
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    let r = raw("GET / HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\nexpect: something-else\r\nconnection: close\r\n\r\n".into()).await;
+    assert!(r.starts_with("HTTP/1.1 417"), "{r}");
+    // An h2c upgrade would let the client talk HTTP/2 to the worker past header stripping: it is
+    // answered as a plain request instead.
+    let r = raw(
+        "GET / HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n"
+            .into(),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        !r.to_ascii_lowercase().contains("\"upgrade\""),
+        "the worker saw no upgrade: {r}"
+    );
+    assert!(!r.to_ascii_lowercase().contains("http2-settings"), "{r}");
 }

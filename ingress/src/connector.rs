@@ -22,14 +22,29 @@ use crate::body::BoxError;
 pub struct WorkerConnector {
     http: HttpConnector,
     tls: Option<Arc<ReloadableClientConfig>>,
+    /// Offer `h2` (the HTTP/2 client) or `http/1.1` (the HTTP/1.1 client) in ALPN, never both:
+    /// the protocol is chosen per request, not by the worker.
+    h2: bool,
+    /// Bounds the TLS handshake like the TCP connect.
+    handshake_timeout: std::time::Duration,
 }
 
 impl WorkerConnector {
-    pub fn new(http: HttpConnector, tls: Option<Arc<ReloadableClientConfig>>) -> Self {
+    pub fn new(
+        http: HttpConnector,
+        tls: Option<Arc<ReloadableClientConfig>>,
+        h2: bool,
+        handshake_timeout: std::time::Duration,
+    ) -> Self {
         let mut http = http;
         // TLS wraps the TCP stream itself; the inner connector must accept https:// URIs.
         http.enforce_http(tls.is_none());
-        Self { http, tls }
+        Self {
+            http,
+            tls,
+            h2,
+            handshake_timeout,
+        }
     }
 
     /// The URI scheme requests to workers use.
@@ -55,13 +70,24 @@ impl Service<Uri> for WorkerConnector {
             }
             Some(tls) => {
                 let config = (*tls.current()).clone();
-                let mut https = hyper_rustls::HttpsConnectorBuilder::new()
+                let builder = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(config)
-                    .https_only()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(self.http.clone());
-                Box::pin(async move { https.call(dst).await })
+                    .https_only();
+                let mut https = if self.h2 {
+                    builder.enable_http2().wrap_connector(self.http.clone())
+                } else {
+                    builder.enable_http1().wrap_connector(self.http.clone())
+                };
+                let limit = self.handshake_timeout;
+                Box::pin(async move {
+                    match tokio::time::timeout(limit, https.call(dst)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!(
+                            "TLS connection to the worker not established within {limit:?}"
+                        )
+                        .into()),
+                    }
+                })
             }
         }
     }

@@ -35,18 +35,25 @@ pub fn untrusted_identity_headers() -> [&'static HeaderName; 3] {
     [&SOURCE_ACTOR, &XFCC, &GATEWAY_DESTINATION]
 }
 
+/// Comma-separated tokens of every line of a header, from the raw bytes (so a non-UTF-8 line is
+/// still honoured), trimmed, lowercase-insensitive comparisons left to the caller.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (for protocol upgrades).
-/// `TE: trailers` survives (gRPC needs it); other `TE` values are removed.
+/// `TE: trailers` survives (gRPC needs it); other `TE` codings are removed. `Trailer` is
+/// end-to-end and stays (HTTP/1.1 only sends the trailers it lists).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in Connection are hop-by-hop for this message.
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
             .collect();
         for n in named {
@@ -61,29 +68,47 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::PROXY_AUTHENTICATE);
     headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     if !keep_upgrade {
         headers.remove(header::UPGRADE);
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = tokens(headers, &header::TE).any(|t| {
+        let coding = t
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        coding.eq_ignore_ascii_case(b"trailers")
+    });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
-/// Whether an HTTP/1.1 request asks for a protocol upgrade (WebSocket and others).
+/// Whether an HTTP/1.1 request asks for a WebSocket upgrade. Other upgrades (notably `h2c`, which
+/// would let a client speak HTTP/2 straight to the worker, past header stripping) are not
+/// tunneled: their `Upgrade` header is removed and the request is proxied as a normal one.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    tokens(headers, &header::UPGRADE).any(|t| t.eq_ignore_ascii_case(b"websocket"))
+        && tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Joins several `Cookie` lines into one (`; `-separated): HTTP/2 clients may split cookies,
+/// HTTP/1.1 servers expect one line (RFC 9113 §8.2.3).
+pub fn merge_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
@@ -95,9 +120,9 @@ pub fn add_forwarded(
     host: Option<&str>,
 ) {
     let ip = client.ip();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.to_string(),
+    let xff = match joined(headers, &X_FORWARDED_FOR) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(&X_FORWARDED_FOR, v);
@@ -122,13 +147,26 @@ pub fn add_forwarded(
     } else {
         headers.remove(&X_FORWARDED_HOST);
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {elem}"),
-        _ => elem,
+    let forwarded = match joined(headers, &header::FORWARDED) {
+        Some(prev) => format!("{prev}, {elem}"),
+        None => elem,
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         headers.insert(header::FORWARDED, v);
     }
+}
+
+/// Every line of a header joined with `, ` (earlier hops may have used separate lines); `None`
+/// when absent or empty. Lines that are not visible ASCII are dropped rather than the chain.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// Keeps a sane client request id or generates one; returns the value in use.
@@ -188,14 +226,59 @@ mod tests {
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
         let mut g = map(&[
-            ("te", "trailers"),
+            ("te", "trailers;q=1, deflate"),
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
+            ("trailer", "grpc-status"),
         ]);
         remove_hop_by_hop(&mut g, true);
         assert_eq!(g.get("te").unwrap(), "trailers");
         assert_eq!(g.get("upgrade").unwrap(), "websocket");
         assert_eq!(g.get("connection").unwrap(), "upgrade");
+        assert_eq!(
+            g.get("trailer").unwrap(),
+            "grpc-status",
+            "Trailer is end-to-end"
+        );
+        // Non-UTF-8 Connection lines still name hop-by-hop headers.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_bytes(b"x-hop, \xe9").unwrap(),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_tunneled() {
+        assert!(wants_upgrade(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
+        assert!(!wants_upgrade(&map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn cookies_and_multi_line_chains_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        merge_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+        let mut f = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        add_forwarded(&mut f, "10.0.0.1:1".parse().unwrap(), "http", None);
+        assert_eq!(
+            f.get("x-forwarded-for").unwrap(),
+            "1.1.1.1, 2.2.2.2, 10.0.0.1"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::body::{ProxyBody, UpstreamBody};
 use crate::connector::WorkerConnector;
 use crate::headers::{
     ASSIGNMENT_STALE, REQUEST_ID, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT, add_forwarded,
-    ensure_request_id, remove_hop_by_hop, untrusted_identity_headers, wants_upgrade,
+    ensure_request_id, merge_cookies, remove_hop_by_hop, untrusted_identity_headers, wants_upgrade,
 };
 use crate::metrics::{IngressMetrics, Outcome};
 
@@ -136,14 +136,17 @@ impl Proxy {
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = WorkerConnector::new(http, worker_tls);
-        let scheme = connector.scheme();
+        // TCP connect and TLS handshake together get twice the connect timeout.
+        let handshake = settings.connect_timeout * 2;
+        let h1_connector = WorkerConnector::new(http.clone(), worker_tls.clone(), false, handshake);
+        let h2_connector = WorkerConnector::new(http, worker_tls, true, handshake);
+        let scheme = h1_connector.scheme();
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(connector.clone());
+            .build(h1_connector);
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(settings.pool_idle_timeout)
@@ -151,7 +154,7 @@ impl Proxy {
             .timer(TokioTimer::new())
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(10))
-            .build(connector);
+            .build(h2_connector);
         Self {
             inner: Arc::new(Inner {
                 resolver,
@@ -173,6 +176,15 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let request_id = ensure_request_id(&mut parts.headers);
+        if let Some(refusal) = self.check_request(&parts, &request_id) {
+            return refusal;
+        }
+        // One authority for routing and for what the worker is told: the request target's
+        // (absolute form, HTTP/2 :authority) or else Host (RFC 9112 §3.2.2).
+        let host: Option<HeaderValue> = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => parts.headers.get(header::HOST).cloned(),
+        };
         let route = {
             let mut values = parts.headers.get_all(&TARGET_ACTOR).iter();
             // Two values of the header: fail closed rather than pick one.
@@ -181,12 +193,7 @@ impl Proxy {
                 (Some(v), None) => Some(v.to_str().unwrap_or("")),
                 (Some(_), Some(_)) => Some(""),
             };
-            let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            });
+            let authority = host.as_ref().and_then(|h| h.to_str().ok());
             self.inner
                 .resolver
                 .route(&RequestMeta {
@@ -211,23 +218,25 @@ impl Proxy {
         } else {
             None
         };
-        // The original authority, for Host and X-Forwarded-Host.
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let downstream_h2 = parts.version == Version::HTTP_2;
         let headers = &mut parts.headers;
         remove_hop_by_hop(headers, upgrade);
+        // `Connection: x-request-id` must not cost the worker its request id.
+        headers.insert(&REQUEST_ID, request_id.clone());
         if !conn.trusted_source {
             for h in untrusted_identity_headers() {
                 headers.remove(h);
             }
-        } else if let Some(src) = headers.get(&SOURCE_ACTOR)
-            && routing_core::ActorRef::parse(src.to_str().unwrap_or("")).is_err()
-        {
-            headers.remove(&SOURCE_ACTOR);
+        } else {
+            // A trusted peer sends exactly one valid source actor, or none is passed on.
+            let mut values = headers.get_all(&SOURCE_ACTOR).iter();
+            let valid = match (values.next(), values.next()) {
+                (Some(v), None) => routing_core::ActorRef::parse(v.to_str().unwrap_or("")).is_ok(),
+                _ => false,
+            };
+            if !valid {
+                headers.remove(&SOURCE_ACTOR);
+            }
         }
         headers.remove(header::EXPECT);
         add_forwarded(
@@ -254,6 +263,13 @@ impl Proxy {
                 UpstreamProtocol::Http1 => false,
                 UpstreamProtocol::Http2 => true,
             };
+        if use_h2 {
+            // Over HTTP/2 the worker's :authority is the dialed endpoint; a differing Host would
+            // violate RFC 9113 §8.3.1. The original authority travels in X-Forwarded-Host.
+            parts.headers.remove(header::HOST);
+        } else if downstream_h2 {
+            merge_cookies(&mut parts.headers);
+        }
         parts.version = if use_h2 {
             Version::HTTP_2
         } else {
@@ -265,8 +281,10 @@ impl Proxy {
             .map(|p| p.as_str())
             .unwrap_or("/");
 
-        let bodiless = http_body::Body::is_end_stream(&body);
-        let replay = bodiless.then(|| Replay {
+        // Only a cached route can be stale, and only a request without a body can be sent twice.
+        let retryable = http_body::Body::is_end_stream(&body)
+            && route.kind == routing_core::ResolveKind::Cached;
+        let mut replay = retryable.then(|| Replay {
             method: parts.method.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
@@ -298,7 +316,7 @@ impl Proxy {
                 }
                 _ => {
                     // A retry: rebuild from the saved parts with an empty body.
-                    let Some(r) = replay.as_ref() else {
+                    let Some(r) = replay.take() else {
                         return text_response(
                             StatusCode::BAD_GATEWAY,
                             format!("actor {} worker unreachable", route.actor()),
@@ -306,10 +324,10 @@ impl Proxy {
                         );
                     };
                     let mut req = Request::new(UpstreamBody::Empty);
-                    *req.method_mut() = r.method.clone();
+                    *req.method_mut() = r.method;
                     *req.uri_mut() = uri;
                     *req.version_mut() = r.version;
-                    *req.headers_mut() = r.headers.clone();
+                    *req.headers_mut() = r.headers;
                     req
                 }
             };
@@ -324,7 +342,12 @@ impl Proxy {
                     .await;
             let stale = match &sent {
                 Ok(Err(e)) if e.is_connect() => true,
-                Ok(Ok(resp)) if resp.status() == StatusCode::MISDIRECTED_REQUEST => true,
+                // The worker agent's "this actor no longer runs here"; an application's own 421
+                // is passed through untouched.
+                Ok(Ok(resp)) if resp.status() == StatusCode::MISDIRECTED_REQUEST => resp
+                    .headers()
+                    .get(&ASSIGNMENT_STALE)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
                 _ => false,
             };
             if stale {
@@ -380,6 +403,42 @@ impl Proxy {
         }
     }
 
+    /// Refuses what the proxy does not forward: `CONNECT` (405), expectations other than
+    /// `100-continue` (417), conflicting or missing authorities (400).
+    fn check_request(
+        &self,
+        parts: &http::request::Parts,
+        request_id: &HeaderValue,
+    ) -> Option<Response<ProxyBody>> {
+        let refuse = |status: StatusCode, msg: &str| {
+            self.inner
+                .metrics
+                .request(status.as_u16(), Outcome::RouteError);
+            Some(text_response(status, msg.to_owned(), request_id))
+        };
+        if parts.method == http::Method::CONNECT {
+            return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
+        }
+        if let Some(e) = parts.headers.get(header::EXPECT)
+            && !e.as_bytes().eq_ignore_ascii_case(b"100-continue")
+        {
+            return refuse(StatusCode::EXPECTATION_FAILED, "unsupported expectation");
+        }
+        let host = parts.headers.get(header::HOST);
+        match (parts.uri.authority(), host) {
+            (Some(a), Some(h))
+                if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())
+                    && parts.version == Version::HTTP_2 =>
+            {
+                refuse(StatusCode::BAD_REQUEST, "conflicting :authority and host")
+            }
+            (None, None) if parts.version == Version::HTTP_11 => {
+                refuse(StatusCode::BAD_REQUEST, "missing host")
+            }
+            _ => None,
+        }
+    }
+
     async fn re_resolve(&self, route: &Route) -> Result<Route, RouteError> {
         let target = routing_core::Target {
             actor: route.actor().clone(),
@@ -399,8 +458,12 @@ impl Proxy {
         let status = rp.status;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let up = rp.extensions.remove::<OnUpgrade>();
+            let websocket = rp
+                .headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
             return match (down_upgrade, up) {
-                (Some(down), Some(up)) => {
+                (Some(down), Some(up)) if websocket => {
                     remove_hop_by_hop(&mut rp.headers, true);
                     rp.headers.insert(&REQUEST_ID, request_id.clone());
                     rp.version = Version::HTTP_11;

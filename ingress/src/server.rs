@@ -37,7 +37,7 @@ impl Default for ListenerLimits {
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-            max_concurrent_streams: 1000,
+            max_concurrent_streams: 250,
             tls_handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -55,6 +55,8 @@ fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // Bounds what a slow-reading client can make the proxy hold per stream.
+        .max_send_buf_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     b
