@@ -107,6 +107,15 @@ pub struct GrpcConfig {
     /// Serve the static directory as `ateapi.Control` (a control-plane simulator).
     #[serde(default)]
     pub control_plane_simulator: bool,
+    /// Serve Envoy ExtProc (`envoy.service.ext_proc.v3.ExternalProcessor`).
+    #[serde(default = "d_true")]
+    pub extproc: bool,
+    /// Serve `actorgate.router.v1.Router/ResolveRoute`.
+    #[serde(default = "d_true")]
+    pub resolve_route: bool,
+    /// Serve gRPC server reflection (v1) for the Router and health services.
+    #[serde(default = "d_true")]
+    pub reflection: bool,
     /// TLS for the gRPC listener (plaintext when absent). Files are reloaded on change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
@@ -117,6 +126,9 @@ impl Default for GrpcConfig {
         Self {
             listen: default_grpc_listen(),
             control_plane_simulator: false,
+            extproc: true,
+            resolve_route: true,
+            reflection: true,
             tls: None,
         }
     }
@@ -898,9 +910,9 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             grpc_tls,
             ingress,
             echo_worker,
-            grpc_listen: config
-                .grpc
-                .control_plane_simulator
+            grpc_listen: (config.grpc.control_plane_simulator
+                || config.grpc.extproc
+                || config.grpc.resolve_route)
                 .then_some(grpc_addr)
                 .flatten(),
             config,
@@ -1326,7 +1338,11 @@ mod tests {
     fn minimal_static_config_is_valid_with_defaults() {
         let l = check("directory:\n  static:\n    actors:\n    - {atespace: demo, name: a, endpoint: '127.0.0.1:8081'}\n").unwrap();
         assert_eq!(l.admin_listen.to_string(), "0.0.0.0:9090");
-        assert!(l.grpc_listen.is_none());
+        assert_eq!(
+            l.grpc_listen.map(|a| a.to_string()).as_deref(),
+            Some("0.0.0.0:50051"),
+            "ExtProc and ResolveRoute are on by default"
+        );
         assert_eq!(l.resolver.budget, Duration::from_secs(5));
         assert_eq!(l.resolver.parking_limit, 1000);
     }

@@ -177,16 +177,61 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         stop_rx.clone(),
     ));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let grpc_task = match (grpc_listener, static_directory.clone()) {
-        (Some(listener), Some(dir)) => {
-            health_reporter
-                .set_serving::<routing_core::proto::control_server::ControlServer<ControlService<StaticDirectory>>>()
-                .await;
+    let grpc_task = match grpc_listener {
+        Some(listener) => {
+            let g = &loaded.config.grpc;
+            let simulator = g
+                .control_plane_simulator
+                .then(|| {
+                    static_directory
+                        .clone()
+                        .map(|d| ControlService::new(d).into_server())
+                })
+                .flatten();
+            if simulator.is_some() {
+                health_reporter
+                    .set_serving::<routing_core::proto::control_server::ControlServer<
+                        ControlService<StaticDirectory>,
+                    >>()
+                    .await;
+            }
+            let extproc = g
+                .extproc
+                .then(|| ingress::extproc::ExtProcService::new(resolver.clone()).into_server());
+            if extproc.is_some() {
+                health_reporter
+                    .set_serving::<envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer<ingress::extproc::ExtProcService>>()
+                    .await;
+            }
+            let router_api = g
+                .resolve_route
+                .then(|| ingress::router_api::RouterService::new(resolver.clone()).into_server());
+            if router_api.is_some() {
+                health_reporter
+                    .set_serving::<ingress::router_api::proto::router_server::RouterServer<
+                        ingress::router_api::RouterService,
+                    >>()
+                    .await;
+            }
+            let reflection = if g.reflection {
+                Some(
+                    tonic_reflection::server::Builder::configure()
+                        .register_encoded_file_descriptor_set(ingress::router_api::DESCRIPTOR_SET)
+                        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                        .build_v1()
+                        .context("gRPC reflection")?,
+                )
+            } else {
+                None
+            };
             let mut stop = stop_rx.clone();
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(health_service)
-                .add_service(ControlService::new(dir).into_server());
+                .add_optional_service(simulator)
+                .add_optional_service(extproc)
+                .add_optional_service(router_api)
+                .add_optional_service(reflection);
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
@@ -202,7 +247,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 }
             })
         }
-        _ => None,
+        None => None,
     };
     let mut ingress_tasks = Vec::new();
     let mut _worker_tls_watch = None;

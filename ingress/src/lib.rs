@@ -4,9 +4,11 @@
 pub mod body;
 pub mod connector;
 pub mod echo;
+pub mod extproc;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod router_api;
 pub mod server;
 
 pub use metrics::IngressMetrics;

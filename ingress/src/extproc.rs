@@ -1,0 +1,271 @@
+//! Envoy ExtProc adapter (DESIGN §5): `envoy.service.ext_proc.v3.ExternalProcessor/Process`.
+//!
+//! For `request_headers` the routing core resolves the actor, and the answer is a
+//! `HeadersResponse` that
+//! * rewrites `:authority` to the worker endpoint (the original atenet behaviour; Envoy applies it
+//!   only with `mutation_rules.allow_all_routing`),
+//! * sets `x-gateway-destination-endpoint: <ip:port>` as a header and as dynamic metadata
+//!   `envoy.lb` / `x-gateway-destination-endpoint` (the endpoint-picker convention, for
+//!   ORIGINAL_DST and `override_host` clusters),
+//! * overwrites `ate-target-actor` with the resolved actor and removes `ate-source-actor`.
+//!
+//! Routing errors are `immediate_response`s with DESIGN §4's status and body. Other phases are
+//! answered without mutation; in `observability_mode` nothing is answered. One stream carries one
+//! HTTP request and ends when Envoy closes or resets it. A `direction` value in the
+//! `actorgate` filter metadata selects the mode: `ingress` (default); `egress` is refused until
+//! the egress PEP provides it.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::service::ext_proc::v3 as ep;
+use envoy_types::pb::envoy::r#type::v3 as http_type;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use futures_util::Stream;
+use routing_core::{RequestMeta, Resolver, Route, RouteError};
+
+use ep::processing_request::Request as Phase;
+use ep::processing_response::Response as Answer;
+
+/// The dynamic metadata namespace and key of the endpoint-picker convention.
+pub const LB_NAMESPACE: &str = "envoy.lb";
+pub const DESTINATION_ENDPOINT: &str = "x-gateway-destination-endpoint";
+/// Filter metadata namespace read for the direction.
+pub const ACTORGATE_NAMESPACE: &str = "actorgate";
+
+/// Answers per stream buffered before the stream task waits for Envoy to read.
+const STREAM_BUFFER: usize = 4;
+
+/// The ExtProc service over a resolver.
+#[derive(Clone)]
+pub struct ExtProcService {
+    resolver: Resolver,
+}
+
+impl ExtProcService {
+    pub fn new(resolver: Resolver) -> Self {
+        Self { resolver }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> ep::external_processor_server::ExternalProcessorServer<Self> {
+        ep::external_processor_server::ExternalProcessorServer::new(self)
+    }
+}
+
+fn header_value(h: &core::HeaderValue) -> &[u8] {
+    if h.raw_value.is_empty() {
+        h.value.as_bytes()
+    } else {
+        &h.raw_value
+    }
+}
+
+fn set(key: &str, value: &str) -> core::HeaderValueOption {
+    core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: key.to_owned(),
+            // Envoy 1.40 takes header values from raw_value.
+            raw_value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(s: String) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s)),
+    }
+}
+
+fn direction(req: &ep::ProcessingRequest) -> &str {
+    req.metadata_context
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(ACTORGATE_NAMESPACE))
+        .and_then(|s| s.fields.get("direction"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
+        .unwrap_or("ingress")
+}
+
+/// The answer to a successful resolution.
+pub fn route_answer(route: &Route) -> ep::ProcessingResponse {
+    let endpoint = route.endpoint.to_string();
+    let mutation = ep::HeaderMutation {
+        set_headers: vec![
+            set(":authority", &endpoint),
+            set(DESTINATION_ENDPOINT, &endpoint),
+            set("ate-target-actor", route.actor().as_str()),
+        ],
+        remove_headers: vec!["ate-source-actor".to_owned()],
+    };
+    let lb = Struct {
+        fields: HashMap::from([(DESTINATION_ENDPOINT.to_owned(), string_value(endpoint))]),
+    };
+    ep::ProcessingResponse {
+        response: Some(Answer::RequestHeaders(ep::HeadersResponse {
+            response: Some(ep::CommonResponse {
+                header_mutation: Some(mutation),
+                clear_route_cache: true,
+                ..Default::default()
+            }),
+        })),
+        dynamic_metadata: Some(Struct {
+            fields: HashMap::from([(
+                LB_NAMESPACE.to_owned(),
+                Value {
+                    kind: Some(Kind::StructValue(lb)),
+                },
+            )]),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The answer to a routing error: an immediate `text/plain` response.
+pub fn error_answer(status: u16, body: String, details: &str) -> ep::ProcessingResponse {
+    ep::ProcessingResponse {
+        response: Some(Answer::ImmediateResponse(ep::ImmediateResponse {
+            status: Some(http_type::HttpStatus {
+                code: i32::from(status),
+            }),
+            headers: Some(ep::HeaderMutation {
+                set_headers: vec![set("content-type", "text/plain; charset=utf-8")],
+                remove_headers: vec![],
+            }),
+            body: body.into_bytes(),
+            details: details.to_owned(),
+            grpc_status: None,
+        })),
+        ..Default::default()
+    }
+}
+
+fn route_error_answer(e: &RouteError) -> ep::ProcessingResponse {
+    error_answer(
+        e.http_status(),
+        e.client_message(),
+        &format!("actorgate_{}", e.outcome()),
+    )
+}
+
+/// Answers one message of a stream; `None` when nothing is to be sent.
+pub async fn answer(
+    resolver: &Resolver,
+    req: ep::ProcessingRequest,
+) -> Option<ep::ProcessingResponse> {
+    let continue_headers = || ep::HeadersResponse {
+        response: Some(ep::CommonResponse::default()),
+    };
+    let answer = match &req.request {
+        Some(Phase::RequestHeaders(h)) => {
+            if direction(&req) != "ingress" {
+                Some(error_answer(
+                    501,
+                    "egress mode is not available".into(),
+                    "actorgate_direction_unsupported",
+                ))
+            } else {
+                let headers = h
+                    .headers
+                    .as_ref()
+                    .map(|m| m.headers.as_slice())
+                    .unwrap_or_default();
+                let mut target = None;
+                let mut targets = 0;
+                let mut authority = None;
+                for hv in headers {
+                    match hv.key.as_str() {
+                        "ate-target-actor" => {
+                            targets += 1;
+                            target = std::str::from_utf8(header_value(hv)).ok();
+                        }
+                        ":authority" => authority = std::str::from_utf8(header_value(hv)).ok(),
+                        "host" if authority.is_none() => {
+                            authority = std::str::from_utf8(header_value(hv)).ok()
+                        }
+                        _ => {}
+                    }
+                }
+                // Two values of the target header: fail closed.
+                let target_actor = if targets > 1 { Some("") } else { target };
+                Some(
+                    match resolver
+                        .route(&RequestMeta {
+                            target_actor,
+                            authority,
+                        })
+                        .await
+                    {
+                        Ok(route) => route_answer(&route),
+                        Err(e) => route_error_answer(&e),
+                    },
+                )
+            }
+        }
+        Some(Phase::ResponseHeaders(_)) => Some(ep::ProcessingResponse {
+            response: Some(Answer::ResponseHeaders(continue_headers())),
+            ..Default::default()
+        }),
+        Some(Phase::RequestBody(_)) => Some(ep::ProcessingResponse {
+            response: Some(Answer::RequestBody(ep::BodyResponse {
+                response: Some(ep::CommonResponse::default()),
+            })),
+            ..Default::default()
+        }),
+        Some(Phase::ResponseBody(_)) => Some(ep::ProcessingResponse {
+            response: Some(Answer::ResponseBody(ep::BodyResponse {
+                response: Some(ep::CommonResponse::default()),
+            })),
+            ..Default::default()
+        }),
+        Some(Phase::RequestTrailers(_)) => Some(ep::ProcessingResponse {
+            response: Some(Answer::RequestTrailers(ep::TrailersResponse::default())),
+            ..Default::default()
+        }),
+        Some(Phase::ResponseTrailers(_)) => Some(ep::ProcessingResponse {
+            response: Some(Answer::ResponseTrailers(ep::TrailersResponse::default())),
+            ..Default::default()
+        }),
+        None => None,
+    };
+    if req.observability_mode { None } else { answer }
+}
+
+type AnswerStream =
+    Pin<Box<dyn Stream<Item = Result<ep::ProcessingResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ep::external_processor_server::ExternalProcessor for ExtProcService {
+    type ProcessStream = AnswerStream;
+
+    async fn process(
+        &self,
+        request: tonic::Request<tonic::Streaming<ep::ProcessingRequest>>,
+    ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let resolver = self.resolver.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            // Ends when Envoy half-closes, resets or cancels the stream.
+            while let Ok(Some(msg)) = inbound.message().await {
+                if let Some(a) = answer(&resolver, msg).await
+                    && tx.send(Ok(a)).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let out =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|a| (a, rx)) },
+            );
+        Ok(tonic::Response::new(Box::pin(out)))
+    }
+}

@@ -1,0 +1,307 @@
+//! The gateway-neutral adapters with real peers: Envoy 1.40 using actorgate as its ExtProc server
+//! (the deploy/ example config), and ResolveRoute over gRPC.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use routing_core::proto::ActorState;
+use routing_core::testing::{FakeControlPlane, Method};
+
+async fn echo_worker(name: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ingress::echo::serve(
+        listener,
+        name.to_owned(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    (addr, tx)
+}
+
+/// The deploy/ Envoy example with its ports pointed at this test's processes.
+fn envoy_config(
+    dir: &std::path::Path,
+    listener: SocketAddr,
+    extproc: SocketAddr,
+) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/envoy/extproc-original-dst.yaml"
+    ))
+    .unwrap();
+    let text = text
+        .replace(
+            "port_value: 10000",
+            &format!("port_value: {}", listener.port()),
+        )
+        .replace(
+            "port_value: 50051",
+            &format!("port_value: {}", extproc.port()),
+        )
+        .replace("port_value: 9901", &format!("port_value: {}", free_port()));
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut b = http::Request::get(format!("http://{addr}/"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(b.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
+    let (worker, _w) = echo_worker("right").await;
+    let (decoy, _d) = echo_worker("decoy").await;
+    let mut fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/hello", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    fake.add_actor(
+        "ns/sleepy",
+        ActorState::Suspended,
+        "127.0.0.1",
+        Duration::from_millis(800),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\n\
+             directory: {{ateapi: {{address: '{}'}}}}\n",
+            fake.addr
+        ),
+    );
+    let mut gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _envoy = Envoy::start(&envoy_config(dir.path(), listener, cfg.grpc), listener).await;
+    // The actor's port travels in the authority; the worker runs on that port of the pod IP.
+    let host = |a: &str| {
+        format!(
+            "{a}.ns.actors.resources.substrate.ate.dev:{}",
+            worker.port()
+        )
+    };
+
+    let (s, h, body) = get(listener, &[("host", &host("hello"))]).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(h["x-echo-worker"], "right");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let seen: Vec<(String, String)> = serde_json::from_value(v["headers"].clone()).unwrap();
+    let get_h = |n: &str| seen.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(
+        get_h("x-gateway-destination-endpoint"),
+        Some(worker.to_string())
+    );
+    assert_eq!(get_h("ate-target-actor").as_deref(), Some("ns/hello"));
+    assert_eq!(
+        get_h("host"),
+        Some(worker.to_string()),
+        ":authority rewritten to the worker endpoint"
+    );
+
+    // A client-supplied destination pointing at another worker is ignored.
+    let (s, h, _) = get(
+        listener,
+        &[
+            ("host", &host("hello")),
+            ("x-gateway-destination-endpoint", &decoy.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!((s, h["x-echo-worker"].to_str().unwrap()), (200, "right"));
+    // A client-supplied source actor never reaches the worker.
+    let (_, _, body) = get(
+        listener,
+        &[("host", &host("hello")), ("ate-source-actor", "evil/x")],
+    )
+    .await;
+    assert!(!body.contains("evil/x"), "{body}");
+
+    // Unknown actor: the table's status and body, through Envoy.
+    let (s, h, body) = get(listener, &[("host", &host("ghost"))]).await;
+    assert_eq!((s, body.as_str()), (404, "actor ns/ghost not found"));
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let (s, _, body) = get(listener, &[("host", "example.com")]).await;
+    assert_eq!((s, body.as_str()), (404, "invalid actor reference"));
+
+    // Suspended actor: Envoy waits while actorgate resumes it.
+    let (s, h, _) = get(listener, &[("host", &host("sleepy"))]).await;
+    assert_eq!((s, h["x-echo-worker"].to_str().unwrap()), (200, "right"));
+    assert_eq!(fake.calls(Method::ResumeActor, "ns/sleepy"), 1);
+
+    // Control plane down: 503 with the table's body.
+    fake.add_actor("ns/later", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    fake.stop();
+    // Let the shutdown close the connection actorgate holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, _, body) = get(listener, &[("host", &host("later"))]).await;
+    assert_eq!((s, body.as_str()), (503, "actor ns/later unavailable"));
+
+    // actorgate gone: the fail-closed example answers 500 and sends nothing to a guessed backend.
+    gw.signal("KILL");
+    gw.wait_exit(Duration::from_secs(5)).await;
+    let (s, _, _) = get(
+        listener,
+        &[
+            ("host", &host("hello")),
+            ("x-gateway-destination-endpoint", &decoy.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(s, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_envoy_share_one_resume() {
+    let (worker, _w) = echo_worker("w").await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor(
+        "ns/cold",
+        ActorState::Suspended,
+        "127.0.0.1",
+        Duration::from_millis(1500),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\ndirectory: {{ateapi: {{address: '{}'}}}}\n",
+            fake.addr
+        ),
+    );
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _envoy = Envoy::start(&envoy_config(dir.path(), listener, cfg.grpc), listener).await;
+    let host = format!(
+        "cold.ns.actors.resources.substrate.ate.dev:{}",
+        worker.port()
+    );
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { get(listener, &[("host", &host)]).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(
+        fake.calls(Method::ResumeActor, "ns/cold"),
+        1,
+        "100 requests across Envoy's workers, one resume"
+    );
+}
+
+#[tokio::test]
+async fn resolve_route_answers_routes_and_structured_errors() {
+    use ingress::router_api::proto::ResolveRouteRequest;
+    use ingress::router_api::proto::resolve_route_response::Result as R;
+    use ingress::router_api::proto::router_client::RouterClient;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "admin: {listen: ADMIN_ADDR}\ngrpc: {listen: GRPC_ADDR}\ningress: {enabled: false}\n\
+         directory: {static: {actors: [{atespace: demo, name: hello, template: demo/echo, endpoint: '10.1.2.3:8080'}]}}\n",
+    );
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+    let mut c = RouterClient::connect(format!("http://{}", cfg.grpc))
+        .await
+        .unwrap();
+    let ok = c
+        .resolve_route(ResolveRouteRequest {
+            host: "gateway.example".into(),
+            path: "/x".into(),
+            method: "GET".into(),
+            headers: [("ate-target-actor".to_owned(), "demo/hello".to_owned())].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match ok.result.unwrap() {
+        R::Route(r) => {
+            assert_eq!(
+                (r.actor.as_str(), r.endpoint.as_str(), r.template.as_str()),
+                ("demo/hello", "10.1.2.3:8080", "demo/echo")
+            );
+            assert!(!r.resumed);
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = c
+        .resolve_route(ResolveRouteRequest {
+            host: "nobody.demo.actors.resources.substrate.ate.dev".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match err.result.unwrap() {
+        R::Error(e) => {
+            assert_eq!(
+                (e.http_status, e.message.as_str(), e.reason.as_str()),
+                (404, "actor demo/nobody not found", "not_found")
+            );
+            assert_eq!(e.grpc_code, tonic::Code::NotFound as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Reflection lists the Router service.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cfg.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut r = ServerReflectionClient::new(channel);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = r
+        .server_reflection_info(futures_util::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let names: Vec<String> = match resp.message_response.unwrap() {
+        MessageResponse::ListServicesResponse(l) => l.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        names.contains(&"actorgate.router.v1.Router".to_owned()),
+        "{names:?}"
+    );
+}
