@@ -77,7 +77,10 @@ async fn handle(
             "method not allowed\n",
         ));
     }
+    let full = |s: String| Full::new(Bytes::from(s));
     let resp = match req.uri().path() {
+        "/resolve" => crate::resolve_endpoint::resolve(&state.resolver, req.headers(), full).await,
+        "/resolve/error" => crate::resolve_endpoint::replay_error(req.headers(), full),
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" => {
             if state.draining.load(Ordering::Acquire) {

@@ -6,6 +6,7 @@
 mod admin;
 mod config;
 mod devtools;
+mod resolve_endpoint;
 mod serve;
 mod telemetry;
 mod tls_incoming;

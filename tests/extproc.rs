@@ -14,20 +14,6 @@ use hyper_util::rt::TokioExecutor;
 use routing_core::proto::ActorState;
 use routing_core::testing::{FakeControlPlane, Method};
 
-async fn echo_worker(name: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(ingress::echo::serve(
-        listener,
-        name.to_owned(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (addr, tx)
-}
-
 /// The deploy/ Envoy example with its ports pointed at this test's processes.
 fn envoy_config(
     dir: &std::path::Path,
@@ -75,8 +61,8 @@ async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
-    let (worker, _w) = echo_worker("right").await;
-    let (decoy, _d) = echo_worker("decoy").await;
+    let (worker, _w) = echo_worker("127.0.0.1:0", "right").await;
+    let (decoy, _d) = echo_worker("127.0.0.1:0", "decoy").await;
     let mut fake = FakeControlPlane::start().await;
     fake.add_actor("ns/hello", ActorState::Running, "127.0.0.1", Duration::ZERO);
     fake.add_actor(
@@ -182,7 +168,7 @@ async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_through_envoy_share_one_resume() {
-    let (worker, _w) = echo_worker("w").await;
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w").await;
     let fake = FakeControlPlane::start().await;
     fake.add_actor(
         "ns/cold",

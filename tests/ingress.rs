@@ -18,21 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SUFFIX: &str = "actors.resources.substrate.ate.dev";
 
-/// An in-process echo worker; stops when the returned sender is dropped or fired.
-async fn echo_worker(bind: &str, name: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(ingress::echo::serve(
-        listener,
-        name.to_owned(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (addr, tx)
-}
-
 fn static_config(worker: SocketAddr, extra: &str) -> String {
     format!(
         "admin: {{listen: ADMIN_ADDR}}\n{extra}\ndirectory:\n  static:\n    actors:\n\

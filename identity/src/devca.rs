@@ -76,6 +76,25 @@ fn uri(s: String) -> Result<SanType, DevCaError> {
     ))
 }
 
+/// Adds DNS and IP subject alternative names.
+fn add_names(
+    params: &mut CertificateParams,
+    dns: &[String],
+    ips: &[IpAddr],
+) -> Result<(), DevCaError> {
+    for d in dns {
+        let name = d
+            .clone()
+            .try_into()
+            .map_err(|_| DevCaError::BadName(d.clone()))?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    Ok(())
+}
+
 impl DevCa {
     /// Creates a new CA valid for `lifetime`.
     pub fn generate(common_name: &str, lifetime: Duration) -> Result<Self, DevCaError> {
@@ -150,16 +169,7 @@ impl DevCa {
                 .map(String::as_str)
                 .unwrap_or("actorgate server"),
         );
-        for d in dns {
-            params.subject_alt_names.push(SanType::DnsName(
-                d.clone()
-                    .try_into()
-                    .map_err(|_| DevCaError::BadName(d.clone()))?,
-            ));
-        }
-        params
-            .subject_alt_names
-            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        add_names(&mut params, dns, ips)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params, lifetime)
     }
@@ -212,16 +222,7 @@ impl DevCa {
             namespace,
             service_account,
         ))?];
-        for d in dns {
-            params.subject_alt_names.push(SanType::DnsName(
-                d.clone()
-                    .try_into()
-                    .map_err(|_| DevCaError::BadName(d.clone()))?,
-            ));
-        }
-        params
-            .subject_alt_names
-            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        add_names(&mut params, dns, ips)?;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ClientAuth,
             ExtendedKeyUsagePurpose::ServerAuth,

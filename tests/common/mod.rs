@@ -324,3 +324,18 @@ impl Drop for Envoy {
         let _ = self.child.wait();
     }
 }
+
+/// An in-process echo worker bound to `bind`; stops when the returned sender fires or drops.
+pub async fn echo_worker(bind: &str, name: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ingress::echo::serve(
+        listener,
+        name.to_owned(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    (addr, tx)
+}

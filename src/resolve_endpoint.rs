@@ -1,0 +1,102 @@
+//! The HTTP resolve endpoint (DESIGN §5) for `auth_request` / ForwardAuth-style proxies (nginx,
+//! Traefik, HAProxy), served on the admin listener:
+//!
+//! * `GET /resolve`: the actor comes from `ate-target-actor`, else from `X-Forwarded-Host`
+//!   (Traefik, and what the nginx example sets), else from `Host`. Success: `200` with
+//!   `x-gateway-destination-endpoint`, `ate-target-actor` and `x-actor-template`. Failure: the
+//!   DESIGN §4 status and `text/plain` body, and the same in `x-actorgate-status` /
+//!   `x-actorgate-message` so a proxy that only passes 2xx/401/403 from its auth subrequest
+//!   (nginx) can still answer with the right status (see `/resolve/error`).
+//! * `GET /resolve/error`: answers with the status and message given in `x-actorgate-status` and
+//!   `x-actorgate-message` (only the table's statuses, message sanitised): nginx's
+//!   `error_page` location calls it to replay a failure without resolving twice.
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use routing_core::{RequestMeta, Resolver};
+
+/// Statuses of DESIGN §4's table (the only ones `/resolve/error` replays).
+const TABLE_STATUSES: [u16; 6] = [401, 403, 404, 500, 503, 504];
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Answers `GET /resolve`.
+pub async fn resolve<B>(
+    resolver: &Resolver,
+    headers: &HeaderMap,
+    body: impl FnOnce(String) -> B,
+) -> Response<B> {
+    let target_actor = {
+        let mut values = headers.get_all("ate-target-actor").iter();
+        match (values.next(), values.next()) {
+            (None, _) => None,
+            (Some(v), None) => Some(v.to_str().unwrap_or("")),
+            (Some(_), Some(_)) => Some(""),
+        }
+    };
+    let authority = header(headers, "x-forwarded-host")
+        .map(|h| h.split(',').next().unwrap_or("").trim())
+        .or_else(|| header(headers, "host"));
+    match resolver
+        .route(&RequestMeta {
+            target_actor,
+            authority,
+        })
+        .await
+    {
+        Ok(route) => {
+            let mut r = Response::new(body(String::new()));
+            let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&route.endpoint.to_string()) {
+                h.insert("x-gateway-destination-endpoint", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(route.actor().as_str()) {
+                h.insert("ate-target-actor", v);
+            }
+            if let Some(t) = &route.placement.template
+                && let Ok(v) = HeaderValue::from_str(&format!("{}/{}", t.namespace, t.name))
+            {
+                h.insert("x-actor-template", v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => {
+            let message = e.client_message();
+            let mut r = Response::new(body(message.clone()));
+            *r.status_mut() =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert("x-actorgate-status", HeaderValue::from(e.http_status()));
+            if let Ok(v) = HeaderValue::from_str(&message) {
+                h.insert("x-actorgate-message", v);
+            }
+            r
+        }
+    }
+}
+
+/// Answers `GET /resolve/error`: replays a failure reported by `/resolve`.
+pub fn replay_error<B>(headers: &HeaderMap, body: impl FnOnce(String) -> B) -> Response<B> {
+    let status = header(headers, "x-actorgate-status")
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|s| TABLE_STATUSES.contains(s))
+        .unwrap_or(500);
+    let message: String = header(headers, "x-actorgate-message")
+        .map(routing_core::error::sanitize_detail)
+        .filter(|m| m != "no details")
+        .unwrap_or_else(|| "routing failed".to_owned());
+    let mut r = Response::new(body(message));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,188 @@
+//! The HTTP resolve endpoint with the real nginx from Debian: the deploy/ `auth_request` example
+//! routes to the worker actorgate names and answers routing failures with actorgate's status and
+//! body.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut b = http::Request::get(format!("http://{addr}/echo"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(b.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    (
+        status,
+        h,
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
+    assert!(
+        Command::new("nginx").arg("-v").output().is_ok(),
+        "nginx is required (apt-get install nginx-light; .ci/run installs it)"
+    );
+    let (worker, _w) = echo_worker("127.0.0.1:0", "via-nginx").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\ningress: {{enabled: false}}\n\
+             directory: {{static: {{actors: [{{atespace: demo, name: hello, template: demo/echo, endpoint: '{worker}'}}]}}}}\n"
+        ),
+    );
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/auth-request.conf"))
+        .unwrap()
+        .replace("server 127.0.0.1:9090;", &format!("server {};", cfg.admin))
+        .replace("listen 127.0.0.1:8081;", &format!("listen {listen};"))
+        .replace("worker_processes auto;", "worker_processes 1;")
+        .replace(
+            "http {",
+            &format!(
+                "http {{\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;",
+                d = dir.path().display()
+            ),
+        );
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let log = dir.path().join("nginx-error.log");
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(&log)
+        .args([
+            "-g",
+            &format!("daemon off; pid {}/nginx.pid;", dir.path().display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nginx");
+    let mut nginx = Nginx(child);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            break;
+        }
+        if let Some(status) = nginx.0.try_wait().unwrap() {
+            panic!(
+                "nginx exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (s, h, body) = get(
+        listen,
+        &[
+            ("ate-target-actor", "demo/hello"),
+            ("ate-source-actor", "evil/x"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        s,
+        200,
+        "{body}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(h["x-echo-worker"], "via-nginx");
+    assert!(
+        body.contains(&format!("\"x-gateway-destination-endpoint\",\"{worker}\"")),
+        "{body}"
+    );
+    assert!(
+        body.contains("\"ate-target-actor\",\"demo/hello\""),
+        "{body}"
+    );
+    assert!(!body.contains("evil/x"), "{body}");
+
+    let (s, _, body) = get(
+        listen,
+        &[("host", "hello.demo.actors.resources.substrate.ate.dev")],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    let (s, h, body) = get(listen, &[("ate-target-actor", "demo/nobody")]).await;
+    assert_eq!((s, body.as_str()), (404, "actor demo/nobody not found"));
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let (s, _, body) = get(listen, &[("host", "example.com")]).await;
+    assert_eq!((s, body.as_str()), (404, "invalid actor reference"));
+
+    // The resolve endpoint itself, as Traefik ForwardAuth would call it.
+    let (s, body) = common::get_with(
+        cfg.admin,
+        "/resolve",
+        &[(
+            "x-forwarded-host",
+            "hello.demo.actors.resources.substrate.ate.dev",
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, body.as_str()), (200, ""));
+    // /resolve/error replays only the table's statuses and never passes internals through.
+    let (s, body) = common::get_with(
+        cfg.admin,
+        "/resolve/error",
+        &[
+            ("x-actorgate-status", "200"),
+            ("x-actorgate-message", "rpc error: code = Internal"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, body.as_str()), (500, "routing failed"));
+    let (s, body) = common::get_with(
+        cfg.admin,
+        "/resolve/error",
+        &[
+            ("x-actorgate-status", "503"),
+            ("x-actorgate-message", "actor a/b unavailable"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, body.as_str()), (503, "actor a/b unavailable"));
+}
