@@ -291,3 +291,107 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         "{names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_envoy_routing_variant_reaches_the_right_worker() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "right").await;
+    let (decoy, _d) = echo_worker("127.0.0.1:0", "decoy").await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/hello", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\n\
+             directory: {{ateapi: {{address: '{}'}}}}\n",
+            fake.addr
+        ),
+    );
+    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    gw.wait_ready().await;
+    let host = format!(
+        "hello.ns.actors.resources.substrate.ate.dev:{}",
+        worker.port()
+    );
+    for variant in [
+        "extproc-original-dst.yaml",
+        "extproc-metadata.yaml",
+        "extproc-override-host.yaml",
+        "extproc-authority.yaml",
+    ] {
+        let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = std::fs::read_to_string(format!(
+            "{}/deploy/envoy/{variant}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+        .replace(
+            "port_value: 10000",
+            &format!("port_value: {}", listener.port()),
+        )
+        .replace(
+            "port_value: 50051",
+            &format!("port_value: {}", cfg.grpc.port()),
+        )
+        .replace("port_value: 9901", &format!("port_value: {}", free_port()))
+        .replace(
+            "port_value: 18081",
+            &format!("port_value: {}", worker.port()),
+        )
+        .replace(
+            "port_value: 18082",
+            &format!("port_value: {}", decoy.port()),
+        );
+        let path = dir.path().join(variant);
+        std::fs::write(&path, text).unwrap();
+        let _envoy = Envoy::start(&path, listener).await;
+        for _ in 0..3 {
+            let (s, h, body) = get(
+                listener,
+                &[
+                    ("host", &host),
+                    ("x-gateway-destination-endpoint", &decoy.to_string()),
+                ],
+            )
+            .await;
+            assert_eq!(s, 200, "{variant}: {body}");
+            assert_eq!(h["x-echo-worker"], "right", "{variant}");
+        }
+        let (s, _, body) = get(
+            listener,
+            &[("host", "ghost.ns.actors.resources.substrate.ate.dev")],
+        )
+        .await;
+        assert_eq!(
+            (s, body.as_str()),
+            (404, "actor ns/ghost not found"),
+            "{variant}"
+        );
+    }
+}
+
+#[test]
+fn every_envoy_example_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/envoy");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let out = std::process::Command::new(envoy())
+            .args(["--mode", "validate", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+    }
+    assert!(n >= 4, "expected the four Envoy examples, found {n}");
+}
