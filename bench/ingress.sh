@@ -23,7 +23,9 @@
 #   (-t THREADS -c H2_CONNS -m H2_STREAMS). p50/p99 from wrk --latency and from h2load's per-request log.
 #
 # Prints requests/s, p50 and p99 per target and protocol, and the ratios actorgate/Envoy and
-# actorgate/nginx (requests/s: higher is better; p99: lower is better).
+# actorgate/nginx (requests/s: higher is better; p99: lower is better). The adapter section
+# compares Envoy + actorgate ExtProc (deploy/envoy/extproc-original-dst.yaml, route cache on) with
+# Envoy's static route: the ratio and the per-request cost of the ExtProc round trip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,8 @@ H2_STREAMS=${H2_STREAMS:-16}
 CORES=$(nproc)
 WORK=${WORK:-$(mktemp -d /tmp/actorgate-bench.XXXXXX)}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-PORT_WORKER=18180 PORT_ACTORGATE=18181 PORT_ENVOY=18182 PORT_NGINX=18183 PORT_NGINX_H2=18184 PORT_ADMIN=18190
+PORT_WORKER=18180 PORT_ACTORGATE=18181 PORT_ENVOY=18182 PORT_NGINX=18183 PORT_NGINX_H2=18184 PORT_EXTPROC=18185
+PORT_ADMIN=18190 PORT_GRPC=18191
 
 log() { echo "bench: $*" >&2; }
 
@@ -72,6 +75,7 @@ trap cleanup EXIT
 cat >"$WORK/actorgate.yaml" <<EOF
 logging: {level: warn}
 admin: {listen: 127.0.0.1:$PORT_ADMIN}
+grpc: {listen: 127.0.0.1:$PORT_GRPC}
 ingress:
   http: {listen: 127.0.0.1:$PORT_ACTORGATE}
 resolver:
@@ -119,6 +123,12 @@ EOF
 "$ENVOY" -c "$WORK/envoy.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
   --base-id $((RANDOM % 10000 + 100)) 2>"$WORK/envoy.log" & pids+=($!)
 
+# Envoy + actorgate ExtProc: the deploy/ example (ORIGINAL_DST by header), same concurrency.
+sed -e "s/port_value: 10000/port_value: $PORT_EXTPROC/" -e "s/port_value: 50051/port_value: $PORT_GRPC/" \
+    -e "s/port_value: 9901/port_value: $((PORT_ADMIN + 5))/" deploy/envoy/extproc-original-dst.yaml >"$WORK/envoy-extproc.yaml"
+"$ENVOY" -c "$WORK/envoy-extproc.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
+  --base-id $((RANDOM % 10000 + 20000)) 2>"$WORK/envoy-extproc.log" & pids+=($!)
+
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $CORES;
 daemon off;
@@ -149,9 +159,9 @@ EOF
 mkdir -p "$WORK/nginx-tmp"
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>>"$WORK/nginx-error.log" & pids+=($!)
 
-declare -A PORT=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX)
-declare -A PORT_H2=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX_H2)
-TARGETS=(direct actorgate envoy nginx)
+declare -A PORT=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX [envoy+extproc]=$PORT_EXTPROC)
+declare -A PORT_H2=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX_H2 [envoy+extproc]=$PORT_EXTPROC)
+TARGETS=(direct actorgate envoy nginx envoy+extproc)
 for t in "${TARGETS[@]}"; do
   for _ in $(seq 1 100); do
     if curl -sf -o /dev/null -H 'ate-target-actor: demo/hello' "http://127.0.0.1:${PORT[$t]}/hello"; then continue 2; fi
@@ -203,7 +213,7 @@ declare -A SUM
 for proto in h1 h2; do for t in "${TARGETS[@]}"; do SUM[$proto,$t,n]=0; SUM[$proto,$t,rps]=0; SUM[$proto,$t,p50]=0; SUM[$proto,$t,p99]=0; done; done
 for round in $(seq 1 "$ROUNDS"); do
   # Rotate the order each round.
-  order=("${TARGETS[@]:$((round % 4))}" "${TARGETS[@]:0:$((round % 4))}")
+  order=("${TARGETS[@]:$((round % ${#TARGETS[@]}))}" "${TARGETS[@]:0:$((round % ${#TARGETS[@]}))}")
   for t in "${order[@]}"; do
     for proto in h1 h2; do
       if [ "$proto" = h1 ]; then r=$(run_wrk "$t"); else r=$(run_h2 "$t"); fi
@@ -239,3 +249,13 @@ for proto in h1 h2; do
   done
 done
 echo "(bar: actorgate/envoy req/s >= 1.0 and p99 <= 1.0 for both protocols)"
+echo
+printf '%-6s %-28s %10s %10s %22s\n' proto "adapter ratio" "req/s" "p99" "ext_proc cost/request"
+for proto in h1 h2; do
+  # Per-request overhead of the ExtProc round trip: the median latency difference at equal load.
+  printf '%-6s %-28s %10.3f %10.3f %19.3f ms\n' "$proto" "envoy+extproc/envoy" \
+    "$(awk -v a="${MEAN[$proto,envoy+extproc,rps]}" -v b="${MEAN[$proto,envoy,rps]}" 'BEGIN {print a / b}')" \
+    "$(awk -v a="${MEAN[$proto,envoy+extproc,p99]}" -v b="${MEAN[$proto,envoy,p99]}" 'BEGIN {print a / b}')" \
+    "$(awk -v a="${MEAN[$proto,envoy+extproc,p50]}" -v b="${MEAN[$proto,envoy,p50]}" 'BEGIN {print a - b}')"
+done
+echo "(bar: envoy+extproc/envoy req/s >= 0.8; ext_proc cost = p50 difference)"

@@ -34,9 +34,6 @@ pub const DESTINATION_ENDPOINT: &str = "x-gateway-destination-endpoint";
 /// Filter metadata namespace read for the direction.
 pub const ACTORGATE_NAMESPACE: &str = "actorgate";
 
-/// Answers per stream buffered before the stream task waits for Envoy to read.
-const STREAM_BUFFER: usize = 4;
-
 /// The ExtProc service over a resolver.
 #[derive(Clone)]
 pub struct ExtProcService {
@@ -248,24 +245,26 @@ impl ep::external_processor_server::ExternalProcessor for ExtProcService {
         &self,
         request: tonic::Request<tonic::Streaming<ep::ProcessingRequest>>,
     ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let resolver = self.resolver.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(async move {
-            // Ends when Envoy half-closes, resets or cancels the stream.
-            while let Ok(Some(msg)) = inbound.message().await {
-                if let Some(a) = answer(&resolver, msg).await
-                    && tx.send(Ok(a)).await.is_err()
-                {
-                    break;
+        // Answer in the response stream itself (no task or channel per stream): each poll reads
+        // the next message, skips those that need no answer, and ends when Envoy closes or
+        // resets the stream.
+        let out = futures_util::stream::unfold(
+            (inbound, resolver),
+            |(mut inbound, resolver)| async move {
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(msg)) => {
+                            if let Some(a) = answer(&resolver, msg).await {
+                                return Some((Ok(a), (inbound, resolver)));
+                            }
+                        }
+                        _ => return None,
+                    }
                 }
-            }
-        });
-        let out =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|a| (a, rx)) },
-            );
+            },
+        );
         Ok(tonic::Response::new(Box::pin(out)))
     }
 }
