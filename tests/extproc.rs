@@ -395,3 +395,41 @@ fn every_envoy_example_validates() {
     }
     assert!(n >= 4, "expected the four Envoy examples, found {n}");
 }
+
+#[test]
+fn kubernetes_manifests_parse_and_keep_the_fail_closed_settings() {
+    // Not applied to a cluster here (no Kubernetes); at least every document parses and the
+    // settings that matter are present.
+    for (file, must) in [
+        (
+            "deploy/envoy-gateway/actorgate-extproc.yaml",
+            [
+                "failOpen: false",
+                "messageTimeout: 10s",
+                "kind: EnvoyExtensionPolicy",
+            ],
+        ),
+        (
+            "deploy/istio/actorgate-extproc.yaml",
+            [
+                "failure_mode_allow: false",
+                "message_timeout: 10s",
+                "remove: x-gateway-destination-endpoint",
+            ],
+        ),
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(docs.len() >= 2, "{file}");
+        assert!(
+            docs.iter()
+                .all(|d| d["apiVersion"].is_string() && d["kind"].is_string()),
+            "{file}"
+        );
+        for m in must {
+            assert!(text.contains(m), "{file} lacks {m}");
+        }
+    }
+}
