@@ -546,6 +546,13 @@ pub struct StaticConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub resume_delay: Option<Duration>,
+    /// Simulated latency of every directory call (benchmarks).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency: Option<Duration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actors: Vec<StaticActorSpec>,
 }
@@ -1170,7 +1177,7 @@ fn static_settings(
 ) -> Option<DirectorySettings> {
     let (loader, watch): (StaticLoader, PathBuf) = match &st.file {
         Some(file) => {
-            if !st.actors.is_empty() || st.resume_delay.is_some() {
+            if !st.actors.is_empty() || st.resume_delay.is_some() || st.latency.is_some() {
                 errs.push(
                     "directory.static.file",
                     "put actors and resume_delay in the file, or inline here, not both",
@@ -1200,6 +1207,7 @@ fn static_settings(
                 })?;
                 StaticDirectorySpec {
                     resume_delay: st.resume_delay,
+                    latency: st.latency,
                     actors: st.actors,
                 }
                 .validate("directory.static")
@@ -1212,6 +1220,7 @@ fn static_settings(
         // Inline: validate what was just parsed, with paths relative to the config.
         None => StaticDirectorySpec {
             resume_delay: st.resume_delay,
+            latency: st.latency,
             actors: st.actors.clone(),
         }
         .validate("directory.static"),

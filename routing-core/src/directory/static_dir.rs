@@ -76,6 +76,14 @@ pub struct StaticDirectorySpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub resume_delay: Option<Duration>,
+    /// Simulated latency of every call (e.g. `1ms`), so the simulator behaves like a remote
+    /// control plane in benchmarks.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency: Option<Duration>,
     #[serde(default)]
     pub actors: Vec<StaticActorSpec>,
 }
@@ -94,6 +102,7 @@ struct ValidActor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidStaticSpec {
     resume_delay: Duration,
+    latency: Duration,
     actors: Vec<ValidActor>,
 }
 
@@ -123,6 +132,10 @@ impl StaticDirectorySpec {
         let resume_delay = self.resume_delay.unwrap_or_default();
         if resume_delay > MAX_RESUME_DELAY {
             errs.push(p("resume_delay"), "must be at most 10m");
+        }
+        let latency = self.latency.unwrap_or_default();
+        if latency > Duration::from_secs(10) {
+            errs.push(p("latency"), "must be at most 10s");
         }
         if self.actors.len() > MAX_STATIC_ACTORS {
             errs.push(p("actors"), format!("more than {MAX_STATIC_ACTORS} actors"));
@@ -197,6 +210,7 @@ impl StaticDirectorySpec {
         }
         errs.into_result(ValidStaticSpec {
             resume_delay,
+            latency,
             actors,
         })
     }
@@ -270,6 +284,7 @@ impl Entry {
 
 struct Snapshot {
     resume_delay: Duration,
+    latency: Duration,
     spec: ValidStaticSpec,
     /// Sorted keys, for stable `ListActors` paging.
     order: Vec<ActorRef>,
@@ -292,6 +307,7 @@ impl Snapshot {
         order.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Self {
             resume_delay: spec.resume_delay,
+            latency: spec.latency,
             spec,
             order,
             entries,
@@ -452,6 +468,13 @@ impl StaticDirectory {
     }
 }
 
+/// Waits the simulated control-plane latency, if any.
+async fn simulate(latency: Duration) {
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
 /// Keeps a file watch alive; dropping it stops the watch.
 pub struct WatchHandle {
     _watcher: Box<dyn Send + Sync>,
@@ -470,14 +493,22 @@ impl ActorDirectory for StaticDirectory {
     }
 
     fn get(&self, actor: &ActorRef) -> DirFuture<ActorRecord> {
+        let latency = self.inner.snapshot.load().latency;
         let r = self.entry(actor).map(|e| e.record(e.state()));
-        Box::pin(async move { r })
+        Box::pin(async move {
+            simulate(latency).await;
+            r
+        })
     }
 
     fn resume(&self, actor: &ActorRef, _boot: bool) -> DirFuture<ResumeOutcome> {
         let entry = self.entry(actor);
-        let delay = self.inner.snapshot.load().resume_delay;
+        let (delay, latency) = {
+            let snap = self.inner.snapshot.load();
+            (snap.resume_delay, snap.latency)
+        };
         Box::pin(async move {
+            simulate(latency).await;
             let entry = entry?;
             let mut waited = false;
             loop {
@@ -578,7 +609,11 @@ impl ActorDirectory for StaticDirectory {
                     actors,
                 }
             });
-        Box::pin(async move { result })
+        let latency = snap.latency;
+        Box::pin(async move {
+            simulate(latency).await;
+            result
+        })
     }
 
     fn health(&self) -> DirFuture<()> {
@@ -629,6 +664,13 @@ mod tests {
             err.contains("directory.static.actors[3].template:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn latency_is_bounded() {
+        let err = spec("latency: 11s\nactors: []\n").unwrap_err().to_string();
+        assert_eq!(err, "directory.static.latency: must be at most 10s");
+        assert!(spec("latency: 1ms\nactors: []\n").is_ok());
     }
 
     #[tokio::test]
