@@ -6,11 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use routing_core::proto::ActorState;
 use routing_core::testing::{FakeControlPlane, Method};
 
@@ -41,22 +37,7 @@ fn envoy_config(
 }
 
 async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut b = http::Request::get(format!("http://{addr}/"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let resp = tokio::time::timeout(
-        Duration::from_secs(20),
-        client.request(b.body(Full::new(Bytes::new())).unwrap()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, h, String::from_utf8_lossy(&body).into_owned())
+    request(addr, "/", headers).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

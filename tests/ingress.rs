@@ -470,15 +470,11 @@ async fn a_restarted_worker_is_absorbed_by_re_resolving_once() {
         (200, "new"),
         "absorbed by one retry"
     );
-    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    let (_, metrics) = common::get(cfg.admin, "/metrics").await.unwrap();
     assert!(
         metrics.contains("actorgate_ingress_retries_total 1"),
         "{metrics}"
     );
-}
-
-async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
-    common::get(addr, path).await.unwrap()
 }
 
 #[tokio::test]
@@ -642,7 +638,7 @@ async fn a_stalled_worker_body_is_cut_by_the_idle_timeout_and_metrics_count_requ
         get(cfg.http, "/", &[("ate-target-actor", "demo/nobody")]),
     )
     .await;
-    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    let (_, metrics) = common::get(cfg.admin, "/metrics").await.unwrap();
     let scrape = parse_metrics(&metrics);
     let value = |class: &str, outcome: &str| {
         scrape
@@ -824,7 +820,7 @@ async fn only_the_agents_stale_421_is_retried_and_applications_421_pass_through(
         (s, String::from_utf8_lossy(&b).as_ref()),
         (421, "status 421\n")
     );
-    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    let (_, metrics) = common::get(cfg.admin, "/metrics").await.unwrap();
     assert!(
         metrics.contains("actorgate_ingress_retries_total 0"),
         "{metrics}"
@@ -836,7 +832,7 @@ async fn only_the_agents_stale_421_is_retried_and_applications_421_pass_through(
         "the same worker still answers 421 after the one retry"
     );
     assert!(h.get("x-ate-assignment-stale").is_none());
-    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    let (_, metrics) = common::get(cfg.admin, "/metrics").await.unwrap();
     assert!(
         metrics.contains("actorgate_ingress_retries_total 1"),
         "{metrics}"
@@ -874,7 +870,7 @@ async fn a_request_with_a_body_is_not_retried() {
     // The stale route was dropped: the next request goes to the new worker directly.
     let (s, h, _) = send(&h1(), get(cfg.http, "/hello", &[("host", &host)])).await;
     assert_eq!((s, h["x-echo-worker"].to_str().unwrap()), (200, "new"));
-    let (_, metrics) = get_text(cfg.admin, "/metrics").await;
+    let (_, metrics) = common::get(cfg.admin, "/metrics").await.unwrap();
     assert!(
         metrics.contains("actorgate_ingress_retries_total 0"),
         "{metrics}"

@@ -8,11 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 struct Nginx(std::process::Child);
 
@@ -34,25 +30,7 @@ impl Drop for Nginx {
 }
 
 async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut b = http::Request::get(format!("http://{addr}/echo"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let resp = tokio::time::timeout(
-        Duration::from_secs(20),
-        client.request(b.body(Full::new(Bytes::new())).unwrap()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    (
-        status,
-        h,
-        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned(),
-    )
+    request(addr, "/echo", headers).await
 }
 
 #[tokio::test]

@@ -155,6 +155,30 @@ pub async fn get_with(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// GET `http://addr<path>` with headers → (status, response headers, body).
+pub async fn request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut b = http::Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(b.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("answer within 20 s")
+    .expect("request sent");
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, h, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Checks Prometheus text exposition strictly enough to catch a broken encoder: every sample
 /// line is `name{labels} value`, every sample's family has HELP and TYPE, and the document
 /// parses with prometheus-parse.
