@@ -25,7 +25,8 @@
 # Prints requests/s, p50 and p99 per target and protocol, and the ratios actorgate/Envoy and
 # actorgate/nginx (requests/s: higher is better; p99: lower is better). The adapter section
 # compares Envoy + actorgate ExtProc (deploy/envoy/extproc-original-dst.yaml, route cache on) with
-# Envoy's static route: the ratio and the per-request cost of the ExtProc round trip.
+# Envoy's static route: the ratio and the per-request cost of the ExtProc round trip. A last table
+# gives the CPU each party spends per request (HTTP/1.1), which shows where the time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,7 +71,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-"$AG" echo-worker --listen 127.0.0.1:$PORT_WORKER --name bench 2>"$WORK/worker.log" & pids+=($!)
+"$AG" echo-worker --listen 127.0.0.1:$PORT_WORKER --name bench 2>"$WORK/worker.log" & pids+=($!); PID_WORKER=$!
 
 cat >"$WORK/actorgate.yaml" <<EOF
 logging: {level: warn}
@@ -85,7 +86,7 @@ directory:
     actors:
     - {atespace: demo, name: hello, endpoint: '127.0.0.1:$PORT_WORKER'}
 EOF
-"$AG" serve --config "$WORK/actorgate.yaml" 2>"$WORK/actorgate.log" & pids+=($!)
+"$AG" serve --config "$WORK/actorgate.yaml" 2>"$WORK/actorgate.log" & pids+=($!); PID_ACTORGATE=$!
 
 cat >"$WORK/envoy.yaml" <<EOF
 static_resources:
@@ -121,20 +122,20 @@ static_resources:
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $PORT_WORKER}}}
 EOF
 "$ENVOY" -c "$WORK/envoy.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
-  --base-id $((RANDOM % 10000 + 100)) 2>"$WORK/envoy.log" & pids+=($!)
+  --base-id $((RANDOM % 10000 + 100)) 2>"$WORK/envoy.log" & pids+=($!); PID_ENVOY=$!
 
 # Envoy + actorgate ExtProc: the deploy/ example (ORIGINAL_DST by header), same concurrency.
 sed -e "s/port_value: 10000/port_value: $PORT_EXTPROC/" -e "s/port_value: 50051/port_value: $PORT_GRPC/" \
     -e "s/port_value: 9901/port_value: $((PORT_ADMIN + 5))/" deploy/envoy/extproc-original-dst.yaml >"$WORK/envoy-extproc.yaml"
 "$ENVOY" -c "$WORK/envoy-extproc.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
-  --base-id $((RANDOM % 10000 + 20000)) 2>"$WORK/envoy-extproc.log" & pids+=($!)
+  --base-id $((RANDOM % 10000 + 20000)) 2>"$WORK/envoy-extproc.log" & pids+=($!); PID_ENVOY_EXTPROC=$!
 
 # Envoy + actorgate ExtProc against a remote control plane answering in ~1 ms: a second actorgate
 # serves the static directory as ateapi.Control with 1 ms latency per call; the ExtProc
 # actorgate uses it (route cache at its default 5 s), so only cache misses pay the latency.
 # ateapi carries the worker's pod IP only, and the actor port of `ate-target-actor` is 80, so
 # this target's worker (the same echo worker) listens on 127.0.0.2:80, like a worker pod.
-"$AG" echo-worker --listen 127.0.0.2:80 --name bench 2>"$WORK/worker80.log" & pids+=($!)
+"$AG" echo-worker --listen 127.0.0.2:80 --name bench 2>"$WORK/worker80.log" & pids+=($!); PID_WORKER80=$!
 cat >"$WORK/cp.yaml" <<EOF
 logging: {level: warn}
 admin: {listen: 127.0.0.1:$((PORT_ADMIN + 7))}
@@ -146,7 +147,7 @@ directory:
     actors:
     - {atespace: demo, name: hello, endpoint: '127.0.0.2:80'}
 EOF
-"$AG" serve --config "$WORK/cp.yaml" 2>"$WORK/cp.log" & pids+=($!)
+"$AG" serve --config "$WORK/cp.yaml" 2>"$WORK/cp.log" & pids+=($!); PID_CP=$!
 # The ExtProc actorgate starts once the control plane answers (readiness is probed every 5 s).
 for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$((PORT_ADMIN + 7))/readyz" && break; sleep 0.1; done
 cat >"$WORK/extproc-remote.yaml" <<EOF
@@ -156,11 +157,11 @@ grpc: {listen: 127.0.0.1:$PORT_GRPC2}
 ingress: {enabled: false}
 directory: {ateapi: {address: '127.0.0.1:$PORT_CP'}}
 EOF
-"$AG" serve --config "$WORK/extproc-remote.yaml" 2>"$WORK/extproc-remote.log" & pids+=($!)
+"$AG" serve --config "$WORK/extproc-remote.yaml" 2>"$WORK/extproc-remote.log" & pids+=($!); PID_EXTPROC_REMOTE=$!
 sed -e "s/port_value: 10000/port_value: $PORT_EXTPROC2/" -e "s/port_value: 50051/port_value: $PORT_GRPC2/" \
     -e "s/port_value: 9901/port_value: $((PORT_ADMIN + 6))/" deploy/envoy/extproc-original-dst.yaml >"$WORK/envoy-extproc-remote.yaml"
 "$ENVOY" -c "$WORK/envoy-extproc-remote.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
-  --base-id $((RANDOM % 10000 + 40000)) 2>"$WORK/envoy-extproc-remote.log" & pids+=($!)
+  --base-id $((RANDOM % 10000 + 40000)) 2>"$WORK/envoy-extproc-remote.log" & pids+=($!); PID_ENVOY_EXTPROC_REMOTE=$!
 
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $CORES;
@@ -190,11 +191,18 @@ http {
 }
 EOF
 mkdir -p "$WORK/nginx-tmp"
-nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>>"$WORK/nginx-error.log" & pids+=($!)
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>>"$WORK/nginx-error.log" & pids+=($!); PID_NGINX=$!
 
 declare -A PORT=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX [envoy+extproc]=$PORT_EXTPROC [extproc+1ms-cp]=$PORT_EXTPROC2)
 declare -A PORT_H2=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX_H2 [envoy+extproc]=$PORT_EXTPROC [extproc+1ms-cp]=$PORT_EXTPROC2)
 TARGETS=(direct actorgate envoy nginx envoy+extproc extproc+1ms-cp)
+# CPU accounting per target (HTTP/1.1 runs): the gateway's processes, and the worker's. In the
+# ExtProc targets the gateway is Envoy plus the ExtProc actorgate (and the 1 ms control plane),
+# shown apart so Envoy's own cost of ext_proc is visible.
+declare -A GW_PIDS=([direct]="" [actorgate]="$PID_ACTORGATE" [envoy]="$PID_ENVOY" [nginx]="$PID_NGINX"
+  [envoy+extproc]="$PID_ENVOY_EXTPROC" [extproc+1ms-cp]="$PID_ENVOY_EXTPROC_REMOTE")
+declare -A SIDE_PIDS=([envoy+extproc]="$PID_ACTORGATE" [extproc+1ms-cp]="$PID_EXTPROC_REMOTE $PID_CP")
+declare -A WORKER_PIDS=([extproc+1ms-cp]="$PID_WORKER80")
 for t in "${TARGETS[@]}"; do
   for _ in $(seq 1 300); do
     if curl -sf -o /dev/null -H 'ate-target-actor: demo/hello' "http://127.0.0.1:${PORT[$t]}/hello"; then continue 2; fi
@@ -213,8 +221,20 @@ AFFINITY=""
 to_ms() { # wrk latency "1.23ms" / "456.00us" / "1.20s" -> ms
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 } else print v }'
 }
-run_wrk() { # target -> "rps p50 p99"
-  local out
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { # pids (and their child processes, e.g. nginx workers) -> utime + stime ticks
+  local total=0 p c
+  for p in "$@"; do
+    for c in "$p" $(pgrep -P "$p" || true); do
+      [ -r "/proc/$c/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$c/stat")))
+    done
+  done
+  echo "$total"
+}
+run_wrk() { # target -> "rps p50 p99 gateway_us side_us worker_us" (CPU µs per request)
+  local out g0 s0 w0 g1 s1 w1 n
+  local gw=${GW_PIDS[$1]:-} side=${SIDE_PIDS[$1]:-} worker=${WORKER_PIDS[$1]:-$PID_WORKER}
+  g0=$(cpu_ticks $gw); s0=$(cpu_ticks $side); w0=$(cpu_ticks $worker)
   out=$($AFFINITY wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H 'ate-target-actor: demo/hello' \
     "http://127.0.0.1:${PORT[$1]}/hello")
   local rps p50 p99
@@ -223,7 +243,10 @@ run_wrk() { # target -> "rps p50 p99"
   p99=$(to_ms "$(awk '$1 == "99%" || $1 == "99.000%" {print $2}' <<<"$out")")
   if grep -q "Non-2xx" <<<"$out"; then log "WARNING $1: non-2xx answers under HTTP/1.1 load"; fi
   if grep -q "Socket errors" <<<"$out"; then log "WARNING $1: $(grep 'Socket errors' <<<"$out" | xargs)"; fi
-  echo "$rps $p50 $p99"
+  g1=$(cpu_ticks $gw); s1=$(cpu_ticks $side); w1=$(cpu_ticks $worker)
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$rps $p50 $p99 $(awk -v g=$((g1 - g0)) -v s=$((s1 - s0)) -v w=$((w1 - w0)) -v n="$n" -v t="$TICK" \
+    'BEGIN { f = 1e6 / t / n; printf "%.1f %.1f %.1f", g * f, s * f, w * f }')"
 }
 run_h2() { # target -> "rps p50 p99"
   local logf="$WORK/h2load-$1.log" out
@@ -243,19 +266,20 @@ run_h2() { # target -> "rps p50 p99"
 }
 
 declare -A SUM
-for proto in h1 h2; do for t in "${TARGETS[@]}"; do SUM[$proto,$t,n]=0; SUM[$proto,$t,rps]=0; SUM[$proto,$t,p50]=0; SUM[$proto,$t,p99]=0; done; done
+for proto in h1 h2; do for t in "${TARGETS[@]}"; do for k in n rps p50 p99 gw side worker; do SUM[$proto,$t,$k]=0; done; done; done
 for round in $(seq 1 "$ROUNDS"); do
   # Rotate the order each round.
   order=("${TARGETS[@]:$((round % ${#TARGETS[@]}))}" "${TARGETS[@]:0:$((round % ${#TARGETS[@]}))}")
   for t in "${order[@]}"; do
     for proto in h1 h2; do
       if [ "$proto" = h1 ]; then r=$(run_wrk "$t"); else r=$(run_h2 "$t"); fi
-      read -r rps p50 p99 <<<"$r"
+      gw=0 side=0 worker=0
+      read -r rps p50 p99 gw side worker <<<"$r"
       log "round $round $proto $t: $rps req/s p50 ${p50}ms p99 ${p99}ms"
       SUM[$proto,$t,n]=$((SUM[$proto,$t,n] + 1))
-      SUM[$proto,$t,rps]=$(awk -v a="${SUM[$proto,$t,rps]}" -v b="$rps" 'BEGIN {print a + b}')
-      SUM[$proto,$t,p50]=$(awk -v a="${SUM[$proto,$t,p50]}" -v b="$p50" 'BEGIN {print a + b}')
-      SUM[$proto,$t,p99]=$(awk -v a="${SUM[$proto,$t,p99]}" -v b="$p99" 'BEGIN {print a + b}')
+      for k in rps p50 p99 gw side worker; do
+        SUM[$proto,$t,$k]=$(awk -v a="${SUM[$proto,$t,$k]}" -v b="${!k}" 'BEGIN {print a + b}')
+      done
     done
   done
 done
@@ -268,7 +292,7 @@ declare -A MEAN
 for proto in h1 h2; do
   for t in "${TARGETS[@]}"; do
     n=${SUM[$proto,$t,n]}
-    for k in rps p50 p99; do MEAN[$proto,$t,$k]=$(awk -v s="${SUM[$proto,$t,$k]}" -v n="$n" 'BEGIN {printf "%.3f", s / n}'); done
+    for k in rps p50 p99 gw side worker; do MEAN[$proto,$t,$k]=$(awk -v s="${SUM[$proto,$t,$k]}" -v n="$n" 'BEGIN {printf "%.3f", s / n}'); done
     printf '%-6s %-16s %12.0f %10.3f %10.3f\n' "$proto" "$t" "${MEAN[$proto,$t,rps]}" "${MEAN[$proto,$t,p50]}" "${MEAN[$proto,$t,p99]}"
   done
 done
@@ -298,3 +322,15 @@ for proto in h1 h2; do
 done
 echo "(bar: envoy+extproc/envoy req/s >= 0.8; ext_proc cost = p50 difference;"
 echo " extproc+1ms-cp ~ envoy+extproc shows the route cache keeps the control plane off the hot path)"
+echo
+echo "CPU per request, HTTP/1.1 (µs, utime+stime over the wrk run / requests served):"
+printf '%-6s %-16s %10s %14s %10s\n' proto target gateway "ExtProc side" worker
+for t in "${TARGETS[@]}"; do
+  printf '%-6s %-16s %10.1f %14.1f %10.1f\n' h1 "$t" "${MEAN[h1,$t,gw]}" "${MEAN[h1,$t,side]}" "${MEAN[h1,$t,worker]}"
+done
+echo "(gateway: actorgate, Envoy or nginx; for the ExtProc targets Envoy alone, with the ExtProc"
+echo " actorgate, and the 1 ms control plane, under ExtProc side)"
+# Envoy is the bottleneck of both targets: at equal Envoy CPU, the ExtProc target's req/s relative
+# to the static route is the inverse of this ratio, whatever the ExtProc server itself costs.
+printf 'Envoy CPU per request with ext_proc / without: %.2f\n' \
+  "$(awk -v a="${MEAN[h1,envoy+extproc,gw]}" -v b="${MEAN[h1,envoy,gw]}" 'BEGIN {print (b > 0) ? a / b : 0}')"

@@ -16,6 +16,15 @@ fn envoy_config(
     listener: SocketAddr,
     extproc: SocketAddr,
 ) -> std::path::PathBuf {
+    envoy_config_with_admin(dir, listener, extproc, free_port())
+}
+
+fn envoy_config_with_admin(
+    dir: &std::path::Path,
+    listener: SocketAddr,
+    extproc: SocketAddr,
+    admin_port: u16,
+) -> std::path::PathBuf {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/envoy/extproc-original-dst.yaml"
@@ -30,7 +39,7 @@ fn envoy_config(
             "port_value: 50051",
             &format!("port_value: {}", extproc.port()),
         )
-        .replace("port_value: 9901", &format!("port_value: {}", free_port()));
+        .replace("port_value: 9901", &format!("port_value: {admin_port}"));
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, text).unwrap();
     path
@@ -64,7 +73,12 @@ async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
     let mut gw = Gateway::start(&cfg.path, cfg.admin).await;
     gw.wait_ready().await;
     let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _envoy = Envoy::start(&envoy_config(dir.path(), listener, cfg.grpc), listener).await;
+    let envoy_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _envoy = Envoy::start(
+        &envoy_config_with_admin(dir.path(), listener, cfg.grpc, envoy_admin.port()),
+        listener,
+    )
+    .await;
     // The actor's port travels in the authority; the worker runs on that port of the pod IP.
     let host = |a: &str| {
         format!(
@@ -124,6 +138,28 @@ async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
     let (s, h, _) = get(listener, &[("host", &host("sleepy"))]).await;
     assert_eq!((s, h["x-echo-worker"].to_str().unwrap()), (200, "right"));
     assert_eq!(fake.calls(Method::ResumeActor, "ns/sleepy"), 1);
+
+    // actorgate ends each stream after answering request_headers; Envoy takes that as the clean
+    // close of the protocol: no failed streams, no spurious messages, no rejected mutations.
+    let (s, _, stats) = request(envoy_admin, "/stats?filter=ext_proc", &[]).await;
+    assert_eq!(s, 200);
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| k.ends_with(&format!(".ext_proc.{name}")))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ext_proc.{name} in {stats}"))
+    };
+    assert!(stat("streams_started") >= 6, "{stats}");
+    assert_eq!(stat("streams_closed"), stat("streams_started"), "{stats}");
+    for zero in [
+        "streams_failed",
+        "spurious_msgs_received",
+        "rejected_header_mutations",
+    ] {
+        assert_eq!(stat(zero), 0, "{zero}: {stats}");
+    }
 
     // Control plane down: 503 with the table's body.
     fake.add_actor("ns/later", ActorState::Running, "127.0.0.1", Duration::ZERO);

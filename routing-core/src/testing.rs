@@ -88,6 +88,21 @@ impl FakeControlPlane {
         Self::start_on("127.0.0.1:0".parse().expect("literal address")).await
     }
 
+    /// Client settings for this fake over plaintext: 500 ms connect timeout, 30 s RPC timeout.
+    pub fn plaintext_settings(&self) -> crate::directory::ateapi::AteApiSettings {
+        crate::directory::ateapi::AteApiSettings {
+            address: self.addr.to_string(),
+            tls: crate::directory::ateapi::TlsMode::Plaintext,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            token_file: None,
+            connect_timeout: Duration::from_millis(500),
+            rpc_timeout: Duration::from_secs(30),
+        }
+    }
+
     /// Starts the fake on a given address (e.g. to restart on the same port).
     pub async fn start_on(addr: SocketAddr) -> Self {
         Self::start_inner(addr, None).await

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use routing_core::directory::ateapi::{AteApiDirectory, AteApiSettings, TlsMode};
+use routing_core::directory::ateapi::{AteApiDirectory, AteApiSettings};
 use routing_core::extract::{ExtractorKind, Target};
 use routing_core::proto::ActorState;
 use routing_core::resolver::BackoffSettings;
@@ -27,15 +27,8 @@ fn settings(budget_ms: u64) -> ResolverSettings {
 
 fn ateapi(fake: &FakeControlPlane, token_file: Option<std::path::PathBuf>) -> AteApiSettings {
     AteApiSettings {
-        address: fake.addr.to_string(),
-        tls: TlsMode::Plaintext,
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        server_name: None,
         token_file,
-        connect_timeout: Duration::from_millis(500),
-        rpc_timeout: Duration::from_secs(30),
+        ..fake.plaintext_settings()
     }
 }
 

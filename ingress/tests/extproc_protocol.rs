@@ -1,0 +1,374 @@
+//! The ExtProc stream protocol over real gRPC (tonic client ↔ actorgate's ExtProc server on
+//! loopback, resolver against the fake ate-api-server): what each phase is answered with, when
+//! the stream ends, observability mode, the direction attribute, and streams that are reset.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::service::ext_proc::v3 as ep;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use ep::external_processor_client::ExternalProcessorClient;
+use ep::processing_request::Request as Phase;
+use ep::processing_response::Response as Answer;
+use ingress::extproc::ExtProcService;
+use routing_core::directory::ateapi::AteApiDirectory;
+use routing_core::proto::ActorState;
+use routing_core::testing::{FakeControlPlane, Method};
+use routing_core::{Extractor, Resolver, ResolverMetrics, ResolverSettings};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+struct Harness {
+    fake: FakeControlPlane,
+    client: ExternalProcessorClient<Channel>,
+}
+
+async fn start() -> Harness {
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor(
+        "demo/hello",
+        ActorState::Running,
+        "10.1.2.3",
+        Duration::ZERO,
+    );
+    fake.add_actor(
+        "demo/sleepy",
+        ActorState::Suspended,
+        "10.1.2.4",
+        Duration::from_millis(300),
+    );
+    let dir = AteApiDirectory::new(&fake.plaintext_settings()).expect("ateapi client");
+    let resolver = Resolver::new(
+        Arc::new(dir),
+        ResolverSettings::default(),
+        Extractor::default(),
+        ResolverMetrics::new(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExtProcService::new(resolver).into_server())
+            .serve_with_incoming(incoming),
+    );
+    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    Harness { fake, client }
+}
+
+fn header(key: &str, value: &str) -> core::HeaderValue {
+    core::HeaderValue {
+        key: key.to_owned(),
+        raw_value: value.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn request_headers(headers: &[(&str, &str)]) -> ep::ProcessingRequest {
+    let mut all = vec![
+        header(":method", "GET"),
+        header(":path", "/hello"),
+        header(":scheme", "http"),
+        header(":authority", "gateway.example.com"),
+    ];
+    all.extend(headers.iter().map(|(k, v)| header(k, v)));
+    ep::ProcessingRequest {
+        request: Some(Phase::RequestHeaders(ep::HttpHeaders {
+            headers: Some(core::HeaderMap { headers: all }),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn with_direction(mut req: ep::ProcessingRequest, direction: &str) -> ep::ProcessingRequest {
+    req.metadata_context = Some(core::Metadata {
+        filter_metadata: HashMap::from([(
+            "actorgate".to_owned(),
+            Struct {
+                fields: HashMap::from([(
+                    "direction".to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(direction.to_owned())),
+                    },
+                )]),
+            },
+        )]),
+        ..Default::default()
+    });
+    req
+}
+
+/// Opens a stream; the sender stays open (Envoy's side) until dropped.
+async fn open(
+    h: &mut Harness,
+) -> (
+    mpsc::Sender<ep::ProcessingRequest>,
+    tonic::Streaming<ep::ProcessingResponse>,
+) {
+    let (tx, rx) = mpsc::channel(8);
+    let inbound = h
+        .client
+        .process(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    (tx, inbound)
+}
+
+async fn next(inbound: &mut tonic::Streaming<ep::ProcessingResponse>) -> ep::ProcessingResponse {
+    tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("an answer in time")
+        .expect("no gRPC error")
+        .expect("a message, not the end of the stream")
+}
+
+/// The stream ends cleanly (grpc-status OK) without the client having closed its side.
+async fn ends_ok(inbound: &mut tonic::Streaming<ep::ProcessingResponse>) {
+    let end = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("the server ends the stream");
+    assert!(matches!(end, Ok(None)), "expected a clean end, got {end:?}");
+}
+
+fn set_headers(a: &ep::CommonResponse) -> HashMap<String, String> {
+    a.header_mutation
+        .as_ref()
+        .expect("a header mutation")
+        .set_headers
+        .iter()
+        .map(|o| {
+            let h = o.header.as_ref().expect("header");
+            (
+                h.key.clone(),
+                String::from_utf8(h.raw_value.clone()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn immediate(a: &ep::ProcessingResponse) -> (i32, String) {
+    match &a.response {
+        Some(Answer::ImmediateResponse(i)) => (
+            i.status.as_ref().expect("status").code,
+            String::from_utf8(i.body.clone()).unwrap(),
+        ),
+        other => panic!("expected an immediate response, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn request_headers_get_the_route_and_the_stream_ends_cleanly() {
+    let mut h = start().await;
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(request_headers(&[
+        ("ate-target-actor", "demo/hello"),
+        ("ate-source-actor", "demo/forged"),
+    ]))
+    .await
+    .unwrap();
+    let a = next(&mut inbound).await;
+    let Some(Answer::RequestHeaders(hr)) = &a.response else {
+        panic!("expected a request_headers answer, got {a:?}");
+    };
+    let common = hr.response.as_ref().expect("common response");
+    let set = set_headers(common);
+    assert_eq!(set[":authority"], "10.1.2.3:80");
+    assert_eq!(set["x-gateway-destination-endpoint"], "10.1.2.3:80");
+    assert_eq!(set["ate-target-actor"], "demo/hello");
+    assert_eq!(
+        common.header_mutation.as_ref().unwrap().remove_headers,
+        vec!["ate-source-actor".to_owned()]
+    );
+    let lb = &a
+        .dynamic_metadata
+        .as_ref()
+        .expect("dynamic metadata")
+        .fields["envoy.lb"];
+    let Some(Kind::StructValue(lb)) = &lb.kind else {
+        panic!("envoy.lb is a struct");
+    };
+    assert_eq!(
+        lb.fields["x-gateway-destination-endpoint"].kind,
+        Some(Kind::StringValue("10.1.2.3:80".into()))
+    );
+    // Ingress needs nothing after the request headers: the server closes the stream with OK
+    // (Envoy then proceeds without sending further phases) while Envoy's side is still open.
+    ends_ok(&mut inbound).await;
+    drop(tx);
+}
+
+#[tokio::test]
+async fn other_phases_are_answered_without_mutation() {
+    let mut h = start().await;
+    let (tx, mut inbound) = open(&mut h).await;
+    let body = ep::HttpBody {
+        body: b"payload".to_vec(),
+        end_of_stream: false,
+        ..Default::default()
+    };
+    let phases = [
+        Phase::ResponseHeaders(ep::HttpHeaders::default()),
+        Phase::RequestBody(body.clone()),
+        Phase::ResponseBody(body),
+        Phase::RequestTrailers(ep::HttpTrailers::default()),
+        Phase::ResponseTrailers(ep::HttpTrailers::default()),
+    ];
+    for phase in phases {
+        let name = format!("{phase:?}");
+        tx.send(ep::ProcessingRequest {
+            request: Some(phase),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let a = next(&mut inbound).await;
+        assert!(a.dynamic_metadata.is_none(), "{name}: no metadata");
+        let common = match &a.response {
+            Some(Answer::ResponseHeaders(r)) => r.response.clone(),
+            Some(Answer::RequestBody(r)) | Some(Answer::ResponseBody(r)) => r.response.clone(),
+            Some(Answer::RequestTrailers(t)) | Some(Answer::ResponseTrailers(t)) => {
+                assert!(t.header_mutation.is_none(), "{name}: trailers untouched");
+                None
+            }
+            other => panic!("{name}: unexpected answer {other:?}"),
+        };
+        if let Some(c) = common {
+            assert!(c.header_mutation.is_none(), "{name}: headers untouched");
+            assert!(c.body_mutation.is_none(), "{name}: body untouched");
+        }
+    }
+    // The stream is still open for the request headers, which end it.
+    tx.send(request_headers(&[("ate-target-actor", "demo/hello")]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut inbound).await.response,
+        Some(Answer::RequestHeaders(_))
+    ));
+    ends_ok(&mut inbound).await;
+}
+
+#[tokio::test]
+async fn routing_errors_are_immediate_responses_with_the_table_body() {
+    let mut h = start().await;
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Headers, i32, &str); 3] = [
+        (
+            &[("ate-target-actor", "demo/nobody")],
+            404,
+            "actor demo/nobody not found",
+        ),
+        (
+            &[("ate-target-actor", "not an actor")],
+            404,
+            "invalid actor reference",
+        ),
+        // Two target headers: fail closed rather than pick one (DESIGN §4: no valid actor → 404).
+        (
+            &[
+                ("ate-target-actor", "demo/hello"),
+                ("ate-target-actor", "demo/other"),
+            ],
+            404,
+            "invalid actor reference",
+        ),
+    ];
+    for (headers, status, body) in cases {
+        let (tx, mut inbound) = open(&mut h).await;
+        tx.send(request_headers(headers)).await.unwrap();
+        let a = next(&mut inbound).await;
+        assert_eq!(immediate(&a), (status, body.to_owned()), "{headers:?}");
+        ends_ok(&mut inbound).await;
+    }
+}
+
+#[tokio::test]
+async fn egress_direction_is_refused_until_the_pep_exists() {
+    let mut h = start().await;
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(with_direction(
+        request_headers(&[("ate-target-actor", "demo/hello")]),
+        "egress",
+    ))
+    .await
+    .unwrap();
+    let a = next(&mut inbound).await;
+    assert_eq!(immediate(&a), (501, "egress mode is not available".into()));
+    assert_eq!(h.fake.calls(Method::GetActor, "demo/hello"), 0, "no lookup");
+
+    // An explicit ingress direction routes.
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(with_direction(
+        request_headers(&[("ate-target-actor", "demo/hello")]),
+        "ingress",
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next(&mut inbound).await.response,
+        Some(Answer::RequestHeaders(_))
+    ));
+}
+
+#[tokio::test]
+async fn observability_mode_is_never_answered() {
+    let mut h = start().await;
+    let (tx, mut inbound) = open(&mut h).await;
+    let mut req = request_headers(&[("ate-target-actor", "demo/hello")]);
+    req.observability_mode = true;
+    tx.send(req).await.unwrap();
+    tx.send(ep::ProcessingRequest {
+        request: Some(Phase::ResponseHeaders(ep::HttpHeaders::default())),
+        observability_mode: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Envoy closes its side when done; the stream then ends without a single answer.
+    drop(tx);
+    ends_ok(&mut inbound).await;
+}
+
+#[tokio::test]
+async fn a_reset_stream_does_not_cancel_the_resume_and_the_next_stream_is_served() {
+    let mut h = start().await;
+    let (tx, inbound) = open(&mut h).await;
+    tx.send(request_headers(&[("ate-target-actor", "demo/sleepy")]))
+        .await
+        .unwrap();
+    // Envoy gives up (client reset / timeout) while the actor is being resumed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(inbound);
+    drop(tx);
+    // The next request for the same actor joins the resume that is still under way or uses
+    // its result: one ResumeActor in all, and the route is served.
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(request_headers(&[("ate-target-actor", "demo/sleepy")]))
+        .await
+        .unwrap();
+    let a = next(&mut inbound).await;
+    let Some(Answer::RequestHeaders(hr)) = &a.response else {
+        panic!("expected a route, got {a:?}");
+    };
+    assert_eq!(
+        set_headers(hr.response.as_ref().unwrap())["x-gateway-destination-endpoint"],
+        "10.1.2.4:80"
+    );
+    assert_eq!(h.fake.calls(Method::ResumeActor, "demo/sleepy"), 1);
+    assert_eq!(
+        h.fake.cancelled(),
+        0,
+        "the control plane saw no cancellation"
+    );
+    ends_ok(&mut inbound).await;
+}
