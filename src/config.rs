@@ -98,7 +98,8 @@ fn default_admin_listen() -> String {
     "0.0.0.0:9090".to_owned()
 }
 
-/// The gRPC server. In this release it can host the `ateapi.Control` simulator and gRPC health.
+/// The gRPC server: Envoy ExtProc, `actorgate.router.v1.Router`, gRPC health and reflection, and
+/// optionally the `ateapi.Control` simulator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {

@@ -3,8 +3,9 @@
 //!
 //! * `GET /resolve`: the actor comes from `ate-target-actor`, else from `X-Forwarded-Host`
 //!   (Traefik, and what the nginx example sets), else from `Host`. Success: `200` with
-//!   `x-gateway-destination-endpoint`, `ate-target-actor` and `x-actor-template`. Failure: the
-//!   DESIGN §4 status and `text/plain` body, and the same in `x-actorgate-status` /
+//!   `x-gateway-destination-endpoint`, `ate-target-actor`, `x-actor-template` and, in worker agent
+//!   mode, `x-ate-target-port`. Failure: the DESIGN §4 status and `text/plain` body, and the same
+//!   in `x-actorgate-status` /
 //!   `x-actorgate-message` so a proxy that only passes 2xx/401/403 from its auth subrequest
 //!   (nginx) can still answer with the right status (see `/resolve/error`).
 //! * `GET /resolve/error`: answers with the status and message given in `x-actorgate-status` and
@@ -13,7 +14,7 @@
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
-use routing_core::{RequestMeta, Resolver};
+use routing_core::{RequestMeta, Resolver, WorkerTransport};
 
 /// Statuses of DESIGN §4's table (the only ones `/resolve/error` replays).
 const TABLE_STATUSES: [u16; 6] = [401, 403, 404, 500, 503, 504];
@@ -59,6 +60,10 @@ pub async fn resolve<B>(
                 && let Ok(v) = HeaderValue::from_str(&format!("{}/{}", t.namespace, t.name))
             {
                 h.insert("x-actor-template", v);
+            }
+            // Worker agent mode: the actor port the agent must dial (the proxy sends it on).
+            if let WorkerTransport::Agent { .. } = resolver.settings().worker_transport {
+                h.insert("x-ate-target-port", HeaderValue::from(route.actor_port));
             }
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r

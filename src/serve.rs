@@ -17,6 +17,7 @@ use routing_core::directory::static_dir::StaticDirectory;
 use routing_core::{ActorDirectory, Resolver, ResolverMetrics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::server::NamedService;
 
 use crate::admin::{AdminState, DirectoryHealth};
 use crate::config::{DirectorySettings, Loaded};
@@ -93,6 +94,20 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         None => None,
     };
     let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(addr) = grpc_addr
+        && !addr.ip().is_loopback()
+        && loaded
+            .grpc_tls
+            .as_ref()
+            .is_none_or(|t| t.client_auth == identity::tls::ClientAuth::None)
+    {
+        tracing::warn!(
+            %addr,
+            "the gRPC listener accepts unauthenticated peers on a non-loopback address: anyone \
+             who reaches it can resolve and resume any actor; set grpc.tls with client_auth \
+             required, or restrict it with a NetworkPolicy"
+        );
+    }
     // Ingress listeners.
     let http_listener = match &loaded.ingress {
         Some(i) => Some(bind(i.http_listen, "ingress.http.listen").await?),
@@ -177,6 +192,8 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         stop_rx.clone(),
     ));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // The gRPC services being served, by their health-check names.
+    let mut served: Vec<&'static str> = Vec::new();
     let grpc_task = match grpc_listener {
         Some(listener) => {
             let g = &loaded.config.grpc;
@@ -189,28 +206,31 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 })
                 .flatten();
             if simulator.is_some() {
-                health_reporter
-                    .set_serving::<routing_core::proto::control_server::ControlServer<
+                served.push(
+                    <routing_core::proto::control_server::ControlServer<
                         ControlService<StaticDirectory>,
-                    >>()
-                    .await;
+                    > as NamedService>::NAME,
+                );
             }
             let extproc = g
                 .extproc
                 .then(|| ingress::extproc::ExtProcService::new(resolver.clone()).into_server());
             if extproc.is_some() {
-                health_reporter
-                    .set_serving::<envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer<ingress::extproc::ExtProcService>>()
-                    .await;
+                served.push(<envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer<ingress::extproc::ExtProcService> as NamedService>::NAME);
             }
             let router_api = g
                 .resolve_route
                 .then(|| ingress::router_api::RouterService::new(resolver.clone()).into_server());
             if router_api.is_some() {
-                health_reporter
-                    .set_serving::<ingress::router_api::proto::router_server::RouterServer<
+                served.push(
+                    <ingress::router_api::proto::router_server::RouterServer<
                         ingress::router_api::RouterService,
-                    >>()
+                    > as NamedService>::NAME,
+                );
+            }
+            for name in &served {
+                health_reporter
+                    .set_service_status(*name, tonic_health::ServingStatus::Serving)
                     .await;
             }
             let reflection = if g.reflection {
@@ -225,8 +245,14 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 None
             };
             let mut stop = stop_rx.clone();
+            // Bounded: streams per connection (one per in-flight request from each Envoy worker),
+            // header list size, and dead peers found by keepalive. Messages are capped at tonic's
+            // 4 MiB decoding limit; an ExtProc stream must send its first message within 30 s.
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .max_concurrent_streams(4096)
+                .http2_max_header_list_size(64 * 1024)
                 .add_service(health_service)
                 .add_optional_service(simulator)
                 .add_optional_service(extproc)
@@ -319,12 +345,12 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         eprintln!("actorgate: second signal: exiting without waiting for the drain");
         std::process::exit(1);
     });
-    health_reporter
-        .set_not_serving::<routing_core::proto::control_server::ControlServer<ControlService<StaticDirectory>>>()
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    // Every service we serve, and the server as a whole, reports NOT_SERVING while draining.
+    for name in served.iter().copied().chain([""]) {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     tokio::time::sleep(loaded.config.shutdown.drain_delay).await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(loaded.config.shutdown.drain_timeout, async {

@@ -15,14 +15,6 @@ fn envoy_config(
     dir: &std::path::Path,
     listener: SocketAddr,
     extproc: SocketAddr,
-) -> std::path::PathBuf {
-    envoy_config_with_admin(dir, listener, extproc, free_port())
-}
-
-fn envoy_config_with_admin(
-    dir: &std::path::Path,
-    listener: SocketAddr,
-    extproc: SocketAddr,
     admin_port: u16,
 ) -> std::path::PathBuf {
     let text = std::fs::read_to_string(concat!(
@@ -75,7 +67,7 @@ async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
     let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let envoy_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _envoy = Envoy::start(
-        &envoy_config_with_admin(dir.path(), listener, cfg.grpc, envoy_admin.port()),
+        &envoy_config(dir.path(), listener, cfg.grpc, envoy_admin.port()),
         listener,
     )
     .await;
@@ -204,7 +196,12 @@ async fn concurrent_requests_through_envoy_share_one_resume() {
     let gw = Gateway::start(&cfg.path, cfg.admin).await;
     gw.wait_ready().await;
     let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _envoy = Envoy::start(&envoy_config(dir.path(), listener, cfg.grpc), listener).await;
+    let envoy_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _envoy = Envoy::start(
+        &envoy_config(dir.path(), listener, cfg.grpc, envoy_admin.port()),
+        listener,
+    )
+    .await;
     let host = format!(
         "cold.ns.actors.resources.substrate.ate.dev:{}",
         worker.port()
@@ -223,6 +220,17 @@ async fn concurrent_requests_through_envoy_share_one_resume() {
         1,
         "100 requests across Envoy's workers, one resume"
     );
+    // They did spread: each of Envoy's two workers accepted some of the 100 connections.
+    let (_, _, stats) = request(envoy_admin, "/stats?filter=downstream_cx_total", &[]).await;
+    for worker in ["worker_0", "worker_1"] {
+        let accepted: u64 = stats
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| k.starts_with("listener.127.0.0.1_") && k.contains(worker))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {worker} listener stat in {stats}"));
+        assert!(accepted > 0, "{worker} took no connection: {stats}");
+    }
 }
 
 #[tokio::test]
@@ -234,7 +242,8 @@ async fn resolve_route_answers_routes_and_structured_errors() {
     let cfg = write_config(
         dir.path(),
         "admin: {listen: ADMIN_ADDR}\ngrpc: {listen: GRPC_ADDR}\ningress: {enabled: false}\n\
-         directory: {static: {actors: [{atespace: demo, name: hello, template: demo/echo, endpoint: '10.1.2.3:8080'}]}}\n",
+         directory: {static: {resume_delay: 50ms, actors: [{atespace: demo, name: hello, template: demo/echo, endpoint: '10.1.2.3:8080'},\n\
+         {atespace: demo, name: sleepy, state: suspended, endpoint: '10.1.2.4:8080'}]}}\n",
     );
     let gw = Gateway::start(&cfg.path, cfg.admin).await;
     gw.wait_ready().await;
@@ -258,6 +267,25 @@ async fn resolve_route_answers_routes_and_structured_errors() {
                 ("demo/hello", "10.1.2.3:8080", "demo/echo")
             );
             assert!(!r.resumed);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A suspended actor is resumed by this request, and the answer says so.
+    let resumed = c
+        .resolve_route(ResolveRouteRequest {
+            host: "sleepy.demo.actors.resources.substrate.ate.dev:8080".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match resumed.result.unwrap() {
+        R::Route(r) => {
+            assert_eq!(
+                (r.actor.as_str(), r.endpoint.as_str()),
+                ("demo/sleepy", "10.1.2.4:8080")
+            );
+            assert!(r.resumed);
         }
         other => panic!("{other:?}"),
     }
@@ -289,12 +317,17 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         .await
         .unwrap();
     let mut r = ServerReflectionClient::new(channel);
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+    let reqs = [
+        MessageRequest::ListServices(String::new()),
+        // What `grpcurl describe` asks for: the file declaring the service.
+        MessageRequest::FileContainingSymbol("actorgate.router.v1.Router".into()),
+    ]
+    .map(|m| tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
+        message_request: Some(m),
+    });
     let mut stream = r
-        .server_reflection_info(futures_util::stream::iter([req]))
+        .server_reflection_info(futures_util::stream::iter(reqs))
         .await
         .unwrap()
         .into_inner();
@@ -307,6 +340,21 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         names.contains(&"actorgate.router.v1.Router".to_owned()),
         "{names:?}"
     );
+    let resp = stream.message().await.unwrap().unwrap();
+    let files = match resp.message_response.unwrap() {
+        MessageResponse::FileDescriptorResponse(f) => f.file_descriptor_proto,
+        other => panic!("{other:?}"),
+    };
+    let file = files
+        .iter()
+        .map(|b| {
+            <prost_types::FileDescriptorProto as prost::Message>::decode(b.as_slice()).unwrap()
+        })
+        .find(|f| f.package() == "actorgate.router.v1")
+        .expect("the router.proto descriptor");
+    let service = &file.service[0];
+    assert_eq!(service.name(), "Router");
+    assert_eq!(service.method[0].name(), "ResolveRoute");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,6 +444,19 @@ fn every_envoy_example_validates() {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
+        // Security settings every example must keep: the client's destination header is
+        // stripped before ext_proc runs, and ext_proc fails closed.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let strip = text.find("remove: x-gateway-destination-endpoint");
+        let ext_proc = text.find("name: envoy.filters.http.ext_proc");
+        assert!(
+            matches!((strip, ext_proc), (Some(a), Some(b)) if a < b),
+            "{}: strip x-gateway-destination-endpoint before ext_proc",
+            path.display()
+        );
+        for must in ["failure_mode_allow: false", "disallow_is_error: true"] {
+            assert!(text.contains(must), "{}: {must}", path.display());
+        }
         let out = std::process::Command::new(envoy())
             .args(["--mode", "validate", "-c"])
             .arg(&path)
@@ -420,19 +481,25 @@ fn kubernetes_manifests_parse_and_keep_the_fail_closed_settings() {
     for (file, must) in [
         (
             "deploy/envoy-gateway/actorgate-extproc.yaml",
-            [
+            &[
                 "failOpen: false",
                 "messageTimeout: 10s",
                 "kind: EnvoyExtensionPolicy",
-            ],
+                "kind: EnvoyPatchPolicy",
+                "allow_all_routing: true",
+                "disallow_is_error: true",
+                "remove: x-gateway-destination-endpoint",
+            ][..],
         ),
         (
             "deploy/istio/actorgate-extproc.yaml",
-            [
+            &[
                 "failure_mode_allow: false",
                 "message_timeout: 10s",
                 "remove: x-gateway-destination-endpoint",
-            ],
+                "allow_all_routing: true",
+                "disallow_is_error: true",
+            ][..],
         ),
     ] {
         let text =

@@ -95,11 +95,26 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The resolve endpoint itself: the route in response headers, template included.
+    let (s, h, _) = request(cfg.admin, "/resolve", &[("ate-target-actor", "demo/hello")]).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        h["x-gateway-destination-endpoint"],
+        worker.to_string().as_str()
+    );
+    assert_eq!(h["ate-target-actor"], "demo/hello");
+    assert_eq!(h["x-actor-template"], "demo/echo");
+    assert!(
+        h.get("x-ate-target-port").is_none(),
+        "plain worker transport"
+    );
+
     let (s, h, body) = get(
         listen,
         &[
             ("ate-target-actor", "demo/hello"),
             ("ate-source-actor", "evil/x"),
+            ("x-ate-target-port", "22"),
         ],
     )
     .await;
@@ -119,6 +134,10 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
         "{body}"
     );
     assert!(!body.contains("evil/x"), "{body}");
+    assert!(
+        !body.contains("x-ate-target-port"),
+        "client's actor port dropped: {body}"
+    );
 
     let (s, _, body) = get(
         listen,

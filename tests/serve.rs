@@ -10,6 +10,8 @@ use common::*;
 use routing_core::proto;
 use routing_core::proto::control_client::ControlClient;
 use routing_core::testing::FakeControlPlane;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 async fn control_client(addr: std::net::SocketAddr) -> ControlClient<tonic::transport::Channel> {
     ControlClient::connect(format!("http://{addr}"))
@@ -255,12 +257,34 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
     );
 }
 
+/// The whole server ("") and each adapter service report `expected` over gRPC health.
+async fn assert_health(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    expected: ServingStatus,
+) {
+    for service in [
+        "",
+        "envoy.service.ext_proc.v3.ExternalProcessor",
+        "actorgate.router.v1.Router",
+    ] {
+        let h = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{service:?}: {e}"))
+            .into_inner();
+        assert_eq!(h.status, expected as i32, "{service:?}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_flips_readiness_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let TestConfig {
         path: config,
         admin,
+        grpc,
         ..
     } = write_config(
         dir.path(),
@@ -269,6 +293,14 @@ async fn sigterm_flips_readiness_then_exits_zero() {
     );
     let mut gw = Gateway::start(&config, admin).await;
     gw.wait_ready().await;
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    assert_health(&mut health, ServingStatus::Serving).await;
     gw.signal("TERM");
     let mut saw_draining = false;
     for _ in 0..50 {
@@ -280,6 +312,9 @@ async fn sigterm_flips_readiness_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(saw_draining, "readiness went 503 during the drain delay");
+    // gRPC health too: every service reports NOT_SERVING during the drain delay, so Envoy's
+    // health checks move traffic away before the listener closes.
+    assert_health(&mut health, ServingStatus::NotServing).await;
     assert_eq!(
         get(admin, "/healthz").await.unwrap().0,
         200,

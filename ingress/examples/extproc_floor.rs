@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3 as ep;
 use futures_util::Stream;
 use ingress::extproc::route_answer;
 use routing_core::resolver::Placement;
-use routing_core::{ActorRef, ResolveKind, Route};
+use routing_core::{ActorRef, ResolveKind, Route, WorkerTransport};
 
 type AnswerStream =
     Pin<Box<dyn Stream<Item = Result<ep::ProcessingResponse, tonic::Status>> + Send>>;
@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         actor_port: endpoint.port(),
         kind: ResolveKind::Cached,
     };
-    let answer = route_answer(&route);
+    let answer = route_answer(&route, &WorkerTransport::Plain);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()

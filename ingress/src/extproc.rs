@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3 as ep;
 use envoy_types::pb::envoy::r#type::v3 as http_type;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use futures_util::Stream;
-use routing_core::{RequestMeta, Resolver, Route, RouteError};
+use routing_core::{RequestMeta, Resolver, Route, RouteError, WorkerTransport};
 
 use ep::processing_request::Request as Phase;
 use ep::processing_response::Response as Answer;
@@ -37,6 +37,11 @@ pub const LB_NAMESPACE: &str = "envoy.lb";
 pub const DESTINATION_ENDPOINT: &str = "x-gateway-destination-endpoint";
 /// Filter metadata namespace read for the direction.
 pub const ACTORGATE_NAMESPACE: &str = "actorgate";
+/// The actor port for the worker agent (worker agent mode).
+const TARGET_PORT: &str = "x-ate-target-port";
+/// How long a new stream may wait for its first message. Envoy opens a stream together with its
+/// first message, so only a stalled or hostile client hits this.
+const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The ExtProc service over a resolver.
 #[derive(Clone)]
@@ -94,16 +99,26 @@ fn direction(req: &ep::ProcessingRequest) -> &str {
         .unwrap_or("ingress")
 }
 
-/// The answer to a successful resolution.
-pub fn route_answer(route: &Route) -> ep::ProcessingResponse {
+/// The answer to a successful resolution. In worker agent mode the actor port travels in
+/// `x-ate-target-port` (as from actorgate's own proxy); otherwise a client-supplied one is removed
+/// so it never reaches a worker.
+pub fn route_answer(route: &Route, transport: &WorkerTransport) -> ep::ProcessingResponse {
     let endpoint = route.endpoint.to_string();
+    let mut set_headers = vec![
+        set(":authority", &endpoint),
+        set(DESTINATION_ENDPOINT, &endpoint),
+        set("ate-target-actor", route.actor().as_str()),
+    ];
+    let mut remove_headers = vec!["ate-source-actor".to_owned()];
+    match transport {
+        WorkerTransport::Agent { .. } => {
+            set_headers.push(set(TARGET_PORT, &route.actor_port.to_string()))
+        }
+        WorkerTransport::Plain => remove_headers.push(TARGET_PORT.to_owned()),
+    }
     let mutation = ep::HeaderMutation {
-        set_headers: vec![
-            set(":authority", &endpoint),
-            set(DESTINATION_ENDPOINT, &endpoint),
-            set("ate-target-actor", route.actor().as_str()),
-        ],
-        remove_headers: vec!["ate-source-actor".to_owned()],
+        set_headers,
+        remove_headers,
     };
     let lb = Struct {
         fields: HashMap::from([(DESTINATION_ENDPOINT.to_owned(), string_value(endpoint))]),
@@ -155,14 +170,30 @@ fn route_error_answer(e: &RouteError) -> ep::ProcessingResponse {
     )
 }
 
-/// Answers one message of a stream; `None` when nothing is to be sent.
-pub async fn answer(
-    resolver: &Resolver,
-    req: ep::ProcessingRequest,
-) -> Option<ep::ProcessingResponse> {
+/// What to do with one message of a stream.
+#[derive(Debug)]
+pub struct Reply {
+    /// The answer; `None` when nothing is to be sent (observability mode, empty message).
+    pub answer: Option<ep::ProcessingResponse>,
+    /// Whether the server ends the stream (status OK) after the answer: an ingress request needs
+    /// nothing after its headers, and Envoy then proceeds without consulting the server again.
+    pub done: bool,
+}
+
+/// Answers one message of a stream.
+pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
+    // Observability mode: Envoy does not wait for answers, so nothing is resolved (no resume
+    // nobody waits for) and nothing is sent.
+    if req.observability_mode {
+        return Reply {
+            answer: None,
+            done: false,
+        };
+    }
     let continue_headers = || ep::HeadersResponse {
         response: Some(ep::CommonResponse::default()),
     };
+    let done = matches!(req.request, Some(Phase::RequestHeaders(_)));
     let answer = match &req.request {
         Some(Phase::RequestHeaders(h)) => {
             if direction(&req) != "ingress" {
@@ -184,7 +215,8 @@ pub async fn answer(
                     match hv.key.as_str() {
                         "ate-target-actor" => {
                             targets += 1;
-                            target = std::str::from_utf8(header_value(hv)).ok();
+                            // Not UTF-8: an invalid reference (fail closed), not "absent".
+                            target = Some(std::str::from_utf8(header_value(hv)).unwrap_or(""));
                         }
                         ":authority" => authority = std::str::from_utf8(header_value(hv)).ok(),
                         "host" if authority.is_none() => {
@@ -203,7 +235,7 @@ pub async fn answer(
                         })
                         .await
                     {
-                        Ok(route) => route_answer(&route),
+                        Ok(route) => route_answer(&route, &resolver.settings().worker_transport),
                         Err(e) => route_error_answer(&e),
                     },
                 )
@@ -235,7 +267,7 @@ pub async fn answer(
         }),
         None => None,
     };
-    if req.observability_mode { None } else { answer }
+    Reply { answer, done }
 }
 
 type AnswerStream =
@@ -252,22 +284,37 @@ impl ep::external_processor_server::ExternalProcessor for ExtProcService {
         let inbound = request.into_inner();
         let resolver = self.resolver.clone();
         // Answer in the response stream itself (no task or channel per stream): each poll reads
-        // the next message and skips those that need no answer. The stream ends after the
-        // request_headers answer, or when Envoy closes or resets it.
+        // the next message and skips those that need no answer. The stream ends OK after the
+        // ingress request_headers answer, or when Envoy closes it. A read error (undecodable or
+        // oversized message, first message never sent) ends it with an error status, never OK:
+        // an OK end before the headers are answered would let Envoy route the request unrouted.
         let out = futures_util::stream::unfold(
-            (Some(inbound), resolver),
-            |(inbound, resolver)| async move {
+            (Some(inbound), resolver, true),
+            |(inbound, resolver, first)| async move {
                 let mut inbound = inbound?;
+                let mut first = first;
                 loop {
-                    match inbound.message().await {
+                    let next = if first {
+                        match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
+                            Ok(next) => next,
+                            Err(_) => Err(tonic::Status::deadline_exceeded(
+                                "no ProcessingRequest within 30s of opening the stream",
+                            )),
+                        }
+                    } else {
+                        inbound.message().await
+                    };
+                    first = false;
+                    match next {
                         Ok(Some(msg)) => {
-                            let last = matches!(msg.request, Some(Phase::RequestHeaders(_)));
-                            if let Some(a) = answer(&resolver, msg).await {
-                                let next = if last { None } else { Some(inbound) };
-                                return Some((Ok(a), (next, resolver)));
+                            let reply = answer(&resolver, msg).await;
+                            if let Some(a) = reply.answer {
+                                let rest = if reply.done { None } else { Some(inbound) };
+                                return Some((Ok(a), (rest, resolver, false)));
                             }
                         }
-                        _ => return None,
+                        Ok(None) => return None,
+                        Err(status) => return Some((Err(status), (None, resolver, false))),
                     }
                 }
             },

@@ -17,7 +17,7 @@ use ingress::extproc::ExtProcService;
 use routing_core::directory::ateapi::AteApiDirectory;
 use routing_core::proto::ActorState;
 use routing_core::testing::{FakeControlPlane, Method};
-use routing_core::{Extractor, Resolver, ResolverMetrics, ResolverSettings};
+use routing_core::{Extractor, Resolver, ResolverMetrics, ResolverSettings, WorkerTransport};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -27,6 +27,10 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(ResolverSettings::default()).await
+}
+
+async fn start_with(settings: ResolverSettings) -> Harness {
     let fake = FakeControlPlane::start().await;
     fake.add_actor(
         "demo/hello",
@@ -43,7 +47,7 @@ async fn start() -> Harness {
     let dir = AteApiDirectory::new(&fake.plaintext_settings()).expect("ateapi client");
     let resolver = Resolver::new(
         Arc::new(dir),
-        ResolverSettings::default(),
+        settings,
         Extractor::default(),
         ResolverMetrics::new(),
     );
@@ -185,10 +189,15 @@ async fn request_headers_get_the_route_and_the_stream_ends_cleanly() {
     assert_eq!(set[":authority"], "10.1.2.3:80");
     assert_eq!(set["x-gateway-destination-endpoint"], "10.1.2.3:80");
     assert_eq!(set["ate-target-actor"], "demo/hello");
+    // Plain worker transport: a client-supplied actor port for a worker agent never passes.
     assert_eq!(
         common.header_mutation.as_ref().unwrap().remove_headers,
-        vec!["ate-source-actor".to_owned()]
+        vec![
+            "ate-source-actor".to_owned(),
+            "x-ate-target-port".to_owned()
+        ]
     );
+    assert!(!set.contains_key("x-ate-target-port"));
     let lb = &a
         .dynamic_metadata
         .as_ref()
@@ -321,10 +330,10 @@ async fn egress_direction_is_refused_until_the_pep_exists() {
 }
 
 #[tokio::test]
-async fn observability_mode_is_never_answered() {
+async fn observability_mode_is_never_answered_nor_resolved() {
     let mut h = start().await;
     let (tx, mut inbound) = open(&mut h).await;
-    let mut req = request_headers(&[("ate-target-actor", "demo/hello")]);
+    let mut req = request_headers(&[("ate-target-actor", "demo/sleepy")]);
     req.observability_mode = true;
     tx.send(req).await.unwrap();
     tx.send(ep::ProcessingRequest {
@@ -337,6 +346,75 @@ async fn observability_mode_is_never_answered() {
     // Envoy closes its side when done; the stream then ends without a single answer.
     drop(tx);
     ends_ok(&mut inbound).await;
+    // Nobody waits for an answer, so nothing was looked up or resumed.
+    assert_eq!(h.fake.calls(Method::GetActor, "demo/sleepy"), 0);
+    assert_eq!(h.fake.calls(Method::ResumeActor, "demo/sleepy"), 0);
+}
+
+#[tokio::test]
+async fn agent_transport_sends_the_actor_port() {
+    let mut h = start_with(ResolverSettings {
+        worker_transport: WorkerTransport::Agent { port: 15008 },
+        ..ResolverSettings::default()
+    })
+    .await;
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(request_headers(&[
+        ("ate-target-actor", "demo/hello"),
+        ("x-ate-target-port", "22"),
+    ]))
+    .await
+    .unwrap();
+    let a = next(&mut inbound).await;
+    let Some(Answer::RequestHeaders(hr)) = &a.response else {
+        panic!("expected a route, got {a:?}");
+    };
+    let set = set_headers(hr.response.as_ref().unwrap());
+    assert_eq!(set["x-gateway-destination-endpoint"], "10.1.2.3:15008");
+    assert_eq!(set["x-ate-target-port"], "80", "overwrites the client's 22");
+}
+
+#[tokio::test]
+async fn a_non_utf8_target_header_fails_closed() {
+    let mut h = start().await;
+    let (tx, mut inbound) = open(&mut h).await;
+    let mut req = request_headers(&[]);
+    if let Some(Phase::RequestHeaders(hh)) = &mut req.request {
+        hh.headers
+            .as_mut()
+            .unwrap()
+            .headers
+            .push(core::HeaderValue {
+                key: "ate-target-actor".into(),
+                raw_value: vec![0xff, 0xfe],
+                ..Default::default()
+            });
+    }
+    tx.send(req).await.unwrap();
+    assert_eq!(
+        immediate(&next(&mut inbound).await),
+        (404, "invalid actor reference".into())
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_message_ends_the_stream_with_an_error_not_ok() {
+    // An OK end before request_headers is answered would make Envoy proceed unrouted; a message
+    // over the server's decoding limit (4 MiB) must end the stream with an error status instead.
+    let mut h = start().await;
+    let (tx, mut inbound) = open(&mut h).await;
+    let huge = "x".repeat(5 << 20);
+    tx.send(request_headers(&[
+        ("ate-target-actor", "demo/hello"),
+        ("x-padding", &huge),
+    ]))
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("the server ends the stream");
+    let status = end.expect_err("an error status, not an answer or a clean end");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
 }
 
 #[tokio::test]
