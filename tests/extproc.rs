@@ -242,8 +242,10 @@ async fn resolve_route_answers_routes_and_structured_errors() {
     let cfg = write_config(
         dir.path(),
         "admin: {listen: ADMIN_ADDR}\ngrpc: {listen: GRPC_ADDR}\ningress: {enabled: false}\n\
+         resolver: {budget: 300ms}\n\
          directory: {static: {resume_delay: 50ms, actors: [{atespace: demo, name: hello, template: demo/echo, endpoint: '10.1.2.3:8080'},\n\
-         {atespace: demo, name: sleepy, state: suspended, endpoint: '10.1.2.4:8080'}]}}\n",
+         {atespace: demo, name: sleepy, state: suspended, endpoint: '10.1.2.4:8080'},\n\
+         {atespace: demo, name: broken, state: crashed, endpoint: '10.1.2.5:8080'}]}}\n",
     );
     let gw = Gateway::start(&cfg.path, cfg.admin).await;
     gw.wait_ready().await;
@@ -304,6 +306,25 @@ async fn resolve_route_answers_routes_and_structured_errors() {
                 (404, "actor demo/nobody not found", "not_found")
             );
             assert_eq!(e.grpc_code, tonic::Code::NotFound as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+    let unavailable = c
+        .resolve_route(ResolveRouteRequest {
+            headers: [("ate-target-actor".to_owned(), "demo/broken".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match unavailable.result.unwrap() {
+        R::Error(e) => {
+            assert_eq!((e.http_status, e.reason.as_str()), (503, "unavailable"));
+            assert!(
+                e.message.starts_with("actor demo/broken unavailable"),
+                "{e:?}"
+            );
+            assert_eq!(e.grpc_code, tonic::Code::FailedPrecondition as i32);
         }
         other => panic!("{other:?}"),
     }

@@ -45,7 +45,9 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ningress: {{enabled: false}}\n\
-             directory: {{static: {{actors: [{{atespace: demo, name: hello, template: demo/echo, endpoint: '{worker}'}}]}}}}\n"
+             resolver: {{budget: 300ms}}\n\
+             directory: {{static: {{actors: [{{atespace: demo, name: hello, template: demo/echo, endpoint: '{worker}'}},\n\
+             {{atespace: demo, name: broken, state: crashed, endpoint: '{worker}'}}]}}}}\n"
         ),
     );
     let gw = Gateway::start(&cfg.path, cfg.admin).await;
@@ -156,6 +158,10 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
     );
     let (s, _, body) = get(listen, &[("host", "example.com")]).await;
     assert_eq!((s, body.as_str()), (404, "invalid actor reference"));
+    // A crashed actor cannot be resumed within the budget: 503 with the control plane's reason.
+    let (s, _, body) = get(listen, &[("ate-target-actor", "demo/broken")]).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.starts_with("actor demo/broken unavailable"), "{body}");
 
     // The resolve endpoint itself, as Traefik ForwardAuth would call it.
     let (s, body) = common::get_with(
