@@ -237,10 +237,12 @@ to_ms() { # wrk latency "1.23ms" / "456.00us" / "1.20s" -> ms
 }
 TICK=$(getconf CLK_TCK)
 cpu_ticks() { # pids (and their child processes, e.g. nginx workers) -> utime + stime ticks
-  local total=0 p c
+  local total=0 p c v
   for p in "$@"; do
+    kill -0 "$p" 2>/dev/null || { log "process $p is gone; logs in $WORK"; exit 1; }
     for c in "$p" $(pgrep -P "$p" || true); do
-      [ -r "/proc/$c/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$c/stat")))
+      v=$(awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true)
+      total=$((total + ${v:-0}))
     done
   done
   echo "$total"
@@ -248,7 +250,7 @@ cpu_ticks() { # pids (and their child processes, e.g. nginx workers) -> utime + 
 run_wrk() { # target -> "rps p50 p99 gateway_us side_us worker_us" (CPU µs per request)
   local out g0 s0 w0 g1 s1 w1 n
   local gw=${GW_PIDS[$1]:-} side=${SIDE_PIDS[$1]:-} worker=${WORKER_PIDS[$1]:-$PID_WORKER}
-  g0=$(cpu_ticks $gw); s0=$(cpu_ticks $side); w0=$(cpu_ticks $worker)
+  g0=$(cpu_ticks $gw) && s0=$(cpu_ticks $side) && w0=$(cpu_ticks $worker) || exit 1
   out=$($AFFINITY wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H 'ate-target-actor: demo/hello' \
     "http://127.0.0.1:${PORT[$1]}/hello")
   local rps p50 p99
@@ -257,7 +259,7 @@ run_wrk() { # target -> "rps p50 p99 gateway_us side_us worker_us" (CPU µs per 
   p99=$(to_ms "$(awk '$1 == "99%" || $1 == "99.000%" {print $2}' <<<"$out")")
   if grep -q "Non-2xx" <<<"$out"; then log "WARNING $1: non-2xx answers under HTTP/1.1 load"; fi
   if grep -q "Socket errors" <<<"$out"; then log "WARNING $1: $(grep 'Socket errors' <<<"$out" | xargs)"; fi
-  g1=$(cpu_ticks $gw); s1=$(cpu_ticks $side); w1=$(cpu_ticks $worker)
+  g1=$(cpu_ticks $gw) && s1=$(cpu_ticks $side) && w1=$(cpu_ticks $worker) || exit 1
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   echo "$rps $p50 $p99 $(awk -v g=$((g1 - g0)) -v s=$((s1 - s0)) -v w=$((w1 - w0)) -v n="$n" -v t="$TICK" \
     'BEGIN { f = 1e6 / t / n; printf "%.1f %.1f %.1f", g * f, s * f, w * f }')"
@@ -287,8 +289,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for t in "${order[@]}"; do
     for proto in h1 h2; do
       if [ "$proto" = h1 ]; then r=$(run_wrk "$t"); else r=$(run_h2 "$t"); fi
-      gw=0 side=0 worker=0
-      read -r rps p50 p99 gw side worker <<<"$r"
+      read -r rps p50 p99 gw side worker <<<"$r"   # HTTP/2 runs leave the CPU fields empty (0)
       log "round $round $proto $t: $rps req/s p50 ${p50}ms p99 ${p99}ms"
       SUM[$proto,$t,n]=$((SUM[$proto,$t,n] + 1))
       for k in rps p50 p99 gw side worker; do

@@ -99,13 +99,13 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         && loaded
             .grpc_tls
             .as_ref()
-            .is_none_or(|t| t.client_auth == identity::tls::ClientAuth::None)
+            .is_none_or(|t| t.client_auth != identity::tls::ClientAuth::Required)
     {
         tracing::warn!(
             %addr,
-            "the gRPC listener accepts unauthenticated peers on a non-loopback address: anyone \
-             who reaches it can resolve and resume any actor; set grpc.tls with client_auth \
-             required, or restrict it with a NetworkPolicy"
+            "the gRPC listener accepts peers without a client certificate on a non-loopback \
+             address: anyone who reaches it can resolve and resume any actor; set grpc.tls with \
+             client_auth required, or restrict it with a NetworkPolicy"
         );
     }
     // Ingress listeners.
@@ -247,7 +247,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             let mut stop = stop_rx.clone();
             // Bounded: streams per connection (one per in-flight request from each Envoy worker),
             // header list size, and dead peers found by keepalive. Messages are capped at tonic's
-            // 4 MiB decoding limit; an ExtProc stream must send its first message within 30 s.
+            // 4 MiB decoding limit; an ExtProc stream must carry request_headers within 30 s.
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -338,6 +338,12 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 
     signals.next().await;
     tracing::info!(drain_delay = ?loaded.config.shutdown.drain_delay, "shutdown requested: readiness is now 503");
+    // Every service we serve, and the server as a whole, reports NOT_SERVING while draining.
+    for name in served.iter().copied().chain([""]) {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     state.draining.store(true, Ordering::Release);
     // A second signal skips the drain.
     tokio::spawn(async move {
@@ -345,12 +351,6 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         eprintln!("actorgate: second signal: exiting without waiting for the drain");
         std::process::exit(1);
     });
-    // Every service we serve, and the server as a whole, reports NOT_SERVING while draining.
-    for name in served.iter().copied().chain([""]) {
-        health_reporter
-            .set_service_status(name, tonic_health::ServingStatus::NotServing)
-            .await;
-    }
     tokio::time::sleep(loaded.config.shutdown.drain_delay).await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(loaded.config.shutdown.drain_timeout, async {

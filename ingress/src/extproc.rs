@@ -39,19 +39,31 @@ pub const DESTINATION_ENDPOINT: &str = "x-gateway-destination-endpoint";
 pub const ACTORGATE_NAMESPACE: &str = "actorgate";
 /// The actor port for the worker agent (worker agent mode).
 const TARGET_PORT: &str = "x-ate-target-port";
-/// How long a new stream may wait for its first message. Envoy opens a stream together with its
-/// first message, so only a stalled or hostile client hits this.
-const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a stream may stay open before its request_headers are answered (the stream ends
+/// then). Envoy sends request_headers as the stream's first message, so only a stalled,
+/// misconfigured or hostile client reaches this.
+const STREAM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The ExtProc service over a resolver.
 #[derive(Clone)]
 pub struct ExtProcService {
     resolver: Resolver,
+    stream_deadline: std::time::Duration,
 }
 
 impl ExtProcService {
     pub fn new(resolver: Resolver) -> Self {
-        Self { resolver }
+        Self {
+            resolver,
+            stream_deadline: STREAM_DEADLINE,
+        }
+    }
+
+    /// Overrides how long a stream may stay open before its request_headers are answered
+    /// (default 30 s).
+    pub fn with_stream_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.stream_deadline = deadline;
+        self
     }
 
     /// The tonic server for this service.
@@ -127,7 +139,10 @@ pub fn route_answer(route: &Route, transport: &WorkerTransport) -> ep::Processin
         response: Some(Answer::RequestHeaders(ep::HeadersResponse {
             response: Some(ep::CommonResponse {
                 header_mutation: Some(mutation),
-                clear_route_cache: true,
+                // The route stays: ORIGINAL_DST and override_host pick the worker at load-balancing
+                // time, and re-matching routes on the rewritten ip:port authority would miss
+                // virtual hosts keyed on actor hostnames (Istio, Envoy Gateway).
+                clear_route_cache: false,
                 ..Default::default()
             }),
         })),
@@ -175,25 +190,23 @@ fn route_error_answer(e: &RouteError) -> ep::ProcessingResponse {
 pub struct Reply {
     /// The answer; `None` when nothing is to be sent (observability mode, empty message).
     pub answer: Option<ep::ProcessingResponse>,
-    /// Whether the server ends the stream (status OK) after the answer: an ingress request needs
+    /// Whether the server ends the stream (status OK) after this message: an ingress request needs
     /// nothing after its headers, and Envoy then proceeds without consulting the server again.
     pub done: bool,
 }
 
 /// Answers one message of a stream.
 pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
+    let done = matches!(req.request, Some(Phase::RequestHeaders(_)));
     // Observability mode: Envoy does not wait for answers, so nothing is resolved (no resume
-    // nobody waits for) and nothing is sent.
+    // nobody waits for) and nothing is sent; after the request headers the stream ends, sparing
+    // Envoy the later phases.
     if req.observability_mode {
-        return Reply {
-            answer: None,
-            done: false,
-        };
+        return Reply { answer: None, done };
     }
     let continue_headers = || ep::HeadersResponse {
         response: Some(ep::CommonResponse::default()),
     };
-    let done = matches!(req.request, Some(Phase::RequestHeaders(_)));
     let answer = match &req.request {
         Some(Phase::RequestHeaders(h)) => {
             if direction(&req) != "ingress" {
@@ -286,35 +299,35 @@ impl ep::external_processor_server::ExternalProcessor for ExtProcService {
         // Answer in the response stream itself (no task or channel per stream): each poll reads
         // the next message and skips those that need no answer. The stream ends OK after the
         // ingress request_headers answer, or when Envoy closes it. A read error (undecodable or
-        // oversized message, first message never sent) ends it with an error status, never OK:
+        // oversized message, no request_headers within 30 s) ends it with an error status, never OK:
         // an OK end before the headers are answered would let Envoy route the request unrouted.
+        let limit = self.stream_deadline;
+        let deadline = tokio::time::Instant::now() + limit;
         let out = futures_util::stream::unfold(
-            (Some(inbound), resolver, true),
-            |(inbound, resolver, first)| async move {
+            (Some(inbound), resolver),
+            move |(inbound, resolver)| async move {
                 let mut inbound = inbound?;
-                let mut first = first;
                 loop {
-                    let next = if first {
-                        match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
-                            Ok(next) => next,
-                            Err(_) => Err(tonic::Status::deadline_exceeded(
-                                "no ProcessingRequest within 30s of opening the stream",
-                            )),
-                        }
-                    } else {
-                        inbound.message().await
+                    let next = match tokio::time::timeout_at(deadline, inbound.message()).await {
+                        Ok(next) => next,
+                        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                            "no request_headers within {limit:?} of opening the stream"
+                        ))),
                     };
-                    first = false;
                     match next {
                         Ok(Some(msg)) => {
                             let reply = answer(&resolver, msg).await;
-                            if let Some(a) = reply.answer {
-                                let rest = if reply.done { None } else { Some(inbound) };
-                                return Some((Ok(a), (rest, resolver, false)));
+                            match (reply.answer, reply.done) {
+                                (Some(a), true) => return Some((Ok(a), (None, resolver))),
+                                (Some(a), false) => {
+                                    return Some((Ok(a), (Some(inbound), resolver)));
+                                }
+                                (None, true) => return None,
+                                (None, false) => {}
                             }
                         }
                         Ok(None) => return None,
-                        Err(status) => return Some((Err(status), (None, resolver, false))),
+                        Err(status) => return Some((Err(status), (None, resolver))),
                     }
                 }
             },

@@ -27,10 +27,10 @@ struct Harness {
 }
 
 async fn start() -> Harness {
-    start_with(ResolverSettings::default()).await
+    start_with(ResolverSettings::default(), Duration::from_secs(30)).await
 }
 
-async fn start_with(settings: ResolverSettings) -> Harness {
+async fn start_with(settings: ResolverSettings, stream_deadline: Duration) -> Harness {
     let fake = FakeControlPlane::start().await;
     fake.add_actor(
         "demo/hello",
@@ -56,7 +56,11 @@ async fn start_with(settings: ResolverSettings) -> Harness {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ExtProcService::new(resolver).into_server())
+            .add_service(
+                ExtProcService::new(resolver)
+                    .with_stream_deadline(stream_deadline)
+                    .into_server(),
+            )
             .serve_with_incoming(incoming),
     );
     let client = ExternalProcessorClient::connect(format!("http://{addr}"))
@@ -186,6 +190,8 @@ async fn request_headers_get_the_route_and_the_stream_ends_cleanly() {
     };
     let common = hr.response.as_ref().expect("common response");
     let set = set_headers(common);
+    // The route stays (re-matching on the ip:port authority would miss actor-host virtual hosts).
+    assert!(!common.clear_route_cache);
     assert_eq!(set[":authority"], "10.1.2.3:80");
     assert_eq!(set["x-gateway-destination-endpoint"], "10.1.2.3:80");
     assert_eq!(set["ate-target-actor"], "demo/hello");
@@ -343,9 +349,9 @@ async fn observability_mode_is_never_answered_nor_resolved() {
     })
     .await
     .unwrap();
-    // Envoy closes its side when done; the stream then ends without a single answer.
-    drop(tx);
+    // The stream ends cleanly after the request headers, without a single answer.
     ends_ok(&mut inbound).await;
+    drop(tx);
     // Nobody waits for an answer, so nothing was looked up or resumed.
     assert_eq!(h.fake.calls(Method::GetActor, "demo/sleepy"), 0);
     assert_eq!(h.fake.calls(Method::ResumeActor, "demo/sleepy"), 0);
@@ -353,10 +359,13 @@ async fn observability_mode_is_never_answered_nor_resolved() {
 
 #[tokio::test]
 async fn agent_transport_sends_the_actor_port() {
-    let mut h = start_with(ResolverSettings {
-        worker_transport: WorkerTransport::Agent { port: 15008 },
-        ..ResolverSettings::default()
-    })
+    let mut h = start_with(
+        ResolverSettings {
+            worker_transport: WorkerTransport::Agent { port: 15008 },
+            ..ResolverSettings::default()
+        },
+        Duration::from_secs(30),
+    )
     .await;
     let (tx, mut inbound) = open(&mut h).await;
     tx.send(request_headers(&[
@@ -449,4 +458,28 @@ async fn a_reset_stream_does_not_cancel_the_resume_and_the_next_stream_is_served
         "the control plane saw no cancellation"
     );
     ends_ok(&mut inbound).await;
+}
+
+#[tokio::test]
+async fn a_stream_without_request_headers_is_ended_with_an_error_at_the_deadline() {
+    // Other phases keep being answered, but they don't extend the stream's life: without
+    // request_headers it ends with DEADLINE_EXCEEDED (never OK) when the deadline passes.
+    let mut h = start_with(ResolverSettings::default(), Duration::from_millis(300)).await;
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(ep::ProcessingRequest {
+        request: Some(Phase::ResponseHeaders(ep::HttpHeaders::default())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        next(&mut inbound).await.response,
+        Some(Answer::ResponseHeaders(_))
+    ));
+    let end = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("the server ends the stream");
+    let status = end.expect_err("an error status, not a clean end");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
 }
