@@ -252,17 +252,27 @@ async fn resolve_route_answers_routes_and_structured_errors() {
     let mut c = RouterClient::connect(format!("http://{}", cfg.grpc))
         .await
         .unwrap();
-    let ok = c
-        .resolve_route(ResolveRouteRequest {
+    async fn resolve(
+        c: &mut RouterClient<tonic::transport::Channel>,
+        req: ResolveRouteRequest,
+    ) -> R {
+        let answer = c
+            .resolve_route(req)
+            .await
+            .expect("routing failures are answers");
+        answer.into_inner().result.expect("a route or an error")
+    }
+    match resolve(
+        &mut c,
+        ResolveRouteRequest {
             host: "gateway.example".into(),
             path: "/x".into(),
             method: "GET".into(),
             headers: [("ate-target-actor".to_owned(), "demo/hello".to_owned())].into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match ok.result.unwrap() {
+        },
+    )
+    .await
+    {
         R::Route(r) => {
             assert_eq!(
                 (r.actor.as_str(), r.endpoint.as_str(), r.template.as_str()),
@@ -273,15 +283,15 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         other => panic!("{other:?}"),
     }
     // A suspended actor is resumed by this request, and the answer says so.
-    let resumed = c
-        .resolve_route(ResolveRouteRequest {
+    match resolve(
+        &mut c,
+        ResolveRouteRequest {
             host: "sleepy.demo.actors.resources.substrate.ate.dev:8080".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match resumed.result.unwrap() {
+        },
+    )
+    .await
+    {
         R::Route(r) => {
             assert_eq!(
                 (r.actor.as_str(), r.endpoint.as_str()),
@@ -291,15 +301,15 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         }
         other => panic!("{other:?}"),
     }
-    let err = c
-        .resolve_route(ResolveRouteRequest {
+    match resolve(
+        &mut c,
+        ResolveRouteRequest {
             host: "nobody.demo.actors.resources.substrate.ate.dev".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match err.result.unwrap() {
+        },
+    )
+    .await
+    {
         R::Error(e) => {
             assert_eq!(
                 (e.http_status, e.message.as_str(), e.reason.as_str()),
@@ -309,15 +319,15 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         }
         other => panic!("{other:?}"),
     }
-    let unavailable = c
-        .resolve_route(ResolveRouteRequest {
+    match resolve(
+        &mut c,
+        ResolveRouteRequest {
             headers: [("ate-target-actor".to_owned(), "demo/broken".to_owned())].into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match unavailable.result.unwrap() {
+        },
+    )
+    .await
+    {
         R::Error(e) => {
             assert_eq!((e.http_status, e.reason.as_str()), (503, "unavailable"));
             assert!(
