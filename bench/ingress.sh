@@ -160,7 +160,7 @@ logging: {level: warn}
 admin: {listen: 127.0.0.1:$((PORT_ADMIN + 8))}
 grpc: {listen: 127.0.0.1:$PORT_GRPC2}
 ingress: {enabled: false}
-directory: {ateapi: {address: '127.0.0.1:$PORT_CP'}}
+directory: {ateapi: {address: '127.0.0.1:$PORT_CP', tls: plaintext}}
 EOF
 "$AG" serve --config "$WORK/extproc-remote.yaml" 2>"$WORK/extproc-remote.log" & pids+=($!); PID_EXTPROC_REMOTE=$!
 sed -e "s/port_value: 10000/port_value: $PORT_EXTPROC2/" -e "s/port_value: 50051/port_value: $PORT_GRPC2/" \

@@ -23,10 +23,77 @@ use tokio::sync::watch;
 /// Result of the latest directory health probe.
 #[derive(Debug, Clone, Serialize)]
 pub struct DirectoryHealth {
+    /// Whether the latest probe succeeded (readiness follows [`ProbeHysteresis`], not this).
     pub healthy: bool,
     pub checked_at: Option<SystemTime>,
     /// Why the last probe failed (not client-facing; operators only).
     pub error: Option<String>,
+    /// Failed probes in a row (0 after a success).
+    pub consecutive_failures: u32,
+    /// Successful probes in a row (0 after a failure).
+    pub consecutive_successes: u32,
+}
+
+/// Turns a stream of probe results into a readiness state that changes only after
+/// `failure_threshold` failures in a row (ready → unready) or `success_threshold` successes in a
+/// row (unready → ready), as Kubernetes probes' `failureThreshold` / `successThreshold` do. It
+/// starts unready: the first `success_threshold` successes make it ready. Draining is not its
+/// business (it flips readiness at once, see [`AdminState::ready`]).
+#[derive(Debug, Clone)]
+pub struct ProbeHysteresis {
+    failure_threshold: u32,
+    success_threshold: u32,
+    ready: bool,
+    failures: u32,
+    successes: u32,
+}
+
+impl ProbeHysteresis {
+    /// Starts unready. A threshold of 0 is taken as 1 (config validation refuses 0).
+    pub fn new(failure_threshold: u32, success_threshold: u32) -> Self {
+        Self {
+            failure_threshold: failure_threshold.max(1),
+            success_threshold: success_threshold.max(1),
+            ready: false,
+            failures: 0,
+            successes: 0,
+        }
+    }
+
+    /// Records one probe result; returns the new readiness when this result changed it.
+    pub fn record(&mut self, success: bool) -> Option<bool> {
+        if success {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if !self.ready && self.successes >= self.success_threshold {
+                self.ready = true;
+                return Some(true);
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if self.ready && self.failures >= self.failure_threshold {
+                self.ready = false;
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// The debounced readiness.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Failed probes in a row.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Successful probes in a row.
+    pub fn consecutive_successes(&self) -> u32 {
+        self.successes
+    }
 }
 
 /// Everything the admin endpoints report on.
@@ -36,6 +103,8 @@ pub struct AdminState {
     pub directory_ok: AtomicBool,
     pub directory_health: Mutex<DirectoryHealth>,
     pub directory_kind: &'static str,
+    /// The directory itself, for what it reports live (the control-plane connection).
+    pub directory: Arc<dyn routing_core::ActorDirectory>,
     pub resolver: Resolver,
     pub static_directory: Option<StaticDirectory>,
     pub registry: Registry,
@@ -44,7 +113,8 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// Ready: the directory answered its last probe and we are not draining.
+    /// Ready: not draining (checked first, so a drain flips it at once) and the directory probe's
+    /// debounced state ([`ProbeHysteresis`]) is ready.
     pub fn ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire) && self.directory_ok.load(Ordering::Acquire)
     }
@@ -162,6 +232,8 @@ fn status_json(state: &AdminState) -> serde_json::Value {
             healthy: false,
             checked_at: None,
             error: None,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
         });
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -171,6 +243,9 @@ fn status_json(state: &AdminState) -> serde_json::Value {
         "config": state.summary,
         "directory": {
             "kind": state.directory_kind,
+            // ateapi only: whether the control plane ever answered and the latest reason a
+            // connection failed (refused, unknown CA, DNS, …).
+            "connection": state.directory.connection(),
             "health": health,
             "static": state.static_directory.as_ref().map(|d| d.status()),
         },
@@ -216,6 +291,19 @@ fn status_html(v: &serde_json::Value) -> String {
         esc(&g("/directory/health/healthy")),
         esc(&g("/directory/health/error")),
     );
+    if let Some(c) = v.pointer("/directory/connection").filter(|c| !c.is_null()) {
+        let f = |k: &str| plain(c.get(k));
+        let err = f("last_connect_error");
+        let _ = write!(
+            h,
+            "<tr><th>control plane</th><td>{}</td></tr><tr><th>ever connected</th><td>{}</td></tr>\
+             <tr><th>last connect error</th><td class={}>{}</td></tr>",
+            esc(&f("address")),
+            esc(&f("ever_connected")),
+            if err.is_empty() { "ok" } else { "bad" },
+            esc(if err.is_empty() { "none" } else { &err }),
+        );
+    }
     if let Some(st) = v.pointer("/directory/static").filter(|s| !s.is_null()) {
         let f = |k: &str| plain(st.get(k));
         let err = f("last_error");
@@ -313,4 +401,67 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProbeHysteresis;
+
+    /// Feeds `results` and returns the readiness after each.
+    fn run(h: &mut ProbeHysteresis, results: &[bool]) -> Vec<bool> {
+        results
+            .iter()
+            .map(|&ok| {
+                h.record(ok);
+                h.ready()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn starts_unready_and_needs_the_success_threshold() {
+        let mut h = ProbeHysteresis::new(3, 2);
+        assert!(!h.ready());
+        assert_eq!(
+            run(&mut h, &[true, false, true, true]),
+            [false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn one_failure_does_not_flip_readiness_but_the_threshold_does() {
+        let mut h = ProbeHysteresis::new(3, 1);
+        assert_eq!(h.record(true), Some(true));
+        assert_eq!(
+            run(&mut h, &[false, true, false, false, true, false, false]),
+            [true; 7],
+            "failures that are not consecutive never reach the threshold"
+        );
+        assert_eq!(h.consecutive_failures(), 2);
+        assert_eq!(h.record(false), Some(false), "third failure in a row");
+        assert_eq!(h.record(false), None, "already unready");
+        assert_eq!(h.consecutive_failures(), 4);
+    }
+
+    #[test]
+    fn recovery_needs_consecutive_successes() {
+        let mut h = ProbeHysteresis::new(2, 3);
+        run(&mut h, &[true, true, true, false, false]);
+        assert!(!h.ready());
+        assert_eq!(
+            run(&mut h, &[true, true, false, true, true]),
+            [false; 5],
+            "a failure resets the success count"
+        );
+        assert_eq!(h.record(true), Some(true));
+        assert_eq!(h.consecutive_successes(), 3);
+    }
+
+    #[test]
+    fn thresholds_of_one_follow_every_probe() {
+        let mut h = ProbeHysteresis::new(1, 1);
+        assert_eq!(run(&mut h, &[true, false, true]), [true, false, true]);
+        let mut zero = ProbeHysteresis::new(0, 0);
+        assert_eq!(run(&mut zero, &[true, false]), [true, false], "0 acts as 1");
+    }
 }

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use routing_core::directory::AddressFamily;
 use routing_core::directory::ateapi::{AteApiSettings, TlsMode};
 use routing_core::directory::static_dir::{
     StaticActorSpec, StaticDirectorySpec, StaticLoader, ValidStaticSpec,
 };
-use routing_core::extract::{DEFAULT_ATESPACE, DEFAULT_HOST_SUFFIX, ExtractorKind};
+use routing_core::extract::{ConflictPolicy, DEFAULT_ATESPACE, DEFAULT_HOST_SUFFIX, ExtractorKind};
 use routing_core::field_error::FieldErrors;
 use routing_core::resolver::BackoffSettings;
 use routing_core::{Extractor, ResolverSettings, WorkerTransport};
@@ -84,18 +85,66 @@ pub enum LogFormat {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// How `/readyz` follows the directory's health probe.
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            readiness: ReadinessConfig::default(),
         }
     }
 }
 
 fn default_admin_listen() -> String {
     "0.0.0.0:9090".to_owned()
+}
+
+/// The directory health probe behind `/readyz`. Like a Kubernetes probe's `periodSeconds`,
+/// `timeoutSeconds`, `failureThreshold` and `successThreshold`: one slow or failed probe does
+/// not flip readiness; draining flips it at once regardless.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// Time between the starts of two probes.
+    #[serde(default = "d_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one probe may take before it counts as failed (at most `interval`).
+    #[serde(default = "d_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed probes that make a ready gateway unready.
+    #[serde(default = "d_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Consecutive successful probes that make an unready gateway ready (at start too).
+    #[serde(default = "d_success_threshold")]
+    pub success_threshold: u32,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        Self {
+            interval: d_probe_interval(),
+            timeout: d_probe_timeout(),
+            failure_threshold: d_failure_threshold(),
+            success_threshold: d_success_threshold(),
+        }
+    }
+}
+
+fn d_probe_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_failure_threshold() -> u32 {
+    3
+}
+fn d_success_threshold() -> u32 {
+    1
 }
 
 /// The gRPC server: Envoy ExtProc, `actorgate.router.v1.Router`, gRPC health and reflection, and
@@ -282,6 +331,10 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     #[serde(default = "d_streams")]
     pub max_concurrent_streams: u32,
+    /// A connection with no request in progress (HTTP/2: no open stream) this long is closed
+    /// (HTTP/2: GOAWAY).
+    #[serde(default = "d_idle_connection", with = "humantime_serde")]
+    pub idle_connection_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -291,6 +344,7 @@ impl Default for LimitsConfig {
             max_header_bytes: d_header_bytes(),
             max_headers: d_headers(),
             max_concurrent_streams: d_streams(),
+            idle_connection_timeout: d_idle_connection(),
         }
     }
 }
@@ -306,6 +360,9 @@ fn d_headers() -> usize {
 }
 fn d_streams() -> u32 {
     250
+}
+fn d_idle_connection() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// An embedded echo worker, for the local demo.
@@ -354,6 +411,10 @@ pub struct RoutingConfig {
     /// Atespace of legacy `<name>.<suffix>` hosts; required by the `legacy_host` extractor.
     #[serde(default = "default_atespace")]
     pub default_atespace: Option<String>,
+    /// `ate-target-actor` and the authority name different actors: `refuse` (400, default) or
+    /// `first_extractor_wins` (the extractor order decides).
+    #[serde(default)]
+    pub conflicting_actors: ConflictPolicy,
     #[serde(default)]
     pub worker_transport: WorkerTransportConfig,
 }
@@ -364,6 +425,7 @@ impl Default for RoutingConfig {
             extractors: default_extractors(),
             host_suffix: default_suffix(),
             default_atespace: default_atespace(),
+            conflicting_actors: ConflictPolicy::default(),
             worker_transport: WorkerTransportConfig::default(),
         }
     }
@@ -562,10 +624,12 @@ pub struct StaticConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AteApiConfig {
-    /// `host:port` of ate-api-server.
+    /// `host:port` of ate-api-server (no scheme: `tls` decides it).
     pub address: String,
-    #[serde(default)]
-    pub tls: TlsMode,
+    /// `plaintext`, `tls` or `mtls`. Required, with no default: the real ate-api-server requires
+    /// mTLS, and a forgotten key must not silently mean plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -580,6 +644,11 @@ pub struct AteApiConfig {
     pub connect_timeout: Duration,
     #[serde(default = "d_rpc", with = "humantime_serde")]
     pub rpc_timeout: Duration,
+    /// Which of a dual-stack worker's addresses to dial (`ipv4` or `ipv6`, default `ipv4`):
+    /// upstream v0.4 sends up to two in `worker_pod_ips` (DESIGN §9); the first of this family
+    /// is used, else the first of the other.
+    #[serde(default)]
+    pub worker_address_family: AddressFamily,
 }
 
 fn d_connect() -> Duration {
@@ -649,7 +718,11 @@ pub enum DirectorySettings {
         watch: PathBuf,
         initial: ValidStaticSpec,
     },
-    AteApi(AteApiSettings),
+    AteApi {
+        settings: AteApiSettings,
+        /// Which of a dual-stack worker's addresses to dial.
+        worker_address_family: AddressFamily,
+    },
 }
 
 /// Why a config could not be loaded; displays as one line per problem.
@@ -741,6 +814,40 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     }
 
     let admin_listen = parse_addr(&mut errs, "admin.listen", &config.admin.listen);
+    let rd = &config.admin.readiness;
+    check_duration(
+        &mut errs,
+        "admin.readiness.interval",
+        rd.interval,
+        Duration::from_millis(50),
+        Duration::from_secs(300),
+    );
+    if rd.timeout > rd.interval {
+        errs.push(
+            "admin.readiness.timeout",
+            format!(
+                "{} is longer than admin.readiness.interval ({})",
+                humantime::format_duration(rd.timeout),
+                humantime::format_duration(rd.interval)
+            ),
+        );
+    } else {
+        check_duration(
+            &mut errs,
+            "admin.readiness.timeout",
+            rd.timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(300),
+        );
+    }
+    for (field, v) in [
+        ("admin.readiness.failure_threshold", rd.failure_threshold),
+        ("admin.readiness.success_threshold", rd.success_threshold),
+    ] {
+        if !(1..=100).contains(&v) {
+            errs.push(field, format!("{v} is out of range (1 to 100)"));
+        }
+    }
     let grpc_addr = parse_addr(&mut errs, "grpc.listen", &config.grpc.listen);
     if let (Some(a), Some(g)) = (admin_listen, grpc_addr)
         && a == g
@@ -755,7 +862,7 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
         &r.host_suffix,
         r.default_atespace.as_deref(),
     ) {
-        Ok(e) => Some(e),
+        Ok(e) => Some(e.with_conflict_policy(r.conflicting_actors)),
         Err(e) => {
             let field = match e {
                 routing_core::extract::ExtractorConfigError::BadSuffix(_) => "routing.host_suffix",
@@ -1013,6 +1120,13 @@ fn ingress_settings(
             format!("{} is out of range (1 to 100000)", l.max_concurrent_streams),
         );
     }
+    check_duration(
+        errs,
+        "ingress.limits.idle_connection_timeout",
+        l.idle_connection_timeout,
+        Duration::from_millis(100),
+        s(86_400),
+    );
     let worker_tls = u.tls.as_ref().and_then(|t| upstream_tls(errs, t, base));
     if errs.0.len() != before {
         return None;
@@ -1028,6 +1142,7 @@ fn ingress_settings(
             upstream_protocol: u.protocol,
             pool_idle_timeout: u.pool_idle_timeout,
             pool_max_idle_per_host: u.pool_max_idle_per_host,
+            max_headers: l.max_headers,
         },
         limits: ingress::ListenerLimits {
             header_read_timeout: l.header_read_timeout,
@@ -1035,6 +1150,7 @@ fn ingress_settings(
             max_headers: l.max_headers,
             max_concurrent_streams: l.max_concurrent_streams,
             tls_handshake_timeout: s(10),
+            idle_connection_timeout: l.idle_connection_timeout,
         },
     })
 }
@@ -1246,15 +1362,15 @@ fn ateapi_settings(
     base: &Path,
 ) -> Option<DirectorySettings> {
     let before = errs.0.len();
-    let valid_host_port = api
-        .address
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-    if !valid_host_port {
+    let tls = api.tls.clone();
+    if tls.is_none() {
         errs.push(
-            "directory.ateapi.address",
-            format!("invalid address {:?} (want host:port)", api.address),
+            "directory.ateapi.tls",
+            "is required: mtls (what ate-api-server requires), tls, or plaintext written out",
         );
+    }
+    if let Some(reason) = ateapi_address_problem(&api.address, tls.as_ref()) {
+        errs.push("directory.ateapi.address", reason);
     }
     let file = |errs: &mut FieldErrors,
                 field: &str,
@@ -1269,6 +1385,7 @@ fn ateapi_settings(
                         field,
                         format!("{} does not exist or is not a file", full.display()),
                     );
+                    return None;
                 }
                 Some(full)
             }
@@ -1279,25 +1396,26 @@ fn ateapi_settings(
             None => None,
         }
     };
-    let tls = api.tls.clone();
-    let ca_file = file(
-        errs,
-        "directory.ateapi.ca_file",
-        &api.ca_file,
-        tls != TlsMode::Plaintext,
-    );
+    let (needs_ca, needs_cert) = match &tls {
+        Some(TlsMode::Plaintext) | None => (false, false),
+        Some(TlsMode::Tls) => (true, false),
+        Some(TlsMode::Mtls) => (true, true),
+    };
+    let ca_file = file(errs, "directory.ateapi.ca_file", &api.ca_file, needs_ca);
     let cert_file = file(
         errs,
         "directory.ateapi.cert_file",
         &api.cert_file,
-        tls == TlsMode::Mtls,
+        needs_cert,
     );
-    let key_file = file(
-        errs,
-        "directory.ateapi.key_file",
-        &api.key_file,
-        tls == TlsMode::Mtls,
-    );
+    let key_file = file(errs, "directory.ateapi.key_file", &api.key_file, needs_cert);
+    if needs_ca {
+        check_ateapi_tls_material(
+            errs,
+            ca_file.as_deref(),
+            cert_file.as_deref().zip(key_file.as_deref()),
+        );
+    }
     let token_file = file(errs, "directory.ateapi.token_file", &api.token_file, false);
     check_duration(
         errs,
@@ -1313,8 +1431,9 @@ fn ateapi_settings(
         Duration::from_millis(100),
         Duration::from_secs(3600),
     );
-    (errs.0.len() == before).then(|| {
-        DirectorySettings::AteApi(AteApiSettings {
+    let tls = tls?;
+    (errs.0.len() == before).then(|| DirectorySettings::AteApi {
+        settings: AteApiSettings {
             address: api.address.clone(),
             tls,
             ca_file,
@@ -1324,8 +1443,133 @@ fn ateapi_settings(
             token_file,
             connect_timeout: api.connect_timeout,
             rpc_timeout: api.rpc_timeout,
-        })
+        },
+        worker_address_family: api.worker_address_family,
     })
+}
+
+/// What is wrong with `directory.ateapi.address`, if anything: it must be `host:port` (a DNS
+/// name, an IPv4 address or a bracketed IPv6 address, and a port 1..65535) without a scheme,
+/// because `tls` decides between http and https; a scheme that contradicts `tls` is named.
+fn ateapi_address_problem(address: &str, tls: Option<&TlsMode>) -> Option<String> {
+    if let Some((scheme, _)) = address.split_once("://") {
+        let mode = match tls {
+            Some(TlsMode::Plaintext) => "plaintext",
+            Some(TlsMode::Tls) => "tls",
+            Some(TlsMode::Mtls) => "mtls",
+            None => "not set",
+        };
+        let contradiction = match (scheme.to_ascii_lowercase().as_str(), tls) {
+            ("http", Some(TlsMode::Tls | TlsMode::Mtls)) => {
+                format!("http:// means plaintext but tls is {mode}; ")
+            }
+            ("https", Some(TlsMode::Plaintext)) => {
+                "https:// means TLS but tls is plaintext; ".to_owned()
+            }
+            _ => String::new(),
+        };
+        return Some(format!(
+            "{address:?} has a scheme: {contradiction}write host:port (tls decides the scheme)"
+        ));
+    }
+    let want = || format!("invalid address {address:?} (want host:port)");
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Some(want());
+    };
+    if host.is_empty() || !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Some(want());
+    }
+    // The authority must survive URI parsing as tonic will do it, with nothing after the port.
+    match format!("http://{address}").parse::<http::Uri>() {
+        Ok(uri) if uri.path() == "/" && uri.host().is_some() && uri.port_u16().is_some() => None,
+        _ => Some(want()),
+    }
+}
+
+/// Loads the control-plane TLS material the way the client will use it and reports what would
+/// make the connection fail, one line per field: a CA file with no parsable certificate (empty
+/// or garbage), a client certificate or key that cannot be read, a certificate that does not
+/// belong to its key. Files that do not exist were reported already (`None` here).
+fn check_ateapi_tls_material(
+    errs: &mut FieldErrors,
+    ca: Option<&Path>,
+    pair: Option<(&Path, &Path)>,
+) {
+    use identity::pem::PemError;
+    use identity::tls::TlsError;
+    let ca_ok = ca.is_some_and(|ca| {
+        let files = identity::tls::ClientTlsFiles {
+            ca_file: ca.to_path_buf(),
+            cert_file: None,
+            key_file: None,
+            server_identity: identity::tls::ServerIdentity::Hostname,
+            alpn: Vec::new(),
+        };
+        match identity::tls::client_config(&files) {
+            Ok(_) => true,
+            Err(TlsError::Pem(PemError::NoCertificate { path })) => {
+                errs.push(
+                    "directory.ateapi.ca_file",
+                    format!("{path}: no PEM certificate found (empty or not a PEM CA bundle)"),
+                );
+                false
+            }
+            Err(TlsError::BadMaterial { path, reason }) => {
+                errs.push(
+                    "directory.ateapi.ca_file",
+                    format!(
+                        "{path}: a certificate in it cannot be parsed ({})",
+                        reason.trim_start_matches("invalid peer certificate: ")
+                    ),
+                );
+                false
+            }
+            Err(e) => {
+                errs.push("directory.ateapi.ca_file", e.to_string());
+                false
+            }
+        }
+    });
+    let Some((cert, key)) = pair else { return };
+    if !ca_ok {
+        // The pair can only be matched inside a client config, which needs the CA; still
+        // report unreadable certificate and key files.
+        if let Err(e) = identity::pem::load_certs(cert) {
+            errs.push("directory.ateapi.cert_file", e.to_string());
+        }
+        if let Err(e) = identity::pem::load_key(key) {
+            errs.push("directory.ateapi.key_file", e.to_string());
+        }
+        return;
+    }
+    let files = identity::tls::ClientTlsFiles {
+        ca_file: ca.map(Path::to_path_buf).unwrap_or_default(),
+        cert_file: Some(cert.to_path_buf()),
+        key_file: Some(key.to_path_buf()),
+        server_identity: identity::tls::ServerIdentity::Hostname,
+        alpn: Vec::new(),
+    };
+    match identity::tls::client_config(&files) {
+        Ok(_) => {}
+        Err(TlsError::Pem(e @ PemError::NoKey { .. })) => {
+            errs.push("directory.ateapi.key_file", e.to_string())
+        }
+        Err(TlsError::Pem(e)) => errs.push("directory.ateapi.cert_file", e.to_string()),
+        Err(TlsError::BadMaterial { reason, .. }) => errs.push(
+            "directory.ateapi.cert_file",
+            format!(
+                "{} does not belong to key_file {} ({})",
+                cert.display(),
+                key.display(),
+                if reason.contains("KeyMismatch") {
+                    "the certificate's public key is not the key's"
+                } else {
+                    &reason
+                }
+            ),
+        ),
+        Err(e) => errs.push("directory.ateapi.cert_file", e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,12 @@
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
-use routing_core::{RequestMeta, Resolver, WorkerTransport};
+use routing_core::validate::{MetaInput, Values};
+use routing_core::{Resolver, WorkerTransport};
 
-/// Statuses of DESIGN §4's table (the only ones `/resolve/error` replays).
-const TABLE_STATUSES: [u16; 6] = [401, 403, 404, 500, 503, 504];
+/// Statuses of DESIGN §4's table and the 400 of refused request metadata (the only ones
+/// `/resolve/error` replays).
+const TABLE_STATUSES: [u16; 7] = [400, 401, 403, 404, 500, 503, 504];
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
@@ -29,24 +31,41 @@ pub async fn resolve<B>(
     headers: &HeaderMap,
     body: impl FnOnce(String) -> B,
 ) -> Response<B> {
-    let target_actor = {
-        let mut values = headers.get_all("ate-target-actor").iter();
-        match (values.next(), values.next()) {
-            (None, _) => None,
-            (Some(v), None) => Some(v.to_str().unwrap_or("")),
-            (Some(_), Some(_)) => Some(""),
-        }
+    // The rules every front shares (routing_core::validate). The actor's authority is the first
+    // element of X-Forwarded-Host when present (the forward-auth proxy's client Host), else
+    // Host; Host is still checked (one valid value) but may name the auth hop itself.
+    let forwarded_host = headers.get("x-forwarded-host").map(|h| {
+        h.as_bytes()
+            .split(|b| *b == b',')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii()
+    });
+    let input = MetaInput {
+        target_actor: Values::collect(
+            headers
+                .get_all("ate-target-actor")
+                .iter()
+                .map(HeaderValue::as_bytes),
+        ),
+        target_authority: forwarded_host.map_or(Values::Absent, Values::One),
+        host: Values::collect(
+            headers
+                .get_all(header::HOST)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        ),
+        require_host: false,
+        authority_must_match_host: false,
     };
-    let authority = header(headers, "x-forwarded-host")
-        .map(|h| h.split(',').next().unwrap_or("").trim())
-        .or_else(|| header(headers, "host"));
-    match resolver
-        .route(&RequestMeta {
-            target_actor,
-            authority,
-        })
-        .await
-    {
+    let routed = match input.validate(resolver.extractor()) {
+        Ok(meta) => resolver
+            .route(&meta)
+            .await
+            .map_err(|e| (e.http_status(), e.client_message())),
+        Err(e) => Err((e.http_status(), e.client_message())),
+    };
+    match routed {
         Ok(route) => {
             let mut r = Response::new(body(String::new()));
             let h = r.headers_mut();
@@ -68,17 +87,16 @@ pub async fn resolve<B>(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Err(e) => {
-            let message = e.client_message();
+        Err((status, message)) => {
             let mut r = Response::new(body(message.clone()));
             *r.status_mut() =
-                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let h = r.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            h.insert("x-actorgate-status", HeaderValue::from(e.http_status()));
+            h.insert("x-actorgate-status", HeaderValue::from(status));
             if let Ok(v) = HeaderValue::from_str(&message) {
                 h.insert("x-actorgate-message", v);
             }

@@ -19,13 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::server::NamedService;
 
-use crate::admin::{AdminState, DirectoryHealth};
-use crate::config::{DirectorySettings, Loaded};
-
-/// How often readiness re-checks the directory.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-/// How long one readiness probe may take.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::admin::{AdminState, DirectoryHealth, ProbeHysteresis};
+use crate::config::{DirectorySettings, Loaded, ReadinessConfig};
 
 async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -72,9 +67,14 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 }
                 (Arc::new(d.clone()), Some(d))
             }
-            DirectorySettings::AteApi(s) => {
-                tracing::info!(address = %s.address, tls = ?s.tls, "using ate-api-server");
-                let d = AteApiDirectory::new(&s).context("directory.ateapi")?;
+            DirectorySettings::AteApi {
+                settings: s,
+                worker_address_family,
+            } => {
+                tracing::info!(address = %s.address, tls = ?s.tls, ?worker_address_family, "using ate-api-server");
+                let d = AteApiDirectory::new(&s)
+                    .context("directory.ateapi")?
+                    .with_worker_address_family(worker_address_family);
                 (Arc::new(d), None)
             }
         };
@@ -161,8 +161,11 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             healthy: false,
             checked_at: None,
             error: None,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
         }),
         directory_kind,
+        directory: directory.clone(),
         resolver: resolver.clone(),
         static_directory: static_directory.clone(),
         registry,
@@ -175,6 +178,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             "grpc_tls": loaded.grpc_tls.as_ref().map(|t| format!("{:?}", t.client_auth)),
             "control_plane_simulator": loaded.config.grpc.control_plane_simulator,
             "routing": loaded.config.routing,
+            "readiness": loaded.config.admin.readiness,
             "resolver": loaded.resolver,
             "shutdown": loaded.config.shutdown,
         }),
@@ -185,6 +189,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         directory.clone(),
         state.clone(),
         directory_up,
+        loaded.config.admin.readiness.clone(),
     ));
     let admin_task = tokio::spawn(crate::admin::serve(
         admin_listener,
@@ -404,29 +409,45 @@ impl Signals {
     }
 }
 
-/// Probes the directory now and every `HEALTH_INTERVAL`, feeding `/readyz` and the gauge.
+/// Probes the directory now and every `readiness.interval`, feeding the gauge (the latest
+/// probe) and `/readyz` (debounced by [`ProbeHysteresis`]: one slow or failed probe does not flip
+/// it; `failure_threshold` failures in a row do, and `success_threshold` successes in a row undo).
 async fn probe_directory(
     directory: Arc<dyn ActorDirectory>,
     state: Arc<AdminState>,
     up: Gauge<i64>,
+    readiness: ReadinessConfig,
 ) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    let mut gate = ProbeHysteresis::new(readiness.failure_threshold, readiness.success_threshold);
+    let mut tick = tokio::time::interval(readiness.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = match tokio::time::timeout(HEALTH_TIMEOUT, directory.health()).await {
+        let result = match tokio::time::timeout(readiness.timeout, directory.health()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(readiness.timeout)
+            )),
         };
         let healthy = result.is_ok();
-        let was = state.directory_ok.swap(healthy, Ordering::AcqRel);
         up.set(healthy as i64);
-        match (&result, was) {
-            (Err(e), true) => {
-                tracing::warn!(error = %e, "actor directory is unreachable; not ready")
-            }
-            (Ok(()), false) => tracing::info!("actor directory is reachable; ready"),
+        let changed = gate.record(healthy);
+        state.directory_ok.store(gate.ready(), Ordering::Release);
+        match (&result, changed) {
+            (Err(e), Some(false)) => tracing::warn!(
+                error = %e,
+                failures = gate.consecutive_failures(),
+                "actor directory is unreachable; not ready"
+            ),
+            (Err(e), None) if gate.ready() => tracing::info!(
+                error = %e,
+                failures = gate.consecutive_failures(),
+                threshold = readiness.failure_threshold,
+                "actor directory probe failed; still ready"
+            ),
+            (Ok(()), Some(true)) => tracing::info!("actor directory is reachable; ready"),
             _ => {}
         }
         if let Ok(mut h) = state.directory_health.lock() {
@@ -434,6 +455,8 @@ async fn probe_directory(
                 healthy,
                 checked_at: Some(SystemTime::now()),
                 error: result.err(),
+                consecutive_failures: gate.consecutive_failures(),
+                consecutive_successes: gate.consecutive_successes(),
             };
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use routing_core::proto::ActorState;
-use routing_core::testing::{FakeControlPlane, Method};
+use routing_core::testing::{FakeControlPlane, Method, Step};
 
 /// The deploy/ Envoy example with its ports pointed at this test's processes.
 fn envoy_config(
@@ -58,7 +58,7 @@ async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\n\
-             directory: {{ateapi: {{address: '{}'}}}}\n",
+             directory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
             fake.addr
         ),
     );
@@ -189,7 +189,7 @@ async fn concurrent_requests_through_envoy_share_one_resume() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\ndirectory: {{ateapi: {{address: '{}'}}}}\n",
+            "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\ndirectory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
             fake.addr
         ),
     );
@@ -388,27 +388,39 @@ async fn resolve_route_answers_routes_and_structured_errors() {
     assert_eq!(service.method[0].name(), "ResolveRoute");
 }
 
+/// Every shipped Envoy example, with a real Envoy: HTTP/1.1 and gRPC (a real tonic client over
+/// HTTP/2) reach the right worker, and gRPC clients get actorgate's errors as gRPC statuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_envoy_routing_variant_reaches_the_right_worker() {
+    use tonic::Code;
     let (worker, _w) = echo_worker("127.0.0.1:0", "right").await;
     let (decoy, _d) = echo_worker("127.0.0.1:0", "decoy").await;
-    let fake = FakeControlPlane::start().await;
+    let mut fake = FakeControlPlane::start().await;
     fake.add_actor("ns/hello", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    fake.add_actor("ns/dead", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    fake.add_actor(
+        "ns/sleepy",
+        ActorState::Suspended,
+        "127.0.0.1",
+        Duration::ZERO,
+    );
     let dir = tempfile::tempdir().unwrap();
+    // A short resolver budget makes a hung resume a quick DEADLINE_EXCEEDED.
     let cfg = write_config(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\n\
-             directory: {{ateapi: {{address: '{}'}}}}\n",
+             resolver: {{budget: 400ms}}\n\
+             directory: {{ateapi: {{address: '{}', tls: plaintext, connect_timeout: 200ms}}}}\n",
             fake.addr
         ),
     );
     let gw = Gateway::start(&cfg.path, cfg.admin).await;
     gw.wait_ready().await;
-    let host = format!(
-        "hello.ns.actors.resources.substrate.ate.dev:{}",
-        worker.port()
-    );
+    let actor_host =
+        |name: &str, port: u16| format!("{name}.ns.actors.resources.substrate.ate.dev:{port}");
+    let host = actor_host("hello", worker.port());
+    let mut envoys = Vec::new();
     for variant in [
         "extproc-original-dst.yaml",
         "extproc-metadata.yaml",
@@ -440,7 +452,7 @@ async fn every_envoy_routing_variant_reaches_the_right_worker() {
         );
         let path = dir.path().join(variant);
         std::fs::write(&path, text).unwrap();
-        let _envoy = Envoy::start(&path, listener).await;
+        let envoy = Envoy::start(&path, listener).await;
         for _ in 0..3 {
             let (s, h, body) = get(
                 listener,
@@ -463,6 +475,97 @@ async fn every_envoy_routing_variant_reaches_the_right_worker() {
             (404, "actor ns/ghost not found"),
             "{variant}"
         );
+
+        // gRPC end to end: a unary call reaches the right worker over HTTP/2 (the worker cluster
+        // speaks the client's protocol), and a worker's own status passes through.
+        for _ in 0..3 {
+            let reply = echo_unary(
+                listener,
+                &host,
+                &[("x-gateway-destination-endpoint", &decoy.to_string())],
+                "ping",
+            )
+            .await
+            .unwrap_or_else(|s| panic!("{variant}: gRPC call failed: {s:?}"));
+            assert_eq!(
+                (reply.message.as_str(), reply.worker.as_str()),
+                ("ping", "right"),
+                "{variant}"
+            );
+        }
+        let s = echo_unary_request(
+            listener,
+            &host,
+            &[],
+            ingress::echo::proto::EchoRequest {
+                message: "x".into(),
+                fail_code: Code::AlreadyExists as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("the worker fails the call");
+        assert_eq!(s.code(), Code::AlreadyExists, "{variant}: {s:?}");
+
+        // actorgate's errors reach gRPC clients as gRPC statuses (ImmediateResponse.grpc_status;
+        // Envoy answers Trailers-Only with the body as grpc-message).
+        let grpc_error = |authority: String| async move {
+            echo_unary(listener, &authority, &[], "hi")
+                .await
+                .expect_err("an error")
+        };
+        let s = grpc_error(actor_host("ghost", worker.port())).await;
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "actor ns/ghost not found"),
+            "{variant}: {s:?}"
+        );
+        let s = grpc_error("example.com".to_owned()).await;
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "invalid actor reference"),
+            "{variant}: {s:?}"
+        );
+        fake.script(Method::ResumeActor, "ns/sleepy", [Step::Hang]);
+        let s = grpc_error(actor_host("sleepy", worker.port())).await;
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::DeadlineExceeded, "actor ns/sleepy request timed out"),
+            "{variant}: {s:?}"
+        );
+        // Unreachable worker: actorgate routes, Envoy cannot connect and answers the gRPC client
+        // UNAVAILABLE itself.
+        if variant != "extproc-override-host.yaml" {
+            let s = grpc_error(actor_host("dead", free_port())).await;
+            assert_eq!(s.code(), Code::Unavailable, "{variant}: {s:?}");
+            assert!(
+                s.message().contains("upstream connect error"),
+                "{variant}: {s:?}"
+            );
+        }
+        envoys.push((variant, listener, envoy));
+    }
+
+    // Control plane down: UNAVAILABLE with the table's body through every variant. The stopped
+    // fake may still finish the connection actorgate holds, so poll, each time with an actor
+    // never asked for before; what is answered before that connection is gone is not asserted.
+    fake.stop();
+    let mut n = 0;
+    for (variant, listener, _envoy) in &envoys {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            n += 1;
+            let name = format!("later{n}");
+            let want = format!("actor ns/{name} unavailable");
+            match echo_unary(*listener, &actor_host(&name, worker.port()), &[], "hi").await {
+                Err(s) if s.code() == Code::Unavailable && s.message() == want => break,
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "{variant}: control plane down never read as UNAVAILABLE {want:?}; last: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -485,7 +588,12 @@ fn every_envoy_example_validates() {
             "{}: strip x-gateway-destination-endpoint before ext_proc",
             path.display()
         );
-        for must in ["failure_mode_allow: false", "disallow_is_error: true"] {
+        for must in [
+            "failure_mode_allow: false",
+            "disallow_is_error: true",
+            // gRPC end to end: the worker cluster speaks the client's HTTP version.
+            "use_downstream_protocol_config:",
+        ] {
             assert!(text.contains(must), "{}: {must}", path.display());
         }
         let out = std::process::Command::new(envoy())
@@ -520,6 +628,8 @@ fn kubernetes_manifests_parse_and_keep_the_fail_closed_settings() {
                 "allow_all_routing: true",
                 "disallow_is_error: true",
                 "remove: x-gateway-destination-endpoint",
+                "name: httproute/ate-system/actors/rule/0",
+                "use_downstream_protocol_config:",
             ][..],
         ),
         (
@@ -530,6 +640,7 @@ fn kubernetes_manifests_parse_and_keep_the_fail_closed_settings() {
                 "remove: x-gateway-destination-endpoint",
                 "allow_all_routing: true",
                 "disallow_is_error: true",
+                "use_downstream_protocol_config:",
             ][..],
         ),
     ] {

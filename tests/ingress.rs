@@ -388,7 +388,7 @@ async fn grpc_unary_streaming_bidi_and_error_status_through_the_proxy() {
 fn ateapi_config(fake: &FakeControlPlane, budget: &str) -> String {
     format!(
         "admin: {{listen: ADMIN_ADDR}}\nresolver: {{budget: {budget}, backoff: {{initial: 20ms, max: 50ms}}}}\n\
-         directory: {{ateapi: {{address: '{}'}}}}\n",
+         directory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
         fake.addr
     )
 }

@@ -59,7 +59,7 @@ async fn demo_config_serves_readyz_metrics_and_the_simulator() {
     assert_eq!(hello.metadata.as_ref().unwrap().name, "hello");
     let st = hello.status.unwrap();
     assert_eq!(st.state, proto::ActorState::Running as i32);
-    assert_eq!(st.worker_assignment.unwrap().worker_pod_ip, "127.0.0.1");
+    assert_eq!(st.worker_assignment.unwrap().worker_pod_ips, ["127.0.0.1"]);
     assert_eq!(hello.actor_template.unwrap().name, "echo");
 
     let sleepy = c
@@ -195,8 +195,12 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
     }
     let two = found.expect("edit applied without restart");
     assert_eq!(
-        two.status.unwrap().worker_assignment.unwrap().worker_pod_ip,
-        "127.0.0.2"
+        two.status
+            .unwrap()
+            .worker_assignment
+            .unwrap()
+            .worker_pod_ips,
+        ["127.0.0.2"]
     );
 
     replace_file(
@@ -247,8 +251,8 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
             .unwrap()
             .worker_assignment
             .unwrap()
-            .worker_pod_ip,
-        "127.0.0.2"
+            .worker_pod_ips,
+        ["127.0.0.2"]
     );
     assert_eq!(
         get(admin, "/readyz").await.unwrap().0,
@@ -337,7 +341,7 @@ async fn readiness_follows_the_ateapi_control_plane() {
     } = write_config(
         dir.path(),
         &format!(
-            "admin: {{listen: ADMIN_ADDR}}\ndirectory: {{ateapi: {{address: '{}'}}}}\n",
+            "admin: {{listen: ADMIN_ADDR}}\ndirectory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
             fake.addr
         ),
     );

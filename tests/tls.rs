@@ -196,8 +196,8 @@ async fn simulator_serves_grpc_over_mtls() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        a.status.unwrap().worker_assignment.unwrap().worker_pod_ip,
-        "10.1.1.1"
+        a.status.unwrap().worker_assignment.unwrap().worker_pod_ips,
+        ["10.1.1.1"]
     );
 
     // A valid request without a client certificate, or in plaintext, gets no answer at all

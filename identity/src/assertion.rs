@@ -9,12 +9,12 @@ use std::time::Duration;
 use crate::actor::ActorIdentity;
 use crate::keys::KeyError;
 use crate::replay::{ReplayCache, ReplayError};
-use crate::token::{Kind, Signer, TokenError, Verified, Verifier, now_secs};
+use crate::token::{Audience, Kind, Signer, TokenError, Verified, Verifier, now_secs, printable};
 
 /// Longest lifetime of an egress assertion.
 pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Why an assertion was refused.
+/// Why an assertion was refused. Every `Display` is one line of plain text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AssertionError {
     #[error(transparent)]
@@ -47,9 +47,11 @@ impl AssertionMinter {
         }
     }
 
-    /// An assertion that `actor` opened a connection to `dst`.
+    /// An assertion that `actor` opened a connection to `dst`. `aud` is a plain string (the
+    /// form every actorgate PEP accepts; verifiers accept an array too).
     pub fn mint(&self, actor: &ActorIdentity, dst: SocketAddr) -> Result<String, KeyError> {
         let mut claims = self.signer.claims(actor, &self.audience, self.lifetime);
+        claims.aud = Audience::One(self.audience.clone());
         claims.dst = Some(dst.to_string());
         self.signer.sign(&claims)
     }
@@ -89,7 +91,7 @@ impl AssertionVerifier {
         // Compare as addresses so "[::1]:80" and an equivalent spelling agree.
         if asserted.parse::<SocketAddr>().ok() != Some(actual_dst) {
             return Err(AssertionError::DstMismatch {
-                asserted: asserted.chars().take(64).collect(),
+                asserted: printable(asserted),
                 actual: actual_dst,
             });
         }

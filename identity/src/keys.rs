@@ -11,14 +11,33 @@ pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
 /// Key problems.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("algorithm {0:?} is not supported (use ES256, EdDSA or RS256)")]
+    #[error("algorithm {0} is not supported (use ES256, EdDSA or RS256)")]
     Unsupported(String),
     #[error("key generation failed: {0}")]
     Generate(String),
-    #[error("invalid {alg:?} private key: {reason}")]
+    #[error("invalid {} private key: {reason}", algorithm_name(*.alg))]
     BadKey { alg: Algorithm, reason: String },
     #[error("cannot build a JWK: {0}")]
     Jwk(String),
+}
+
+/// The JOSE name of an algorithm (`ES256`, `EdDSA`, …), for messages.
+pub fn algorithm_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "another algorithm",
+    }
 }
 
 /// Parses an algorithm name as written in configs and on the command line.
@@ -39,7 +58,7 @@ pub fn generate_private_key_pem(alg: Algorithm) -> Result<String, KeyError> {
         Algorithm::RS256 => {
             rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
         }
-        other => return Err(KeyError::Unsupported(format!("{other:?}"))),
+        other => return Err(KeyError::Unsupported(algorithm_name(other).into())),
     }
     .map_err(|e| KeyError::Generate(e.to_string()))?;
     if alg == Algorithm::EdDSA {
@@ -83,7 +102,7 @@ pub fn encoding_key(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, KeyError>
             EncodingKey::from_ed_pem(v1.as_bytes())
         }
         Algorithm::RS256 => EncodingKey::from_rsa_pem(pem),
-        other => return Err(KeyError::Unsupported(format!("{other:?}"))),
+        other => return Err(KeyError::Unsupported(algorithm_name(other).into())),
     };
     r.map_err(|e| KeyError::BadKey {
         alg,

@@ -1,9 +1,11 @@
 //! Actor identity tokens (DESIGN §6): compact JWS (ES256 default; EdDSA, RS256 accepted) with
 //! `iss`, `sub` = `atespaces:<atespace>:actors:<name>`, `aud`, `iat`, `nbf`, `exp`, `jti` and
-//! `ate.dev` = `{atespace, actorName, actorUid}`. Verification is strict: only the three
-//! asymmetric algorithms, a known `kid` whose key fits the header's `alg`, the configured
-//! issuer(s) and audience, time checks with bounded skew, a bounded lifetime, and claims that
-//! agree with each other.
+//! `ate.dev` = `{atespace, actorName, actorUid}`. Verification is strict: no `crit` header
+//! (actorgate understands no JWS extension, RFC 7515 §4.1.11), only the three asymmetric
+//! algorithms, a known `kid` whose key fits the header's `alg`, the configured issuer(s) and
+//! audience (`aud` a string or an array, RFC 7519 §4.1.3), time checks with bounded skew, a
+//! bounded lifetime, and claims that agree with each other. Every refusal reads as one line of
+//! plain text (no debug formatting, token-supplied text escaped and shortened).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,11 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::actor::{ActorIdentity, is_dns_label};
 use crate::jwks::KeySet;
-use crate::keys::{ALLOWED_ALGORITHMS, KeyError, encoding_key};
+use crate::keys::{ALLOWED_ALGORITHMS, KeyError, algorithm_name, encoding_key};
 
 /// Longest token accepted, in bytes (bounds parsing work).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -32,12 +34,68 @@ pub struct AteClaim {
     pub actor_uid: String,
 }
 
+/// The `aud` claim: one string or an array of strings (RFC 7519 §4.1.3). Upstream's
+/// `MintActorJWT` always writes an array (DESIGN §6); a verifier accepts the token when the
+/// configured audience is one of the values (an empty array names nobody).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "x"`.
+    One(String),
+    /// `"aud": ["x", …]`.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `audience` is one of the values.
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(a) => a == audience,
+            Audience::Many(v) => v.iter().any(|a| a == audience),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Audience;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("aud as a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Audience, E> {
+                Ok(Audience::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Audience, A::Error> {
+                let mut out = Vec::new();
+                while let Some(a) = seq.next_element::<serde_json::Value>()? {
+                    let serde_json::Value::String(a) = a else {
+                        return Err(serde::de::Error::custom("aud values must be strings"));
+                    };
+                    if out.len() == 64 {
+                        return Err(serde::de::Error::custom("aud has more than 64 values"));
+                    }
+                    out.push(a);
+                }
+                Ok(Audience::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The claims of actor tokens and egress assertions (`dst` only in the latter).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
     pub sub: String,
-    pub aud: String,
+    /// A string or an array; actor tokens minted here use an array (upstream's form), egress
+    /// assertions a string.
+    pub aud: Audience,
     pub iat: u64,
     pub nbf: u64,
     pub exp: u64,
@@ -49,20 +107,29 @@ pub struct Claims {
     pub dst: Option<String>,
 }
 
-/// Why a token was refused. Never shown to the token's bearer; logged and audited.
+/// Why a token was refused. Never shown to the token's bearer; logged and audited. Every
+/// `Display` is one line of plain text; strings taken from the token are passed through
+/// [`printable`] when the error is built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("malformed token: {0}")]
     Malformed(String),
     #[error("token too large")]
     TooLarge,
-    #[error("algorithm {0:?} is not accepted")]
+    #[error("algorithm {0} is not accepted (ES256, EdDSA or RS256)")]
     UnsupportedAlgorithm(String),
+    /// The header has `crit`: actorgate implements no JWS extension, so RFC 7515 §4.1.11 makes
+    /// every such token invalid. Holds the listed names, comma-separated.
+    #[error("token header crit lists {0}; actorgate supports no JWS extensions")]
+    UnsupportedCritical(String),
+    /// The header has a `crit` that is not a non-empty array of names (RFC 7515 §4.1.11).
+    #[error("token header has an invalid crit (must be a non-empty array of names)")]
+    InvalidCritical,
     #[error("token has no kid")]
     MissingKid,
-    #[error("unknown key id {0:?}")]
+    #[error("unknown key id {0}")]
     UnknownKid(String),
-    #[error("token alg {header:?} does not match key {kid:?} ({key:?})")]
+    #[error("token alg {header} does not match key {kid} ({})", algorithm_name(*.key))]
     AlgorithmMismatch {
         header: String,
         kid: String,
@@ -70,7 +137,7 @@ pub enum TokenError {
     },
     #[error("bad signature")]
     BadSignature,
-    #[error("wrong audience")]
+    #[error("wrong audience (aud does not name this verifier)")]
     WrongAudience,
     #[error("wrong issuer")]
     WrongIssuer,
@@ -86,6 +153,36 @@ pub enum TokenError {
     BadClaim(&'static str),
     #[error("sub does not match ate.dev")]
     SubjectMismatch,
+}
+
+/// Token-supplied text made fit for a one-line reason: at most 64 characters, printable ASCII
+/// except quotes, backslashes and braces (others become `?`), `…` when cut.
+pub fn printable(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(64)
+        .map(|c| {
+            if (c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '{' | '}')) || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if s.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A JSON error as one plain line: serde's message without its position, made [`printable`].
+fn json_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    printable(&text.replace('"', "'"))
 }
 
 /// Seconds since the Unix epoch.
@@ -139,13 +236,14 @@ impl Signer {
         })
     }
 
-    /// The claims of a token for `actor`, valid from now for `ttl`.
+    /// The claims of an actor token for `actor`, valid from now for `ttl`; `aud` is a one-element
+    /// array, as upstream's `MintActorJWT` writes it (DESIGN §6).
     pub fn claims(&self, actor: &ActorIdentity, audience: &str, ttl: Duration) -> Claims {
         let now = now_secs();
         Claims {
             iss: self.issuer.clone(),
             sub: actor.subject(),
-            aud: audience.to_owned(),
+            aud: Audience::Many(vec![audience.to_owned()]),
             iat: now,
             nbf: now,
             exp: now.saturating_add(ttl.as_secs().max(1)),
@@ -222,6 +320,8 @@ pub struct Verifier {
     leeway: u64,
 }
 
+/// The protected header as read before verification. Unknown parameters are ignored (RFC 7515
+/// §4: unless listed in `crit`); duplicate ones are refused by serde.
 #[derive(Deserialize)]
 struct RawHeader {
     alg: String,
@@ -229,6 +329,100 @@ struct RawHeader {
     kid: Option<String>,
     #[serde(default)]
     typ: Option<String>,
+    /// `Some` whenever the parameter is present, even as `null`.
+    #[serde(default, deserialize_with = "present")]
+    crit: Option<serde_json::Value>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// Refuses any `crit` (RFC 7515 §4.1.11): actorgate understands no extension, so a well-formed
+/// list is unsupported and anything else (empty, not an array, non-string names) is invalid.
+fn check_crit(crit: Option<&serde_json::Value>) -> Result<(), TokenError> {
+    let Some(crit) = crit else {
+        return Ok(());
+    };
+    let names: Option<Vec<&str>> = crit.as_array().filter(|a| !a.is_empty()).and_then(|a| {
+        a.iter()
+            .map(|v| v.as_str().filter(|s| !s.is_empty()))
+            .collect()
+    });
+    match names {
+        Some(names) => Err(TokenError::UnsupportedCritical(printable(
+            &names.iter().take(8).copied().collect::<Vec<_>>().join(", "),
+        ))),
+        None => Err(TokenError::InvalidCritical),
+    }
+}
+
+/// Which claim of a (signature-checked) token does not have the shape of [`Claims`], as one
+/// plain line; `None` when the payload cannot be read or every claim fits.
+fn claims_reason(token: &str) -> Option<String> {
+    fn check<T: serde::de::DeserializeOwned>(
+        claims: &serde_json::Map<String, serde_json::Value>,
+        name: &str,
+        required: bool,
+    ) -> Option<String> {
+        match claims.get(name) {
+            None if required => Some(format!("missing claim {name}")),
+            None => None,
+            Some(v) => T::deserialize(v)
+                .err()
+                .map(|e| format!("claim {name}: {}", json_reason(&e))),
+        }
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let Some(c) = value.as_object() else {
+        return Some("claims are not a JSON object".into());
+    };
+    check::<String>(c, "iss", true)
+        .or_else(|| check::<String>(c, "sub", true))
+        .or_else(|| check::<Audience>(c, "aud", true))
+        .or_else(|| check::<u64>(c, "iat", true))
+        .or_else(|| check::<u64>(c, "nbf", true))
+        .or_else(|| check::<u64>(c, "exp", true))
+        .or_else(|| check::<String>(c, "jti", true))
+        .or_else(|| check::<AteClaim>(c, "ate.dev", true))
+        .or_else(|| check::<Option<String>>(c, "dst", false))
+}
+
+/// A jsonwebtoken refusal as a [`TokenError`] with a plain-text reason.
+fn from_jwt_error(e: &jsonwebtoken::errors::Error, token: &str, alg: Algorithm) -> TokenError {
+    match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAlgorithm => TokenError::UnsupportedAlgorithm(algorithm_name(alg).into()),
+        ErrorKind::MissingRequiredClaim(c) => {
+            TokenError::Malformed(format!("missing claim {}", printable(c)))
+        }
+        ErrorKind::InvalidClaimFormat(c) => {
+            TokenError::Malformed(format!("claim {} has the wrong type", printable(c)))
+        }
+        ErrorKind::Json(j) => TokenError::Malformed(
+            claims_reason(token).unwrap_or_else(|| format!("header or claims: {}", json_reason(j))),
+        ),
+        ErrorKind::Base64(_) => TokenError::Malformed("a part is not base64url".into()),
+        ErrorKind::Utf8(_) => TokenError::Malformed("claims are not UTF-8".into()),
+        ErrorKind::InvalidToken => {
+            TokenError::Malformed("not a compact JWS (header.payload.signature)".into())
+        }
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => {
+            TokenError::Malformed("the key for this kid cannot check this token".into())
+        }
+        _ => TokenError::Malformed("verification failed".into()),
+    }
 }
 
 /// Which kind of token a verification expects.
@@ -280,15 +474,24 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
-        // Read the header ourselves so `alg: none` and HMAC get a precise refusal.
-        let header_b64 = token.split('.').next().unwrap_or_default();
+        // Read the protected header ourselves, strictly, before anything is verified: `crit`
+        // (jsonwebtoken parses it but does not enforce it), and a precise refusal for `alg:
+        // none` and HMAC.
+        let mut parts = token.split('.');
+        let header_b64 = parts.next().unwrap_or_default();
+        if parts.count() != 2 {
+            return Err(TokenError::Malformed(
+                "not a compact JWS (header.payload.signature)".into(),
+            ));
+        }
         let header_json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(header_b64)
             .map_err(|_| TokenError::Malformed("header is not base64url".into()))?;
         let header: RawHeader = serde_json::from_slice(&header_json)
-            .map_err(|_| TokenError::Malformed("header is not JSON".into()))?;
+            .map_err(|e| TokenError::Malformed(format!("header: {}", json_reason(&e))))?;
+        check_crit(header.crit.as_ref())?;
         let alg = algorithm_named(&header.alg)
-            .ok_or_else(|| TokenError::UnsupportedAlgorithm(header.alg.clone()))?;
+            .ok_or_else(|| TokenError::UnsupportedAlgorithm(printable(&header.alg)))?;
         let is_assertion = header.typ.as_deref() == Some(ASSERTION_TYP);
         if is_assertion != (kind == Kind::Assertion) {
             return Err(TokenError::BadClaim("typ"));
@@ -303,13 +506,13 @@ impl Verifier {
                 self.keys.refresh_for_unknown_kid().await;
                 self.keys
                     .get(&kid)
-                    .ok_or_else(|| TokenError::UnknownKid(kid.clone()))?
+                    .ok_or_else(|| TokenError::UnknownKid(printable(&kid)))?
             }
         };
         if key.alg != alg {
             return Err(TokenError::AlgorithmMismatch {
-                header: header.alg,
-                kid,
+                header: printable(&header.alg),
+                kid: printable(&kid),
                 key: key.alg,
             });
         }
@@ -319,17 +522,13 @@ impl Verifier {
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         v.set_audience(&[&self.settings.audience]);
         v.set_issuer(&self.settings.issuers);
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidAudience => TokenError::WrongAudience,
-                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                ErrorKind::InvalidAlgorithm => TokenError::UnsupportedAlgorithm(format!("{alg:?}")),
-                other => TokenError::Malformed(format!("{other:?}")),
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v)
+            .map_err(|e| from_jwt_error(&e, token, alg))?;
         let c = data.claims;
+        // jsonwebtoken checks this too; kept here so the rule does not depend on its version.
+        if !c.aud.contains(&self.settings.audience) {
+            return Err(TokenError::WrongAudience);
+        }
         let now = now_secs();
         if c.iat > now + self.leeway {
             return Err(TokenError::IssuedInFuture);

@@ -115,3 +115,209 @@ async fn lifetime_is_capped_at_sixty_seconds() {
         AssertionError::Token(TokenError::LifetimeTooLong { .. })
     ));
 }
+
+// ---- crit (RFC 7515 §4.1.11), aud as an array (RFC 7519 §4.1.3), readable refusals ----
+
+use base64::Engine;
+
+fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+/// Signs raw header and payload JSON with `key`, as another JWS library would.
+fn sign_raw(key: &TestKey, header: &serde_json::Value, payload: &serde_json::Value) -> String {
+    let msg = format!(
+        "{}.{}",
+        b64(&serde_json::to_vec(header).unwrap()),
+        b64(&serde_json::to_vec(payload).unwrap())
+    );
+    let enc = identity::keys::encoding_key(key.alg, key.pem.as_bytes()).unwrap();
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &enc, key.alg).unwrap();
+    format!("{msg}.{sig}")
+}
+
+fn assertion_header(kid: &str) -> serde_json::Value {
+    serde_json::json!({"alg": "ES256", "typ": "ate-egress+jwt", "kid": kid})
+}
+
+/// Fresh assertion claims (new jti) for `dst`.
+fn assertion_payload(key: &TestKey, dst: &str) -> serde_json::Value {
+    let mut p = serde_json::to_value(key.signer().claims(
+        &actor(),
+        AUDIENCE,
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    p["dst"] = serde_json::json!(dst);
+    p
+}
+
+fn assert_plain_line(reason: &str) {
+    assert!(!reason.is_empty());
+    assert!(
+        !reason.contains('\n') && !reason.contains('\r'),
+        "not one line: {reason:?}"
+    );
+    for fragment in ["Error(", "Json(", "{", "}", "\""] {
+        assert!(
+            !reason.contains(fragment),
+            "debug fragment {fragment:?} in {reason:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn assertion_with_crit_is_refused() {
+    let (_d, key, v) = setup().await;
+    let dst = "10.0.0.9:443";
+    // Control: raw signing without crit verifies.
+    let plain = sign_raw(
+        &key,
+        &assertion_header("agent-1"),
+        &assertion_payload(&key, dst),
+    );
+    assert_eq!(
+        v.verify(&plain, dst.parse().unwrap()).await.unwrap().actor,
+        actor()
+    );
+    for (crit, extra) in [
+        (serde_json::json!(["b64"]), serde_json::json!({"b64": true})),
+        (serde_json::json!(["dst"]), serde_json::json!({"dst": dst})),
+        (
+            serde_json::json!(["x-policy"]),
+            serde_json::json!({"x-policy": "require-mfa"}),
+        ),
+        (serde_json::json!([]), serde_json::json!({})),
+        (serde_json::json!("b64"), serde_json::json!({})),
+    ] {
+        let mut h = assertion_header("agent-1");
+        h["crit"] = crit.clone();
+        for (k, val) in extra.as_object().unwrap() {
+            h[k] = val.clone();
+        }
+        let token = sign_raw(&key, &h, &assertion_payload(&key, dst));
+        let err = v
+            .verify(&token, dst.parse().unwrap())
+            .await
+            .expect_err(&format!("crit {crit} must be refused"));
+        let reason = err.to_string();
+        assert!(reason.contains("crit"), "{crit}: {reason}");
+        assert_plain_line(&reason);
+    }
+}
+
+#[tokio::test]
+async fn assertion_aud_array_containing_the_pep_is_accepted() {
+    let (_d, key, v) = setup().await;
+    let dst = "10.0.0.9:443";
+    for aud in [
+        serde_json::json!([AUDIENCE]),
+        serde_json::json!(["other", AUDIENCE]),
+    ] {
+        let mut p = assertion_payload(&key, dst);
+        p["aud"] = aud.clone();
+        let token = sign_raw(&key, &assertion_header("agent-1"), &p);
+        match v.verify(&token, dst.parse().unwrap()).await {
+            Ok(ok) => assert_eq!(ok.actor, actor(), "{aud}"),
+            Err(e) => panic!("aud {aud} refused: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn assertion_aud_array_without_the_pep_or_empty_is_refused() {
+    let (_d, key, v) = setup().await;
+    let dst = "10.0.0.9:443";
+    for aud in [serde_json::json!(["other"]), serde_json::json!([])] {
+        let mut p = assertion_payload(&key, dst);
+        p["aud"] = aud.clone();
+        let token = sign_raw(&key, &assertion_header("agent-1"), &p);
+        let err = v.verify(&token, dst.parse().unwrap()).await.unwrap_err();
+        assert_eq!(
+            err,
+            AssertionError::Token(TokenError::WrongAudience),
+            "{aud}"
+        );
+        assert_plain_line(&err.to_string());
+    }
+    let mut p = assertion_payload(&key, dst);
+    p["aud"] = serde_json::json!([1]);
+    let token = sign_raw(&key, &assertion_header("agent-1"), &p);
+    let reason = v
+        .verify(&token, dst.parse().unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(reason.contains("aud"), "{reason}");
+    assert_plain_line(&reason);
+}
+
+#[tokio::test]
+async fn minted_assertions_keep_aud_as_a_string() {
+    // Egress assertions stay in the form every actorgate PEP accepts.
+    let (_d, key, v) = setup().await;
+    let minter = AssertionMinter::new(key.signer(), AUDIENCE, Duration::from_secs(30));
+    let dst = "10.0.0.9:443".parse().unwrap();
+    let token = minter.mint(&actor(), dst).unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let c: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["aud"], serde_json::json!(AUDIENCE));
+    assert!(v.verify(&token, dst).await.is_ok());
+}
+
+#[tokio::test]
+async fn assertion_refusal_reasons_are_one_plain_line() {
+    let (_d, key, v) = setup().await;
+    let dst: std::net::SocketAddr = "10.0.0.9:443".parse().unwrap();
+    let mut cases: Vec<(&str, String)> = Vec::new();
+    cases.push((
+        "dst with quotes, braces and a newline",
+        sign_raw(
+            &key,
+            &assertion_header("agent-1"),
+            &assertion_payload(&key, "10.0.0.9:443\"{\n}"),
+        ),
+    ));
+    let mut p = assertion_payload(&key, "10.0.0.9:443");
+    p["dst"] = serde_json::json!(["10.0.0.9:443"]);
+    cases.push((
+        "dst of the wrong type",
+        sign_raw(&key, &assertion_header("agent-1"), &p),
+    ));
+    cases.push((
+        "unknown kid",
+        sign_raw(
+            &key,
+            &assertion_header("\"{}\""),
+            &assertion_payload(&key, "10.0.0.9:443"),
+        ),
+    ));
+    let mut p = assertion_payload(&key, "10.0.0.9:443");
+    p["aud"] = serde_json::json!("nobody");
+    cases.push((
+        "wrong aud",
+        sign_raw(&key, &assertion_header("agent-1"), &p),
+    ));
+    let replayed = sign_raw(
+        &key,
+        &assertion_header("agent-1"),
+        &assertion_payload(&key, "10.0.0.9:443"),
+    );
+    v.verify(&replayed, dst).await.unwrap();
+    cases.push(("replay", replayed));
+    for (what, token) in cases {
+        match v.verify(&token, dst).await {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => {
+                let reason = e.to_string();
+                eprintln!("{what}: {reason}");
+                assert_plain_line(&reason);
+            }
+        }
+    }
+}

@@ -447,3 +447,253 @@ async fn uid_claims_must_be_printable_and_short() {
         TokenError::BadClaim("ate.dev")
     );
 }
+
+// ---- crit (RFC 7515 §4.1.11), aud as an array (RFC 7519 §4.1.3), readable refusals ----
+
+/// Signs raw header and payload JSON with `key`, as another JWS library would.
+fn sign_raw(key: &TestKey, header: &serde_json::Value, payload: &serde_json::Value) -> String {
+    let msg = format!(
+        "{}.{}",
+        b64(&serde_json::to_vec(header).unwrap()),
+        b64(&serde_json::to_vec(payload).unwrap())
+    );
+    let enc = identity::keys::encoding_key(key.alg, key.pem.as_bytes()).unwrap();
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &enc, key.alg).unwrap();
+    format!("{msg}.{sig}")
+}
+
+fn jwt_header(kid: &str) -> serde_json::Value {
+    serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid})
+}
+
+fn payload(s: &Setup) -> serde_json::Value {
+    serde_json::to_value(claims(s)).unwrap()
+}
+
+/// A refusal reason is one line of plain text: no debug formatting of library errors, no JSON.
+fn assert_plain_line(reason: &str) {
+    assert!(!reason.is_empty());
+    assert!(
+        !reason.contains('\n') && !reason.contains('\r'),
+        "not one line: {reason:?}"
+    );
+    for fragment in ["Error(", "Json(", "{", "}", "\""] {
+        assert!(
+            !reason.contains(fragment),
+            "debug fragment {fragment:?} in {reason:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn crit_header_is_refused_for_known_looking_and_unknown_names() {
+    let s = setup().await;
+    // Control: the same raw signing without crit verifies.
+    let plain = sign_raw(&s.key, &jwt_header("k1"), &payload(&s));
+    assert_eq!(s.verifier.verify(&plain).await.unwrap().actor, actor());
+    for (crit, extra) in [
+        // RFC 7797's unencoded payload: a conformant verifier would read a different payload.
+        (serde_json::json!(["b64"]), serde_json::json!({"b64": true})),
+        // Names defined by RFC 7515/7519 (producers must not list them; still refused).
+        (serde_json::json!(["exp"]), serde_json::json!({"exp": 1})),
+        (serde_json::json!(["alg"]), serde_json::json!({})),
+        // An extension nobody here understands.
+        (
+            serde_json::json!(["x-policy"]),
+            serde_json::json!({"x-policy": "require-mfa"}),
+        ),
+        (
+            serde_json::json!(["x-policy", "b64"]),
+            serde_json::json!({"x-policy": 1, "b64": true}),
+        ),
+    ] {
+        let mut h = jwt_header("k1");
+        h["crit"] = crit.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        let token = sign_raw(&s.key, &h, &payload(&s));
+        let err = s
+            .verifier
+            .verify(&token)
+            .await
+            .expect_err(&format!("crit {crit} must be refused"));
+        let reason = err.to_string();
+        assert!(reason.contains("crit"), "{reason}");
+        assert!(reason.contains(crit[0].as_str().unwrap()), "{reason}");
+        assert_plain_line(&reason);
+    }
+}
+
+#[tokio::test]
+async fn malformed_or_empty_crit_is_refused() {
+    let s = setup().await;
+    for crit in [
+        serde_json::json!([]),
+        serde_json::json!(null),
+        serde_json::json!("b64"),
+        serde_json::json!([1]),
+        serde_json::json!([""]),
+        serde_json::json!({"b64": true}),
+    ] {
+        let mut h = jwt_header("k1");
+        h["crit"] = crit.clone();
+        let token = sign_raw(&s.key, &h, &payload(&s));
+        let err = s
+            .verifier
+            .verify(&token)
+            .await
+            .expect_err(&format!("crit {crit} must be refused"));
+        let reason = err.to_string();
+        assert!(reason.contains("crit"), "{crit}: {reason}");
+        assert_plain_line(&reason);
+    }
+}
+
+#[tokio::test]
+async fn aud_array_containing_the_audience_is_accepted() {
+    let s = setup().await;
+    for aud in [
+        serde_json::json!([AUDIENCE]),
+        serde_json::json!(["someone-else", AUDIENCE]),
+        serde_json::json!(AUDIENCE),
+    ] {
+        let mut p = payload(&s);
+        p["aud"] = aud.clone();
+        let token = sign_raw(&s.key, &jwt_header("k1"), &p);
+        match s.verifier.verify(&token).await {
+            Ok(v) => assert_eq!(v.actor, actor(), "{aud}"),
+            Err(e) => panic!("aud {aud} refused: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn minted_actor_tokens_carry_aud_as_an_array() {
+    // Upstream's MintActorJWT form (DESIGN §6).
+    let s = setup().await;
+    let token = s
+        .key
+        .signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let c: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["aud"], serde_json::json!([AUDIENCE]));
+    assert!(s.verifier.verify(&token).await.is_ok());
+}
+
+#[tokio::test]
+async fn aud_array_without_the_audience_or_empty_is_refused() {
+    let s = setup().await;
+    for aud in [
+        serde_json::json!(["someone-else"]),
+        serde_json::json!([]),
+        serde_json::json!(["someone-else", "another"]),
+    ] {
+        let mut p = payload(&s);
+        p["aud"] = aud.clone();
+        let token = sign_raw(&s.key, &jwt_header("k1"), &p);
+        let err = s.verifier.verify(&token).await.unwrap_err();
+        assert_eq!(err, TokenError::WrongAudience, "{aud}");
+        assert_plain_line(&err.to_string());
+    }
+    // Neither a string nor an array of strings: refused, readably.
+    for aud in [
+        serde_json::json!(5),
+        serde_json::json!([AUDIENCE, 1]),
+        serde_json::json!({"aud": AUDIENCE}),
+    ] {
+        let mut p = payload(&s);
+        p["aud"] = aud.clone();
+        let token = sign_raw(&s.key, &jwt_header("k1"), &p);
+        let reason = s.verifier.verify(&token).await.unwrap_err().to_string();
+        assert!(reason.contains("aud"), "{aud}: {reason}");
+        assert_plain_line(&reason);
+    }
+}
+
+#[tokio::test]
+async fn every_refusal_reason_is_one_plain_line() {
+    let s = setup().await;
+    let mut tokens: Vec<(&str, String)> = Vec::new();
+    tokens.push((
+        "alg none",
+        format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
+            b64(&serde_json::to_vec(&claims(&s)).unwrap())
+        ),
+    ));
+    tokens.push((
+        "alg with quotes and braces",
+        format!(
+            "{}.{}.",
+            b64(br#"{"alg":"{\"x\"}\n","typ":"JWT","kid":"k1"}"#),
+            b64(b"{}")
+        ),
+    ));
+    tokens.push((
+        "unknown kid with quotes, braces and a newline",
+        sign_raw(&s.key, &jwt_header("k\"{\n}x"), &payload(&s)),
+    ));
+    tokens.push((
+        "alg mismatch",
+        TestKey::new(Algorithm::RS256, "k1")
+            .signer()
+            .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+            .unwrap(),
+    ));
+    tokens.push(("header not base64url", "!!!.e30.sig".into()));
+    tokens.push(("header not JSON", format!("{}.e30.sig", b64(b"{nope"))));
+    tokens.push(("header without alg", format!("{}.e30.sig", b64(b"{}"))));
+    tokens.push((
+        "duplicate header parameter",
+        format!(
+            "{}.e30.sig",
+            b64(br#"{"alg":"ES256","kid":"k1","kid":"k2"}"#)
+        ),
+    ));
+    tokens.push(("two parts", format!("{}.e30", b64(b"{}"))));
+    let mut p = payload(&s);
+    p.as_object_mut().unwrap().remove("jti");
+    tokens.push(("missing jti", sign_raw(&s.key, &jwt_header("k1"), &p)));
+    let mut p = payload(&s);
+    p["exp"] = serde_json::json!("soon \"{}\"");
+    tokens.push((
+        "exp of the wrong type",
+        sign_raw(&s.key, &jwt_header("k1"), &p),
+    ));
+    let mut p = payload(&s);
+    p["aud"] = serde_json::json!(["x", {"y": 1}]);
+    tokens.push((
+        "aud with an object",
+        sign_raw(&s.key, &jwt_header("k1"), &p),
+    ));
+    let mut p = payload(&s);
+    p["aud"] = serde_json::json!(["x"]);
+    tokens.push(("wrong aud", sign_raw(&s.key, &jwt_header("k1"), &p)));
+    let mut h = jwt_header("k1");
+    h["crit"] = serde_json::json!(["x\"{\n}"]);
+    tokens.push(("crit", sign_raw(&s.key, &h, &payload(&s))));
+    let good = sign_raw(&s.key, &jwt_header("k1"), &payload(&s));
+    let mut parts: Vec<&str> = good.split('.').collect();
+    parts[2] = "AAAA";
+    tokens.push(("bad signature", parts.join(".")));
+    tokens.push(("payload not base64url", format!("{}.!!!.sig", parts[0])));
+    for (what, token) in tokens {
+        match s.verifier.verify(&token).await {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => {
+                let reason = e.to_string();
+                eprintln!("{what}: {reason}");
+                assert_plain_line(&reason);
+            }
+        }
+    }
+}

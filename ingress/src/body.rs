@@ -15,6 +15,28 @@ use hyper::body::Incoming;
 /// Errors of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The client's request body failed (malformed chunked framing, fewer bytes than its
+/// Content-Length before the connection closed, an HTTP/2 stream reset mid-body). A marker, so
+/// the proxy can find it in the source chain of the worker client's error and answer 400 as a
+/// client error instead of blaming the worker.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+impl ClientBodyError {
+    /// Whether `e` or one of its sources is a [`ClientBodyError`].
+    pub fn in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if err.is::<ClientBodyError>() {
+                return true;
+            }
+            cur = err.source();
+        }
+        false
+    }
+}
+
 /// The request body sent to a worker.
 pub enum UpstreamBody {
     /// The client's body, streamed as it arrives.
@@ -24,14 +46,14 @@ pub enum UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            Self::Client(b) => Pin::new(b).poll_frame(cx),
+            Self::Client(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError),
             Self::Empty => Poll::Ready(None),
         }
     }

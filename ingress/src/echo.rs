@@ -361,7 +361,9 @@ pub async fn serve(
     let grpc = EchoServer::new(EchoService {
         worker: worker.clone(),
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Answer a client that shuts down its write side after the request (RFC 9112 §9.6).
+    builder.http1().half_close(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -9,7 +9,8 @@
 //!   ORIGINAL_DST and `override_host` clusters),
 //! * overwrites `ate-target-actor` with the resolved actor and removes `ate-source-actor`.
 //!
-//! Routing errors are `immediate_response`s with DESIGN §4's status and body. Other phases are
+//! Routing errors are `immediate_response`s with DESIGN §4's status and body, and the error's gRPC
+//! code in `grpc_status` (Envoy answers gRPC requests Trailers-Only with it). Other phases are
 //! answered without mutation; in `observability_mode` nothing is answered. One stream carries one
 //! HTTP request. Once `request_headers` is answered the server ends the stream with OK: ingress
 //! needs nothing later, and per the ExtProc protocol Envoy then proceeds without consulting the
@@ -27,7 +28,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3 as ep;
 use envoy_types::pb::envoy::r#type::v3 as http_type;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use futures_util::Stream;
-use routing_core::{RequestMeta, Resolver, Route, RouteError, WorkerTransport};
+use routing_core::validate::MetaInput;
+use routing_core::{Resolver, Route, RouteError, WorkerTransport};
 
 use ep::processing_request::Request as Phase;
 use ep::processing_response::Response as Answer;
@@ -158,8 +160,28 @@ pub fn route_answer(route: &Route, transport: &WorkerTransport) -> ep::Processin
     }
 }
 
-/// The answer to a routing error: an immediate `text/plain` response.
+/// An immediate answer actorgate makes itself: `text/plain` for HTTP clients, and the gRPC code of
+/// [`crate::local_reply::grpc_code_for_http`] for gRPC clients.
 pub fn error_answer(status: u16, body: String, details: &str) -> ep::ProcessingResponse {
+    immediate_answer(
+        status,
+        crate::local_reply::grpc_code_for_http(status),
+        body,
+        details,
+    )
+}
+
+/// An immediate response with `status` and a `text/plain` body, and `grpc_status` set. For a gRPC
+/// request Envoy's local reply turns it into gRPC Trailers-Only (HTTP 200,
+/// `content-type: application/grpc`, `grpc-status` = `grpc_code`, `grpc-message` = the
+/// percent-encoded body); without `grpc_status` it would derive the code from the HTTP status
+/// (404 → UNIMPLEMENTED). Plain HTTP requests ignore `grpc_status`.
+fn immediate_answer(
+    status: u16,
+    grpc_code: tonic::Code,
+    body: String,
+    details: &str,
+) -> ep::ProcessingResponse {
     ep::ProcessingResponse {
         response: Some(Answer::ImmediateResponse(ep::ImmediateResponse {
             status: Some(http_type::HttpStatus {
@@ -171,15 +193,19 @@ pub fn error_answer(status: u16, body: String, details: &str) -> ep::ProcessingR
             }),
             body: body.into_bytes(),
             details: details.to_owned(),
-            grpc_status: None,
+            grpc_status: Some(ep::GrpcStatus {
+                status: grpc_code as u32,
+            }),
         })),
         ..Default::default()
     }
 }
 
+/// The answer to a routing error: DESIGN §4's status and body, and the error's own gRPC code.
 fn route_error_answer(e: &RouteError) -> ep::ProcessingResponse {
-    error_answer(
+    immediate_answer(
         e.http_status(),
+        e.grpc_code(),
         e.client_message(),
         &format!("actorgate_{}", e.outcome()),
     )
@@ -221,37 +247,32 @@ pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
                     .as_ref()
                     .map(|m| m.headers.as_slice())
                     .unwrap_or_default();
-                let mut target = None;
-                let mut targets = 0;
-                let mut authority = None;
+                // The rules every front shares (routing_core::validate): one authority, valid
+                // and without userinfo, agreeing with any Host; the target header fails closed.
+                let mut input = MetaInput {
+                    authority_must_match_host: true,
+                    ..MetaInput::default()
+                };
                 for hv in headers {
                     match hv.key.as_str() {
-                        "ate-target-actor" => {
-                            targets += 1;
-                            // Not UTF-8: an invalid reference (fail closed), not "absent".
-                            target = Some(std::str::from_utf8(header_value(hv)).unwrap_or(""));
-                        }
-                        ":authority" => authority = std::str::from_utf8(header_value(hv)).ok(),
-                        "host" if authority.is_none() => {
-                            authority = std::str::from_utf8(header_value(hv)).ok()
-                        }
+                        "ate-target-actor" => input.target_actor.push(header_value(hv)),
+                        ":authority" => input.target_authority.push(header_value(hv)),
+                        "host" => input.host.push(header_value(hv)),
                         _ => {}
                     }
                 }
-                // Two values of the target header: fail closed.
-                let target_actor = if targets > 1 { Some("") } else { target };
-                Some(
-                    match resolver
-                        .route(&RequestMeta {
-                            target_actor,
-                            authority,
-                        })
-                        .await
-                    {
+                Some(match input.validate(resolver.extractor()) {
+                    Ok(meta) => match resolver.route(&meta).await {
                         Ok(route) => route_answer(&route, &resolver.settings().worker_transport),
                         Err(e) => route_error_answer(&e),
                     },
-                )
+                    Err(e) => immediate_answer(
+                        e.http_status(),
+                        e.grpc_code(),
+                        e.client_message(),
+                        &format!("actorgate_{}", e.outcome()),
+                    ),
+                })
             }
         }
         Some(Phase::ResponseHeaders(_)) => Some(ep::ProcessingResponse {

@@ -51,6 +51,16 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item =
 /// `TE: trailers` survives (gRPC needs it); other `TE` codings are removed. `Trailer` is
 /// end-to-end and stays (HTTP/1.1 only sends the trailers it lists).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Read TE before the Connection-named headers go: RFC 9110 §10.1.4 requires a sender of TE
+    // to list it in Connection, so `TE: trailers` + `Connection: TE` is the normal form.
+    let te_trailers = tokens(headers, &header::TE).any(|t| {
+        let coding = t
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        coding.eq_ignore_ascii_case(b"trailers")
+    });
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
             .filter_map(|t| HeaderName::from_bytes(t).ok())
@@ -72,14 +82,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         headers.remove(header::UPGRADE);
     }
-    let te_trailers = tokens(headers, &header::TE).any(|t| {
-        let coding = t
-            .split(|b| *b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        coding.eq_ignore_ascii_case(b"trailers")
-    });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -234,6 +236,11 @@ mod tests {
         remove_hop_by_hop(&mut g, true);
         assert_eq!(g.get("te").unwrap(), "trailers");
         assert_eq!(g.get("upgrade").unwrap(), "websocket");
+        // `Connection: TE` (what RFC 9110 requires of a TE sender) keeps `te: trailers`.
+        let mut t = map(&[("te", "trailers"), ("connection", "TE")]);
+        remove_hop_by_hop(&mut t, false);
+        assert_eq!(t.get("te").unwrap(), "trailers");
+        assert!(t.get("connection").is_none());
         assert_eq!(g.get("connection").unwrap(), "upgrade");
         assert_eq!(
             g.get("trailer").unwrap(),

@@ -6,6 +6,7 @@ pub mod connector;
 pub mod echo;
 pub mod extproc;
 pub mod headers;
+pub mod local_reply;
 pub mod metrics;
 pub mod proxy;
 pub mod router_api;

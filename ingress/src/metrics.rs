@@ -20,14 +20,18 @@ pub enum Outcome {
     UpstreamTimeout,
     /// A protocol upgrade (WebSocket) was established.
     Upgraded,
+    /// The client's request was malformed (its body, authority or target): answered 400 by
+    /// actorgate, never counted against the worker.
+    ClientError,
 }
 
-const OUTCOMES: [Outcome; 5] = [
+const OUTCOMES: [Outcome; 6] = [
     Outcome::Proxied,
     Outcome::RouteError,
     Outcome::UpstreamError,
     Outcome::UpstreamTimeout,
     Outcome::Upgraded,
+    Outcome::ClientError,
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -39,6 +43,7 @@ impl Outcome {
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Upgraded => "upgraded",
+            Self::ClientError => "client_error",
         }
     }
     fn index(self) -> usize {

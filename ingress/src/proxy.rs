@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -21,15 +22,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use identity::tls::ReloadableClientConfig;
-use routing_core::extract::RequestMeta;
+use routing_core::validate::{MetaInput, Values};
 use routing_core::{Resolver, Route, RouteError, WorkerTransport};
 
-use crate::body::{ProxyBody, UpstreamBody};
+use crate::body::{ClientBodyError, ProxyBody, UpstreamBody};
 use crate::connector::WorkerConnector;
 use crate::headers::{
     ASSIGNMENT_STALE, REQUEST_ID, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT, add_forwarded,
     ensure_request_id, merge_cookies, remove_hop_by_hop, untrusted_identity_headers, wants_upgrade,
 };
+use crate::local_reply::LocalReply;
 use crate::metrics::{IngressMetrics, Outcome};
 
 /// Which HTTP version to speak to workers.
@@ -55,6 +57,10 @@ pub struct ProxySettings {
     pub upstream_protocol: UpstreamProtocol,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Most headers a request may carry to the worker, counting those the proxy adds
+    /// (`x-forwarded-*`, `forwarded`, `x-request-id`, `ate-target-actor`, …); past it: 431.
+    /// The listener's `max_headers`.
+    pub max_headers: usize,
 }
 
 impl Default for ProxySettings {
@@ -66,6 +72,7 @@ impl Default for ProxySettings {
             upstream_protocol: UpstreamProtocol::Auto,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            max_headers: 100,
         }
     }
 }
@@ -102,11 +109,14 @@ struct Replay {
     headers: http::HeaderMap,
 }
 
+/// A reply the proxy makes itself: `text/plain` for HTTP clients, marked with a [`LocalReply`]
+/// so that [`Proxy::handle`] can answer gRPC clients in gRPC's own form.
 fn text_response(
     status: StatusCode,
     body: String,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
+    let body_text = body.clone();
     let mut r = Response::new(ProxyBody::text(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -115,12 +125,17 @@ fn text_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(&REQUEST_ID, request_id.clone());
+    r.extensions_mut()
+        .insert(LocalReply::http(status, body_text));
     r
 }
 
+/// A routing error's reply: DESIGN §4's status and body, marked with the error's gRPC code.
 fn route_error(e: &RouteError, request_id: &HeaderValue) -> Response<ProxyBody> {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    text_response(status, e.client_message(), request_id)
+    let reply = LocalReply::route(e);
+    let mut r = text_response(reply.status, reply.message.clone(), request_id);
+    r.extensions_mut().insert(reply);
+    r
 }
 
 impl Proxy {
@@ -172,35 +187,60 @@ impl Proxy {
         &self.inner.resolver
     }
 
-    /// Proxies one request. Never fails: every problem becomes a response.
+    /// Proxies one request. Never fails: every problem becomes a response. For gRPC requests
+    /// (`content-type: application/grpc*`) every reply the proxy makes itself is a gRPC
+    /// Trailers-Only response (see [`crate::local_reply`]).
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let grpc = crate::local_reply::grpc_reply_content_type(req.headers());
+        let resp = self.proxy_request(req, conn).await;
+        match grpc {
+            Some(content_type) => crate::local_reply::into_grpc(resp, content_type),
+            None => resp,
+        }
+    }
+
+    /// The proxy proper; [`Proxy::handle`] wraps it.
+    async fn proxy_request(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let request_id = ensure_request_id(&mut parts.headers);
         if let Some(refusal) = self.check_request(&parts, &request_id) {
             return refusal;
         }
         // One authority for routing and for what the worker is told: the request target's
-        // (absolute form, HTTP/2 :authority) or else Host (RFC 9112 §3.2.2).
-        let host: Option<HeaderValue> = match parts.uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => parts.headers.get(header::HOST).cloned(),
+        // (absolute form, HTTP/2 :authority) or else Host (RFC 9112 §3.2.2), checked by the rules
+        // every front shares (routing_core::validate).
+        let input = MetaInput {
+            target_actor: Values::collect(
+                parts
+                    .headers
+                    .get_all(&TARGET_ACTOR)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            ),
+            target_authority: match parts.uri.authority() {
+                Some(a) => Values::One(a.as_str().as_bytes()),
+                None => Values::Absent,
+            },
+            host: Values::collect(
+                parts
+                    .headers
+                    .get_all(header::HOST)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            ),
+            require_host: parts.version == Version::HTTP_11,
+            authority_must_match_host: true,
         };
-        let route = {
-            let mut values = parts.headers.get_all(&TARGET_ACTOR).iter();
-            // Two values of the header: fail closed rather than pick one.
-            let target_actor = match (values.next(), values.next()) {
-                (None, _) => None,
-                (Some(v), None) => Some(v.to_str().unwrap_or("")),
-                (Some(_), Some(_)) => Some(""),
-            };
-            let authority = host.as_ref().and_then(|h| h.to_str().ok());
-            self.inner
-                .resolver
-                .route(&RequestMeta {
-                    target_actor,
-                    authority,
-                })
-                .await
+        let (host, route) = match input.validate(self.inner.resolver.extractor()) {
+            Ok(meta) => (
+                meta.authority.and_then(|a| HeaderValue::from_str(a).ok()),
+                self.inner.resolver.route(&meta).await,
+            ),
+            Err(e) => {
+                tracing::debug!(reason = e.outcome(), "request refused");
+                self.inner.metrics.request(400, Outcome::ClientError);
+                return text_response(StatusCode::BAD_REQUEST, e.client_message(), &request_id);
+            }
         };
         let route = match route {
             Ok(r) => r,
@@ -254,6 +294,8 @@ impl Proxy {
         if let WorkerTransport::Agent { .. } = self.inner.resolver.settings().worker_transport {
             headers.insert(&TARGET_PORT, HeaderValue::from(route.actor_port));
         }
+        let body_unframed = !http_body::Body::is_end_stream(&body)
+            && http_body::Body::size_hint(&body).exact().is_none();
         let grpc = headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
@@ -270,16 +312,37 @@ impl Proxy {
         } else if downstream_h2 {
             merge_cookies(&mut parts.headers);
         }
+        if !use_h2 && body_unframed && !upgrade {
+            // A body of unknown length (chunked, or HTTP/2 DATA without content-length) goes on
+            // chunked whatever the method: left implicit, hyper's client sends GET/HEAD bodies
+            // of unknown length as empty.
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        // The header-count limit covers what the worker receives, headers added here included,
+        // so a client near the limit gets this 431 rather than the worker's.
+        if parts.headers.len() > self.inner.settings.max_headers {
+            self.inner.metrics.request(431, Outcome::ClientError);
+            return text_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many request headers".into(),
+                &request_id,
+            );
+        }
         parts.version = if use_h2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
         };
+        // The worker URI is built from parts (never by formatting strings): the endpoint as
+        // authority, the client's path and query (or `*` for OPTIONS, kept in asterisk form).
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         // Only a cached route can be stale, and only a request without a body can be sent twice.
         let retryable = http_body::Body::is_end_stream(&body)
@@ -289,19 +352,26 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers.clone(),
         });
-        let path = path.to_owned();
         let mut route = route;
         let mut body = Some(UpstreamBody::Client(body));
         let mut parts = Some(parts);
         let mut retried = false;
         loop {
-            let uri = match Uri::try_from(format!(
-                "{}://{}{}",
-                self.inner.scheme, route.endpoint, path
-            )) {
-                Ok(u) => u,
-                Err(_) => {
-                    self.inner.metrics.request(400, Outcome::RouteError);
+            let built = Authority::try_from(route.endpoint.to_string())
+                .ok()
+                .and_then(|a| {
+                    Uri::builder()
+                        .scheme(self.inner.scheme)
+                        .authority(a)
+                        .path_and_query(path.clone())
+                        .build()
+                        .ok()
+                });
+            let uri = match built {
+                Some(u) => u,
+                None => {
+                    // A request-building failure is not the worker's: no invalidation.
+                    self.inner.metrics.request(400, Outcome::ClientError);
                     return text_response(
                         StatusCode::BAD_REQUEST,
                         "invalid request target".into(),
@@ -341,7 +411,8 @@ impl Proxy {
                 tokio::time::timeout(self.inner.settings.response_timeout, client.request(req))
                     .await;
             let stale = match &sent {
-                Ok(Err(e)) if e.is_connect() => true,
+                // Only a real connection failure (connect, TLS handshake) invalidates the route.
+                Ok(Err(e)) if e.is_connect() && !ClientBodyError::in_chain(e) => true,
                 // The worker agent's "this actor no longer runs here"; an application's own 421
                 // is passed through untouched.
                 Ok(Ok(resp)) if resp.status() == StatusCode::MISDIRECTED_REQUEST => resp
@@ -371,6 +442,17 @@ impl Proxy {
                 }
             }
             return match sent {
+                Ok(Err(e)) if ClientBodyError::in_chain(&e) => {
+                    // The client's body broke (bad chunk framing, short body, stream reset):
+                    // the client's fault, never counted or logged against the worker.
+                    tracing::debug!(actor = %route.actor(), error = %e, "client request body failed");
+                    self.inner.metrics.request(400, Outcome::ClientError);
+                    text_response(
+                        StatusCode::BAD_REQUEST,
+                        "malformed request body".into(),
+                        &request_id,
+                    )
+                }
                 Err(_) => {
                     self.inner.metrics.request(504, Outcome::UpstreamTimeout);
                     text_response(
@@ -404,7 +486,9 @@ impl Proxy {
     }
 
     /// Refuses what the proxy does not forward: `CONNECT` (405), expectations other than
-    /// `100-continue` (417), conflicting or missing authorities (400).
+    /// `100-continue` (417), and request targets a reverse proxy must not take (400): authority
+    /// form outside CONNECT, asterisk form outside OPTIONS (RFC 9112 §3.2.3–3.2.4), absolute form
+    /// with a scheme other than http(s). Host and authority rules are routing_core::validate's.
     fn check_request(
         &self,
         parts: &http::request::Parts,
@@ -413,7 +497,7 @@ impl Proxy {
         let refuse = |status: StatusCode, msg: &str| {
             self.inner
                 .metrics
-                .request(status.as_u16(), Outcome::RouteError);
+                .request(status.as_u16(), Outcome::ClientError);
             Some(text_response(status, msg.to_owned(), request_id))
         };
         if parts.method == http::Method::CONNECT {
@@ -424,19 +508,26 @@ impl Proxy {
         {
             return refuse(StatusCode::EXPECTATION_FAILED, "unsupported expectation");
         }
-        let host = parts.headers.get(header::HOST);
-        match (parts.uri.authority(), host) {
-            (Some(a), Some(h))
-                if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())
-                    && parts.version == Version::HTTP_2 =>
-            {
-                refuse(StatusCode::BAD_REQUEST, "conflicting :authority and host")
-            }
-            (None, None) if parts.version == Version::HTTP_11 => {
-                refuse(StatusCode::BAD_REQUEST, "missing host")
-            }
-            _ => None,
+        let uri = &parts.uri;
+        if uri.authority().is_some() && uri.scheme().is_none() {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "authority-form request target is only for CONNECT",
+            );
         }
+        if let Some(scheme) = uri.scheme_str()
+            && !scheme.eq_ignore_ascii_case("http")
+            && !scheme.eq_ignore_ascii_case("https")
+        {
+            return refuse(StatusCode::BAD_REQUEST, "unsupported scheme");
+        }
+        if uri.path() == "*" && parts.method != http::Method::OPTIONS {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "asterisk-form request target is only for OPTIONS",
+            );
+        }
+        None
     }
 
     async fn re_resolve(&self, route: &Route) -> Result<Route, RouteError> {
@@ -480,6 +571,11 @@ impl Proxy {
                     )
                 }
             };
+        }
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must go (before
+        // hop-by-hop removal drops Transfer-Encoding); the body is relayed as the worker framed it.
+        if rp.headers.contains_key(header::TRANSFER_ENCODING) {
+            rp.headers.remove(header::CONTENT_LENGTH);
         }
         remove_hop_by_hop(&mut rp.headers, false);
         rp.headers.remove(&ASSIGNMENT_STALE);

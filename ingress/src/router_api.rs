@@ -2,7 +2,8 @@
 //! that do not speak ExtProc. Routing failures come back as a structured `error` (HTTP status,
 //! client-safe message, gRPC code, reason), so callers can answer their clients directly.
 
-use routing_core::{RequestMeta, Resolver};
+use routing_core::Resolver;
+use routing_core::validate::MetaInput;
 
 /// Generated types of `actorgate.router.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -40,18 +41,42 @@ impl Router for RouterService {
         request: tonic::Request<proto::ResolveRouteRequest>,
     ) -> Result<tonic::Response<proto::ResolveRouteResponse>, tonic::Status> {
         let r = request.into_inner();
-        let target = r.headers.get("ate-target-actor").map(String::as_str);
-        let authority = (!r.host.is_empty())
-            .then_some(r.host.as_str())
-            .or_else(|| r.headers.get("host").map(String::as_str));
-        let result = match self
-            .resolver
-            .route(&RequestMeta {
-                target_actor: target,
-                authority,
-            })
-            .await
-        {
+        // The rules every front shares (routing_core::validate). `host` is the client's Host or
+        // :authority; a `:authority` or `host` entry in `headers` must agree with it.
+        let mut input = MetaInput {
+            authority_must_match_host: true,
+            ..MetaInput::default()
+        };
+        if let Some(t) = r.headers.get("ate-target-actor") {
+            input.target_actor.push(t.as_bytes());
+        }
+        match (r.host.as_str(), r.headers.get(":authority")) {
+            ("", Some(a)) => input.target_authority.push(a.as_bytes()),
+            ("", None) => {}
+            (h, a) => {
+                input.target_authority.push(h.as_bytes());
+                if let Some(a) = a.filter(|a| !a.eq_ignore_ascii_case(h)) {
+                    input.target_authority.push(a.as_bytes());
+                }
+            }
+        }
+        if let Some(h) = r.headers.get("host") {
+            input.host.push(h.as_bytes());
+        }
+        let meta = match input.validate(self.resolver.extractor()) {
+            Ok(m) => m,
+            Err(e) => {
+                return Ok(tonic::Response::new(proto::ResolveRouteResponse {
+                    result: Some(Outcome::Error(proto::RouteError {
+                        http_status: u32::from(e.http_status()),
+                        message: e.client_message(),
+                        grpc_code: e.grpc_code() as i32,
+                        reason: e.outcome().to_owned(),
+                    })),
+                }));
+            }
+        };
+        let result = match self.resolver.route(&meta).await {
             Ok(route) => Outcome::Route(proto::Route {
                 actor: route.actor().to_string(),
                 endpoint: route.endpoint.to_string(),

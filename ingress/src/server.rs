@@ -2,11 +2,16 @@
 //! and `http/1.1`, optional client certificates, reloadable material). Header size, header count
 //! and header read time are bounded; on shutdown the listener stops accepting and open
 //! connections finish their requests (HTTP/1.1 closes after the current response, HTTP/2 sends
-//! GOAWAY).
+//! GOAWAY). A connection with no request in progress for `idle_connection_timeout` is closed the
+//! same way. An HTTP/1.1 client that half-closes after its request is answered (RFC 9112 §9.6).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -29,6 +34,11 @@ pub struct ListenerLimits {
     pub max_concurrent_streams: u32,
     /// Longest TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Longest time a connection may stay open with no request in progress (HTTP/2: no open
+    /// stream; HTTP/1.1: between requests, or before the first). Then it is closed gracefully:
+    /// HTTP/2 gets GOAWAY, HTTP/1.1 is closed. HTTP/1.1 connections are also bounded by
+    /// `header_read_timeout`, which runs while waiting for the next request's head.
+    pub idle_connection_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -39,6 +49,7 @@ impl Default for ListenerLimits {
             max_headers: 100,
             max_concurrent_streams: 250,
             tls_handshake_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -50,6 +61,9 @@ fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers)
+        // A client that shuts down its write side after the request still gets the response
+        // (RFC 9112 §9.6: a half-close is not an abort); the connection closes after it.
+        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
@@ -74,7 +88,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&limits));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task holds a clone; draining waits until all are dropped.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let gauge = metrics.connections(name);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -93,25 +108,41 @@ pub async fn serve(
         let builder = builder.clone();
         let gauge = gauge.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let open = open_tx.clone();
+        let mut shutdown = shutdown.clone();
         let handshake_timeout = limits.tls_handshake_timeout;
+        let idle_timeout = limits.idle_connection_timeout;
         tokio::spawn(async move {
+            let _open = open;
             gauge.inc();
             let info = ConnInfo {
                 peer,
                 tls: tls.is_some(),
                 trusted_source: false,
             };
+            let active = Arc::new(watch::Sender::new(0usize));
+            let idle = idle_for(active.subscribe(), idle_timeout);
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, info).await) }
+                let guard = ActiveGuard::new(&active);
+                async move {
+                    let resp = proxy.handle(req, info).await;
+                    Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
+                        body,
+                        guard: Some(guard),
+                    }))
+                }
             });
-            match tls {
+            let ended = match tls {
                 None => {
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    drive(
+                        conn.into_owned(),
+                        |c| c.graceful_shutdown(),
+                        idle,
+                        &mut shutdown,
+                    )
+                    .await
                 }
                 Some(tls) => {
                     match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await
@@ -119,20 +150,123 @@ pub async fn serve(
                         Ok(Ok(stream)) => {
                             let conn =
                                 builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
+                            drive(
+                                conn.into_owned(),
+                                |c| c.graceful_shutdown(),
+                                idle,
+                                &mut shutdown,
+                            )
+                            .await
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
                     }
                 }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             gauge.dec();
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(open_tx);
+    // Resolves once every connection task has ended.
+    let _ = open_rx.recv().await;
+}
+
+/// Runs a connection to its end. On shutdown, or once it has been idle for the idle connection
+/// timeout, it is asked to close gracefully (HTTP/2: GOAWAY, open streams finish; HTTP/1.1:
+/// closed after the current response, at once when idle) and then run until it has.
+async fn drive<C, E>(
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    idle: impl std::future::Future<Output = ()>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::pin!(idle);
+    let why = tokio::select! {
+        ended = conn.as_mut() => return ended,
+        _ = &mut idle => "idle",
+        _ = stopped(shutdown) => "shutdown",
+    };
+    tracing::debug!(reason = why, "closing connection gracefully");
+    graceful(conn.as_mut());
+    conn.await
+}
+
+/// Resolves once no request has been in progress on the connection for `timeout`.
+async fn idle_for(mut active: watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if active.wait_for(|n| *n == 0).await.is_err() {
+            // The connection (and its service) is gone.
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(timeout, active.changed()).await {
+            Err(_) => return,
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return std::future::pending().await,
+        }
+    }
+}
+
+/// One request in progress on a connection (HTTP/2: one open stream), from the service call
+/// until its response body has ended or been dropped.
+struct ActiveGuard(Arc<watch::Sender<usize>>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<watch::Sender<usize>>) -> Self {
+        active.send_modify(|n| *n += 1);
+        Self(active.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in progress until it ends.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        guard: Option<ActiveGuard>,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard.take();
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {

@@ -27,6 +27,22 @@ pub enum ExtractorKind {
     LegacyHost,
 }
 
+/// What to do when `ate-target-actor` and the authority name two different valid actors.
+///
+/// A Host-keyed policy in front of actorgate (an Envoy/Istio virtual host, an nginx `server`)
+/// checks the actor the authority names; letting the header silently pick another actor would
+/// route the request past that policy. So the default refuses such a request with `400
+/// conflicting actor references`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// Refuse the request (400 `conflicting actor references`).
+    #[default]
+    Refuse,
+    /// The first configured extractor that finds an actor decides; the other is ignored.
+    FirstExtractorWins,
+}
+
 /// The parts of a request that extraction looks at. Adapters fill it from their own request type.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RequestMeta<'a> {
@@ -60,6 +76,7 @@ pub struct Extractor {
     dotted_suffix: Box<str>,
     default_atespace: Option<Box<str>>,
     default_port: u16,
+    conflict: ConflictPolicy,
 }
 
 /// Invalid extractor settings.
@@ -88,6 +105,7 @@ impl Default for Extractor {
             dotted_suffix: format!(".{DEFAULT_HOST_SUFFIX}").into(),
             default_atespace: Some(DEFAULT_ATESPACE.into()),
             default_port: DEFAULT_ACTOR_PORT,
+            conflict: ConflictPolicy::Refuse,
         }
     }
 }
@@ -127,15 +145,53 @@ impl Extractor {
             dotted_suffix: format!(".{suffix_lc}").into(),
             default_atespace: default_atespace.map(Into::into),
             default_port: DEFAULT_ACTOR_PORT,
+            conflict: ConflictPolicy::Refuse,
         })
+    }
+
+    /// Sets what happens when the header and the authority name different actors (default:
+    /// [`ConflictPolicy::Refuse`]).
+    pub fn with_conflict_policy(mut self, policy: ConflictPolicy) -> Self {
+        self.conflict = policy;
+        self
+    }
+
+    /// The configured conflict policy.
+    pub fn conflict_policy(&self) -> ConflictPolicy {
+        self.conflict
+    }
+
+    /// Whether the request must be refused because `ate-target-actor` and the authority name
+    /// two different valid actors while the policy is [`ConflictPolicy::Refuse`]. Only
+    /// configured extractors count; an invalid reference on either side is not a conflict (the
+    /// extractor order then decides, and an invalid header still fails closed).
+    pub fn conflicting(&self, req: &RequestMeta<'_>) -> bool {
+        if self.conflict != ConflictPolicy::Refuse
+            || req.target_actor.is_none()
+            || req.authority.is_none()
+        {
+            return false;
+        }
+        let by_header = self.extract_with(req, |k| k == ExtractorKind::Header);
+        let by_host = self.extract_with(req, |k| k != ExtractorKind::Header);
+        matches!((by_header, by_host), (Ok(a), Ok(b)) if a.actor != b.actor)
     }
 
     /// Finds the target actor. The first extractor whose form is present decides: a present but
     /// malformed `ate-target-actor` header, or an authority under the actor suffix with bad labels,
     /// fails instead of falling through to the next extractor.
     pub fn extract(&self, req: &RequestMeta<'_>) -> Result<Target, InvalidActorRef> {
+        self.extract_with(req, |_| true)
+    }
+
+    /// [`Extractor::extract`] with only the configured extractors `use_kind` accepts.
+    fn extract_with(
+        &self,
+        req: &RequestMeta<'_>,
+        use_kind: impl Fn(ExtractorKind) -> bool,
+    ) -> Result<Target, InvalidActorRef> {
         let mut host = None;
-        for kind in &self.order {
+        for kind in self.order.iter().filter(|k| use_kind(**k)) {
             match kind {
                 ExtractorKind::Header => {
                     if let Some(v) = req.target_actor {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod resolver;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod validate;
 
 /// Generated `ateapi` protobuf types, client (`control_client`) and server (`control_server`).
 #[allow(clippy::all, missing_docs)]

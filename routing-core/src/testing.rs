@@ -1,6 +1,10 @@
 //! A scriptable fake ate-api-server for tests: a real tonic gRPC server on loopback implementing
 //! `ateapi.Control`, with injectable delays, hangs and status codes, call counters and a count of
 //! RPCs cancelled by the client. Enabled by the `test-util` feature.
+//!
+//! It answers in upstream v0.4's shapes (DESIGN §9): the template only in `Actor.actor_template`
+//! (field 4, never fields 2 and 3) and the worker's addresses in the repeated
+//! `WorkerAssignment.worker_pod_ips` (one or, for dual-stack workers, two).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -38,7 +42,7 @@ pub enum Step {
 struct FakeActor {
     uid: String,
     state: proto::ActorState,
-    pod_ip: String,
+    pod_ips: Vec<String>,
     resume_delay: Duration,
 }
 
@@ -50,6 +54,7 @@ struct State {
     cancelled: AtomicUsize,
     completed: AtomicUsize,
     last_authorization: Mutex<Option<String>>,
+    last_resume_boot: Mutex<Option<bool>>,
 }
 
 /// The running fake. Dropping it stops the server.
@@ -163,7 +168,7 @@ impl FakeControlPlane {
             FakeActor {
                 uid: format!("uid-{name}"),
                 state,
-                pod_ip: pod_ip.to_owned(),
+                pod_ips: vec![pod_ip.to_owned()],
                 resume_delay,
             },
         );
@@ -185,6 +190,12 @@ impl FakeControlPlane {
 
     /// Changes where an actor runs.
     pub fn set_pod_ip(&self, actor: &str, pod_ip: &str) {
+        self.set_pod_ips(actor, &[pod_ip]);
+    }
+
+    /// Changes where an actor runs, sending all of `pod_ips` in `worker_pod_ips`, in this order
+    /// (v0.4 dual stack: one IPv4 and one IPv6 address, in either order).
+    pub fn set_pod_ips(&self, actor: &str, pod_ips: &[&str]) {
         let (ns, name) = actor.split_once('/').expect("atespace/name");
         if let Some(a) = self
             .state
@@ -193,7 +204,7 @@ impl FakeControlPlane {
             .expect("lock")
             .get_mut(&(ns.to_owned(), name.to_owned()))
         {
-            a.pod_ip = pod_ip.to_owned();
+            a.pod_ips = pod_ips.iter().map(|s| (*s).to_owned()).collect();
         }
     }
 
@@ -228,6 +239,11 @@ impl FakeControlPlane {
     /// RPCs answered.
     pub fn completed(&self) -> usize {
         self.state.completed.load(Ordering::SeqCst)
+    }
+
+    /// The `boot` flag of the latest `ResumeActor` request (`None` before the first one).
+    pub fn last_resume_boot(&self) -> Option<bool> {
+        *self.state.last_resume_boot.lock().expect("lock")
     }
 
     /// The `authorization` metadata of the latest RPC, if it carried one.
@@ -305,8 +321,9 @@ impl Service {
                 create_time: None,
                 update_time: None,
             }),
-            actor_template_namespace: ns.to_owned(),
-            actor_template_name: "tmpl".to_owned(),
+            // v0.4 no longer sends fields 2 and 3.
+            actor_template_namespace: String::new(),
+            actor_template_name: String::new(),
             actor_template: Some(proto::ObjectRef {
                 atespace: ns.to_owned(),
                 name: "tmpl".to_owned(),
@@ -318,7 +335,7 @@ impl Service {
                     worker_pool: "pool".to_owned(),
                     worker_pod: format!("worker-{name}"),
                     worker_pod_uid: String::new(),
-                    worker_pod_ip: a.pod_ip.clone(),
+                    worker_pod_ips: a.pod_ips.clone(),
                     worker: None,
                 }),
             }),
@@ -372,6 +389,7 @@ impl Control for Service {
         };
         self.note_auth(request.metadata());
         let req = request.into_inner();
+        *self.0.last_resume_boot.lock().expect("lock") = Some(req.boot);
         let k = key(&req.actor);
         let result = async {
             self.prelude(Method::ResumeActor, &k).await?;

@@ -363,3 +363,46 @@ pub async fn echo_worker(bind: &str, name: &str) -> (SocketAddr, tokio::sync::on
     ));
     (addr, tx)
 }
+
+/// One unary call of the echo worker's gRPC service (`actorgate.echo.v1.Echo/Unary`) with a real
+/// tonic client over h2c to `addr`, with `authority` as `:authority` and optional metadata
+/// (e.g. `ate-target-actor`). Bounded: panics if no answer comes within 20 s.
+pub async fn echo_unary(
+    addr: SocketAddr,
+    authority: &str,
+    metadata: &[(&'static str, &str)],
+    message: &str,
+) -> Result<ingress::echo::proto::EchoReply, tonic::Status> {
+    let req = ingress::echo::proto::EchoRequest {
+        message: message.to_owned(),
+        ..Default::default()
+    };
+    echo_unary_request(addr, authority, metadata, req).await
+}
+
+/// [`echo_unary`] with a whole request (e.g. `fail_code` to make the worker fail the call).
+pub async fn echo_unary_request(
+    addr: SocketAddr,
+    authority: &str,
+    metadata: &[(&'static str, &str)],
+    request: ingress::echo::proto::EchoRequest,
+) -> Result<ingress::echo::proto::EchoReply, tonic::Status> {
+    use ingress::echo::proto::echo_client::EchoClient;
+    let origin: http::Uri = format!("http://{authority}")
+        .parse()
+        .unwrap_or_else(|e| panic!("authority {authority:?}: {e}"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .origin(origin)
+        .connect_lazy();
+    let mut req = tonic::Request::new(request);
+    for (k, v) in metadata {
+        req.metadata_mut()
+            .insert(*k, v.parse().expect("ASCII metadata value"));
+    }
+    let mut client = EchoClient::new(channel);
+    tokio::time::timeout(Duration::from_secs(20), client.unary(req))
+        .await
+        .unwrap_or_else(|_| panic!("no gRPC answer from {addr} within 20 s"))
+        .map(tonic::Response::into_inner)
+}

@@ -1,5 +1,7 @@
 //! Serves any `ActorDirectory` as `ateapi.Control`, so Substrate clients (the upstream router
-//! included) can be developed against the embedded static directory.
+//! included) can be developed against the embedded static directory. Answers are in upstream
+//! v0.4's shapes (DESIGN §9, see [`record_to_proto`]); requests of both shapes are accepted
+//! (a v0.4 `ResumeActorRequest` has no `boot`, which reads as `false`).
 
 use super::ActorDirectory;
 use super::convert::record_to_proto;

@@ -1,6 +1,8 @@
 //! Conversions between `ateapi` protobuf messages and the directory's record types.
 
-use super::{ActorPage, ActorRecord, DirectoryError, ResumeOutcome, TemplateRef, Worker};
+use super::{
+    ActorPage, ActorRecord, AddressFamily, DirectoryError, ResumeOutcome, TemplateRef, Worker,
+};
 use crate::actor_ref::ActorRef;
 use crate::proto;
 
@@ -13,10 +15,14 @@ pub fn object_ref(actor: &ActorRef) -> proto::ObjectRef {
 }
 
 /// Reads an `Actor` message. `asked` is the actor the call was about: it fills a missing
-/// metadata name, and an answer about a different actor is an internal error.
+/// metadata name, and an answer about a different actor is an internal error. `family` picks
+/// the worker address among `worker_pod_ips` (DESIGN §9). The template comes from
+/// `actor_template` (field 4; all v0.4 servers send only that), else from the pre-v0.4 fields
+/// 2 and 3.
 pub fn record_from_proto(
     asked: Option<&ActorRef>,
     a: proto::Actor,
+    family: AddressFamily,
 ) -> Result<ActorRecord, DirectoryError> {
     let meta = a.metadata.unwrap_or_default();
     let actor = if meta.atespace.is_empty() && meta.name.is_empty() {
@@ -54,7 +60,10 @@ pub fn record_from_proto(
     let status = a.status.unwrap_or_default();
     let state = proto::ActorState::try_from(status.state).unwrap_or(proto::ActorState::Unspecified);
     let worker = status.worker_assignment.map(|w| Worker {
-        pod_ip: w.worker_pod_ip,
+        pod_ip: family
+            .choose(&w.worker_pod_ips)
+            .unwrap_or_default()
+            .to_owned(),
         pod: w.worker_pod,
         namespace: w.worker_namespace,
         pool: w.worker_pool,
@@ -69,13 +78,10 @@ pub fn record_from_proto(
     })
 }
 
-/// Writes an `Actor` message (used when serving a directory as `ateapi.Control`).
+/// Writes an `Actor` message in upstream v0.4's shape (used when serving a directory as
+/// `ateapi.Control`): the template only as `actor_template` (field 4, fields 2 and 3 are left
+/// empty), the worker address in `worker_pod_ips`.
 pub fn record_to_proto(r: &ActorRecord) -> proto::Actor {
-    let (tns, tname) = r
-        .template
-        .as_ref()
-        .map(|t| (t.namespace.clone(), t.name.clone()))
-        .unwrap_or_default();
     proto::Actor {
         metadata: Some(proto::ResourceMetadata {
             atespace: r.actor.atespace().to_owned(),
@@ -85,11 +91,11 @@ pub fn record_to_proto(r: &ActorRecord) -> proto::Actor {
             create_time: None,
             update_time: None,
         }),
-        actor_template_namespace: tns.clone(),
-        actor_template_name: tname.clone(),
-        actor_template: r.template.as_ref().map(|_| proto::ObjectRef {
-            atespace: tns,
-            name: tname,
+        actor_template_namespace: String::new(),
+        actor_template_name: String::new(),
+        actor_template: r.template.as_ref().map(|t| proto::ObjectRef {
+            atespace: t.namespace.clone(),
+            name: t.name.clone(),
         }),
         status: Some(proto::ActorStatus {
             state: r.state as i32,
@@ -98,7 +104,11 @@ pub fn record_to_proto(r: &ActorRecord) -> proto::Actor {
                 worker_pool: w.pool.clone(),
                 worker_pod: w.pod.clone(),
                 worker_pod_uid: String::new(),
-                worker_pod_ip: w.pod_ip.clone(),
+                worker_pod_ips: if w.pod_ip.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![w.pod_ip.clone()]
+                },
                 worker: if w.pod.is_empty() {
                     None
                 } else {
@@ -112,27 +122,31 @@ pub fn record_to_proto(r: &ActorRecord) -> proto::Actor {
     }
 }
 
-/// Reads a `ResumeActorResponse`.
+/// Reads a `ResumeActorResponse` (`family` as in [`record_from_proto`]).
 pub fn resume_from_proto(
     asked: &ActorRef,
     r: proto::ResumeActorResponse,
+    family: AddressFamily,
 ) -> Result<ResumeOutcome, DirectoryError> {
     let actor = r.actor.ok_or_else(|| {
         DirectoryError::new(tonic::Code::Internal, "ResumeActor response without actor")
     })?;
     Ok(ResumeOutcome {
-        record: record_from_proto(Some(asked), actor)?,
+        record: record_from_proto(Some(asked), actor, family)?,
         resumed: r.resumed,
     })
 }
 
-/// Reads a `ListActorsResponse`.
-pub fn page_from_proto(r: proto::ListActorsResponse) -> Result<ActorPage, DirectoryError> {
+/// Reads a `ListActorsResponse` (`family` as in [`record_from_proto`]).
+pub fn page_from_proto(
+    r: proto::ListActorsResponse,
+    family: AddressFamily,
+) -> Result<ActorPage, DirectoryError> {
     Ok(ActorPage {
         actors: r
             .actors
             .into_iter()
-            .map(|a| record_from_proto(None, a))
+            .map(|a| record_from_proto(None, a, family))
             .collect::<Result<_, _>>()?,
         next_page_token: r.next_page_token,
     })
