@@ -3,13 +3,9 @@
 //! Subcommands: `serve --config FILE` runs the configured components; `check-config FILE`
 //! validates a config and prints the effective result.
 
-mod admin;
-mod config;
 mod devtools;
-mod resolve_endpoint;
-mod serve;
-mod telemetry;
-mod tls_incoming;
+
+use actorgate::{app, config};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,7 +74,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve::run(loaded)) {
+            match runtime.block_on(app::run(loaded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("actorgate: {e:#}");
@@ -98,7 +94,11 @@ fn echo_worker(listen: std::net::SocketAddr, name: String) -> anyhow::Result<()>
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("--listen: cannot listen on {listen}"))?;
-        eprintln!("echo worker {name} listening on {listen}");
+        // The address it got (the port, with `--listen 127.0.0.1:0`), for scripts and tests.
+        let bound = listener
+            .local_addr()
+            .context("--listen: no local address")?;
+        eprintln!("echo worker {name} listening on {bound}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         ingress::echo::serve(listener, name, async move {
             tokio::select! {

@@ -1,5 +1,6 @@
 //! The HTTP resolve endpoint (DESIGN §5) for `auth_request` / ForwardAuth-style proxies (nginx,
-//! Traefik, HAProxy), served on the admin listener:
+//! Traefik, HAProxy), served on a listener of its own (`ingress.resolve.listen`, wired by
+//! [`crate::app::resolve`]; never the admin port):
 //!
 //! * `GET /resolve`: the actor comes from `ate-target-actor`, else from `X-Forwarded-Host`
 //!   (Traefik, and what the nginx example sets), else from `Host`. Success: `200` with
@@ -12,16 +13,20 @@
 //!   `x-actorgate-message` (only the table's statuses, message sanitised): nginx's
 //!   `error_page` location calls it to replay a failure without resolving twice.
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use routing_core::validate::{MetaInput, Values};
+use routing_core::wire::{
+    ACTOR_TEMPLATE, ACTORGATE_MESSAGE, ACTORGATE_STATUS, GATEWAY_DESTINATION_ENDPOINT,
+    TARGET_ACTOR, TARGET_PORT,
+};
 use routing_core::{Resolver, WorkerTransport};
 
 /// Statuses of DESIGN §4's table and the 400 of refused request metadata (the only ones
 /// `/resolve/error` replays).
 const TABLE_STATUSES: [u16; 7] = [400, 401, 403, 404, 500, 503, 504];
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -31,36 +36,28 @@ pub async fn resolve<B>(
     headers: &HeaderMap,
     body: impl FnOnce(String) -> B,
 ) -> Response<B> {
-    // The rules every front shares (routing_core::validate). The actor's authority is the first
-    // element of X-Forwarded-Host when present (the forward-auth proxy's client Host), else
-    // Host; Host is still checked (one valid value) but may name the auth hop itself.
-    let forwarded_host = headers.get("x-forwarded-host").map(|h| {
-        h.as_bytes()
-            .split(|b| *b == b',')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii()
-    });
+    // The rules every front shares (routing_core::validate). The actor's authority is
+    // X-Forwarded-Host when present (the forward-auth proxy's client Host), else Host; Host is
+    // still checked (one valid value) but may name the auth hop itself. X-Forwarded-Host must
+    // hold one value: several lines, or a comma list of more than one element, are the same
+    // `multiple host values` 400 as two Host lines (never "the first one wins").
+    let mut forwarded_host = Values::Absent;
+    for line in headers.get_all("x-forwarded-host") {
+        for element in line.as_bytes().split(|b| *b == b',') {
+            forwarded_host.push(element.trim_ascii());
+        }
+    }
     let input = MetaInput {
-        target_actor: Values::collect(
-            headers
-                .get_all("ate-target-actor")
-                .iter()
-                .map(HeaderValue::as_bytes),
-        ),
-        target_authority: forwarded_host.map_or(Values::Absent, Values::One),
-        host: Values::collect(
-            headers
-                .get_all(header::HOST)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        ),
+        target_actor: Values::header(headers, &TARGET_ACTOR),
+        target_authority: forwarded_host,
+        host: Values::header(headers, header::HOST),
         require_host: false,
         authority_must_match_host: false,
+        default_port: None,
     };
-    let routed = match input.validate(resolver.extractor()) {
-        Ok(meta) => resolver
-            .route(&meta)
+    let routed = match input.validate_target(resolver.extractor()) {
+        Ok(v) => v
+            .route(resolver)
             .await
             .map_err(|e| (e.http_status(), e.client_message())),
         Err(e) => Err((e.http_status(), e.client_message())),
@@ -70,19 +67,19 @@ pub async fn resolve<B>(
             let mut r = Response::new(body(String::new()));
             let h = r.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&route.endpoint.to_string()) {
-                h.insert("x-gateway-destination-endpoint", v);
+                h.insert(&GATEWAY_DESTINATION_ENDPOINT, v);
             }
             if let Ok(v) = HeaderValue::from_str(route.actor().as_str()) {
-                h.insert("ate-target-actor", v);
+                h.insert(&TARGET_ACTOR, v);
             }
             if let Some(t) = &route.placement.template
                 && let Ok(v) = HeaderValue::from_str(&format!("{}/{}", t.namespace, t.name))
             {
-                h.insert("x-actor-template", v);
+                h.insert(&ACTOR_TEMPLATE, v);
             }
             // Worker agent mode: the actor port the agent must dial (the proxy sends it on).
             if let WorkerTransport::Agent { .. } = resolver.settings().worker_transport {
-                h.insert("x-ate-target-port", HeaderValue::from(route.actor_port));
+                h.insert(&TARGET_PORT, HeaderValue::from(route.actor_port));
             }
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
@@ -96,9 +93,9 @@ pub async fn resolve<B>(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            h.insert("x-actorgate-status", HeaderValue::from(status));
+            h.insert(&ACTORGATE_STATUS, HeaderValue::from(status));
             if let Ok(v) = HeaderValue::from_str(&message) {
-                h.insert("x-actorgate-message", v);
+                h.insert(&ACTORGATE_MESSAGE, v);
             }
             r
         }
@@ -107,11 +104,11 @@ pub async fn resolve<B>(
 
 /// Answers `GET /resolve/error`: replays a failure reported by `/resolve`.
 pub fn replay_error<B>(headers: &HeaderMap, body: impl FnOnce(String) -> B) -> Response<B> {
-    let status = header(headers, "x-actorgate-status")
+    let status = header(headers, &ACTORGATE_STATUS)
         .and_then(|s| s.trim().parse::<u16>().ok())
         .filter(|s| TABLE_STATUSES.contains(s))
         .unwrap_or(500);
-    let message: String = header(headers, "x-actorgate-message")
+    let message: String = header(headers, &ACTORGATE_MESSAGE)
         .map(routing_core::error::sanitize_detail)
         .filter(|m| m != "no details")
         .unwrap_or_else(|| "routing failed".to_owned());

@@ -7,24 +7,23 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use identity::devca::DevCa;
 use routing_core::proto::ActorState;
 use routing_core::testing::FakeControlPlane;
 
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 const SUFFIX: &str = "actors.resources.substrate.ate.dev";
 
-/// An IPv4 and an IPv6 echo worker on the same port (127.0.4.2:P and [::1]:P).
-async fn dual_stack_workers() -> (u16, Vec<tokio::sync::oneshot::Sender<()>>) {
+/// An IPv4 and an IPv6 echo worker on the same port (127.0.4.2:P and [::1]:P). Both listeners
+/// are bound before either serves, so no port is ever released in between.
+async fn dual_stack_workers() -> (u16, Vec<EchoStop>) {
     for _ in 0..20 {
-        let (v4, stop4) = echo_worker("127.0.4.2:0", "v4").await;
-        let port = v4.port();
-        if tokio::net::TcpListener::bind(("::1", port)).await.is_ok() {
-            // Free a moment ago; the listener above is dropped, so bind it for real.
-            let (_, stop6) = echo_worker(&format!("[::1]:{port}"), "v6").await;
+        let v4 = tokio::net::TcpListener::bind("127.0.4.2:0").await.unwrap();
+        let port = v4.local_addr().unwrap().port();
+        if let Ok(v6) = tokio::net::TcpListener::bind(("::1", port)).await {
+            let (_, stop4) = echo_worker_on(v4, "v4");
+            let (_, stop6) = echo_worker_on(v6, "v6");
             return (port, vec![stop4, stop6]);
         }
     }
@@ -49,19 +48,18 @@ async fn dual_stack_workers_are_routed_by_address_family() {
 
     for (family, want) in [("", "v4"), (", worker_address_family: ipv6", "v6")] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(
+        let gw = Gateway::ready(
             dir.path(),
             &format!(
                 "admin: {{listen: ADMIN_ADDR}}\n\
                  directory: {{ateapi: {{address: '{}', tls: plaintext{family}}}}}\n",
                 fake.addr
             ),
-        );
-        let gw = Gateway::start(&cfg.path, cfg.admin).await;
-        gw.wait_ready().await;
+        )
+        .await;
         for actor in ["v4first", "v6first"] {
             assert_eq!(
-                worker_name(cfg.http, actor, port).await,
+                worker_name(gw.http(), actor, port).await,
                 want,
                 "{actor} with config {family:?}"
             );
@@ -69,46 +67,21 @@ async fn dual_stack_workers_are_routed_by_address_family() {
     }
 }
 
-struct Pki {
-    dir: tempfile::TempDir,
+/// A test PKI (`ca.crt`, `server.*`) with two client certificates (`router.*`, `other.*`), an
+/// empty file and a garbage file.
+fn pki() -> TestPki {
+    let p = test_pki(&["router", "other"]);
+    std::fs::write(p.path("empty.crt"), "").unwrap();
+    std::fs::write(
+        p.path("garbage.crt"),
+        "this is not a certificate\n-----BEGIN CERTIFICATE-----\nbm90IERFUg==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    p
 }
 
-impl Pki {
-    /// A dev CA (`ca.crt`), a server certificate for localhost/127.0.0.1 (`server.*`), two
-    /// client certificates (`router.*`, `other.*`), an empty file and a garbage file.
-    fn new(ca_name: &str) -> (Self, DevCa) {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::generate(ca_name, YEAR).unwrap();
-        ca.write_dir(dir.path()).unwrap();
-        ca.issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
-            .unwrap()
-            .write(dir.path(), "server")
-            .unwrap();
-        for name in ["router", "other"] {
-            ca.issue_component(
-                identity::spiffe::DEFAULT_TRUST_DOMAIN,
-                "ate-system",
-                name,
-                &[],
-                &[],
-                YEAR,
-            )
-            .unwrap()
-            .write(dir.path(), name)
-            .unwrap();
-        }
-        std::fs::write(dir.path().join("empty.crt"), "").unwrap();
-        std::fs::write(
-            dir.path().join("garbage.crt"),
-            "this is not a certificate\n-----BEGIN CERTIFICATE-----\nbm90IERFUg==\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        (Self { dir }, ca)
-    }
-
-    fn path(&self, f: &str) -> String {
-        self.dir.path().join(f).display().to_string()
-    }
+fn path(p: &TestPki, f: &str) -> String {
+    p.path(f).display().to_string()
 }
 
 /// `actorgate check-config` of `ateapi` (the body of `directory.ateapi`) → (exit code, stderr).
@@ -132,14 +105,14 @@ fn check_ateapi(dir: &Path, ateapi: &str) -> (Option<i32>, String) {
 
 #[test]
 fn check_config_refuses_control_plane_tls_that_serve_cannot_use() {
-    let (p, _ca) = Pki::new("control-plane test CA");
+    let p = pki();
     let scratch = tempfile::tempdir().unwrap();
     let mtls = |ca: &str, cert: &str, key: &str| {
         format!(
             "address: 'api:8443', tls: mtls, ca_file: '{}', cert_file: '{}', key_file: '{}'",
-            p.path(ca),
-            p.path(cert),
-            p.path(key)
+            path(&p, ca),
+            path(&p, cert),
+            path(&p, key)
         )
     };
 
@@ -200,28 +173,12 @@ fn check_config_refuses_control_plane_tls_that_serve_cannot_use() {
     }
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, at most `within`.
-async fn eventually<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_untrusted_control_plane_is_explained_in_the_log_and_on_statusz() {
-    let (server_pki, server_ca) = Pki::new("server CA");
-    let server = server_ca
-        .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
-        .unwrap();
+    let server = TestPki::new().issue_localhost();
     let fake = FakeControlPlane::start_tls(&server.cert_pem, &server.key_pem, None).await;
-    drop(server_pki);
     // The gateway trusts a different CA.
-    let (client_pki, _) = Pki::new("client CA");
+    let client_pki = TestPki::new();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
@@ -229,43 +186,33 @@ async fn an_untrusted_control_plane_is_explained_in_the_log_and_on_statusz() {
             "admin: {{listen: ADMIN_ADDR}}\n\
              directory: {{ateapi: {{address: '{}', tls: tls, ca_file: '{}', server_name: localhost}}}}\n",
             fake.addr,
-            client_pki.path("ca.crt")
+            path(&client_pki, "ca.crt")
         ),
     );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
+    let gw = Gateway::start(&cfg).await;
+    let admin = gw.admin;
 
-    let line = eventually(
-        Duration::from_secs(15),
-        "a warning naming the reason",
-        async || {
-            gw.log_text()
-                .lines()
-                .find(|l| {
-                    l.contains("WARN") && l.contains("ate-api-server has never been reachable")
-                })
-                .map(str::to_owned)
-        },
-    )
-    .await;
+    let line = gw
+        .log_line("a warning naming the reason", |l| {
+            l.contains("WARN") && l.contains("ate-api-server has never been reachable")
+        })
+        .await;
     assert!(line.contains("unknown CA"), "{line}");
     assert!(
         line.contains(&fake.addr.to_string()),
         "names the address: {line}"
     );
 
-    let conn = eventually(
-        Duration::from_secs(15),
-        "/statusz connection error",
-        async || {
-            let (status, body) = get(cfg.admin, "/statusz?format=json").await.ok()?;
+    let conn = gw
+        .eventually(BOUND, "/statusz connection error", async || {
+            let (status, body) = get(admin, "/statusz?format=json").await.ok()?;
             assert_eq!(status, 200);
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             let c = v.pointer("/directory/connection")?.clone();
             c.get("last_connect_error")?.as_str()?;
             Some(c)
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(conn["address"], fake.addr.to_string());
     assert_eq!(conn["ever_connected"], false);
     let e = conn["last_connect_error"].as_str().unwrap();
@@ -273,9 +220,9 @@ async fn an_untrusted_control_plane_is_explained_in_the_log_and_on_statusz() {
         e.starts_with("server certificate not trusted: unknown CA"),
         "{e}"
     );
-    let (status, _) = get(cfg.admin, "/readyz").await.unwrap();
+    let (status, _) = get(admin, "/readyz").await.unwrap();
     assert_eq!(status, 503);
-    let (_, html) = get(cfg.admin, "/statusz").await.unwrap();
+    let (_, html) = get(admin, "/statusz").await.unwrap();
     assert!(
         html.contains("last connect error") && html.contains("unknown CA"),
         "{html}"
@@ -289,11 +236,11 @@ async fn refused_client_certificates_are_explained() {
     use routing_core::ActorDirectory;
     use routing_core::directory::ateapi::{AteApiDirectory, AteApiSettings, TlsMode};
 
-    let (p, ca) = Pki::new("mtls server CA");
-    let server = ca.issue_server(&["localhost".into()], &[], YEAR).unwrap();
+    let p = pki();
+    let server = p.ca.issue_server(&["localhost".into()], &[], YEAR).unwrap();
     let fake =
-        FakeControlPlane::start_tls(&server.cert_pem, &server.key_pem, Some(ca.cert_pem())).await;
-    let (stranger, _) = Pki::new("stranger CA");
+        FakeControlPlane::start_tls(&server.cert_pem, &server.key_pem, Some(p.ca.cert_pem())).await;
+    let stranger = pki();
     let settings = |cert: Option<(String, String)>| AteApiSettings {
         address: fake.addr.to_string(),
         tls: if cert.is_some() {
@@ -301,7 +248,7 @@ async fn refused_client_certificates_are_explained() {
         } else {
             TlsMode::Tls
         },
-        ca_file: Some(p.path("ca.crt").into()),
+        ca_file: Some(p.path("ca.crt")),
         cert_file: cert.as_ref().map(|c| c.0.clone().into()),
         key_file: cert.as_ref().map(|c| c.1.clone().into()),
         server_name: Some("localhost".into()),
@@ -311,9 +258,8 @@ async fn refused_client_certificates_are_explained() {
     };
     let reason = async |s: AteApiSettings| {
         let dir = AteApiDirectory::new(&s).unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(10), dir.health())
+        let e = within(BOUND, "the health probe", dir.health())
             .await
-            .expect("health answers within 10 s")
             .expect_err("refused");
         assert_eq!(e.code, tonic::Code::Unavailable);
         assert_eq!(
@@ -328,8 +274,8 @@ async fn refused_client_certificates_are_explained() {
         "{none}"
     );
     let wrong = reason(settings(Some((
-        stranger.path("router.crt"),
-        stranger.path("router.key"),
+        path(&stranger, "router.crt"),
+        path(&stranger, "router.key"),
     ))))
     .await;
     assert!(
@@ -338,12 +284,11 @@ async fn refused_client_certificates_are_explained() {
     );
     // The right certificate gets through.
     let dir = AteApiDirectory::new(&settings(Some((
-        p.path("router.crt"),
-        p.path("router.key"),
+        path(&p, "router.crt"),
+        path(&p, "router.key"),
     ))))
     .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), dir.health())
+    within(BOUND, "the health probe", dir.health())
         .await
-        .expect("health answers within 10 s")
         .expect("mTLS works");
 }

@@ -10,33 +10,6 @@ use common::*;
 use routing_core::proto::ActorState;
 use routing_core::testing::{FakeControlPlane, Method, Step};
 
-/// The deploy/ Envoy example with its ports pointed at this test's processes.
-fn envoy_config(
-    dir: &std::path::Path,
-    listener: SocketAddr,
-    extproc: SocketAddr,
-    admin_port: u16,
-) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/envoy/extproc-original-dst.yaml"
-    ))
-    .unwrap();
-    let text = text
-        .replace(
-            "port_value: 10000",
-            &format!("port_value: {}", listener.port()),
-        )
-        .replace(
-            "port_value: 50051",
-            &format!("port_value: {}", extproc.port()),
-        )
-        .replace("port_value: 9901", &format!("port_value: {admin_port}"));
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
     request(addr, "/", headers).await
 }
@@ -54,23 +27,17 @@ async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
         Duration::from_millis(800),
     );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let mut gw = Gateway::ready(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\n\
              directory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
             fake.addr
         ),
-    );
-    let mut gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let envoy_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _envoy = Envoy::start(
-        &envoy_config(dir.path(), listener, cfg.grpc, envoy_admin.port()),
-        listener,
     )
     .await;
+    let envoy = Envoy::example(dir.path(), "extproc-original-dst.yaml", gw.grpc(), &[]).await;
+    let listener = envoy.listener;
     // The actor's port travels in the authority; the worker runs on that port of the pod IP.
     let host = |a: &str| {
         format!(
@@ -133,33 +100,44 @@ async fn envoy_routes_through_actorgate_extproc_and_fails_closed() {
 
     // actorgate ends each stream after answering request_headers; Envoy takes that as the clean
     // close of the protocol: no failed streams, no spurious messages, no rejected mutations.
-    let (s, _, stats) = request(envoy_admin, "/stats?filter=ext_proc", &[]).await;
-    assert_eq!(s, 200);
-    let stat = |name: &str| -> u64 {
-        stats
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .find(|(k, _)| k.ends_with(&format!(".ext_proc.{name}")))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no ext_proc.{name} in {stats}"))
+    let stat = async |name: &str| -> u64 {
+        let suffix = format!(".ext_proc.{name}");
+        envoy.stat("ext_proc", |k| k.ends_with(&suffix)).await
     };
-    assert!(stat("streams_started") >= 6, "{stats}");
-    assert_eq!(stat("streams_closed"), stat("streams_started"), "{stats}");
+    // Six requests went through ExtProc above, one stream each.
+    assert_eq!(stat("streams_started").await, 6);
+    assert_eq!(stat("streams_closed").await, 6);
     for zero in [
         "streams_failed",
         "spurious_msgs_received",
         "rejected_header_mutations",
     ] {
-        assert_eq!(stat(zero), 0, "{zero}: {stats}");
+        assert_eq!(stat(zero).await, 0, "{zero}");
     }
 
-    // Control plane down: 503 with the table's body.
-    fake.add_actor("ns/later", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    // Control plane down: 503 with the table's body. The stopped fake may still finish the
+    // connection actorgate holds, so poll, each time with an actor never asked for before
+    // (running if the fake still answered); what is answered before it is gone is not asserted.
     fake.stop();
-    // Let the shutdown close the connection actorgate holds.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (s, _, body) = get(listener, &[("host", &host("later"))]).await;
-    assert_eq!((s, body.as_str()), (503, "actor ns/later unavailable"));
+    let mut n = 0;
+    gw.eventually(BOUND, "control plane down read as 503", async || {
+        n += 1;
+        let name = format!("later{n}");
+        fake.add_actor(
+            &format!("ns/{name}"),
+            ActorState::Running,
+            "127.0.0.1",
+            Duration::ZERO,
+        );
+        let (s, _, body) = get(listener, &[("host", &host(&name))]).await;
+        if s == 503 {
+            assert_eq!(body, format!("actor ns/{name} unavailable"));
+            return Some(());
+        }
+        assert_eq!(s, 200, "only the fake's last answer may route: {body}");
+        None
+    })
+    .await;
 
     // actorgate gone: the fail-closed example answers 500 and sends nothing to a guessed backend.
     gw.signal("KILL");
@@ -186,22 +164,16 @@ async fn concurrent_requests_through_envoy_share_one_resume() {
         Duration::from_millis(1500),
     );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\ndirectory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
             fake.addr
         ),
-    );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let envoy_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _envoy = Envoy::start(
-        &envoy_config(dir.path(), listener, cfg.grpc, envoy_admin.port()),
-        listener,
     )
     .await;
+    let envoy = Envoy::example(dir.path(), "extproc-original-dst.yaml", gw.grpc(), &[]).await;
+    let listener = envoy.listener;
     let host = format!(
         "cold.ns.actors.resources.substrate.ate.dev:{}",
         worker.port()
@@ -213,7 +185,7 @@ async fn concurrent_requests_through_envoy_share_one_resume() {
         })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+        assert_eq!(within(BOUND, "a request", t).await.unwrap(), 200);
     }
     assert_eq!(
         fake.calls(Method::ResumeActor, "ns/cold"),
@@ -221,15 +193,13 @@ async fn concurrent_requests_through_envoy_share_one_resume() {
         "100 requests across Envoy's workers, one resume"
     );
     // They did spread: each of Envoy's two workers accepted some of the 100 connections.
-    let (_, _, stats) = request(envoy_admin, "/stats?filter=downstream_cx_total", &[]).await;
     for worker in ["worker_0", "worker_1"] {
-        let accepted: u64 = stats
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .find(|(k, _)| k.starts_with("listener.127.0.0.1_") && k.contains(worker))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {worker} listener stat in {stats}"));
-        assert!(accepted > 0, "{worker} took no connection: {stats}");
+        let accepted = envoy
+            .stat("downstream_cx_total", |k| {
+                k.starts_with("listener.127.0.0.1_") && k.contains(worker)
+            })
+            .await;
+        assert!(accepted > 0, "{worker} took no connection");
     }
 }
 
@@ -239,19 +209,16 @@ async fn resolve_route_answers_routes_and_structured_errors() {
     use ingress::router_api::proto::resolve_route_response::Result as R;
     use ingress::router_api::proto::router_client::RouterClient;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         "admin: {listen: ADMIN_ADDR}\ngrpc: {listen: GRPC_ADDR}\ningress: {enabled: false}\n\
          resolver: {budget: 300ms}\n\
          directory: {static: {resume_delay: 50ms, actors: [{atespace: demo, name: hello, template: demo/echo, endpoint: '10.1.2.3:8080'},\n\
          {atespace: demo, name: sleepy, state: suspended, endpoint: '10.1.2.4:8080'},\n\
          {atespace: demo, name: broken, state: crashed, endpoint: '10.1.2.5:8080'}]}}\n",
-    );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-    let mut c = RouterClient::connect(format!("http://{}", cfg.grpc))
-        .await
-        .unwrap();
+    )
+    .await;
+    let mut c = RouterClient::new(grpc_channel(gw.grpc()).await);
     async fn resolve(
         c: &mut RouterClient<tonic::transport::Channel>,
         req: ResolveRouteRequest,
@@ -342,12 +309,7 @@ async fn resolve_route_answers_routes_and_structured_errors() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cfg.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut r = ServerReflectionClient::new(channel);
+    let mut r = ServerReflectionClient::new(grpc_channel(gw.grpc()).await);
     let reqs = [
         MessageRequest::ListServices(String::new()),
         // What `grpcurl describe` asks for: the file declaring the service.
@@ -362,7 +324,10 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         .await
         .unwrap()
         .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
+    let resp = within(BOUND, "ListServices", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
     let names: Vec<String> = match resp.message_response.unwrap() {
         MessageResponse::ListServicesResponse(l) => l.service.into_iter().map(|s| s.name).collect(),
         other => panic!("{other:?}"),
@@ -371,7 +336,10 @@ async fn resolve_route_answers_routes_and_structured_errors() {
         names.contains(&"actorgate.router.v1.Router".to_owned()),
         "{names:?}"
     );
-    let resp = stream.message().await.unwrap().unwrap();
+    let resp = within(BOUND, "FileContainingSymbol", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
     let files = match resp.message_response.unwrap() {
         MessageResponse::FileDescriptorResponse(f) => f.file_descriptor_proto,
         other => panic!("{other:?}"),
@@ -406,7 +374,7 @@ async fn every_envoy_routing_variant_reaches_the_right_worker() {
     );
     let dir = tempfile::tempdir().unwrap();
     // A short resolver budget makes a hung resume a quick DEADLINE_EXCEEDED.
-    let cfg = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ngrpc: {{listen: GRPC_ADDR}}\ningress: {{enabled: false}}\n\
@@ -414,9 +382,8 @@ async fn every_envoy_routing_variant_reaches_the_right_worker() {
              directory: {{ateapi: {{address: '{}', tls: plaintext, connect_timeout: 200ms}}}}\n",
             fake.addr
         ),
-    );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
+    )
+    .await;
     let actor_host =
         |name: &str, port: u16| format!("{name}.ns.actors.resources.substrate.ate.dev:{port}");
     let host = actor_host("hello", worker.port());
@@ -427,32 +394,21 @@ async fn every_envoy_routing_variant_reaches_the_right_worker() {
         "extproc-override-host.yaml",
         "extproc-authority.yaml",
     ] {
-        let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = std::fs::read_to_string(format!(
-            "{}/deploy/envoy/{variant}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-        .replace(
-            "port_value: 10000",
-            &format!("port_value: {}", listener.port()),
-        )
-        .replace(
-            "port_value: 50051",
-            &format!("port_value: {}", cfg.grpc.port()),
-        )
-        .replace("port_value: 9901", &format!("port_value: {}", free_port()))
-        .replace(
-            "port_value: 18081",
-            &format!("port_value: {}", worker.port()),
-        )
-        .replace(
-            "port_value: 18082",
-            &format!("port_value: {}", decoy.port()),
-        );
-        let path = dir.path().join(variant);
-        std::fs::write(&path, text).unwrap();
-        let envoy = Envoy::start(&path, listener).await;
+        // Only the override-host example names the workers' ports itself.
+        let workers = [
+            (
+                "port_value: 18081",
+                format!("port_value: {}", worker.port()),
+            ),
+            ("port_value: 18082", format!("port_value: {}", decoy.port())),
+        ];
+        let extra: &[(&str, String)] = if variant == "extproc-override-host.yaml" {
+            &workers
+        } else {
+            &[]
+        };
+        let envoy = Envoy::example(dir.path(), variant, gw.grpc(), extra).await;
+        let listener = envoy.listener;
         for _ in 0..3 {
             let (s, h, body) = get(
                 listener,
@@ -534,15 +490,20 @@ async fn every_envoy_routing_variant_reaches_the_right_worker() {
             "{variant}: {s:?}"
         );
         // Unreachable worker: actorgate routes, Envoy cannot connect and answers the gRPC client
-        // UNAVAILABLE itself.
-        if variant != "extproc-override-host.yaml" {
-            let s = grpc_error(actor_host("dead", free_port())).await;
-            assert_eq!(s.code(), Code::Unavailable, "{variant}: {s:?}");
-            assert!(
-                s.message().contains("upstream connect error"),
-                "{variant}: {s:?}"
-            );
-        }
+        // UNAVAILABLE itself. With override_host the pick is not in the worker pool: the example
+        // fails closed (no host, 503), never another worker's answer.
+        let closed = ClosedPort::new();
+        let s = grpc_error(actor_host("dead", closed.port())).await;
+        let want = if variant == "extproc-override-host.yaml" {
+            "no healthy upstream"
+        } else {
+            "upstream connect error"
+        };
+        assert_eq!(s.code(), Code::Unavailable, "{variant}: {s:?}");
+        assert!(s.message().contains(want), "{variant}: {s:?}");
+        let (st, h, body) = get(listener, &[("host", &actor_host("dead", closed.port()))]).await;
+        assert_eq!(st, 503, "{variant}: {body}");
+        assert!(h.get("x-echo-worker").is_none(), "{variant}: {h:?}");
         envoys.push((variant, listener, envoy));
     }
 
@@ -552,20 +513,20 @@ async fn every_envoy_routing_variant_reaches_the_right_worker() {
     fake.stop();
     let mut n = 0;
     for (variant, listener, _envoy) in &envoys {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            n += 1;
-            let name = format!("later{n}");
-            let want = format!("actor ns/{name} unavailable");
-            match echo_unary(*listener, &actor_host(&name, worker.port()), &[], "hi").await {
-                Err(s) if s.code() == Code::Unavailable && s.message() == want => break,
-                other => assert!(
-                    std::time::Instant::now() < deadline,
-                    "{variant}: control plane down never read as UNAVAILABLE {want:?}; last: {other:?}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gw.eventually(
+            BOUND,
+            format!("{variant}: control plane down read as UNAVAILABLE"),
+            async || {
+                n += 1;
+                let name = format!("later{n}");
+                let want = format!("actor ns/{name} unavailable");
+                match echo_unary(*listener, &actor_host(&name, worker.port()), &[], "hi").await {
+                    Err(s) if s.code() == Code::Unavailable && s.message() == want => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
     }
 }
 

@@ -54,17 +54,16 @@ async fn grpc_clients_get_grpc_status_and_message_from_the_proxy() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     // A short resolver budget makes the hung resume a quick DEADLINE_EXCEEDED.
-    let cfg = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\nresolver: {{budget: 400ms}}\n\
              directory: {{ateapi: {{address: '{}', tls: plaintext, connect_timeout: 200ms}}}}\n",
             fake.addr
         ),
-    );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-    let proxy = cfg.http;
+    )
+    .await;
+    let proxy = gw.http();
     let host = |name: &str, port: u16| format!("{name}.demo.{SUFFIX}:{port}");
 
     // A successful call still goes through (over HTTP/2 to the worker, trailers intact).
@@ -123,8 +122,8 @@ async fn grpc_clients_get_grpc_status_and_message_from_the_proxy() {
     );
 
     // Unreachable worker (nothing listens on the actor's port): the proxy's own 502 reply.
-    let closed = free_port();
-    let s = grpc_error(proxy, &host("dead", closed)).await;
+    let closed = ClosedPort::new();
+    let s = grpc_error(proxy, &host("dead", closed.port())).await;
     assert_eq!(
         (s.code(), s.message()),
         (Code::Unavailable, "actor demo/dead worker unreachable"),
@@ -163,23 +162,22 @@ async fn grpc_clients_get_grpc_status_and_message_from_the_proxy() {
     // the connection actorgate holds, so poll, each time with an actor never asked for before
     // (nothing cached); what is answered before the connection is gone is not asserted.
     fake.stop();
-    let deadline = Instant::now() + Duration::from_secs(15);
     let mut n = 0;
-    let s = loop {
-        n += 1;
-        let name = format!("later{n}");
-        let got = echo_unary(proxy, &host(&name, worker.port()), &[], "hi").await;
-        let want = format!("actor demo/{name} unavailable");
-        match got {
-            Err(s) if s.code() == Code::Unavailable && s.message() == want => break s,
-            other => assert!(
-                Instant::now() < deadline,
-                "control plane down never read as UNAVAILABLE {want:?}; last: {other:?}\n{}",
-                gw.log_text()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let s = gw
+        .eventually(
+            BOUND,
+            "control plane down read as UNAVAILABLE",
+            async || {
+                n += 1;
+                let name = format!("later{n}");
+                let want = format!("actor demo/{name} unavailable");
+                match echo_unary(proxy, &host(&name, worker.port()), &[], "hi").await {
+                    Err(s) if s.code() == Code::Unavailable && s.message() == want => Some(s),
+                    _ => None,
+                }
+            },
+        )
+        .await;
     assert!(s.metadata().get("x-request-id").is_some(), "{s:?}");
 }
 
@@ -190,26 +188,24 @@ async fn a_local_reply_to_a_grpc_request_is_trailers_only_on_the_wire() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         "admin: {listen: ADMIN_ADDR}\n\
          directory: {static: {actors: [{atespace: demo, name: hello, endpoint: '127.0.0.1:1'}]}}\n",
-    );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
+    )
+    .await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
     for content_type in ["application/grpc", "application/grpc+proto"] {
-        let req = http::Request::post(format!("http://{}/actorgate.echo.v1.Echo/Unary", cfg.http))
+        let req = http::Request::post(format!("http://{}/actorgate.echo.v1.Echo/Unary", gw.http()))
             .header("ate-target-actor", "demo/ghost")
             .header("content-type", content_type)
             .header("te", "trailers")
             .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
             .expect("request");
-        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        let resp = within(BOUND, "the local reply", client.request(req))
             .await
-            .expect("answer within 10 s")
             .expect("response");
         assert_eq!(resp.status(), 200, "{content_type}");
         let h = resp.headers().clone();
@@ -220,11 +216,117 @@ async fn a_local_reply_to_a_grpc_request_is_trailers_only_on_the_wire() {
         );
         assert_eq!(h["grpc-message"], "actor demo/ghost not found");
         assert!(h.get("content-length").is_none(), "{h:?}");
-        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        let body = within(BOUND, "the local reply's body", resp.into_body().collect())
             .await
-            .expect("body within 10 s")
             .expect("body");
         assert!(body.trailers().is_none());
         assert!(body.to_bytes().is_empty(), "Trailers-Only has no body");
+    }
+}
+
+/// A request the proxy refuses as malformed gets the same gRPC code on every front:
+/// `INVALID_ARGUMENT` with the refusal's message (as ExtProc and ResolveRoute give it), not
+/// `INTERNAL` from the HTTP 400 — for validation refusals (conflicting actors, several Hosts,
+/// a Host that is not the `:authority`, userinfo) with a real tonic client, and for the
+/// request-target refusals on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_are_invalid_argument_for_grpc_clients() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "right").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::ready(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\n\
+             directory: {{static: {{actors: [{{atespace: demo, name: hello, endpoint: '{worker}'}}]}}}}\n"
+        ),
+    )
+    .await;
+    let proxy = gw.http();
+    let hello = format!("hello.demo.{SUFFIX}:{}", worker.port());
+    let other = format!("other.demo.{SUFFIX}:{}", worker.port());
+    /// What is refused, the `:authority`, the metadata, the expected message.
+    type Case<'a> = (&'a str, String, Vec<(&'static str, &'a str)>, &'a str);
+    let cases: [Case; 4] = [
+        (
+            "conflicting actors",
+            hello.clone(),
+            vec![("ate-target-actor", "demo/other")],
+            "conflicting actor references",
+        ),
+        (
+            "two Host values",
+            hello.clone(),
+            vec![("host", &hello), ("host", &other)],
+            "multiple host values",
+        ),
+        (
+            "Host differs from :authority",
+            hello.clone(),
+            vec![("host", &other)],
+            "conflicting :authority and host",
+        ),
+        (
+            "userinfo",
+            format!("user:pw@{hello}"),
+            vec![],
+            "userinfo is not allowed in the authority",
+        ),
+    ];
+    for (what, authority, metadata, message) in cases {
+        let s = echo_unary_metadata(proxy, &authority, &metadata).await;
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, message),
+            "{what}: {s:?}"
+        );
+    }
+    // The proxy's request-target refusals, in gRPC's Trailers-Only form on the wire.
+    for (target, message) in [
+        ("*", "asterisk-form request target is only for OPTIONS"),
+        ("ftp://h/", "unsupported scheme"),
+    ] {
+        let r = raw_http(
+            proxy,
+            format!(
+                "POST {target} HTTP/1.1\r\nhost: h\r\ncontent-type: application/grpc\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let lower = r.to_ascii_lowercase();
+        assert!(r.starts_with("HTTP/1.1 200"), "{target}: {r}");
+        assert!(lower.contains("grpc-status: 3\r\n"), "{target}: {r}");
+        assert!(
+            r.contains(&format!("grpc-message: {message}\r\n")),
+            "{target}: {r}"
+        );
+    }
+}
+
+/// A unary echo call with metadata values that may repeat (appended, not replaced); expects an
+/// error.
+async fn echo_unary_metadata(
+    addr: SocketAddr,
+    authority: &str,
+    metadata: &[(&'static str, &str)],
+) -> tonic::Status {
+    use ingress::echo::proto::echo_client::EchoClient;
+    let origin: http::Uri = format!("http://{authority}").parse().expect("authority");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .origin(origin)
+        .connect_lazy();
+    let mut req = tonic::Request::new(ingress::echo::proto::EchoRequest {
+        message: "hi".into(),
+        ..Default::default()
+    });
+    for (k, v) in metadata {
+        req.metadata_mut()
+            .append(*k, v.parse().expect("ASCII metadata value"));
+    }
+    match within(BOUND, "a gRPC answer", EchoClient::new(channel).unary(req)).await {
+        Ok(r) => panic!("{authority} {metadata:?}: expected an error, got {r:?}"),
+        Err(s) => s,
     }
 }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,9 +18,6 @@ use tokio::net::TcpStream;
 
 const SUFFIX: &str = "actors.resources.substrate.ate.dev";
 
-/// Every await on the network is bounded by this.
-const BOUND: Duration = Duration::from_secs(10);
-
 fn static_config(worker: SocketAddr, extra: &str) -> String {
     format!(
         "admin: {{listen: ADMIN_ADDR}}\n{extra}\ndirectory:\n  static:\n    actors:\n\
@@ -29,18 +25,9 @@ fn static_config(worker: SocketAddr, extra: &str) -> String {
     )
 }
 
-async fn start(dir: &std::path::Path, body: &str) -> (Gateway, TestConfig) {
-    let cfg = write_config(dir, body);
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-    (gw, cfg)
-}
-
+/// Every await on the network is bounded by [`BOUND`].
 async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(BOUND, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: nothing within {BOUND:?}"),
-    }
+    within(BOUND, what, f).await
 }
 
 /// Writes `request`, shuts down the write side (a half-close) and reads until the server closes.
@@ -60,57 +47,11 @@ async fn half_closed_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A self-signed dev CA and a server certificate for 127.0.0.1/localhost in `dir`.
-fn write_tls(dir: &std::path::Path) {
-    let ca =
-        identity::devca::DevCa::generate("ingress test CA", Duration::from_secs(86400)).unwrap();
-    ca.write_dir(dir).unwrap();
-    ca.issue_server(
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        Duration::from_secs(86400),
-    )
-    .unwrap()
-    .write(dir, "server")
-    .unwrap();
-}
-
-/// A TLS connection to `addr` trusting the CA in `dir`, offering `alpn`.
-async fn tls_connect(
-    dir: &std::path::Path,
-    addr: SocketAddr,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in identity::pem::load_certs(&dir.join("ca.crt")).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(identity::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = bounded("TCP connect", TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    bounded(
-        "TLS handshake",
-        tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp),
-    )
-    .await
-    .unwrap()
-}
-
-fn https_extra(https: SocketAddr, limits: &str) -> String {
+/// An HTTP and an HTTPS listener (the certificate of [`write_test_ca`]), then `limits`.
+fn https_extra(limits: &str) -> String {
     format!(
-        "ingress:\n  http: {{listen: HTTP_ADDR}}\n  https:\n    listen: '{https}'\n    tls: {{cert_file: server.crt, key_file: server.key}}\n{limits}"
+        "ingress:\n  http: {{listen: HTTP_ADDR}}\n  https:\n    listen: HTTPS_ADDR\n    tls: {{cert_file: server.crt, key_file: server.key}}\n{limits}"
     )
-}
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -120,15 +61,14 @@ fn free_addr() -> SocketAddr {
 async fn a_client_that_half_closes_after_its_request_is_answered() {
     let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
     let dir = tempfile::tempdir().unwrap();
-    write_tls(dir.path());
-    let https = free_addr();
-    let (_gw, cfg) = start(dir.path(), &static_config(worker, &https_extra(https, ""))).await;
+    write_test_ca(dir.path());
+    let gw = Gateway::ready(dir.path(), &static_config(worker, &https_extra(""))).await;
 
     let by_host = format!("GET / HTTP/1.1\r\nHost: hello.demo.{SUFFIX}\r\n\r\n");
     let by_header =
         "GET /x HTTP/1.1\r\nHost: gateway.example\r\nate-target-actor: demo/hello\r\n\r\n";
     for (front, request) in [("proxy", by_host.as_str()), ("proxy", by_header)] {
-        let s = TcpStream::connect(cfg.http).await.unwrap();
+        let s = TcpStream::connect(gw.http()).await.unwrap();
         let r = half_closed_exchange(s, request).await;
         assert!(
             r.starts_with("HTTP/1.1 200"),
@@ -145,7 +85,7 @@ async fn a_client_that_half_closes_after_its_request_is_answered() {
     assert!(r.ends_with("delayed\n"), "echo worker: {r:?}");
 
     // A request with a body, and two pipelined requests: all answered, then the connection closes.
-    let s = TcpStream::connect(cfg.http).await.unwrap();
+    let s = TcpStream::connect(gw.http()).await.unwrap();
     let r = half_closed_exchange(
         s,
         "POST /upload HTTP/1.1\r\nHost: gw\r\nate-target-actor: demo/hello\r\ncontent-length: 3\r\n\r\nabc",
@@ -156,7 +96,7 @@ async fn a_client_that_half_closes_after_its_request_is_answered() {
         r.ends_with("{\"bytes\":3}"),
         "the worker got the body: {r:?}"
     );
-    let s = TcpStream::connect(cfg.http).await.unwrap();
+    let s = TcpStream::connect(gw.http()).await.unwrap();
     let r = half_closed_exchange(
         s,
         "GET /hello HTTP/1.1\r\nHost: gw\r\nate-target-actor: demo/hello\r\n\r\n\
@@ -168,13 +108,13 @@ async fn a_client_that_half_closes_after_its_request_is_answered() {
     assert!(r.contains("HTTP/1.1 204"), "{r:?}");
 
     // Over TLS: close_notify plus FIN after the request.
-    let s = tls_connect(dir.path(), https, b"http/1.1").await;
+    let s = tls_connect(&dir.path().join("ca.crt"), gw.https(), b"http/1.1").await;
     let r = half_closed_exchange(s, &by_host).await;
     assert!(r.starts_with("HTTP/1.1 200"), "https: {r:?}");
     assert!(r.contains("\"x-forwarded-proto\",\"https\""), "https: {r}");
 
     // A connection half-closed before any request does not linger.
-    let s = TcpStream::connect(cfg.http).await.unwrap();
+    let s = TcpStream::connect(gw.http()).await.unwrap();
     let r = half_closed_exchange(s, "").await;
     assert_eq!(r, "", "nothing sent, nothing answered, closed");
 }
@@ -217,10 +157,10 @@ async fn conflicting_length_worker() -> SocketAddr {
 async fn a_worker_response_with_content_length_and_chunked_is_relayed_by_its_chunks() {
     let worker = conflicting_length_worker().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_gw, cfg) = start(dir.path(), &static_config(worker, "")).await;
+    let gw = Gateway::ready(dir.path(), &static_config(worker, "")).await;
 
     let req = || {
-        http::Request::get(format!("http://{}/", cfg.http))
+        http::Request::get(format!("http://{}/", gw.http()))
             .header("ate-target-actor", "demo/hello")
             .body(Full::new(Bytes::new()))
             .unwrap()
@@ -252,7 +192,7 @@ async fn a_worker_response_with_content_length_and_chunked_is_relayed_by_its_chu
     }
 
     // The raw HTTP/1.1 bytes: framed by chunks (or 5), never by 3.
-    let mut s = TcpStream::connect(cfg.http).await.unwrap();
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
     s.write_all(
         b"GET / HTTP/1.1\r\nhost: gw\r\nate-target-actor: demo/hello\r\nconnection: close\r\n\r\n",
     )
@@ -393,14 +333,13 @@ fn idle_limits(idle: &str, header_read: &str) -> String {
 async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
     let dir = tempfile::tempdir().unwrap();
-    write_tls(dir.path());
-    let https = free_addr();
-    let extra = https_extra(https, &idle_limits("1s", "60s"));
-    let (_gw, cfg) = start(dir.path(), &static_config(worker, &extra)).await;
+    write_test_ca(dir.path());
+    let extra = https_extra(&idle_limits("1s", "60s"));
+    let gw = Gateway::ready(dir.path(), &static_config(worker, &extra)).await;
 
     // h2c: preface, SETTINGS, PINGs answered, no stream.
     let opened = Instant::now();
-    let tcp = TcpStream::connect(cfg.http).await.unwrap();
+    let tcp = TcpStream::connect(gw.http()).await.unwrap();
     let mut h2 = RawH2::start(tcp).await;
     let at = bounded(
         "GOAWAY and close of an idle h2c connection",
@@ -414,7 +353,7 @@ async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     );
 
     // h2 over TLS.
-    let tls = tls_connect(dir.path(), https, b"h2").await;
+    let tls = tls_connect(&dir.path().join("ca.crt"), gw.https(), b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut h2 = RawH2::start(tls).await;
     bounded(
@@ -432,9 +371,9 @@ async fn an_open_http2_stream_is_not_cut_by_the_idle_timeout() {
         "ingress:\n  http: {{listen: HTTP_ADDR}}\n{}",
         idle_limits("1s", "60s")
     );
-    let (_gw, cfg) = start(dir.path(), &static_config(worker, &extra)).await;
+    let gw = Gateway::ready(dir.path(), &static_config(worker, &extra)).await;
 
-    let tcp = TcpStream::connect(cfg.http).await.unwrap();
+    let tcp = TcpStream::connect(gw.http()).await.unwrap();
     let mut h2 = RawH2::start(tcp).await;
     let opened = Instant::now();
     // A stream that stays open for 2.5 s, longer than the idle timeout.
@@ -478,10 +417,10 @@ async fn idle_http1_connections_are_closed_by_the_same_timeout() {
         "ingress:\n  http: {{listen: HTTP_ADDR}}\n{}",
         idle_limits("1s", "60s")
     );
-    let (_gw, cfg) = start(dir.path(), &static_config(worker, &extra)).await;
+    let gw = Gateway::ready(dir.path(), &static_config(worker, &extra)).await;
 
     // Keep-alive after a response: closed once idle for the timeout (header_read_timeout is 60 s).
-    let mut s = TcpStream::connect(cfg.http).await.unwrap();
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
     s.write_all(b"GET /hello HTTP/1.1\r\nhost: gw\r\nate-target-actor: demo/hello\r\n\r\n")
         .await
         .unwrap();
@@ -511,7 +450,7 @@ async fn idle_http1_connections_are_closed_by_the_same_timeout() {
     assert!(answered.elapsed() >= Duration::from_millis(900));
 
     // A connection that never sends a byte is closed too.
-    let mut s = TcpStream::connect(cfg.http).await.unwrap();
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
     let mut rest = Vec::new();
     bounded("close of a silent connection", s.read_to_end(&mut rest))
         .await
@@ -522,7 +461,7 @@ async fn idle_http1_connections_are_closed_by_the_same_timeout() {
 #[tokio::test]
 async fn an_out_of_range_idle_connection_timeout_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let config = write_config(
         dir.path(),
         &format!(
             "ingress:\n  http: {{listen: HTTP_ADDR}}\n{}\ndirectory: {{static: {{actors: []}}}}\n",
@@ -531,7 +470,7 @@ async fn an_out_of_range_idle_connection_timeout_names_the_field() {
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_actorgate"))
         .arg("check-config")
-        .arg(&cfg.path)
+        .arg(&config)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -20,7 +20,7 @@ use ingress::router_api::proto::resolve_route_response::Result as Resolved;
 use ingress::router_api::proto::router_client::RouterClient;
 use routing_core::proto::ActorState;
 use routing_core::testing::{FakeControlPlane, Method};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const SUFFIX: &str = "actors.resources.substrate.ate.dev";
 const T: Duration = Duration::from_secs(10);
@@ -29,50 +29,26 @@ const T: Duration = Duration::from_secs(10);
 /// listener (h2 over TLS) whose CA is in the returned directory.
 struct Gw {
     dir: tempfile::TempDir,
-    _gw: Gateway,
-    cfg: TestConfig,
-    https: SocketAddr,
+    gw: Gateway,
 }
 
 async fn start(worker: SocketAddr, extra: &str) -> Gw {
     let dir = tempfile::tempdir().unwrap();
-    let ca =
-        identity::devca::DevCa::generate("requests test CA", Duration::from_secs(86400)).unwrap();
-    ca.write_dir(dir.path()).unwrap();
-    ca.issue_server(
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        Duration::from_secs(86400),
-    )
-    .unwrap()
-    .write(dir.path(), "server")
-    .unwrap();
-    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    write_test_ca(dir.path());
     let body = format!(
         "admin: {{listen: ADMIN_ADDR}}\n{extra}\n\
-         ingress:\n  http: {{listen: HTTP_ADDR}}\n  https:\n    listen: '{https}'\n    tls: {{cert_file: server.crt, key_file: server.key}}\n\
+         ingress:\n  http: {{listen: HTTP_ADDR}}\n  https:\n    listen: HTTPS_ADDR\n    tls: {{cert_file: server.crt, key_file: server.key}}\n  resolve: {{listen: RESOLVE_ADDR}}\n\
          directory:\n  static:\n    actors:\n\
          \x20   - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n\
          \x20   - {{atespace: demo, name: other, endpoint: '{worker}'}}\n"
     );
-    let cfg = write_config(dir.path(), &body);
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-    Gw {
-        dir,
-        _gw: gw,
-        cfg,
-        https,
-    }
+    let gw = Gateway::ready(dir.path(), &body).await;
+    Gw { dir, gw }
 }
 
-/// Sends raw bytes, reads until the server closes (bounded).
+/// Sends raw bytes, reads the answer (bounded).
 async fn raw(addr: SocketAddr, req: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(req).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(T, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    raw_http(addr, req).await
 }
 
 /// The JSON the echo worker answered with, from a raw HTTP/1.1 response.
@@ -127,26 +103,11 @@ async fn h2_send(
 ) -> Result<(u16, String), String> {
     let (status, body) = match path {
         H2::Clear => {
-            let tcp = tokio::net::TcpStream::connect(g.cfg.http).await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(g.gw.http()).await.unwrap();
             h2_on(hyper_util::rt::TokioIo::new(tcp), req).await?
         }
         H2::Tls => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in identity::pem::load_certs(&g.dir.path().join("ca.crt")).unwrap() {
-                roots.add(c).unwrap();
-            }
-            let mut tls = rustls::ClientConfig::builder_with_provider(identity::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            tls.alpn_protocols = vec![b"h2".to_vec()];
-            let tcp = tokio::net::TcpStream::connect(g.https).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-                .connect(name, tcp)
-                .await
-                .unwrap();
+            let stream = tls_connect(&g.dir.path().join("ca.crt"), g.gw.https(), b"h2").await;
             h2_on(hyper_util::rt::TokioIo::new(stream), req).await?
         }
     };
@@ -178,47 +139,32 @@ where
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// The `actorgate_ingress_requests_total` sample of a class and outcome.
-async fn requests_metric(admin: SocketAddr, class: &str, outcome: &str) -> f64 {
-    let (_, text) = common::get(admin, "/metrics").await.unwrap();
-    parse_metrics(&text)
-        .samples
-        .iter()
-        .find(|s| {
-            s.metric == "actorgate_ingress_requests_total"
-                && s.labels.get("class") == Some(class)
-                && s.labels.get("outcome") == Some(outcome)
-        })
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => -1.0,
-        })
-        .unwrap_or(0.0)
+/// The `actorgate_ingress_requests_total` sample of a class and outcome (0 before its first
+/// request).
+async fn requests_metric(gw: &Gateway, class: &str, outcome: &str) -> f64 {
+    metric_opt(
+        &gw.metrics().await,
+        "actorgate_ingress_requests_total",
+        &[("class", class), ("outcome", outcome)],
+    )
+    .unwrap_or(0.0)
 }
 
-/// Polls until the metric reaches `at_least` (bounded).
-async fn wait_metric(admin: SocketAddr, class: &str, outcome: &str, at_least: f64) {
-    let deadline = Instant::now() + T;
-    loop {
-        let v = requests_metric(admin, class, outcome).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{class}/{outcome} stayed at {v}, expected >= {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+/// Waits until the metric is exactly `want` (bounded); it may count late, never past `want`.
+async fn wait_metric(gw: &Gateway, class: &str, outcome: &str, want: f64) {
+    gw.eventually(T, format!("{class}/{outcome} reaches {want}"), async || {
+        let v = requests_metric(gw, class, outcome).await;
+        assert!(v <= want, "{class}/{outcome} is {v}, past {want}");
+        (v == want).then_some(())
+    })
+    .await
 }
 
 /// ExtProc `request_headers` through the gateway's gRPC listener; returns the HTTP status of the
 /// immediate response, or 0 when the request was routed.
 async fn extproc_status(grpc: SocketAddr, headers: &[(&str, &str)]) -> (u32, String) {
     let mut client =
-        ep::external_processor_client::ExternalProcessorClient::connect(format!("http://{grpc}"))
-            .await
-            .unwrap();
+        ep::external_processor_client::ExternalProcessorClient::new(grpc_channel(grpc).await);
     let req = ep::ProcessingRequest {
         request: Some(ep::processing_request::Request::RequestHeaders(
             ep::HttpHeaders {
@@ -261,9 +207,7 @@ async fn extproc_status(grpc: SocketAddr, headers: &[(&str, &str)]) -> (u32, Str
 
 /// ResolveRoute through the gateway's gRPC listener → (http status or 0 for a route, message).
 async fn resolve_route(grpc: SocketAddr, host: &str, headers: &[(&str, &str)]) -> (u32, String) {
-    let mut c = RouterClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+    let mut c = RouterClient::new(grpc_channel(grpc).await);
     let answer = tokio::time::timeout(
         T,
         c.resolve_route(ResolveRouteRequest {
@@ -299,19 +243,18 @@ async fn asterisk_form_is_forwarded_and_keeps_the_cached_route() {
         Duration::ZERO,
     );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\nresolver: {{budget: 2s}}\ndirectory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
             fake.addr
         ),
-    );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
+    )
+    .await;
     let host = format!("hello.demo.{SUFFIX}:{}", worker.port());
     for i in 0..20 {
         let r = raw(
-            cfg.http,
+            gw.http(),
             format!("OPTIONS * HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
         )
         .await;
@@ -327,7 +270,7 @@ async fn asterisk_form_is_forwarded_and_keeps_the_cached_route() {
         fake.calls(Method::GetActor, "demo/hello") + fake.calls(Method::ResumeActor, "demo/hello");
     assert_eq!(lookups, 1, "20 asterisk requests, one control-plane lookup");
     let r = raw(
-        cfg.http,
+        gw.http(),
         format!("GET * HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
     )
     .await;
@@ -342,7 +285,7 @@ async fn a_body_of_unknown_length_reaches_the_worker_for_every_method() {
     let g = start(worker, "").await;
     for method in ["GET", "DELETE", "OPTIONS", "POST", "PUT"] {
         let r = raw(
-            g.cfg.http,
+            g.gw.http(),
             format!(
                 "{method} /upload HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\n\
                  transfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
@@ -380,7 +323,7 @@ async fn repeated_or_invalid_host_is_a_400_on_every_front() {
     let other = format!("other.demo.{SUFFIX}");
     for (a, b) in [(&hello, &other), (&other, &hello)] {
         let r = raw(
-            g.cfg.http,
+            g.gw.http(),
             format!("GET / HTTP/1.1\r\nhost: {a}\r\nhost: {b}\r\nconnection: close\r\n\r\n")
                 .as_bytes(),
         )
@@ -388,7 +331,7 @@ async fn repeated_or_invalid_host_is_a_400_on_every_front() {
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
         assert!(r.ends_with("multiple host values"), "{r}");
         let r = raw(
-            g.cfg.admin,
+            g.gw.resolve(),
             format!("GET /resolve HTTP/1.1\r\nhost: {a}\r\nhost: {b}\r\nconnection: close\r\n\r\n")
                 .as_bytes(),
         )
@@ -397,14 +340,14 @@ async fn repeated_or_invalid_host_is_a_400_on_every_front() {
         assert!(!r.contains("x-gateway-destination-endpoint"), "{r}");
     }
     let r = raw(
-        g.cfg.http,
+        g.gw.http(),
         b"GET / HTTP/1.1\r\nhost: [::1\r\nate-target-actor: demo/hello\r\nconnection: close\r\n\r\n",
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 400"), "invalid Host forwarded: {r}");
     assert!(r.ends_with("invalid host"), "{r}");
     let (s, m) = common::get_with(
-        g.cfg.admin,
+        g.gw.resolve(),
         "/resolve",
         &[
             ("x-forwarded-host", "[::1"),
@@ -414,16 +357,16 @@ async fn repeated_or_invalid_host_is_a_400_on_every_front() {
     .await
     .unwrap();
     assert_eq!((s, m.as_str()), (400, "invalid host"), "/resolve");
-    let (s, m) = resolve_route(g.cfg.grpc, "[::1", &[("ate-target-actor", "demo/hello")]).await;
+    let (s, m) = resolve_route(g.gw.grpc(), "[::1", &[("ate-target-actor", "demo/hello")]).await;
     assert_eq!((s, m.as_str()), (400, "invalid host"), "ResolveRoute");
     let (s, m) = extproc_status(
-        g.cfg.grpc,
+        g.gw.grpc(),
         &[(":authority", &hello), (":authority", &other)],
     )
     .await;
     assert_eq!((s, m.as_str()), (400, "multiple host values"), "ExtProc");
     let (s, m) = extproc_status(
-        g.cfg.grpc,
+        g.gw.grpc(),
         &[(":authority", "[::1"), ("ate-target-actor", "demo/hello")],
     )
     .await;
@@ -450,7 +393,7 @@ async fn userinfo_authority_form_and_foreign_schemes_are_refused() {
         (format!("ftp://{hello}/"), "unsupported scheme"),
     ] {
         let r = raw(
-            g.cfg.http,
+            g.gw.http(),
             format!(
                 "GET {target} HTTP/1.1\r\nhost: {hello}\r\nate-target-actor: demo/hello\r\nconnection: close\r\n\r\n"
             )
@@ -475,65 +418,50 @@ async fn userinfo_authority_form_and_foreign_schemes_are_refused() {
     }
     let with_userinfo = format!("user:pw@{hello}");
     let (s, _) = common::get_with(
-        g.cfg.admin,
+        g.gw.resolve(),
         "/resolve",
         &[("x-forwarded-host", &with_userinfo)],
     )
     .await
     .unwrap();
     assert_eq!(s, 400, "/resolve");
-    let (s, _) = resolve_route(g.cfg.grpc, &with_userinfo, &[]).await;
+    let (s, _) = resolve_route(g.gw.grpc(), &with_userinfo, &[]).await;
     assert_eq!(s, 400, "ResolveRoute");
-    let (s, _) = extproc_status(g.cfg.grpc, &[(":authority", &with_userinfo)]).await;
+    let (s, _) = extproc_status(g.gw.grpc(), &[(":authority", &with_userinfo)]).await;
     assert_eq!(s, 400, "ExtProc");
 }
 
 /// Fault 10: a malformed client body is the client's error (400, `client_error`), never a
 /// worker error, over HTTP/1.1 (bad chunk size; fewer bytes than Content-Length, then the
-/// client closes its side) and HTTP/2 (the client resets the stream mid-body).
+/// client closes its side). Not asserted over HTTP/2: a stream the client resets mid-body is
+/// cancelled by hyper as soon as the reset arrives, racing the proxy's own 400, so no outcome
+/// there can be waited for deterministically (docs/ingress.md, step 5).
 #[tokio::test]
 async fn a_malformed_client_body_is_a_client_error_not_a_worker_error() {
     let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
     let g = start(worker, "").await;
-    let admin = g.cfg.admin;
     let r = raw(
-        g.cfg.http,
+        g.gw.http(),
         b"POST /upload HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\n\
           transfer-encoding: chunked\r\nconnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert!(r.ends_with("malformed request body"), "{r}");
-    wait_metric(admin, "4xx", "client_error", 1.0).await;
+    wait_metric(&g.gw, "4xx", "client_error", 1.0).await;
 
-    let mut s = tokio::net::TcpStream::connect(g.cfg.http).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(g.gw.http()).await.unwrap();
     s.write_all(
         b"POST /upload HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\ncontent-length: 10\r\n\r\nabc",
     )
     .await
     .unwrap();
     s.shutdown().await.unwrap();
-    wait_metric(admin, "4xx", "client_error", 2.0).await;
+    wait_metric(&g.gw, "4xx", "client_error", 2.0).await;
 
-    // h2c: two DATA frames, then the client's body fails and the stream is reset.
-    let req = http::Request::post(format!("http://{}/upload", g.cfg.http))
-        .header("ate-target-actor", "demo/hello")
-        .body(streamed(vec![
-            Ok(b"abc"),
-            Err(std::io::Error::other("client gives up")),
-        ]))
-        .unwrap();
-    let sent = h2_send(&g, H2::Clear, req).await;
-    assert!(matches!(sent, Err(_) | Ok((400, _))), "{sent:?}");
-    // A later good request is counted; by then the reset request has been counted if at all.
-    let before = requests_metric(admin, "2xx", "proxied").await;
-    let (s, _) = common::get_with(g.cfg.http, "/hello", &[("ate-target-actor", "demo/hello")])
-        .await
-        .unwrap();
-    assert_eq!(s, 200);
-    wait_metric(admin, "2xx", "proxied", before + 1.0).await;
+    // Both requests above have been counted (as client errors): nothing is left to count.
     assert_eq!(
-        requests_metric(admin, "5xx", "upstream_error").await,
+        requests_metric(&g.gw, "5xx", "upstream_error").await,
         0.0,
         "no malformed client body is counted against the worker"
     );
@@ -547,7 +475,7 @@ async fn conflicting_actor_references_are_refused_on_every_front() {
     let g = start(worker, "").await;
     let hello = format!("hello.demo.{SUFFIX}");
     let r = raw(
-        g.cfg.http,
+        g.gw.http(),
         format!(
             "GET / HTTP/1.1\r\nhost: {hello}\r\nate-target-actor: demo/other\r\nconnection: close\r\n\r\n"
         )
@@ -557,7 +485,7 @@ async fn conflicting_actor_references_are_refused_on_every_front() {
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert!(r.ends_with("conflicting actor references"), "{r}");
     let r = raw(
-        g.cfg.http,
+        g.gw.http(),
         format!(
             "GET / HTTP/1.1\r\nhost: {hello}\r\nate-target-actor: demo/hello\r\nconnection: close\r\n\r\n"
         )
@@ -578,7 +506,7 @@ async fn conflicting_actor_references_are_refused_on_every_front() {
         );
     }
     let (s, m) = common::get_with(
-        g.cfg.admin,
+        g.gw.resolve(),
         "/resolve",
         &[
             ("x-forwarded-host", &hello),
@@ -592,14 +520,14 @@ async fn conflicting_actor_references_are_refused_on_every_front() {
         (400, "conflicting actor references"),
         "/resolve"
     );
-    let (s, m) = resolve_route(g.cfg.grpc, &hello, &[("ate-target-actor", "demo/other")]).await;
+    let (s, m) = resolve_route(g.gw.grpc(), &hello, &[("ate-target-actor", "demo/other")]).await;
     assert_eq!(
         (s, m.as_str()),
         (400, "conflicting actor references"),
         "ResolveRoute"
     );
     let (s, m) = extproc_status(
-        g.cfg.grpc,
+        g.gw.grpc(),
         &[(":authority", &hello), ("ate-target-actor", "demo/other")],
     )
     .await;
@@ -622,7 +550,7 @@ async fn first_extractor_wins_is_a_setting() {
     .await;
     let hello = format!("hello.demo.{SUFFIX}");
     let r = raw(
-        g.cfg.http,
+        g.gw.http(),
         format!(
             "GET / HTTP/1.1\r\nhost: {hello}\r\nate-target-actor: demo/other\r\nconnection: close\r\n\r\n"
         )
@@ -631,7 +559,7 @@ async fn first_extractor_wins_is_a_setting() {
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert_eq!(seen(&echo_json(&r), "ate-target-actor"), ["demo/other"]);
-    let (s, m) = resolve_route(g.cfg.grpc, &hello, &[("ate-target-actor", "demo/other")]).await;
+    let (s, m) = resolve_route(g.gw.grpc(), &hello, &[("ate-target-actor", "demo/other")]).await;
     assert_eq!((s, m.as_str()), (0, "demo/other"));
 }
 
@@ -642,7 +570,7 @@ async fn te_trailers_named_in_connection_reaches_the_worker() {
     let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
     let g = start(worker, "").await;
     let r = raw(
-        g.cfg.http,
+        g.gw.http(),
         b"GET / HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\nte: trailers\r\nconnection: TE, close\r\n\r\n",
     )
     .await;
@@ -668,11 +596,11 @@ async fn the_header_count_limit_counts_the_headers_actorgate_adds() {
     };
     // 3 + 15 = 18 client headers (within 20); actorgate adds x-forwarded-for, -proto, -host,
     // forwarded and x-request-id (connection goes): 22.
-    let r = raw(g.cfg.http, head(15).as_bytes()).await;
+    let r = raw(g.gw.http(), head(15).as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     assert!(r.ends_with("too many request headers"), "{r}");
     assert!(!r.contains("x-echo-worker"), "the worker never saw it: {r}");
-    let r = raw(g.cfg.http, head(10).as_bytes()).await;
+    let r = raw(g.gw.http(), head(10).as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }
 
@@ -684,13 +612,216 @@ async fn start_limited(worker: SocketAddr, max_headers: usize) -> Gw {
          directory:\n  static:\n    actors:\n\
          \x20   - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n"
     );
-    let cfg = write_config(dir.path(), &body);
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-    Gw {
-        dir,
-        _gw: gw,
-        cfg,
-        https: "127.0.0.1:0".parse().unwrap(),
+    let gw = Gateway::ready(dir.path(), &body).await;
+    Gw { dir, gw }
+}
+
+/// Fault 5 on `/resolve`: `X-Forwarded-Host` with more than one value — two lines, or a comma
+/// list of more than one element — is `400 multiple host values`, never "the first one wins";
+/// one value still routes, and `/resolve/error` replays the 400.
+#[tokio::test]
+async fn several_forwarded_hosts_are_a_400_on_resolve() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::ready(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\n\
+             ingress:\n  http: {{listen: HTTP_ADDR}}\n  resolve: {{listen: '127.0.0.1:0'}}\n\
+             directory:\n  static:\n    actors:\n\
+             \x20   - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n\
+             \x20   - {{atespace: demo, name: other, endpoint: '{worker}'}}\n"
+        ),
+    )
+    .await;
+    let resolve = gw.addr("ingress_resolve");
+    let hello = format!("hello.demo.{SUFFIX}");
+    let other = format!("other.demo.{SUFFIX}");
+    for (a, b) in [(&hello, &other), (&other, &hello)] {
+        let r = raw(
+            resolve,
+            format!(
+                "GET /resolve HTTP/1.1\r\nhost: actorgate\r\nx-forwarded-host: {a}\r\n\
+                 x-forwarded-host: {b}\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 400"), "two lines: {r}");
+        assert!(r.ends_with("multiple host values"), "{r}");
+        assert!(!r.contains("x-gateway-destination-endpoint"), "{r}");
+        for list in [format!("{a}, {b}"), format!("{a},{b}"), format!("{a},")] {
+            let (s, m) = common::get_with(resolve, "/resolve", &[("x-forwarded-host", &list)])
+                .await
+                .unwrap();
+            assert_eq!((s, m.as_str()), (400, "multiple host values"), "{list}");
+        }
     }
+    let (s, _) = common::get_with(resolve, "/resolve", &[("x-forwarded-host", &hello)])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "one forwarded host routes");
+    let (s, m) = common::get_with(
+        resolve,
+        "/resolve/error",
+        &[
+            ("x-actorgate-status", "400"),
+            ("x-actorgate-message", "multiple host values"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, m.as_str()), (400, "multiple host values"), "replayed");
+}
+
+/// Decision C, before routing: a request refused for its header count never reaches the control
+/// plane, so it cannot resume a suspended actor (no GetActor, no ResumeActor); the same request
+/// within the limit does.
+#[tokio::test]
+async fn the_header_count_limit_is_checked_before_routing() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor(
+        "demo/sleepy",
+        ActorState::Suspended,
+        "127.0.0.1",
+        Duration::ZERO,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::ready(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\n\
+             ingress:\n  http: {{listen: HTTP_ADDR}}\n  limits: {{max_headers: 20}}\n\
+             directory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
+            fake.addr
+        ),
+    )
+    .await;
+    let head = |n: usize| {
+        let mut h = format!(
+            "GET / HTTP/1.1\r\nhost: sleepy.demo.{SUFFIX}:{}\r\nconnection: close\r\n",
+            worker.port()
+        );
+        for i in 0..n {
+            h.push_str(&format!("x-filler-{i}: 1\r\n"));
+        }
+        h.push_str("\r\n");
+        h
+    };
+    // 2 + 16 client headers; with the ones actorgate adds, past 20.
+    let r = raw(gw.http(), head(16).as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    assert!(r.ends_with("too many request headers"), "{r}");
+    assert_eq!(
+        (
+            fake.calls(Method::GetActor, "demo/sleepy"),
+            fake.calls(Method::ResumeActor, "demo/sleepy")
+        ),
+        (0, 0),
+        "a refused request never asks the control plane"
+    );
+    let r = raw(gw.http(), head(5).as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(fake.calls(Method::ResumeActor, "demo/sleepy"), 1);
+}
+
+/// Absolute form with the scheme's default port written out (what `curl -x` sends:
+/// `GET http://h:80/` with `Host: h`) names the same origin as its Host and is proxied; a Host
+/// differing in port or host is still refused. Host compares case-insensitively.
+#[tokio::test]
+async fn an_absolute_target_with_the_default_port_matches_its_host() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let g = start(worker, "").await;
+    let hello = format!("hello.demo.{SUFFIX}");
+    let upper = hello.to_ascii_uppercase();
+    for (target, host) in [
+        (format!("http://{hello}:80/"), hello.clone()),
+        (format!("http://{hello}/"), format!("{hello}:80")),
+        (format!("http://{upper}:80/"), hello.clone()),
+        (format!("https://{hello}:443/"), hello.clone()),
+    ] {
+        let r = raw(
+            g.gw.http(),
+            format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{target} + Host {host}: {r}");
+        assert_eq!(seen(&echo_json(&r), "ate-target-actor"), ["demo/hello"]);
+    }
+    for (target, host) in [
+        (format!("http://{hello}:8080/"), hello.clone()),
+        (format!("http://{hello}:443/"), hello.clone()),
+        (format!("https://{hello}:80/"), hello.clone()),
+        (
+            format!("http://{hello}:80/"),
+            format!("other.demo.{SUFFIX}"),
+        ),
+    ] {
+        let r = raw(
+            g.gw.http(),
+            format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{target} + Host {host}: {r}");
+        assert!(r.ends_with("conflicting :authority and host"), "{r}");
+    }
+}
+
+/// A client that stops sending its body while the worker waits for it is the client's timeout:
+/// `408 request body timed out` (counted as `client_error`), not the worker's `504` — which a
+/// worker that has the whole body and does not answer still gets.
+#[tokio::test]
+async fn a_client_stalling_mid_body_is_a_client_timeout() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::ready(
+        dir.path(),
+        &format!(
+            "admin: {{listen: ADMIN_ADDR}}\n\
+             ingress:\n  http: {{listen: HTTP_ADDR}}\n  upstream: {{response_timeout: 500ms}}\n\
+             directory:\n  static:\n    actors:\n\
+             \x20   - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n"
+        ),
+    )
+    .await;
+    let g = Gw { dir, gw };
+    // The stalled client keeps its connection open (no FIN) after 3 of 10 bytes.
+    let r = raw(
+        g.gw.http(),
+        b"POST /upload HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\ncontent-length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(r.ends_with("request body timed out"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+    wait_metric(&g.gw, "4xx", "client_error", 1.0).await;
+    assert_eq!(requests_metric(&g.gw, "5xx", "upstream_timeout").await, 0.0);
+    // The whole body sent, the worker slow: still the worker's timeout.
+    let r = raw(
+        g.gw.http(),
+        b"POST /delay?ms=5000 HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 504"), "{r}");
+    assert!(r.ends_with("actor demo/hello worker timed out"), "{r}");
+    wait_metric(&g.gw, "5xx", "upstream_timeout", 1.0).await;
+    assert_eq!(requests_metric(&g.gw, "4xx", "client_error").await, 1.0);
+}
+
+/// `x-ate-target-port` is the worker agent's header: in plain worker mode a client's value never
+/// reaches the worker (as on the ExtProc and `/resolve` fronts).
+#[tokio::test]
+async fn a_clients_target_port_header_never_reaches_a_plain_worker() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let g = start(worker, "").await;
+    let r = raw(
+        g.gw.http(),
+        b"GET / HTTP/1.1\r\nhost: a\r\nate-target-actor: demo/hello\r\nx-ate-target-port: 22\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(seen(&echo_json(&r), "x-ate-target-port").is_empty(), "{r}");
 }

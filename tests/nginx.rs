@@ -5,12 +5,63 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 struct Nginx(std::process::Child);
+
+/// Attempts at a port for nginx before giving up.
+const PORT_ATTEMPTS: usize = 5;
+
+impl Nginx {
+    /// Starts nginx with the config `conf(listen)` on a free port and waits until it listens.
+    /// nginx cannot report a port it bound itself (no port 0), so the port is picked free
+    /// beforehand; if something took it in between (nginx fails with "Address already in use"),
+    /// another is tried, at most [`PORT_ATTEMPTS`] times. Fails with nginx's log otherwise.
+    async fn start(dir: &Path, conf: impl Fn(SocketAddr) -> String) -> (Self, SocketAddr, PathBuf) {
+        let log = dir.join("nginx-error.log");
+        for _ in 0..PORT_ATTEMPTS {
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let conf_path = dir.join("nginx.conf");
+            std::fs::write(&conf_path, conf(listen)).unwrap();
+            let _ = std::fs::remove_file(&log);
+            let child = Command::new("nginx")
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(&log)
+                .args([
+                    "-g",
+                    &format!("daemon off; pid {}/nginx.pid;", dir.display()),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nginx");
+            let mut nginx = Nginx(child);
+            let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+            let listening = eventually(BOUND, "nginx listens or exits", async || {
+                if let Some(status) = nginx.0.try_wait().unwrap() {
+                    return Some(Err(status));
+                }
+                tokio::net::TcpStream::connect(listen)
+                    .await
+                    .is_ok()
+                    .then_some(Ok(()))
+            })
+            .await;
+            match listening {
+                Ok(()) => return (nginx, listen, log),
+                Err(_) if log_text().contains("Address already in use") => continue,
+                Err(status) => panic!("nginx exited ({status}):\n{}", log_text()),
+            }
+        }
+        panic!("nginx found no free port in {PORT_ATTEMPTS} attempts")
+    }
+}
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -41,64 +92,51 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
     );
     let (worker, _w) = echo_worker("127.0.0.1:0", "via-nginx").await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         &format!(
-            "admin: {{listen: ADMIN_ADDR}}\ningress: {{enabled: false}}\n\
+            "admin: {{listen: ADMIN_ADDR}}\n\
+             ingress: {{enabled: false, resolve: {{listen: '127.0.0.1:0'}}}}\n\
              resolver: {{budget: 300ms}}\n\
              directory: {{static: {{actors: [{{atespace: demo, name: hello, template: demo/echo, endpoint: '{worker}'}},\n\
              {{atespace: demo, name: broken, state: crashed, endpoint: '{worker}'}}]}}}}\n"
         ),
-    );
-    let gw = Gateway::start(&cfg.path, cfg.admin).await;
-    gw.wait_ready().await;
-
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/auth-request.conf"))
-        .unwrap()
-        .replace("server 127.0.0.1:9090;", &format!("server {};", cfg.admin))
-        .replace("listen 127.0.0.1:8081;", &format!("listen {listen};"))
-        .replace("worker_processes auto;", "worker_processes 1;")
-        .replace(
-            "http {",
-            &format!(
-                "http {{\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;",
-                d = dir.path().display()
-            ),
-        );
-    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let log = dir.path().join("nginx-error.log");
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(&log)
-        .args([
-            "-g",
-            &format!("daemon off; pid {}/nginx.pid;", dir.path().display()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nginx");
-    let mut nginx = Nginx(child);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(listen).await.is_ok() {
-            break;
-        }
-        if let Some(status) = nginx.0.try_wait().unwrap() {
-            panic!(
-                "nginx exited ({status}):\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    )
+    .await;
+    let admin = gw.admin;
+    let resolve = gw.addr("ingress_resolve");
+    // The resolve endpoint resumes actors: it is not on the admin port.
+    for path in ["/resolve", "/resolve/error"] {
+        let (s, _, _) = request(admin, path, &[("ate-target-actor", "demo/hello")]).await;
+        assert_eq!(s, 404, "{path} on the admin port");
     }
 
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nginx/auth-request.conf"
+    ))
+    .unwrap();
+    for fixed in ["server 127.0.0.1:9091;", "listen 127.0.0.1:8081;"] {
+        assert!(example.contains(fixed), "the example has {fixed:?}");
+    }
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    let conf = |listen: SocketAddr| {
+        example
+            .replace("server 127.0.0.1:9091;", &format!("server {resolve};"))
+            .replace("listen 127.0.0.1:8081;", &format!("listen {listen};"))
+            .replace("worker_processes auto;", "worker_processes 1;")
+            .replace(
+                "http {",
+                &format!(
+                    "http {{\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;",
+                    d = dir.path().display()
+                ),
+            )
+    };
+    let (_nginx, listen, log) = Nginx::start(dir.path(), conf).await;
+
     // The resolve endpoint itself: the route in response headers, template included.
-    let (s, h, _) = request(cfg.admin, "/resolve", &[("ate-target-actor", "demo/hello")]).await;
+    let (s, h, _) = request(resolve, "/resolve", &[("ate-target-actor", "demo/hello")]).await;
     assert_eq!(s, 200);
     assert_eq!(
         h["x-gateway-destination-endpoint"],
@@ -165,7 +203,7 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
 
     // The resolve endpoint itself, as Traefik ForwardAuth would call it.
     let (s, body) = common::get_with(
-        cfg.admin,
+        resolve,
         "/resolve",
         &[(
             "x-forwarded-host",
@@ -177,7 +215,7 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
     assert_eq!((s, body.as_str()), (200, ""));
     // /resolve/error replays only the table's statuses and never passes internals through.
     let (s, body) = common::get_with(
-        cfg.admin,
+        resolve,
         "/resolve/error",
         &[
             ("x-actorgate-status", "200"),
@@ -188,7 +226,7 @@ async fn nginx_auth_request_routes_by_the_resolve_endpoint() {
     .unwrap();
     assert_eq!((s, body.as_str()), (500, "routing failed"));
     let (s, body) = common::get_with(
-        cfg.admin,
+        resolve,
         "/resolve/error",
         &[
             ("x-actorgate-status", "503"),

@@ -14,9 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 async fn control_client(addr: std::net::SocketAddr) -> ControlClient<tonic::transport::Channel> {
-    ControlClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to simulator")
+    ControlClient::new(grpc_channel(addr).await)
 }
 
 fn object(actor: &str) -> Option<proto::ObjectRef> {
@@ -27,28 +25,52 @@ fn object(actor: &str) -> Option<proto::ObjectRef> {
     })
 }
 
-/// The README's first command, with the shipped config as is (default demo ports).
+/// The shipped demo config, with only its listeners moved to port 0 (the demo's fixed ports may
+/// be taken on a CI machine): every other line as the README's first command runs it.
+fn demo_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local");
+    let text = std::fs::read_to_string(local.join("actorgate.yaml")).unwrap();
+    let mut moved = 0;
+    let text: String = text
+        .lines()
+        .map(|line| match line.split_once("listen: 127.0.0.1:") {
+            Some((indent, rest)) if rest.split_whitespace().next().is_some() => {
+                moved += 1;
+                let comment = rest.split_once('#').map(|(_, c)| format!(" #{c}"));
+                format!(
+                    "{indent}listen: 127.0.0.1:0{}\n",
+                    comment.unwrap_or_default()
+                )
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assert_eq!(
+        moved, 4,
+        "admin, grpc, ingress.http and echo_worker listeners:\n{text}"
+    );
+    std::fs::write(dir.join("actorgate.yaml"), text).unwrap();
+    std::fs::copy(local.join("actors.yaml"), dir.join("actors.yaml")).unwrap();
+    dir.join("actorgate.yaml")
+}
+
 #[tokio::test]
 async fn demo_config_serves_readyz_metrics_and_the_simulator() {
-    let config =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/actorgate.yaml");
-    let admin = "127.0.0.1:9090".parse().unwrap();
-    let mut gw = Gateway::start(&config, admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&demo_config(dir.path())).await;
     gw.wait_ready().await;
+    let admin = gw.admin;
+    for listener in ["grpc", "ingress_http", "echo_worker"] {
+        assert!(gw.addr(listener).ip().is_loopback(), "{listener}");
+    }
 
     let (status, body) = get(admin, "/readyz").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ready\n"));
     let (status, metrics) = get(admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    let scrape = parse_metrics(&metrics);
-    let up = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "actorgate_directory_up")
-        .expect("directory gauge");
-    assert_eq!(up.value, prometheus_parse::Value::Gauge(1.0));
+    assert_eq!(metric(&metrics, "actorgate_directory_up", &[]), 1.0);
 
-    let mut c = control_client("127.0.0.1:50051".parse().unwrap()).await;
+    let mut c = control_client(gw.grpc()).await;
     let hello = c
         .get_actor(proto::GetActorRequest {
             actor: object("demo/hello"),
@@ -122,12 +144,8 @@ async fn demo_config_serves_readyz_metrics_and_the_simulator() {
     assert_eq!(list.actors.len(), 2);
 
     // gRPC health reports the simulator as serving.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
-        tonic::transport::Channel::from_static("http://127.0.0.1:50051")
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(grpc_channel(gw.grpc()).await);
     let h = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "ateapi.Control".into(),
@@ -153,19 +171,14 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
         "actors:\n- {atespace: ns, name: one, endpoint: '127.0.0.1:1001'}\n",
     )
     .unwrap();
-    let TestConfig {
-        path: config,
-        admin,
-        grpc,
-        ..
-    } = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         "admin: {listen: ADMIN_ADDR}\ngrpc: {listen: GRPC_ADDR, control_plane_simulator: true}\n\
          directory: {static: {file: actors.yaml}}\n",
-    );
-    let gw = Gateway::start(&config, admin).await;
-    gw.wait_ready().await;
-    let mut c = control_client(grpc).await;
+    )
+    .await;
+    let admin = gw.admin;
+    let mut c = control_client(gw.grpc()).await;
     assert_eq!(
         c.get_actor(proto::GetActorRequest {
             actor: object("ns/two")
@@ -180,20 +193,16 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
         &actors,
         "actors:\n- {atespace: ns, name: one, endpoint: '127.0.0.1:1001'}\n- {atespace: ns, name: two, endpoint: '127.0.0.2:1002'}\n",
     );
-    let mut found = None;
-    for _ in 0..200 {
-        if let Ok(a) = c
-            .get_actor(proto::GetActorRequest {
+    let two = gw
+        .eventually(BOUND, "edit applied without restart", async || {
+            c.get_actor(proto::GetActorRequest {
                 actor: object("ns/two"),
             })
             .await
-        {
-            found = Some(a.into_inner());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let two = found.expect("edit applied without restart");
+            .ok()
+            .map(tonic::Response::into_inner)
+        })
+        .await;
     assert_eq!(
         two.status
             .unwrap()
@@ -207,20 +216,15 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
         &actors,
         "actors:\n- {atespace: ns, name: one, endpoint: '10.0.0.1'}\n",
     );
-    let mut last_error = None;
-    for _ in 0..200 {
-        let (_, body) = get(admin, "/statusz?format=json").await.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if let Some(e) = v
-            .pointer("/directory/static/last_error")
-            .and_then(|e| e.as_str())
-        {
-            last_error = Some(e.to_owned());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let last_error = last_error.expect("reload error on /statusz");
+    let last_error = gw
+        .eventually(BOUND, "reload error on /statusz", async || {
+            let (_, body) = get(admin, "/statusz?format=json").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v.pointer("/directory/static/last_error")
+                .and_then(|e| e.as_str())
+                .map(str::to_owned)
+        })
+        .await;
     assert!(
         last_error.contains(r#"actors[0].endpoint: invalid socket address "10.0.0.1""#),
         "{last_error}"
@@ -230,13 +234,13 @@ async fn static_file_edits_apply_and_broken_edits_are_reported() {
         html.contains("invalid socket address &quot;10.0.0.1&quot;"),
         "HTML status shows the error"
     );
-    let log = gw.log_text();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("static directory reload failed")
-                && l.contains("invalid socket address")),
-        "error logged:\n{log}"
-    );
+    // Logged: the line is written with the reload, so it is waited for (bounded).
+    gw.log_line("the reload error", |l| {
+        l.contains("reload failed")
+            && l.contains("static_directory")
+            && l.contains("invalid socket address")
+    })
+    .await;
     // The previous directory still answers.
     let still = c
         .get_actor(proto::GetActorRequest {
@@ -285,37 +289,32 @@ async fn assert_health(
 #[tokio::test]
 async fn sigterm_flips_readiness_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let TestConfig {
-        path: config,
-        admin,
-        grpc,
-        ..
-    } = write_config(
+    // A drain delay long enough that the checks below fit in it on a loaded machine.
+    let mut gw = Gateway::ready(
         dir.path(),
-        "admin: {listen: ADMIN_ADDR}\nshutdown: {drain_delay: 1500ms, drain_timeout: 5s}\n\
+        "admin: {listen: ADMIN_ADDR}\nshutdown: {drain_delay: 5s, drain_timeout: 5s}\n\
          directory: {static: {actors: [{atespace: a, name: b, endpoint: '127.0.0.1:9'}]}}\n",
-    );
-    let mut gw = Gateway::start(&config, admin).await;
-    gw.wait_ready().await;
-    let mut health = HealthClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    )
+    .await;
+    let admin = gw.admin;
+    let mut health = HealthClient::new(grpc_channel(gw.grpc()).await);
     assert_health(&mut health, ServingStatus::Serving).await;
     gw.signal("TERM");
-    let mut saw_draining = false;
-    for _ in 0..50 {
-        if let Ok((503, body)) = get(admin, "/readyz").await {
-            assert_eq!(body, "draining\n");
-            saw_draining = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(saw_draining, "readiness went 503 during the drain delay");
+    // Every answer until the 503 is 200 `ready`; the 503 comes during the drain delay, and the
+    // process still answers /healthz below, so the drain has not ended.
+    let body = gw
+        .eventually(
+            BOUND,
+            "readiness went 503 during the drain delay",
+            async || match get(admin, "/readyz").await {
+                Ok((503, body)) => Some(body),
+                Ok((200, _)) => None,
+                Ok(other) => panic!("/readyz during the drain delay: {other:?}"),
+                Err(_) => None,
+            },
+        )
+        .await;
+    assert_eq!(body, "draining\n");
     // gRPC health too: every service reports NOT_SERVING during the drain delay, so Envoy's
     // health checks move traffic away before the listener closes.
     assert_health(&mut health, ServingStatus::NotServing).await;
@@ -324,43 +323,46 @@ async fn sigterm_flips_readiness_then_exits_zero() {
         200,
         "still alive while draining"
     );
-    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    let status = gw.wait_exit(BOUND).await;
     assert!(status.success(), "exit 0, got {status}");
     assert!(get(admin, "/healthz").await.is_err(), "listener closed");
-    assert!(gw.log_text().contains("drained; exiting"));
+    assert!(
+        gw.log_text().contains("drained; exiting"),
+        "{}",
+        gw.log_text()
+    );
 }
 
 #[tokio::test]
 async fn readiness_follows_the_ateapi_control_plane() {
     let mut fake = FakeControlPlane::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let TestConfig {
-        path: config,
-        admin,
-        ..
-    } = write_config(
+    let gw = Gateway::ready(
         dir.path(),
         &format!(
             "admin: {{listen: ADMIN_ADDR}}\ndirectory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
             fake.addr
         ),
-    );
-    let gw = Gateway::start(&config, admin).await;
-    gw.wait_ready().await;
+    )
+    .await;
+    let admin = gw.admin;
     fake.stop();
-    // The probe runs every 5 s; wait for it to notice.
-    let mut unready = false;
-    for _ in 0..200 {
-        if let Ok((503, body)) = get(admin, "/readyz").await {
-            assert_eq!(body, "directory unreachable\n");
-            unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(unready, "readiness reports the unreachable control plane");
-    let (_, metrics) = get(admin, "/metrics").await.unwrap();
-    assert!(metrics.contains("actorgate_directory_up 0"));
+    // The probe runs every `readiness.interval`; unready after `failure_threshold` failures.
+    let body = gw
+        .eventually(
+            Duration::from_secs(60),
+            "readiness reports the unreachable control plane",
+            async || match get(admin, "/readyz").await {
+                Ok((503, body)) => Some(body),
+                _ => None,
+            },
+        )
+        .await;
+    assert_eq!(body, "directory unreachable\n");
+    assert_eq!(
+        metric(&gw.metrics().await, "actorgate_directory_up", &[]),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -368,7 +370,7 @@ async fn port_in_use_is_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let TestConfig { path: config, .. } = write_config(
+    let config = write_config(
         dir.path(),
         &format!("admin: {{listen: '{addr}'}}\ndirectory: {{static: {{}}}}\n"),
     );

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use identity::ActorIdentity;
-use identity::devca::DevCa;
 use routing_core::directory::ateapi::{AteApiDirectory, AteApiSettings, TlsMode};
 use routing_core::extract::{ExtractorKind, Target};
 use routing_core::proto;
@@ -17,38 +16,8 @@ use routing_core::testing::FakeControlPlane;
 use routing_core::{ActorRef, Extractor, Resolver, ResolverMetrics, ResolverSettings};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: DevCa,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::generate(
-            &format!("test CA {:x}", std::process::id() ^ fastrand_u32()),
-            YEAR,
-        )
-        .unwrap();
-        ca.write_dir(dir.path()).unwrap();
-        Self { dir, ca }
-    }
-    fn path(&self, f: &str) -> std::path::PathBuf {
-        self.dir.path().join(f)
-    }
-}
-
-fn fastrand_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-}
-
 fn settings(
-    p: &Pki,
+    p: &TestPki,
     addr: std::net::SocketAddr,
     tls: TlsMode,
     client_cert: bool,
@@ -90,19 +59,8 @@ async fn resolve(s: &AteApiSettings) -> Result<std::net::SocketAddr, (u16, Strin
 
 #[tokio::test]
 async fn ateapi_client_over_tls_and_mtls() {
-    let p = Pki::new();
+    let p = test_pki(&["router"]);
     let server = p.ca.issue_server(&["localhost".into()], &[], YEAR).unwrap();
-    let router =
-        p.ca.issue_component(
-            identity::spiffe::DEFAULT_TRUST_DOMAIN,
-            "ate-system",
-            "router",
-            &[],
-            &[],
-            YEAR,
-        )
-        .unwrap();
-    router.write(p.dir.path(), "router").unwrap();
 
     // TLS: server-authenticated.
     let tls = FakeControlPlane::start_tls(&server.cert_pem, &server.key_pem, None).await;
@@ -134,7 +92,7 @@ async fn ateapi_client_over_tls_and_mtls() {
     );
 
     // A server certificate from a CA we do not trust: unavailable, and no internals leak.
-    let other = Pki::new();
+    let other = TestPki::new();
     let mut s = settings(&p, tls.addr, TlsMode::Tls, false);
     s.ca_file = Some(other.path("ca.crt"));
     assert_eq!(
@@ -143,13 +101,46 @@ async fn ateapi_client_over_tls_and_mtls() {
     );
 }
 
+/// What the server's refusal of a TLS client looks like from the client: the rustls error of
+/// the handshake or, in TLS 1.3 where the client finishes first, of the first read.
+async fn tls_refusal(
+    addr: std::net::SocketAddr,
+    ca_file: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> rustls::Error {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = tls_client_config(ca_file, &[b"h2"], client);
+    let tcp = within(BOUND, "TCP connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let io_error = match within(
+        BOUND,
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp),
+    )
+    .await
+    {
+        Err(e) => e,
+        Ok(mut stream) => {
+            let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            match within(BOUND, "the server's answer", stream.read(&mut buf)).await {
+                Err(e) => e,
+                Ok(n) => panic!("the server answered a refused client: {:?}", &buf[..n]),
+            }
+        }
+    };
+    io_error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned()
+        .unwrap_or_else(|| panic!("not a TLS error: {io_error:?}"))
+}
+
 #[tokio::test]
 async fn simulator_serves_grpc_over_mtls() {
-    let p = Pki::new();
-    p.ca.issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
-        .unwrap()
-        .write(p.dir.path(), "server")
-        .unwrap();
+    let p = test_pki(&[]);
     let client =
         p.ca.issue_actor(
             identity::spiffe::DEFAULT_TRUST_DOMAIN,
@@ -158,33 +149,44 @@ async fn simulator_serves_grpc_over_mtls() {
             YEAR,
         )
         .unwrap();
-    let TestConfig {
-        path: config,
-        admin,
-        grpc,
-        ..
-    } = write_config(
-        p.dir.path(),
+    // The same identity from a CA the gateway does not trust.
+    let stranger = TestPki::new()
+        .ca
+        .issue_actor(
+            identity::spiffe::DEFAULT_TRUST_DOMAIN,
+            &ActorIdentity::new("dev", "client", None).unwrap(),
+            false,
+            YEAR,
+        )
+        .unwrap();
+    let (stranger_cert, stranger_key) = p.write("stranger", &stranger);
+    let gw = Gateway::ready(
+        p.dir(),
         "admin: {listen: ADMIN_ADDR}\n\
          grpc:\n  listen: GRPC_ADDR\n  control_plane_simulator: true\n  tls: {cert_file: server.crt, key_file: server.key, client_ca_file: ca.crt, client_auth: required}\n\
          directory: {static: {actors: [{atespace: ns, name: a, endpoint: '10.1.1.1:80'}]}}\n",
-    );
-    let gw = Gateway::start(&config, admin).await;
-    gw.wait_ready().await;
+    )
+    .await;
+    let grpc = gw.grpc();
 
     let base = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(p.ca.cert_pem()))
         .domain_name("localhost");
-    let ch = Channel::from_shared(format!("https://{grpc}"))
-        .unwrap()
-        .tls_config(
-            base.clone()
-                .identity(Identity::from_pem(&client.cert_pem, &client.key_pem)),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = within(
+        BOUND,
+        "mTLS connect",
+        Channel::from_shared(format!("https://{grpc}"))
+            .unwrap()
+            .timeout(BOUND)
+            .tls_config(
+                base.clone()
+                    .identity(Identity::from_pem(&client.cert_pem, &client.key_pem)),
+            )
+            .unwrap()
+            .connect(),
+    )
+    .await
+    .unwrap();
     let a = proto::control_client::ControlClient::new(ch)
         .get_actor(proto::GetActorRequest {
             actor: Some(proto::ObjectRef {
@@ -216,10 +218,11 @@ async fn simulator_serves_grpc_over_mtls() {
         ),
         ("plaintext", format!("http://{grpc}"), None),
     ] {
-        let result = async {
+        let result = within(BOUND, label, async {
             let mut ep = Channel::from_shared(endpoint)
                 .unwrap()
-                .connect_timeout(Duration::from_secs(2));
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(BOUND);
             if let Some(t) = tls {
                 ep = ep.tls_config(t).unwrap();
             }
@@ -229,7 +232,7 @@ async fn simulator_serves_grpc_over_mtls() {
                 .await
                 .map(|_| ())
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-        }
+        })
         .await;
         let err = result.expect_err(label);
         assert!(
@@ -237,6 +240,31 @@ async fn simulator_serves_grpc_over_mtls() {
             "{label}: {err}"
         );
     }
+
+    // The specific refusals, from the TLS layer itself.
+    use rustls::AlertDescription;
+    assert_eq!(
+        tls_refusal(grpc, &p.ca_file(), None).await,
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+        "no client certificate"
+    );
+    assert_eq!(
+        tls_refusal(grpc, &p.ca_file(), Some((&stranger_cert, &stranger_key))).await,
+        rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+        "a client certificate from another CA"
+    );
+    // Plaintext: the listener speaks only TLS. An HTTP/2 preface gets no HTTP/2 frame back:
+    // the connection is closed, at most after a TLS alert record (content type 21).
+    let answer = raw_http(
+        grpc,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    )
+    .await;
+    let answer = answer.as_bytes();
+    assert!(
+        answer.is_empty() || answer[0] == 21,
+        "plaintext answered with {answer:?}"
+    );
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Verification keys by `kid`, from a JWKS file or an HTTPS URL, cached, refreshed on an interval
-//! and (rate-limited) when a token names an unknown `kid`. A failed refresh keeps the previous
-//! keys. Symmetric (`oct`) keys are never accepted from a JWKS.
+//! and (rate-limited) when a token names an unknown `kid`. A JWKS file is also reloaded when it
+//! changes, through the runtime's reload helper. A failed refresh keeps the previous keys.
+//! Symmetric (`oct`) keys are never accepted from a JWKS.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -12,6 +13,8 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
+use parking_lot::Mutex;
+use runtime::reload::{DEFAULT_DEBOUNCE, Reloader, WatchHandle};
 
 use crate::keys::ALLOWED_ALGORITHMS;
 
@@ -80,14 +83,66 @@ enum Fetcher {
 /// The shortest interval between periodic refreshes.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The keys in use and their refresh status, shared with the file reloader.
+struct Installed {
+    keys: ArcSwap<HashMap<String, VerifyKey>>,
+    status: Mutex<KeySetStatus>,
+    /// Serialises file reads with their installs, so a watched reload and a refresh cannot
+    /// install in the opposite order of their reads.
+    file_serial: Mutex<()>,
+}
+
+impl Installed {
+    /// Reads the JWKS file at `path` and installs its keys (blocking).
+    fn reload_file(&self, path: &Path, log: bool) -> Result<usize, JwksError> {
+        let _serial = self.file_serial.lock();
+        self.apply(read_jwks_file(path), log)
+    }
+
+    /// Installs freshly read keys, or records why reading failed (keeping the previous keys).
+    /// `log` is false for the file reloader, which logs failures itself.
+    fn apply(
+        &self,
+        result: Result<HashMap<String, VerifyKey>, JwksError>,
+        log: bool,
+    ) -> Result<usize, JwksError> {
+        let mut status = self.status.lock();
+        match result {
+            Ok(keys) => {
+                let n = keys.len();
+                self.keys.store(Arc::new(keys));
+                status.keys = n;
+                status.last_refresh = SystemTime::now();
+                status.last_error = None;
+                Ok(n)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if log && status.last_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %e, "JWKS refresh failed; keeping the previous keys");
+                }
+                status.last_error = Some(text);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Watches a JWKS file: the reloader (for its status) and the watch (dropped with the key set).
+struct FileWatch {
+    reloader: Reloader,
+    _watch: WatchHandle,
+}
+
 /// The current keys and how to refresh them.
 pub struct KeySet {
     source: Fetcher,
-    keys: ArcSwap<HashMap<String, VerifyKey>>,
-    status: Mutex<KeySetStatus>,
+    installed: Arc<Installed>,
     last_kid_refresh: Mutex<Option<Instant>>,
     min_kid_refresh_interval: Duration,
+    /// Serialises refreshes (a watched file reload runs on its own).
     refresh_lock: tokio::sync::Mutex<()>,
+    file_watch: Option<FileWatch>,
 }
 
 /// The algorithm a JWK is for: its `alg`, or inferred from its key type.
@@ -154,7 +209,9 @@ fn keys_from_set(set: &JwkSet) -> Result<HashMap<String, VerifyKey>, JwksError> 
 }
 
 impl KeySet {
-    /// Loads the keys once; fails when the source cannot be read or has no usable key.
+    /// Loads the keys once; fails when the source cannot be read or has no usable key. A file
+    /// source is then watched and reloaded on change (debounced, [`DEFAULT_DEBOUNCE`]) for as
+    /// long as the key set lives; see [`KeySet::file_reloader`].
     pub async fn load(
         source: JwksSource,
         min_kid_refresh_interval: Duration,
@@ -168,50 +225,45 @@ impl KeySet {
             },
         };
         let keys = fetch(&source).await?;
-        Ok(Arc::new(Self {
+        let installed = Arc::new(Installed {
             status: Mutex::new(KeySetStatus {
                 keys: keys.len(),
                 last_refresh: SystemTime::now(),
                 last_error: None,
             }),
-            source,
             keys: ArcSwap::from_pointee(keys),
+            file_serial: Mutex::new(()),
+        });
+        let file_watch = match &source {
+            Fetcher::File(path) => watch_file(path, &installed),
+            _ => None,
+        };
+        Ok(Arc::new(Self {
+            source,
+            installed,
             last_kid_refresh: Mutex::new(None),
             min_kid_refresh_interval,
             refresh_lock: tokio::sync::Mutex::new(()),
+            file_watch,
         }))
     }
 
     /// The key for a `kid`, if currently known.
     pub fn get(&self, kid: &str) -> Option<VerifyKey> {
-        self.keys.load().get(kid).cloned()
+        self.installed.keys.load().get(kid).cloned()
     }
 
     /// Re-reads the source. On failure the previous keys stay and the error is returned.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
         let _one = self.refresh_lock.lock().await;
-        let result = fetch(&self.source).await;
-        let mut status = match self.status.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        match result {
-            Ok(keys) => {
-                let n = keys.len();
-                self.keys.store(Arc::new(keys));
-                status.keys = n;
-                status.last_refresh = SystemTime::now();
-                status.last_error = None;
-                Ok(n)
-            }
-            Err(e) => {
-                if status.last_error.as_deref() != Some(&e.to_string()) {
-                    tracing::error!(error = %e, "JWKS refresh failed; keeping the previous keys");
-                }
-                status.last_error = Some(e.to_string());
-                Err(e)
-            }
+        if let Fetcher::File(path) = &self.source {
+            let (p, installed) = (path.clone(), self.installed.clone());
+            return tokio::task::spawn_blocking(move || installed.reload_file(&p, true))
+                .await
+                .map_err(|e| JwksError::Read(format!("{}: {e}", path.display())))?;
         }
+        let result = fetch(&self.source).await;
+        self.installed.apply(result, true)
     }
 
     /// Refreshes because a token named an unknown `kid`, at most once per
@@ -219,10 +271,7 @@ impl KeySet {
     /// Returns whether a refresh happened.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
         let allowed = {
-            let mut last = match self.last_kid_refresh.lock() {
-                Ok(l) => l,
-                Err(p) => p.into_inner(),
-            };
+            let mut last = self.last_kid_refresh.lock();
             let allowed = !last.is_some_and(|t| t.elapsed() < self.min_kid_refresh_interval);
             if allowed {
                 *last = Some(Instant::now());
@@ -250,29 +299,67 @@ impl KeySet {
         })
     }
 
-    /// Refresh status.
+    /// Refresh status (refreshes and file reloads alike).
     pub fn status(&self) -> KeySetStatus {
-        match self.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
+        self.installed.status.lock().clone()
+    }
+
+    /// The reloader that follows a JWKS file (`None` for other sources, or when the file's
+    /// directory could not be watched): reload counts and the last error for `/statusz`,
+    /// [`Reloader::attempts`] to wait for a reload.
+    pub fn file_reloader(&self) -> Option<&Reloader> {
+        self.file_watch.as_ref().map(|w| &w.reloader)
+    }
+}
+
+/// Reloads the JWKS file at `path` whenever it changes, through the runtime's reload helper; a
+/// bad edit keeps the previous keys and shows in the status. Without a watch (no inotify
+/// instance left, say) the interval and unknown-`kid` refreshes still apply, so this warns
+/// instead of failing.
+fn watch_file(path: &Path, installed: &Arc<Installed>) -> Option<FileWatch> {
+    let (file, target) = (path.to_path_buf(), installed.clone());
+    // Reading and installing happen together (see `Installed::file_serial`), so the load step
+    // installs and the apply step has nothing left to do.
+    let reloader = Reloader::new(
+        "jwks_file",
+        [path.to_path_buf()],
+        move || target.reload_file(&file, false),
+        |_keys: usize| (),
+    );
+    match reloader.watch(DEFAULT_DEBOUNCE) {
+        Ok(watch) => Some(FileWatch {
+            reloader,
+            _watch: watch,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the JWKS file; edits apply at the next refresh");
+            None
         }
     }
+}
+
+/// Reads and parses a JWKS file (blocking), refusing files over 1 MiB.
+fn read_jwks_file(path: &Path) -> Result<HashMap<String, VerifyKey>, JwksError> {
+    let read_err = |e: std::io::Error| JwksError::Read(format!("{}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_JWKS_BYTES as u64 {
+        return Err(JwksError::Read(format!(
+            "{}: larger than 1 MiB",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    parse_jwks(&bytes)
 }
 
 async fn fetch(source: &Fetcher) -> Result<HashMap<String, VerifyKey>, JwksError> {
     match source {
         Fetcher::Fixed(set) => keys_from_set(set),
         Fetcher::File(path) => {
-            let read_err = |e: std::io::Error| JwksError::Read(format!("{}: {e}", path.display()));
-            let len = tokio::fs::metadata(path).await.map_err(read_err)?.len();
-            if len > MAX_JWKS_BYTES as u64 {
-                return Err(JwksError::Read(format!(
-                    "{}: larger than 1 MiB",
-                    path.display()
-                )));
-            }
-            let bytes = tokio::fs::read(path).await.map_err(read_err)?;
-            parse_jwks(&bytes)
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || read_jwks_file(&p))
+                .await
+                .map_err(|e| JwksError::Read(format!("{}: {e}", path.display())))?
         }
         Fetcher::Url { url, client } => {
             let bytes = tokio::time::timeout(FETCH_TIMEOUT, fetch_url(url, client))

@@ -7,16 +7,21 @@
 //!   using [`spiffe`] IDs and the upstream ActorIdentity extension.
 //! * [`devca`]: a development CA; [`keys`]: JWT signing keys and JWKS.
 //! * [`tls`]: rustls server/client configs from files, reloaded without restart.
+//! * [`config`]: the config sections for that TLS material, validated with field paths.
 
 pub mod actor;
 pub mod assertion;
 pub mod cert;
+pub mod config;
 pub mod devca;
 pub mod jwks;
 pub mod keys;
 pub mod pem;
 pub mod replay;
 pub mod spiffe;
+/// Test helpers (test CA, JWT keys, TLS test server); feature `test-util`.
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod tls;
 pub mod token;
 

@@ -5,7 +5,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
 
@@ -47,10 +48,7 @@ impl ReplayCache {
     /// Records `jti` (valid until `exp`) at time `now`; refuses one already recorded.
     pub fn check_and_insert(&self, jti: &str, exp: u64, now: u64) -> Result<(), ReplayError> {
         let h = self.hasher.hash_one(jti);
-        let mut shard = match self.shards[(h as usize) % SHARDS].lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut shard = self.shards[(h as usize) % SHARDS].lock();
         while let Some(Reverse((e, key))) = shard.expiries.peek().copied() {
             if e >= now {
                 break;
@@ -75,10 +73,7 @@ impl ReplayCache {
 
     /// Ids currently remembered.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|s| s.seen.len()).unwrap_or(0))
-            .sum()
+        self.shards.iter().map(|s| s.lock().seen.len()).sum()
     }
 
     /// Whether nothing is remembered.

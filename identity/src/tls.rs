@@ -8,12 +8,11 @@
 //!   name or IP given at connect time, or a SPIFFE ID (exact or prefix) for peers that have no
 //!   DNS names (workers, the PEP).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -24,6 +23,9 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use runtime::reload::{DEFAULT_DEBOUNCE, Reloader};
+pub use runtime::reload::{ReloadError, ReloadStatus, WatchHandle};
 
 use crate::pem::{PemError, load_certs, load_key};
 
@@ -363,15 +365,15 @@ impl rustls::server::danger::ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-type Builder<T> = Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>;
-
-/// A configuration rebuilt from its files on change. `current()` is what new handshakes use.
+/// A configuration rebuilt from its files on change, through the one reload helper
+/// ([`runtime::reload::Reloader`]). `current()` is what new handshakes use; a rebuild that fails
+/// keeps the previous configuration, is logged once and shows in [`Reloadable::status`].
 pub struct Reloadable<T> {
-    build: Builder<T>,
-    files: Vec<PathBuf>,
-    current: ArcSwap<T>,
-    last_error: Mutex<Option<String>>,
-    what: &'static str,
+    current: Arc<ArcSwap<T>>,
+    reloader: Reloader,
+    /// The typed error of the last failed build, for [`Reloadable::reload`] (the reloader keeps
+    /// only its text).
+    last_failure: Arc<Mutex<Option<TlsError>>>,
 }
 
 /// A reloadable server config.
@@ -380,11 +382,12 @@ pub type ReloadableServerConfig = Reloadable<ServerConfig>;
 pub type ReloadableClientConfig = Reloadable<ClientConfig>;
 
 impl ReloadableServerConfig {
-    /// Loads a server config; fails when the files are unusable now.
+    /// Loads a server config; fails when the files are unusable now. Reloads are named
+    /// `server TLS` in logs and metrics.
     pub fn server(files: ServerTlsFiles) -> Result<Arc<Self>, TlsError> {
         let mut paths = vec![files.cert_file.clone(), files.key_file.clone()];
         paths.extend(files.client_ca_file.clone());
-        Reloadable::new("server TLS", paths, Box::new(move || server_config(&files)))
+        Reloadable::new("server TLS", paths, move || server_config(&files))
     }
 
     /// A tokio-rustls acceptor with the current material.
@@ -394,12 +397,13 @@ impl ReloadableServerConfig {
 }
 
 impl ReloadableClientConfig {
-    /// Loads a client config; fails when the files are unusable now.
+    /// Loads a client config; fails when the files are unusable now. Reloads are named
+    /// `client TLS` in logs and metrics.
     pub fn client(files: ClientTlsFiles) -> Result<Arc<Self>, TlsError> {
         let mut paths = vec![files.ca_file.clone()];
         paths.extend(files.cert_file.clone());
         paths.extend(files.key_file.clone());
-        Reloadable::new("client TLS", paths, Box::new(move || client_config(&files)))
+        Reloadable::new("client TLS", paths, move || client_config(&files))
     }
 
     /// A tokio-rustls connector with the current material.
@@ -412,15 +416,26 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
     fn new(
         what: &'static str,
         files: Vec<PathBuf>,
-        build: Builder<T>,
+        build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
     ) -> Result<Arc<Self>, TlsError> {
-        let first = build()?;
-        Ok(Arc::new(Self {
-            build,
-            files,
-            current: ArcSwap::from_pointee(first),
-            last_error: Mutex::new(None),
+        let current = Arc::new(ArcSwap::from_pointee(build()?));
+        let last_failure = Arc::new(Mutex::new(None));
+        let failure = last_failure.clone();
+        let installed = current.clone();
+        let reloader = Reloader::new(
             what,
+            files,
+            move || {
+                build().inspect_err(|e| {
+                    *failure.lock() = Some(e.clone());
+                })
+            },
+            move |cfg| installed.store(Arc::new(cfg)),
+        );
+        Ok(Arc::new(Self {
+            current,
+            reloader,
+            last_failure,
         }))
     }
 
@@ -429,94 +444,50 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
         self.current.load_full()
     }
 
-    /// Rebuilds from the files now (blocking). On failure the previous config stays.
+    /// Rebuilds from the files now (blocking file reads: call from `spawn_blocking` in async
+    /// code). On failure the previous config stays and the error is returned, kept for
+    /// [`Reloadable::last_error`] and logged unless it repeats the last one.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let result = (self.build)();
-        let mut last = match self.last_error.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        match result {
-            Ok(cfg) => {
-                self.current.store(Arc::new(cfg));
-                if last.take().is_some() {
-                    tracing::info!(what = self.what, "TLS material is valid again");
-                }
-                tracing::info!(what = self.what, "TLS material reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                if last.as_deref() != Some(&e.to_string()) {
-                    tracing::error!(what = self.what, error = %e, "TLS reload failed; keeping the previous material");
-                }
-                *last = Some(e.to_string());
-                Err(e)
-            }
-        }
+        self.reloader.reload().map_err(|text| {
+            self.last_failure
+                .lock()
+                .take()
+                .unwrap_or(TlsError::Config(text))
+        })
     }
 
     /// The last reload error, until a reload succeeds.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|l| l.clone())
+        self.reloader.status().last_error
     }
 
-    /// Reloads when any of the files changes (watching their directories, so rename-on-save and
-    /// Kubernetes Secret symlink swaps are seen). Stops when the handle is dropped.
-    pub fn watch(self: &Arc<Self>) -> Result<WatchHandle, notify::Error> {
-        use notify::Watcher;
-        let names: HashSet<std::ffi::OsString> = self
-            .files
-            .iter()
-            .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
-            .chain(std::iter::once("..data".into()))
-            .collect();
-        let dirs: HashSet<PathBuf> = self
-            .files
-            .iter()
-            .map(|p| match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            })
-            .collect();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(e) = ev
-                && !e.kind.is_access()
-                && e.paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
-            {
-                let _ = tx.try_send(());
-            }
-        })?;
-        for d in &dirs {
-            watcher.watch(d, notify::RecursiveMode::NonRecursive)?;
-        }
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                // Cert and key are usually replaced together: let the pair settle.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while rx.try_recv().is_ok() {}
-                let t = this.clone();
-                let _ = tokio::task::spawn_blocking(move || t.reload()).await;
-            }
-        });
-        Ok(WatchHandle {
-            _watcher: Box::new(watcher),
-            task,
-        })
+    /// Reload counts, times and the last error, for `/statusz`.
+    pub fn status(&self) -> ReloadStatus {
+        self.reloader.status()
+    }
+
+    /// The reloader behind this config: its name and files, [`Reloader::attempts`] to wait for
+    /// a reload (tests), [`Reloader::with_metrics`] to count reloads.
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
+    }
+
+    /// Reloads when any of the files changes, once they have been quiet for
+    /// [`DEFAULT_DEBOUNCE`] (a certificate and its key are usually replaced one after the
+    /// other). The files' directories are watched, so rename-on-save and Kubernetes Secret
+    /// symlink swaps are seen. Needs a tokio runtime; stops when the handle is dropped.
+    ///
+    /// # Errors
+    /// [`ReloadError`] when there is no runtime or a directory cannot be watched.
+    pub fn watch(self: &Arc<Self>) -> Result<WatchHandle, ReloadError> {
+        self.reloader.watch(DEFAULT_DEBOUNCE)
     }
 }
 
-/// Keeps a file watch alive; dropping it stops the watch.
-pub struct WatchHandle {
-    _watcher: Box<dyn Send + Sync>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        self.task.abort();
+/// Listeners of the runtime crate take the acceptor per connection, so each handshake uses the
+/// material current at that moment.
+impl runtime::listener::ServerTlsSource for Reloadable<ServerConfig> {
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        ReloadableServerConfig::acceptor(self)
     }
 }

@@ -533,8 +533,13 @@ impl Verifier {
         if c.iat > now + self.leeway {
             return Err(TokenError::IssuedInFuture);
         }
-        let lifetime = c.exp.saturating_sub(c.iat);
-        if c.exp < c.iat || lifetime > self.settings.max_lifetime.as_secs() {
+        // A token expiring before it was issued has no lifetime to compare: its exp is invalid
+        // (reported as "lifetime 0s exceeds …" before, which misled whoever read the log).
+        if c.exp < c.iat {
+            return Err(TokenError::BadClaim("exp"));
+        }
+        let lifetime = c.exp - c.iat;
+        if lifetime > self.settings.max_lifetime.as_secs() {
             return Err(TokenError::LifetimeTooLong {
                 lifetime,
                 max: self.settings.max_lifetime.as_secs(),

@@ -1,16 +1,14 @@
 //! Real rustls handshakes over loopback with dev-CA certificates: identities, refusals, SPIFFE
 //! server checks, rotation without restart, and interop with curl and openssl.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use identity::cert::{CertIdentityError, identity_from_der};
 use identity::devca::Issued;
+use identity::testing::*;
 use identity::tls::{
     ClientAuth, ClientTlsFiles, ReloadableClientConfig, ReloadableServerConfig, ServerIdentity,
     ServerTlsFiles,
@@ -20,61 +18,59 @@ use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: identity::devca::DevCa,
+/// Bound on every network step of these tests.
+const STEP: Duration = Duration::from_secs(5);
+
+/// A TLS test server requiring client certificates from `p`'s CA, with a localhost certificate.
+async fn mtls_server(
+    p: &TestPki,
+) -> (
+    SocketAddr,
+    Arc<ReloadableServerConfig>,
+    tokio::sync::mpsc::UnboundedReceiver<Seen>,
+) {
+    let (cert, key) = p.localhost_server("server");
+    let tls = ReloadableServerConfig::server(ServerTlsFiles {
+        cert_file: cert,
+        key_file: key,
+        client_ca_file: Some(p.ca_file()),
+        client_auth: ClientAuth::Required,
+        client_trust_domain: Some(TD.into()),
+        alpn: vec![b"http/1.1".to_vec()],
+    })
+    .unwrap();
+    let (addr, seen) = tls_server(tls.clone()).await;
+    (addr, tls, seen)
 }
 
-fn pki() -> Pki {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dev_ca(dir.path());
-    Pki { dir, ca }
+/// A client trusting `ca_dir/ca.crt`, presenting `cert` (certificate and key files) if given.
+fn client(
+    ca_dir: &Path,
+    cert: Option<(&Path, &Path)>,
+    expect: ServerIdentity,
+) -> Arc<ReloadableClientConfig> {
+    ReloadableClientConfig::client(ClientTlsFiles {
+        ca_file: ca_dir.join("ca.crt"),
+        cert_file: cert.map(|c| c.0.to_path_buf()),
+        key_file: cert.map(|c| c.1.to_path_buf()),
+        server_identity: expect,
+        alpn: vec![b"http/1.1".to_vec()],
+    })
+    .unwrap()
 }
 
-impl Pki {
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn mtls_server(
-        &self,
-    ) -> (
-        SocketAddr,
-        Arc<ReloadableServerConfig>,
-        tokio::sync::mpsc::UnboundedReceiver<Seen>,
-    ) {
-        let server = self
-            .ca
-            .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
-            .unwrap();
-        let (cert, key) = write_issued(self.dir.path(), "server", &server);
-        let tls = ReloadableServerConfig::server(ServerTlsFiles {
-            cert_file: cert,
-            key_file: key,
-            client_ca_file: Some(self.path("ca.crt")),
-            client_auth: ClientAuth::Required,
-            client_trust_domain: Some(TD.into()),
-            alpn: vec![b"http/1.1".to_vec()],
-        })
-        .unwrap();
-        let (addr, seen) = tls_server(tls.clone()).await;
-        (addr, tls, seen)
-    }
-
-    fn client(
-        &self,
-        ca_dir: &Path,
-        cert: Option<(&Path, &Path)>,
-        expect: ServerIdentity,
-    ) -> Arc<ReloadableClientConfig> {
-        ReloadableClientConfig::client(ClientTlsFiles {
-            ca_file: ca_dir.join("ca.crt"),
-            cert_file: cert.map(|c| c.0.to_path_buf()),
-            key_file: cert.map(|c| c.1.to_path_buf()),
-            server_identity: expect,
-            alpn: vec![b"http/1.1".to_vec()],
-        })
-        .unwrap()
+/// Presents the certificate `cert` (certificate and key files) to the mTLS server at `addr`
+/// and returns the server's handshake error; panics when the server accepted it.
+async fn server_refusal(
+    addr: SocketAddr,
+    p: &TestPki,
+    cert: (&Path, &Path),
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+) -> String {
+    let _ = talk(addr, &client(p.dir(), Some(cert), ServerIdentity::Hostname)).await;
+    match next_seen(seen).await {
+        Seen::HandshakeFailed(e) => e,
+        other => panic!("the server accepted the certificate: {other:?}"),
     }
 }
 
@@ -83,28 +79,27 @@ fn actor() -> ActorIdentity {
 }
 
 /// Connects, sends a line, reads it back; returns the client-side handshake error if any.
+/// Bounded by [`STEP`].
 async fn talk(addr: SocketAddr, client: &ReloadableClientConfig) -> Result<(), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut s = client
-        .connector()
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = client
+            .connector()
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        s.write_all(b"ping\n").await.map_err(|e| format!("{e:?}"))?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.map_err(|e| format!("{e:?}"))?;
+        Ok(())
+    };
+    tokio::time::timeout(STEP, exchange)
         .await
-        .map_err(|e| format!("{e:?}"))?;
-    s.write_all(b"ping\n").await.map_err(|e| format!("{e:?}"))?;
-    let mut buf = [0u8; 5];
-    s.read_exact(&mut buf).await.map_err(|e| format!("{e:?}"))?;
-    Ok(())
-}
-
-async fn next(seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>) -> Seen {
-    tokio::time::timeout(Duration::from_secs(5), seen.recv())
-        .await
-        .unwrap()
-        .unwrap()
+        .unwrap_or_else(|_| panic!("TLS exchange with {addr} did not finish within {STEP:?}"))
 }
 
 fn bad_cert(
-    p: &Pki,
+    p: &TestPki,
     stem: &str,
     edit: impl FnOnce(&mut CertificateParams),
 ) -> (std::path::PathBuf, std::path::PathBuf, Issued) {
@@ -117,7 +112,7 @@ fn bad_cert(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     edit(&mut params);
     let issued = p.ca.sign(params, YEAR).unwrap();
-    let (c, k) = write_issued(p.dir.path(), stem, &issued);
+    let (c, k) = p.write(stem, &issued);
     (c, k, issued)
 }
 
@@ -130,17 +125,17 @@ fn der(issued: &Issued) -> Vec<u8> {
 
 #[tokio::test]
 async fn dev_ca_actor_certificate_yields_the_actor_identity() {
-    let p = pki();
-    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let p = TestPki::new();
+    let (addr, _tls, mut seen) = mtls_server(&p).await;
     let issued = p.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
-    let (c, k) = write_issued(p.dir.path(), "actor", &issued);
+    let (c, k) = p.write("actor", &issued);
     talk(
         addr,
-        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+        &client(p.dir(), Some((&c, &k)), ServerIdentity::Hostname),
     )
     .await
     .unwrap();
-    match next(&mut seen).await {
+    match next_seen(&mut seen).await {
         Seen::Identity(Ok(PeerIdentity::Actor(a))) => {
             assert_eq!(a, actor(), "uid comes from the ActorIdentity extension")
         }
@@ -159,38 +154,24 @@ async fn dev_ca_actor_certificate_yields_the_actor_identity() {
 
 #[tokio::test]
 async fn certificate_from_another_ca_is_refused_in_the_handshake() {
-    let p = pki();
-    let (addr, _tls, mut seen) = p.mtls_server().await;
-    let other = pki();
+    let p = TestPki::new();
+    let (addr, _tls, mut seen) = mtls_server(&p).await;
+    let other = TestPki::new();
     let issued = other.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
-    let (c, k) = write_issued(other.dir.path(), "actor", &issued);
-    let _ = talk(
-        addr,
-        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
-    )
-    .await;
-    match next(&mut seen).await {
-        Seen::HandshakeFailed(e) => assert!(e.contains("UnknownIssuer"), "{e}"),
-        other => panic!("{other:?}"),
-    }
+    let (c, k) = other.write("actor", &issued);
+    let e = server_refusal(addr, &p, (&c, &k), &mut seen).await;
+    assert!(e.contains("UnknownIssuer"), "{e}");
 }
 
 #[tokio::test]
 async fn ca_certificate_as_leaf_is_refused() {
-    let p = pki();
-    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let p = TestPki::new();
+    let (addr, _tls, mut seen) = mtls_server(&p).await;
     let (c, k, issued) = bad_cert(&p, "ca-leaf", |params| {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
     });
-    let _ = talk(
-        addr,
-        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
-    )
-    .await;
-    match next(&mut seen).await {
-        Seen::HandshakeFailed(e) => assert!(e.contains("CaUsedAsEndEntity"), "{e}"),
-        other => panic!("{other:?}"),
-    }
+    let e = server_refusal(addr, &p, (&c, &k), &mut seen).await;
+    assert!(e.contains("CaUsedAsEndEntity"), "{e}");
     assert_eq!(
         identity_from_der(&der(&issued), TD),
         Err(CertIdentityError::CaAsLeaf)
@@ -199,23 +180,16 @@ async fn ca_certificate_as_leaf_is_refused() {
 
 #[tokio::test]
 async fn server_only_eku_is_refused() {
-    let p = pki();
-    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let p = TestPki::new();
+    let (addr, _tls, mut seen) = mtls_server(&p).await;
     let (c, k, issued) = bad_cert(&p, "server-eku", |params| {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
     });
-    let _ = talk(
-        addr,
-        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
-    )
-    .await;
-    match next(&mut seen).await {
-        Seen::HandshakeFailed(e) => assert!(
-            e.contains("InvalidPurposeContext { required: ClientAuth"),
-            "{e}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    let e = server_refusal(addr, &p, (&c, &k), &mut seen).await;
+    assert!(
+        e.contains("InvalidPurposeContext { required: ClientAuth"),
+        "{e}"
+    );
     assert_eq!(
         identity_from_der(&der(&issued), TD),
         Err(CertIdentityError::MissingClientAuth)
@@ -224,8 +198,8 @@ async fn server_only_eku_is_refused() {
 
 #[tokio::test]
 async fn two_spiffe_uris_are_refused() {
-    let p = pki();
-    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let p = TestPki::new();
+    let (addr, _tls, mut seen) = mtls_server(&p).await;
     let (c, k, _) = bad_cert(&p, "two-uris", |params| {
         params.subject_alt_names.push(SanType::URI(
             identity::spiffe::actor_uri(TD, "demo", "other")
@@ -233,21 +207,14 @@ async fn two_spiffe_uris_are_refused() {
                 .unwrap(),
         ))
     });
-    let _ = talk(
-        addr,
-        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
-    )
-    .await;
-    match next(&mut seen).await {
-        Seen::HandshakeFailed(e) => assert!(e.contains("MultipleSpiffeIds(2)"), "{e}"),
-        other => panic!("{other:?}"),
-    }
+    let e = server_refusal(addr, &p, (&c, &k), &mut seen).await;
+    assert!(e.contains("MultipleSpiffeIds(2)"), "{e}");
 }
 
 #[tokio::test]
 async fn malformed_spiffe_path_is_refused() {
-    let p = pki();
-    let (addr, _tls, mut seen) = p.mtls_server().await;
+    let p = TestPki::new();
+    let (addr, _tls, mut seen) = mtls_server(&p).await;
     let (c, k, _) = bad_cert(&p, "bad-path", |params| {
         params.subject_alt_names = vec![SanType::URI(
             format!("spiffe://{TD}/atespace/demo/agent")
@@ -255,23 +222,16 @@ async fn malformed_spiffe_path_is_refused() {
                 .unwrap(),
         )]
     });
-    let _ = talk(
-        addr,
-        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
-    )
-    .await;
-    match next(&mut seen).await {
-        Seen::HandshakeFailed(e) => assert!(
-            e.contains("BadSpiffeId(BadPath(\"/atespace/demo/agent\"))"),
-            "{e}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    let e = server_refusal(addr, &p, (&c, &k), &mut seen).await;
+    assert!(
+        e.contains("BadSpiffeId(BadPath(\"/atespace/demo/agent\"))"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn wrong_trust_domain_and_mismatched_extension_are_refused() {
-    let p = pki();
+    let p = TestPki::new();
     let other_td =
         p.ca.issue_actor("other.domain", &actor(), false, YEAR)
             .unwrap();
@@ -296,11 +256,11 @@ async fn wrong_trust_domain_and_mismatched_extension_are_refused() {
 
 #[tokio::test]
 async fn client_checks_the_servers_spiffe_id() {
-    let p = pki();
+    let p = TestPki::new();
     let pep =
         p.ca.issue_component(TD, "ate-system", "pep", &[], &[], YEAR)
             .unwrap();
-    let (cert, key) = write_issued(p.dir.path(), "pep", &pep);
+    let (cert, key) = p.write("pep", &pep);
     let tls = ReloadableServerConfig::server(ServerTlsFiles {
         cert_file: cert,
         key_file: key,
@@ -314,14 +274,14 @@ async fn client_checks_the_servers_spiffe_id() {
     let id = identity::spiffe::component_uri(TD, "ate-system", "pep");
     talk(
         addr,
-        &p.client(p.dir.path(), None, ServerIdentity::Spiffe(id.clone())),
+        &client(p.dir(), None, ServerIdentity::Spiffe(id.clone())),
     )
     .await
     .unwrap();
     talk(
         addr,
-        &p.client(
-            p.dir.path(),
+        &client(
+            p.dir(),
             None,
             ServerIdentity::SpiffePrefix(format!("spiffe://{TD}/ns/ate-system/")),
         ),
@@ -330,8 +290,8 @@ async fn client_checks_the_servers_spiffe_id() {
     .unwrap();
     let err = talk(
         addr,
-        &p.client(
-            p.dir.path(),
+        &client(
+            p.dir(),
             None,
             ServerIdentity::Spiffe(format!("spiffe://{TD}/ns/x/sa/y")),
         ),
@@ -339,35 +299,37 @@ async fn client_checks_the_servers_spiffe_id() {
     .await
     .unwrap_err();
     assert!(err.contains("NotValidForName"), "{err}");
-    let other = pki();
-    let err = talk(
-        addr,
-        &p.client(other.dir.path(), None, ServerIdentity::Spiffe(id)),
-    )
-    .await
-    .unwrap_err();
+    let other = TestPki::new();
+    let err = talk(addr, &client(other.dir(), None, ServerIdentity::Spiffe(id)))
+        .await
+        .unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_certificate_rotation_applies_to_new_handshakes_only() {
-    let p = pki();
-    let (addr, tls, _seen) = p.mtls_server().await;
+    let p = TestPki::new();
+    let (addr, tls, _seen) = mtls_server(&p).await;
     let _watch = tls.watch().unwrap();
     let issued = p.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
-    let (c, k) = write_issued(p.dir.path(), "actor", &issued);
-    let client = p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname);
+    let (c, k) = p.write("actor", &issued);
+    let client = client(p.dir(), Some((&c, &k)), ServerIdentity::Hostname);
 
     async fn connect(
         addr: SocketAddr,
         client: &ReloadableClientConfig,
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        client
-            .connector()
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            client
+                .connector()
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        tokio::time::timeout(STEP, handshake)
             .await
-            .unwrap()
+            .expect("TLS handshake within 5 s")
     }
     let presented = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
         s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
@@ -377,9 +339,7 @@ async fn server_certificate_rotation_applies_to_new_handshakes_only() {
     let old_cert = presented(&old_conn);
 
     // Replace the server's files with a new certificate (write-then-rename, both files).
-    let fresh =
-        p.ca.issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
-            .unwrap();
+    let fresh = p.issue_localhost();
     let staging = p.path("staging");
     std::fs::create_dir_all(&staging).unwrap();
     fresh.write(&staging, "server").unwrap();
@@ -402,9 +362,13 @@ async fn server_certificate_rotation_applies_to_new_handshakes_only() {
     assert!(tls.last_error().is_none());
 
     // The connection made before the rotation still works and still has the old certificate.
-    old_conn.write_all(b"still-here\n").await.unwrap();
     let mut buf = [0u8; 11];
-    old_conn.read_exact(&mut buf).await.unwrap();
+    tokio::time::timeout(STEP, async {
+        old_conn.write_all(b"still-here\n").await.unwrap();
+        old_conn.read_exact(&mut buf).await.unwrap();
+    })
+    .await
+    .expect("the old connection answers within 5 s");
     assert_eq!(&buf, b"still-here\n");
     assert_eq!(presented(&old_conn), old_cert);
 
@@ -426,10 +390,10 @@ async fn server_certificate_rotation_applies_to_new_handshakes_only() {
 
 #[tokio::test]
 async fn dev_ca_output_works_with_curl_and_openssl() {
-    let p = pki();
-    let (addr, _tls, _seen) = p.mtls_server().await;
+    let p = TestPki::new();
+    let (addr, _tls, mut seen) = mtls_server(&p).await;
     let issued = p.ca.issue_actor(TD, &actor(), true, YEAR).unwrap();
-    let (c, k) = write_issued(p.dir.path(), "actor", &issued);
+    let (c, k) = p.write("actor", &issued);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -468,6 +432,10 @@ async fn dev_ca_output_works_with_curl_and_openssl() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "actor demo/agent");
+    assert!(matches!(
+        next_seen(&mut seen).await,
+        Seen::Identity(Ok(PeerIdentity::Actor(_)))
+    ));
 
     // Without a client certificate the server refuses the handshake.
     let url = format!("https://127.0.0.1:{}/", addr.port());
@@ -483,6 +451,11 @@ async fn dev_ca_output_works_with_curl_and_openssl() {
     .await
     .unwrap();
     assert!(!out.status.success(), "no client certificate → no response");
+    // Refused for that reason, not for any other.
+    match next_seen(&mut seen).await {
+        Seen::HandshakeFailed(e) => assert!(e.contains("NoCertificatesPresented"), "{e}"),
+        other => panic!("{other:?}"),
+    }
 
     for leaf in ["actor.crt", "server.crt"] {
         let out = std::process::Command::new("openssl")
@@ -506,7 +479,7 @@ async fn dev_ca_output_works_with_curl_and_openssl() {
 
 #[test]
 fn spiffe_prefixes_must_end_at_a_path_boundary() {
-    let p = pki();
+    let p = TestPki::new();
     // "…/ns/ate-sys" would otherwise also match "…/ns/ate-system" and "…/ns/ate-sys-evil".
     for prefix in [
         format!("spiffe://{TD}/ns/ate-sys"),
@@ -532,11 +505,8 @@ fn spiffe_prefixes_must_end_at_a_path_boundary() {
 
 #[tokio::test]
 async fn optional_client_auth_admits_anonymous_clients_and_identifies_the_rest() {
-    let p = pki();
-    let server =
-        p.ca.issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
-            .unwrap();
-    let (cert, key) = write_issued(p.dir.path(), "server", &server);
+    let p = TestPki::new();
+    let (cert, key) = p.localhost_server("server");
     let tls = ReloadableServerConfig::server(ServerTlsFiles {
         cert_file: cert,
         key_file: key,
@@ -547,25 +517,22 @@ async fn optional_client_auth_admits_anonymous_clients_and_identifies_the_rest()
     })
     .unwrap();
     let (addr, mut seen) = tls_server(tls).await;
-    talk(
-        addr,
-        &p.client(p.dir.path(), None, ServerIdentity::Hostname),
-    )
-    .await
-    .unwrap();
-    match next(&mut seen).await {
+    talk(addr, &client(p.dir(), None, ServerIdentity::Hostname))
+        .await
+        .unwrap();
+    match next_seen(&mut seen).await {
         Seen::Identity(r) => assert_eq!(r, Err(CertIdentityError::NoCertificate)),
         other => panic!("{other:?}"),
     }
     let issued = p.ca.issue_actor(TD, &actor(), false, YEAR).unwrap();
-    let (c, k) = write_issued(p.dir.path(), "actor", &issued);
+    let (c, k) = p.write("actor", &issued);
     talk(
         addr,
-        &p.client(p.dir.path(), Some((&c, &k)), ServerIdentity::Hostname),
+        &client(p.dir(), Some((&c, &k)), ServerIdentity::Hostname),
     )
     .await
     .unwrap();
-    match next(&mut seen).await {
+    match next_seen(&mut seen).await {
         Seen::Identity(Ok(PeerIdentity::Actor(a))) => assert_eq!(a.name, "agent"),
         other => panic!("{other:?}"),
     }

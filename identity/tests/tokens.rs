@@ -1,12 +1,10 @@
 //! Actor token verification: each refusal of DESIGN §6 in its own test, and JWKS rotation.
 
-mod common;
-
 use std::time::Duration;
 
 use base64::Engine;
-use common::*;
-use identity::token::{Claims, TokenError, now_secs};
+use identity::testing::*;
+use identity::token::{Claims, MAX_TOKEN_BYTES, TokenError, now_secs};
 use identity::{ActorIdentity, Verifier};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -37,8 +35,19 @@ async fn setup() -> Setup {
     }
 }
 
-fn b64(v: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+/// A valid actor token for [`actor`] signed with `key`, living 60 s.
+fn minted(key: &TestKey) -> String {
+    key.signer()
+        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
+        .unwrap()
+}
+
+/// Why the setup's verifier refuses `token`; panics when it accepts it.
+async fn refusal(s: &Setup, token: &str) -> TokenError {
+    s.verifier
+        .verify(token)
+        .await
+        .expect_err("the token must be refused")
 }
 
 fn claims(s: &Setup) -> Claims {
@@ -69,10 +78,7 @@ async fn eddsa_and_rs256_tokens_verify() {
     write_jwks(&path, &[&ed, &rs]);
     let v = verifier_for(&path, HOUR).await;
     for k in [&ed, &rs] {
-        let t = k
-            .signer()
-            .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
-            .unwrap();
+        let t = minted(k);
         assert_eq!(v.verify(&t).await.unwrap().actor, actor(), "{:?}", k.alg);
     }
 }
@@ -86,7 +92,7 @@ async fn alg_none_is_refused() {
         b64(&serde_json::to_vec(&claims(&s)).unwrap())
     );
     assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
+        refusal(&s, &token).await,
         TokenError::UnsupportedAlgorithm("none".into())
     );
 }
@@ -104,7 +110,7 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     let token =
         jsonwebtoken::encode(&header, &claims(&s), &EncodingKey::from_secret(&public)).unwrap();
     assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
+        refusal(&s, &token).await,
         TokenError::UnsupportedAlgorithm("HS256".into())
     );
 }
@@ -117,10 +123,7 @@ async fn wrong_audience_is_refused() {
         .signer()
         .actor_token(&actor(), "someone-else", Duration::from_secs(60))
         .unwrap();
-    assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
-        TokenError::WrongAudience
-    );
+    assert_eq!(refusal(&s, &token).await, TokenError::WrongAudience);
 }
 
 #[tokio::test]
@@ -136,10 +139,7 @@ async fn wrong_issuer_is_refused() {
     let token = signer
         .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
         .unwrap();
-    assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
-        TokenError::WrongIssuer
-    );
+    assert_eq!(refusal(&s, &token).await, TokenError::WrongIssuer);
 }
 
 #[tokio::test]
@@ -149,10 +149,7 @@ async fn expired_token_is_refused() {
     let now = now_secs();
     (c.iat, c.nbf, c.exp) = (now - 700, now - 700, now - 600);
     let token = s.key.signer().sign(&c).unwrap();
-    assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
-        TokenError::Expired
-    );
+    assert_eq!(refusal(&s, &token).await, TokenError::Expired);
 }
 
 #[tokio::test]
@@ -162,22 +159,16 @@ async fn not_yet_valid_token_is_refused() {
     let now = now_secs();
     (c.iat, c.nbf, c.exp) = (now, now + 600, now + 900);
     let token = s.key.signer().sign(&c).unwrap();
-    assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
-        TokenError::NotYetValid
-    );
+    assert_eq!(refusal(&s, &token).await, TokenError::NotYetValid);
 }
 
 #[tokio::test]
 async fn unknown_kid_is_refused() {
     let s = setup().await;
     let stranger = TestKey::new(Algorithm::ES256, "k-unknown");
-    let token = stranger
-        .signer()
-        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
-        .unwrap();
+    let token = minted(&stranger);
     assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
+        refusal(&s, &token).await,
         TokenError::UnknownKid("k-unknown".into())
     );
 }
@@ -212,15 +203,12 @@ async fn key_removed_from_jwks_stops_verifying_after_refresh() {
     let k2 = TestKey::new(Algorithm::ES256, "k2");
     write_jwks(&s.jwks_path, &[&s.key, &k2]);
     s.verifier.keys().refresh().await.unwrap();
-    let token = k2
-        .signer()
-        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
-        .unwrap();
+    let token = minted(&k2);
     assert!(s.verifier.verify(&token).await.is_ok());
     write_jwks(&s.jwks_path, &[&s.key]);
     s.verifier.keys().refresh().await.unwrap();
     assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
+        refusal(&s, &token).await,
         TokenError::UnknownKid("k2".into())
     );
 }
@@ -229,12 +217,9 @@ async fn key_removed_from_jwks_stops_verifying_after_refresh() {
 async fn key_added_to_jwks_is_accepted_without_restart() {
     let s = setup().await;
     let k3 = TestKey::new(Algorithm::EdDSA, "k3");
-    let token = k3
-        .signer()
-        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
-        .unwrap();
+    let token = minted(&k3);
     assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
+        refusal(&s, &token).await,
         TokenError::UnknownKid("k3".into())
     );
     write_jwks(&s.jwks_path, &[&s.key, &k3]);
@@ -283,12 +268,9 @@ async fn header_alg_must_match_the_keys_algorithm() {
     let s = setup().await;
     // An RS256 token claiming kid k1, which is an ES256 key.
     let rsa = TestKey::new(Algorithm::RS256, "k1");
-    let token = rsa
-        .signer()
-        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
-        .unwrap();
+    let token = minted(&rsa);
     assert!(matches!(
-        s.verifier.verify(&token).await.unwrap_err(),
+        refusal(&s, &token).await,
         TokenError::AlgorithmMismatch { .. }
     ));
 }
@@ -308,21 +290,13 @@ async fn over_long_lifetime_and_inconsistent_subject_are_refused() {
     let mut c = claims(&s);
     c.sub = "atespaces:team-a:actors:someone-else".into();
     let token = s.key.signer().sign(&c).unwrap();
-    assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
-        TokenError::SubjectMismatch
-    );
+    assert_eq!(refusal(&s, &token).await, TokenError::SubjectMismatch);
 }
 
 #[tokio::test]
 async fn jwks_over_https_with_the_dev_ca() {
-    use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dev_ca(dir.path());
-    let server = ca
-        .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()], YEAR)
-        .unwrap();
-    let (cert, key) = write_issued(dir.path(), "server", &server);
+    let pki = TestPki::new();
+    let (cert, key) = pki.localhost_server("server");
     let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
         cert_file: cert,
         key_file: key,
@@ -363,7 +337,7 @@ async fn jwks_over_https_with_the_dev_ca() {
     let keys = identity::jwks::KeySet::load(
         identity::jwks::JwksSource::Url {
             url: format!("https://127.0.0.1:{}/jwks.json", addr.port()),
-            ca_file: Some(dir.path().join("ca.crt")),
+            ca_file: Some(pki.ca_file()),
         },
         Duration::ZERO,
     )
@@ -378,18 +352,14 @@ async fn jwks_over_https_with_the_dev_ca() {
             max_lifetime: HOUR,
         },
     );
-    let token = k
-        .signer()
-        .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
-        .unwrap();
+    let token = minted(&k);
     assert_eq!(v.verify(&token).await.unwrap().actor, actor());
     // An HTTPS JWKS whose certificate we do not trust is refused.
-    let other = tempfile::tempdir().unwrap();
-    dev_ca(other.path());
+    let other = TestPki::new();
     let err = identity::jwks::KeySet::load(
         identity::jwks::JwksSource::Url {
             url: format!("https://127.0.0.1:{}/jwks.json", addr.port()),
-            ca_file: Some(other.path().join("ca.crt")),
+            ca_file: Some(other.ca_file()),
         },
         Duration::ZERO,
     )
@@ -400,7 +370,6 @@ async fn jwks_over_https_with_the_dev_ca() {
         matches!(err, identity::jwks::JwksError::Fetch { .. }),
         "{err:?}"
     );
-    let _ = Arc::new(());
 }
 
 #[tokio::test]
@@ -442,25 +411,10 @@ async fn uid_claims_must_be_printable_and_short() {
     let mut c = claims(&s);
     c.ate.actor_uid = "bad\nuid".into();
     let token = s.key.signer().sign(&c).unwrap();
-    assert_eq!(
-        s.verifier.verify(&token).await.unwrap_err(),
-        TokenError::BadClaim("ate.dev")
-    );
+    assert_eq!(refusal(&s, &token).await, TokenError::BadClaim("ate.dev"));
 }
 
 // ---- crit (RFC 7515 §4.1.11), aud as an array (RFC 7519 §4.1.3), readable refusals ----
-
-/// Signs raw header and payload JSON with `key`, as another JWS library would.
-fn sign_raw(key: &TestKey, header: &serde_json::Value, payload: &serde_json::Value) -> String {
-    let msg = format!(
-        "{}.{}",
-        b64(&serde_json::to_vec(header).unwrap()),
-        b64(&serde_json::to_vec(payload).unwrap())
-    );
-    let enc = identity::keys::encoding_key(key.alg, key.pem.as_bytes()).unwrap();
-    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &enc, key.alg).unwrap();
-    format!("{msg}.{sig}")
-}
 
 fn jwt_header(kid: &str) -> serde_json::Value {
     serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid})
@@ -468,21 +422,6 @@ fn jwt_header(kid: &str) -> serde_json::Value {
 
 fn payload(s: &Setup) -> serde_json::Value {
     serde_json::to_value(claims(s)).unwrap()
-}
-
-/// A refusal reason is one line of plain text: no debug formatting of library errors, no JSON.
-fn assert_plain_line(reason: &str) {
-    assert!(!reason.is_empty());
-    assert!(
-        !reason.contains('\n') && !reason.contains('\r'),
-        "not one line: {reason:?}"
-    );
-    for fragment in ["Error(", "Json(", "{", "}", "\""] {
-        assert!(
-            !reason.contains(fragment),
-            "debug fragment {fragment:?} in {reason:?}"
-        );
-    }
 }
 
 #[tokio::test]
@@ -599,7 +538,7 @@ async fn aud_array_without_the_audience_or_empty_is_refused() {
         let mut p = payload(&s);
         p["aud"] = aud.clone();
         let token = sign_raw(&s.key, &jwt_header("k1"), &p);
-        let err = s.verifier.verify(&token).await.unwrap_err();
+        let err = refusal(&s, &token).await;
         assert_eq!(err, TokenError::WrongAudience, "{aud}");
         assert_plain_line(&err.to_string());
     }
@@ -612,7 +551,7 @@ async fn aud_array_without_the_audience_or_empty_is_refused() {
         let mut p = payload(&s);
         p["aud"] = aud.clone();
         let token = sign_raw(&s.key, &jwt_header("k1"), &p);
-        let reason = s.verifier.verify(&token).await.unwrap_err().to_string();
+        let reason = refusal(&s, &token).await.to_string();
         assert!(reason.contains("aud"), "{aud}: {reason}");
         assert_plain_line(&reason);
     }
@@ -696,4 +635,152 @@ async fn every_refusal_reason_is_one_plain_line() {
             }
         }
     }
+}
+
+// ---- size, shape, required claims and time order: each refusal with its exact reason ----
+
+#[tokio::test]
+async fn oversized_tokens_are_refused_before_anything_is_parsed() {
+    let s = setup().await;
+    // At the limit a token is read (and refused for its shape); one byte over, for its size.
+    let at_limit = "a".repeat(MAX_TOKEN_BYTES);
+    assert_eq!(
+        s.verifier.verify(&at_limit).await.unwrap_err(),
+        TokenError::Malformed("not a compact JWS (header.payload.signature)".into())
+    );
+    let over = "a".repeat(MAX_TOKEN_BYTES + 1);
+    assert_eq!(
+        s.verifier.verify(&over).await.unwrap_err(),
+        TokenError::TooLarge
+    );
+    // A correctly signed token is refused for its size too, before its claims are looked at.
+    let mut c = claims(&s);
+    c.jti = "j".repeat(MAX_TOKEN_BYTES);
+    let big = s.key.signer().sign(&c).unwrap();
+    assert!(big.len() > MAX_TOKEN_BYTES);
+    let err = s.verifier.verify(&big).await.unwrap_err();
+    assert_eq!(err, TokenError::TooLarge);
+    assert_eq!(err.to_string(), "token too large");
+}
+
+#[tokio::test]
+async fn malformed_tokens_are_refused_with_their_reason() {
+    let s = setup().await;
+    let not_jws = TokenError::Malformed("not a compact JWS (header.payload.signature)".into());
+    let good = sign_raw(&s.key, &jwt_header("k1"), &payload(&s));
+    let parts: Vec<&str> = good.split('.').collect();
+    let cases: Vec<(&str, String, TokenError)> = vec![
+        ("empty", String::new(), not_jws.clone()),
+        ("one part", parts[0].to_owned(), not_jws.clone()),
+        (
+            "two parts",
+            format!("{}.{}", parts[0], parts[1]),
+            not_jws.clone(),
+        ),
+        ("four parts", format!("{good}.x"), not_jws.clone()),
+        (
+            "header not base64url",
+            format!("!!!.{}.{}", parts[1], parts[2]),
+            TokenError::Malformed("header is not base64url".into()),
+        ),
+        (
+            "header without kid",
+            sign_raw(&s.key, &serde_json::json!({"alg": "ES256"}), &payload(&s)),
+            TokenError::MissingKid,
+        ),
+        (
+            "empty kid",
+            sign_raw(
+                &s.key,
+                &serde_json::json!({"alg": "ES256", "kid": ""}),
+                &payload(&s),
+            ),
+            TokenError::MissingKid,
+        ),
+        (
+            "payload not base64url",
+            format!("{}.!!!.{}", parts[0], parts[2]),
+            TokenError::BadSignature,
+        ),
+    ];
+    for (what, token, want) in cases {
+        let err = refusal(&s, &token).await;
+        assert_eq!(err, want, "{what}");
+        assert_plain_line(&err.to_string());
+    }
+    // Header JSON that does not parse: refused as malformed, naming the header.
+    let err = s
+        .verifier
+        .verify(&format!("{}.{}.{}", b64(b"{nope"), parts[1], parts[2]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TokenError::Malformed(m) if m.starts_with("header: ")),
+        "{err:?}"
+    );
+    // Correctly signed claims that are not JSON.
+    let header = b64(&serde_json::to_vec(&jwt_header("k1")).unwrap());
+    let msg = format!("{header}.{}", b64(b"not json"));
+    let enc = identity::keys::encoding_key(s.key.alg, s.key.pem.as_bytes()).unwrap();
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &enc, s.key.alg).unwrap();
+    let err = s
+        .verifier
+        .verify(&format!("{msg}.{sig}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::Malformed(_)), "{err:?}");
+    assert_plain_line(&err.to_string());
+}
+
+#[tokio::test]
+async fn each_missing_claim_is_named() {
+    let s = setup().await;
+    for claim in ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "ate.dev"] {
+        let mut p = payload(&s);
+        assert!(
+            p.as_object_mut().unwrap().remove(claim).is_some(),
+            "{claim} is minted"
+        );
+        let token = sign_raw(&s.key, &jwt_header("k1"), &p);
+        let err = refusal(&s, &token).await;
+        assert_eq!(
+            err,
+            TokenError::Malformed(format!("missing claim {claim}")),
+            "{claim}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("malformed token: missing claim {claim}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn iat_in_the_future_is_refused_beyond_the_leeway() {
+    let s = setup().await;
+    let now = now_secs();
+    let mut c = claims(&s);
+    (c.iat, c.nbf, c.exp) = (now + 600, now, now + 900);
+    let token = s.key.signer().sign(&c).unwrap();
+    let err = refusal(&s, &token).await;
+    assert_eq!(err, TokenError::IssuedInFuture);
+    assert_eq!(err.to_string(), "token issued in the future");
+    // Within the 5 s leeway (clock skew between minter and verifier) it is accepted.
+    let mut c = claims(&s);
+    (c.iat, c.nbf, c.exp) = (now + 2, now, now + 300);
+    let token = s.key.signer().sign(&c).unwrap();
+    assert_eq!(s.verifier.verify(&token).await.unwrap().actor, actor());
+}
+
+#[tokio::test]
+async fn exp_before_iat_is_refused_as_an_invalid_exp() {
+    let s = setup().await;
+    let now = now_secs();
+    let mut c = claims(&s);
+    // Not expired, not issued beyond the leeway, but expiring before it was issued.
+    (c.iat, c.nbf, c.exp) = (now + 3, now, now + 1);
+    let token = s.key.signer().sign(&c).unwrap();
+    let err = refusal(&s, &token).await;
+    assert_eq!(err, TokenError::BadClaim("exp"));
+    assert_eq!(err.to_string(), "missing or invalid claim exp");
 }

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,11 +39,49 @@ impl ClientBodyError {
     }
 }
 
+/// Where a client's request body stands, shared by the body sent to the worker and the proxy,
+/// so that a response timeout can be told apart: a worker that did not answer in time (504) or
+/// a client that stopped sending its body while the worker waited for it (408, the client's
+/// fault).
+#[derive(Debug, Default)]
+pub struct BodyProgress(AtomicU8);
+
+impl BodyProgress {
+    /// Not polled yet, or the last poll produced a frame: nobody waits on the client.
+    const MOVING: u8 = 0;
+    /// The last poll found no data: the worker client is waiting for the client to send more.
+    const WAITING: u8 = 1;
+    /// The client's body has ended (or failed).
+    const ENDED: u8 = 2;
+
+    /// Whether the worker client is waiting for more of the client's body: the body has not
+    /// ended and its last read found nothing to send.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::WAITING
+    }
+
+    fn set(&self, state: u8) {
+        // Relaxed: one flag on its own, no other memory is published through it.
+        self.0.store(state, Ordering::Relaxed);
+    }
+}
+
 /// The request body sent to a worker.
 pub enum UpstreamBody {
-    /// The client's body, streamed as it arrives.
-    Client(Incoming),
+    /// The client's body, streamed as it arrives; `progress` records whether it is stalled on
+    /// the client (see [`BodyProgress`]).
+    Client {
+        body: Incoming,
+        progress: Option<Arc<BodyProgress>>,
+    },
     Empty,
+}
+
+impl UpstreamBody {
+    /// The client's body, tracked by `progress` when given.
+    pub fn client(body: Incoming, progress: Option<Arc<BodyProgress>>) -> Self {
+        Self::Client { body, progress }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -53,19 +93,29 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            Self::Client(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError),
+            Self::Client { body, progress } => {
+                let polled = Pin::new(body).poll_frame(cx).map_err(ClientBodyError);
+                if let Some(p) = progress {
+                    p.set(match &polled {
+                        Poll::Pending => BodyProgress::WAITING,
+                        Poll::Ready(Some(Ok(_))) => BodyProgress::MOVING,
+                        Poll::Ready(None | Some(Err(_))) => BodyProgress::ENDED,
+                    });
+                }
+                polled
+            }
             Self::Empty => Poll::Ready(None),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Client(b) => b.is_end_stream(),
+            Self::Client { body, .. } => body.is_end_stream(),
             Self::Empty => true,
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Client(b) => b.size_hint(),
+            Self::Client { body, .. } => body.size_hint(),
             Self::Empty => SizeHint::with_exact(0),
         }
     }

@@ -27,6 +27,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use runtime::drain::{Drain, DrainSignal};
+use runtime::http::HttpServer;
+use runtime::listener::BoundListener;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tonic::codegen::Service;
@@ -43,6 +46,9 @@ use proto::echo_server::{Echo, EchoServer};
 use proto::{EchoReply, EchoRequest};
 
 type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A connection with no request in progress this long is closed.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(
@@ -149,6 +155,7 @@ async fn handle(
     req: Request<Incoming>,
     worker: String,
     mut grpc: EchoServer<EchoService>,
+    drain: DrainSignal,
 ) -> Result<Response<Body>, Infallible> {
     let is_grpc = req
         .headers()
@@ -160,7 +167,7 @@ async fn handle(
             Err(never) => match never {},
         }
     } else {
-        http_route(req, &worker).await
+        http_route(req, &worker, &drain).await
     };
     if let Ok(v) = header::HeaderValue::from_str(&worker) {
         resp.headers_mut().insert("x-echo-worker", v);
@@ -168,7 +175,11 @@ async fn handle(
     Ok(resp)
 }
 
-async fn http_route(mut req: Request<Incoming>, worker: &str) -> Response<Body> {
+async fn http_route(
+    mut req: Request<Incoming>,
+    worker: &str,
+    drain: &DrainSignal,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/hello" => full(StatusCode::OK, "text/plain", "hello\n"),
@@ -244,7 +255,7 @@ async fn http_route(mut req: Request<Incoming>, worker: &str) -> Response<Body> 
                 format!("{{\"bytes\":{total}}}"),
             )
         }
-        "/ws" => websocket(&mut req),
+        "/ws" => websocket(&mut req, drain),
         "/delay" => {
             tokio::time::sleep(Duration::from_millis(
                 query_u64(&req, "ms", 100).min(600_000),
@@ -255,7 +266,7 @@ async fn http_route(mut req: Request<Incoming>, worker: &str) -> Response<Body> 
         "/misdirected" => {
             let mut r = full(StatusCode::MISDIRECTED_REQUEST, "text/plain", "not here\n");
             r.headers_mut().insert(
-                "x-ate-assignment-stale",
+                &routing_core::wire::ASSIGNMENT_STALE,
                 header::HeaderValue::from_static("true"),
             );
             r
@@ -302,7 +313,8 @@ async fn http_route(mut req: Request<Incoming>, worker: &str) -> Response<Body> 
     }
 }
 
-fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+/// Answers a WebSocket upgrade; the session runs as work `drain` waits for.
+fn websocket(req: &mut Request<Incoming>, drain: &DrainSignal) -> Response<Body> {
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -315,7 +327,7 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
         );
     };
     let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
+    drain.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
@@ -352,43 +364,51 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
     r
 }
 
-/// Serves the echo worker on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    worker: String,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+/// How long [`serve`] lets open connections finish after `shutdown` resolved.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the echo worker on a runtime listener until the drain starts (accept loop, limits
+/// and graceful close are the runtime's). Connections and WebSocket sessions are work the drain
+/// waits for. Returns once the listener has stopped accepting.
+pub async fn serve_listener(listener: BoundListener, worker: String, drain: DrainSignal) {
     let grpc = EchoServer::new(EchoService {
         worker: worker.clone(),
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Answer a client that shuts down its write side after the request (RFC 9112 §9.6).
     builder.http1().half_close(true);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let worker = worker.clone();
-        let grpc = grpc.clone();
-        let svc = hyper::service::service_fn(move |req| handle(req, worker.clone(), grpc.clone()));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    let server = HttpServer::from_builder(builder, IDLE_CONNECTION_TIMEOUT);
+    let signal = drain.clone();
+    server
+        .serve(listener, drain, move |_| {
+            let worker = worker.clone();
+            let grpc = grpc.clone();
+            let drain = signal.clone();
+            hyper::service::service_fn(move |req| {
+                handle(req, worker.clone(), grpc.clone(), drain.clone())
+            })
+        })
+        .await
+}
+
+/// Serves the echo worker on `listener` until `shutdown` resolves, then lets open connections
+/// and WebSocket sessions finish for up to 5 s (the `actorgate echo-worker` process, and tests
+/// that run a worker of their own). Returns once they have ended.
+pub async fn serve(
+    listener: TcpListener,
+    worker: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let listener = match BoundListener::from_tcp("echo-worker --listen", listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "echo worker cannot serve");
+            return;
+        }
+    };
+    let drain = Drain::new();
+    let accepting = tokio::spawn(serve_listener(listener, worker, drain.signal()));
+    shutdown.await;
+    drain.shutdown(SHUTDOWN_GRACE).await;
+    let _ = accepting.await;
 }

@@ -16,9 +16,14 @@
 //! needs nothing later, and per the ExtProc protocol Envoy then proceeds without consulting the
 //! server again, which spares Envoy its own close and reset of the stream (about 17% less Envoy
 //! CPU per request, measured by hand against the previous behaviour). Otherwise the stream ends
-//! when Envoy closes or resets it. A `direction` value in the
-//! `actorgate` filter metadata selects the mode: `ingress` (default); `egress` is refused until
-//! the egress PEP provides it.
+//! when Envoy closes or resets it.
+//!
+//! One Envoy ExtProc service serves both directions: the binary's dispatcher reads the
+//! `direction` value in the `actorgate` filter metadata of a stream's first message ([`direction`];
+//! `ingress` when absent) and hands the stream to that direction's handler — [`IngressExtProc`]
+//! for ingress. A direction without a handler is answered [`direction_unsupported`]; the ingress
+//! handler gives the same answer to a request marked with another direction. [`ExtProcService`]
+//! serves the ingress handler alone as a tonic service.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -29,31 +34,39 @@ use envoy_types::pb::envoy::r#type::v3 as http_type;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use futures_util::Stream;
 use routing_core::validate::MetaInput;
+use routing_core::wire::name::{
+    GATEWAY_DESTINATION_ENDPOINT, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT,
+};
 use routing_core::{Resolver, Route, RouteError, WorkerTransport};
 
 use ep::processing_request::Request as Phase;
 use ep::processing_response::Response as Answer;
 
-/// The dynamic metadata namespace and key of the endpoint-picker convention.
-pub const LB_NAMESPACE: &str = "envoy.lb";
-pub const DESTINATION_ENDPOINT: &str = "x-gateway-destination-endpoint";
-/// Filter metadata namespace read for the direction.
-pub const ACTORGATE_NAMESPACE: &str = "actorgate";
-/// The actor port for the worker agent (worker agent mode).
-const TARGET_PORT: &str = "x-ate-target-port";
+/// The Envoy metadata names this handler reads and writes, named once in routing-core's
+/// [`wire`](routing_core::wire) module (re-exported here for the dispatcher).
+pub use routing_core::wire::name::{
+    ACTORGATE_NAMESPACE, DIRECTION_KEY, INGRESS_DIRECTION, LB_NAMESPACE,
+};
 /// How long a stream may stay open before its request_headers are answered (the stream ends
 /// then). Envoy sends request_headers as the stream's first message, so only a stalled,
 /// misconfigured or hostile client reaches this.
 const STREAM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The ExtProc service over a resolver.
+/// The messages of one ExtProc stream, as a direction handler receives them.
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<ep::ProcessingRequest, tonic::Status>> + Send>>;
+/// The answers of one ExtProc stream, as a direction handler produces them.
+pub type AnswerStream =
+    Pin<Box<dyn Stream<Item = Result<ep::ProcessingResponse, tonic::Status>> + Send>>;
+
+/// The ingress direction's ExtProc handler over a resolver: one stream in, its answers out.
 #[derive(Clone)]
-pub struct ExtProcService {
+pub struct IngressExtProc {
     resolver: Resolver,
     stream_deadline: std::time::Duration,
 }
 
-impl ExtProcService {
+impl IngressExtProc {
+    /// A handler resolving with `resolver`; streams get 30 s to carry their request_headers.
     pub fn new(resolver: Resolver) -> Self {
         Self {
             resolver,
@@ -62,9 +75,31 @@ impl ExtProcService {
     }
 
     /// Overrides how long a stream may stay open before its request_headers are answered
-    /// (default 30 s).
+    /// (default 30 s), counted from [`IngressExtProc::process`].
     pub fn with_stream_deadline(mut self, deadline: std::time::Duration) -> Self {
         self.stream_deadline = deadline;
+        self
+    }
+}
+
+/// The ingress handler served alone as Envoy's ExtProc service (the binary serves a dispatcher
+/// over the direction handlers instead; this one is for tests and embedding).
+#[derive(Clone)]
+pub struct ExtProcService {
+    handler: IngressExtProc,
+}
+
+impl ExtProcService {
+    /// The service over an [`IngressExtProc`] resolving with `resolver`.
+    pub fn new(resolver: Resolver) -> Self {
+        Self {
+            handler: IngressExtProc::new(resolver),
+        }
+    }
+
+    /// See [`IngressExtProc::with_stream_deadline`].
+    pub fn with_stream_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.handler = self.handler.with_stream_deadline(deadline);
         self
     }
 
@@ -101,16 +136,27 @@ fn string_value(s: String) -> Value {
     }
 }
 
-fn direction(req: &ep::ProcessingRequest) -> &str {
+/// The direction a message is marked with: the string `direction` in its `actorgate` filter
+/// metadata; `None` when absent (which means [`INGRESS_DIRECTION`]).
+pub fn direction(req: &ep::ProcessingRequest) -> Option<&str> {
     req.metadata_context
         .as_ref()
         .and_then(|m| m.filter_metadata.get(ACTORGATE_NAMESPACE))
-        .and_then(|s| s.fields.get("direction"))
+        .and_then(|s| s.fields.get(DIRECTION_KEY))
         .and_then(|v| match &v.kind {
             Some(Kind::StringValue(s)) => Some(s.as_str()),
             _ => None,
         })
-        .unwrap_or("ingress")
+}
+
+/// The answer to a request of a direction nobody handles here: 501 `egress mode is not
+/// available` (the egress PEP is not built yet).
+pub fn direction_unsupported() -> ep::ProcessingResponse {
+    error_answer(
+        501,
+        "egress mode is not available".into(),
+        "actorgate_direction_unsupported",
+    )
 }
 
 /// The answer to a successful resolution. In worker agent mode the actor port travels in
@@ -120,10 +166,10 @@ pub fn route_answer(route: &Route, transport: &WorkerTransport) -> ep::Processin
     let endpoint = route.endpoint.to_string();
     let mut set_headers = vec![
         set(":authority", &endpoint),
-        set(DESTINATION_ENDPOINT, &endpoint),
-        set("ate-target-actor", route.actor().as_str()),
+        set(GATEWAY_DESTINATION_ENDPOINT, &endpoint),
+        set(TARGET_ACTOR, route.actor().as_str()),
     ];
-    let mut remove_headers = vec!["ate-source-actor".to_owned()];
+    let mut remove_headers = vec![SOURCE_ACTOR.to_owned()];
     match transport {
         WorkerTransport::Agent { .. } => {
             set_headers.push(set(TARGET_PORT, &route.actor_port.to_string()))
@@ -135,7 +181,10 @@ pub fn route_answer(route: &Route, transport: &WorkerTransport) -> ep::Processin
         remove_headers,
     };
     let lb = Struct {
-        fields: HashMap::from([(DESTINATION_ENDPOINT.to_owned(), string_value(endpoint))]),
+        fields: HashMap::from([(
+            GATEWAY_DESTINATION_ENDPOINT.to_owned(),
+            string_value(endpoint),
+        )]),
     };
     ep::ProcessingResponse {
         response: Some(Answer::RequestHeaders(ep::HeadersResponse {
@@ -235,12 +284,8 @@ pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
     };
     let answer = match &req.request {
         Some(Phase::RequestHeaders(h)) => {
-            if direction(&req) != "ingress" {
-                Some(error_answer(
-                    501,
-                    "egress mode is not available".into(),
-                    "actorgate_direction_unsupported",
-                ))
+            if direction(&req).unwrap_or(INGRESS_DIRECTION) != INGRESS_DIRECTION {
+                Some(direction_unsupported())
             } else {
                 let headers = h
                     .headers
@@ -248,21 +293,17 @@ pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
                     .map(|m| m.headers.as_slice())
                     .unwrap_or_default();
                 // The rules every front shares (routing_core::validate): one authority, valid
-                // and without userinfo, agreeing with any Host; the target header fails closed.
+                // and without userinfo, agreeing with any Host (after `:scheme`'s default
+                // port); the target header fails closed; the target is extracted once.
                 let mut input = MetaInput {
                     authority_must_match_host: true,
                     ..MetaInput::default()
                 };
                 for hv in headers {
-                    match hv.key.as_str() {
-                        "ate-target-actor" => input.target_actor.push(header_value(hv)),
-                        ":authority" => input.target_authority.push(header_value(hv)),
-                        "host" => input.host.push(header_value(hv)),
-                        _ => {}
-                    }
+                    input.push_header(&hv.key, header_value(hv));
                 }
-                Some(match input.validate(resolver.extractor()) {
-                    Ok(meta) => match resolver.route(&meta).await {
+                Some(match input.validate_target(resolver.extractor()) {
+                    Ok(validated) => match validated.route(resolver).await {
                         Ok(route) => route_answer(&route, &resolver.settings().worker_transport),
                         Err(e) => route_error_answer(&e),
                     },
@@ -304,25 +345,16 @@ pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
     Reply { answer, done }
 }
 
-type AnswerStream =
-    Pin<Box<dyn Stream<Item = Result<ep::ProcessingResponse, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl ep::external_processor_server::ExternalProcessor for ExtProcService {
-    type ProcessStream = AnswerStream;
-
-    async fn process(
-        &self,
-        request: tonic::Request<tonic::Streaming<ep::ProcessingRequest>>,
-    ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
-        let inbound = request.into_inner();
+impl IngressExtProc {
+    /// Answers one stream. Answers are produced in the response stream itself (no task or
+    /// channel per stream): each poll reads the next message and skips those that need no
+    /// answer. The stream ends OK after the request_headers answer, or when Envoy closes it. A
+    /// read error (undecodable or oversized message, no request_headers before the stream
+    /// deadline) ends it with an error status, never OK: an OK end before the headers are
+    /// answered would let Envoy send the request on unrouted.
+    pub fn process(&self, inbound: Inbound) -> AnswerStream {
+        use futures_util::StreamExt;
         let resolver = self.resolver.clone();
-        // Answer in the response stream itself (no task or channel per stream): each poll reads
-        // the next message and skips those that need no answer. The stream ends OK after the
-        // ingress request_headers answer, or when Envoy closes it. A read error (undecodable or
-        // oversized message, no request_headers before the stream deadline) ends it with an error
-        // status, never OK: an OK end before the headers are answered would let Envoy send the
-        // request on unrouted.
         let limit = self.stream_deadline;
         let deadline = tokio::time::Instant::now() + limit;
         let out = futures_util::stream::unfold(
@@ -330,8 +362,8 @@ impl ep::external_processor_server::ExternalProcessor for ExtProcService {
             move |(inbound, resolver)| async move {
                 let mut inbound = inbound?;
                 loop {
-                    let next = match tokio::time::timeout_at(deadline, inbound.message()).await {
-                        Ok(next) => next,
+                    let next = match tokio::time::timeout_at(deadline, inbound.next()).await {
+                        Ok(next) => next.transpose(),
                         Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                             "no request_headers within {limit:?} of opening the stream"
                         ))),
@@ -354,6 +386,20 @@ impl ep::external_processor_server::ExternalProcessor for ExtProcService {
                 }
             },
         );
-        Ok(tonic::Response::new(Box::pin(out)))
+        Box::pin(out)
+    }
+}
+
+#[tonic::async_trait]
+impl ep::external_processor_server::ExternalProcessor for ExtProcService {
+    type ProcessStream = AnswerStream;
+
+    async fn process(
+        &self,
+        request: tonic::Request<tonic::Streaming<ep::ProcessingRequest>>,
+    ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
+        Ok(tonic::Response::new(
+            self.handler.process(Box::pin(request.into_inner())),
+        ))
     }
 }

@@ -1,30 +1,24 @@
 //! Proxy header rules: hop-by-hop removal (RFC 9110 §7.6.1, including headers named in
 //! `Connection`), `X-Forwarded-*` and `Forwarded`, request ids, and identity headers only a
-//! trusted peer may set.
+//! trusted peer may set. The actor headers themselves (`ate-target-actor`, `ate-source-actor`,
+//! `x-ate-*`, `x-gateway-destination-endpoint`) are named in [`routing_core::wire`].
 
 use std::net::SocketAddr;
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+use routing_core::wire;
 
 /// `x-request-id`: kept when the client sent a sane one, generated otherwise.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// The actor a request is for, as `<atespace>/<name>`; overwritten with the resolved actor.
-pub static TARGET_ACTOR: HeaderName = HeaderName::from_static("ate-target-actor");
-/// The verified source actor of an actor-to-actor call; only trusted peers may send it.
-pub static SOURCE_ACTOR: HeaderName = HeaderName::from_static("ate-source-actor");
-/// Worker agent mode: the actor port the request is for.
-pub static TARGET_PORT: HeaderName = HeaderName::from_static("x-ate-target-port");
-/// Worker agent mode: set on a 421 when the actor no longer runs on that worker.
-pub static ASSIGNMENT_STALE: HeaderName = HeaderName::from_static("x-ate-assignment-stale");
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Envoy's client-certificate header: an identity claim only a trusted peer may make.
 static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-static GATEWAY_DESTINATION: HeaderName = HeaderName::from_static("x-gateway-destination-endpoint");
 
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID: usize = 128;
@@ -32,7 +26,11 @@ const MAX_REQUEST_ID: usize = 128;
 /// Headers that identify a caller and that only a trusted peer may set. Removed from every
 /// request of an untrusted client, so an external client can never claim to be an actor.
 pub fn untrusted_identity_headers() -> [&'static HeaderName; 3] {
-    [&SOURCE_ACTOR, &XFCC, &GATEWAY_DESTINATION]
+    [
+        &wire::SOURCE_ACTOR,
+        &XFCC,
+        &wire::GATEWAY_DESTINATION_ENDPOINT,
+    ]
 }
 
 /// Comma-separated tokens of every line of a header, from the raw bytes (so a non-UTF-8 line is

@@ -1,7 +1,10 @@
-//! actorgate's ingress fronts (DESIGN §5). Today: the HTTP reverse proxy ([`proxy`], served by
-//! [`server`]) and the echo worker used by the demo, tests and benchmarks ([`echo`]).
+//! actorgate's ingress fronts (DESIGN §5): the HTTP reverse proxy ([`proxy`], served on a
+//! runtime listener by [`server`]), the ingress ExtProc handler ([`extproc`], which the binary's
+//! dispatcher hands ingress streams to), the `ResolveRoute` gRPC API ([`router_api`]) and the
+//! echo worker used by the demo, tests and benchmarks ([`echo`]).
 
 pub mod body;
+pub mod config;
 pub mod connector;
 pub mod echo;
 pub mod extproc;

@@ -44,15 +44,23 @@ impl LocalReply {
     /// Any other local reply: the gRPC code follows from the HTTP status
     /// ([`grpc_code_for_http`]).
     pub fn http(status: StatusCode, message: String) -> Self {
+        Self::with_code(status, grpc_code_for_http(status.as_u16()), message)
+    }
+
+    /// A local reply whose cause has its own gRPC code, e.g. a refused request
+    /// (`INVALID_ARGUMENT`, as `BadRequest::grpc_code` gives every front).
+    pub fn with_code(status: StatusCode, grpc_code: tonic::Code, message: String) -> Self {
         Self {
             status,
-            grpc_code: grpc_code_for_http(status.as_u16()),
+            grpc_code,
             message,
         }
     }
 }
 
-/// The gRPC code of a reply actorgate makes with this HTTP status and no routing error behind it.
+/// The gRPC code of a reply actorgate makes with this HTTP status and no routing error or other
+/// cause with its own code behind it (the proxy's 400 refusals carry `INVALID_ARGUMENT`, see
+/// [`LocalReply::with_code`]).
 ///
 /// The gRPC project's "HTTP to gRPC Status Code Mapping" (doc/http-grpc-status-mapping.md, the
 /// table Envoy's local replies use too): 400 and 431 → INTERNAL, 401 → UNAUTHENTICATED,

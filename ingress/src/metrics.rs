@@ -20,8 +20,9 @@ pub enum Outcome {
     UpstreamTimeout,
     /// A protocol upgrade (WebSocket) was established.
     Upgraded,
-    /// The client's request was malformed (its body, authority or target): answered 400 by
-    /// actorgate, never counted against the worker.
+    /// The client's request was malformed (its body, authority or target; 400, 405, 417, 431)
+    /// or its body stalled while the worker waited for it (408): answered by actorgate, never
+    /// counted against the worker.
     ClientError,
 }
 

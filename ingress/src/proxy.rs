@@ -8,7 +8,10 @@
 //!   over HTTP/2 with trailers.
 //! * A worker that refuses the connection or answers 421 invalidates the cached route; the
 //!   request is re-resolved and retried once when that is safe (it has no body).
-//! * Timeouts: connect (502), response headers (504), body idle (the stream is cut).
+//! * Timeouts: connect (502), response headers (504; 408 when the worker was still waiting for
+//!   the client's body), body idle (the stream is cut).
+//! * Everything that can refuse a request (validation, the header-count limit) runs before
+//!   routing, so a refused request never resumes an actor.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,14 +25,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use identity::tls::ReloadableClientConfig;
-use routing_core::validate::{MetaInput, Values};
-use routing_core::{Resolver, Route, RouteError, WorkerTransport};
+use routing_core::validate::{MetaInput, Values, scheme_default_port};
+use routing_core::wire::{ASSIGNMENT_STALE, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT};
+use routing_core::{Resolver, Route, RouteError, Target, WorkerTransport};
 
-use crate::body::{ClientBodyError, ProxyBody, UpstreamBody};
+use crate::body::{BodyProgress, ClientBodyError, ProxyBody, UpstreamBody};
 use crate::connector::WorkerConnector;
 use crate::headers::{
-    ASSIGNMENT_STALE, REQUEST_ID, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT, add_forwarded,
-    ensure_request_id, merge_cookies, remove_hop_by_hop, untrusted_identity_headers, wants_upgrade,
+    REQUEST_ID, add_forwarded, ensure_request_id, merge_cookies, remove_hop_by_hop,
+    untrusted_identity_headers, wants_upgrade,
 };
 use crate::local_reply::LocalReply;
 use crate::metrics::{IngressMetrics, Outcome};
@@ -78,12 +82,24 @@ impl Default for ProxySettings {
 }
 
 /// What the listener knows about a client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The client's address.
     pub peer: std::net::SocketAddr,
+    /// Whether the client connected over TLS.
     pub tls: bool,
+    /// The certificate the client presented and the TLS handshake verified (mutual TLS), with
+    /// its SPIFFE ID; `None` for plaintext clients and TLS clients without a certificate.
+    pub peer_identity: Option<Arc<runtime::PeerIdentity>>,
     /// The peer may set `ate-source-actor` (a PEP on the allow-list). False for everyone today.
     pub trusted_source: bool,
+}
+
+impl ConnInfo {
+    /// The client certificate's SPIFFE ID, when it presented one.
+    pub fn spiffe_id(&self) -> Option<&str> {
+        self.peer_identity.as_ref()?.spiffe_id.as_deref()
+    }
 }
 
 struct Inner {
@@ -100,6 +116,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
+    /// Held by upgraded connections (WebSocket tunnels), so a drain waits for them.
+    drain: Option<runtime::DrainSignal>,
 }
 
 /// The parts of a request needed to send it again.
@@ -109,33 +127,53 @@ struct Replay {
     headers: http::HeaderMap,
 }
 
-/// A reply the proxy makes itself: `text/plain` for HTTP clients, marked with a [`LocalReply`]
-/// so that [`Proxy::handle`] can answer gRPC clients in gRPC's own form.
-fn text_response(
-    status: StatusCode,
-    body: String,
-    request_id: &HeaderValue,
-) -> Response<ProxyBody> {
-    let body_text = body.clone();
-    let mut r = Response::new(ProxyBody::text(body));
-    *r.status_mut() = status;
+/// A reply the proxy makes itself: `text/plain` for HTTP clients, marked with its
+/// [`LocalReply`] so that [`Proxy::handle`] can answer gRPC clients in gRPC's own form.
+fn local_response(reply: LocalReply, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::text(reply.message.clone()));
+    *r.status_mut() = reply.status;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(&REQUEST_ID, request_id.clone());
-    r.extensions_mut()
-        .insert(LocalReply::http(status, body_text));
+    r.extensions_mut().insert(reply);
     r
+}
+
+/// A local reply whose gRPC code follows from its HTTP status.
+fn text_response(
+    status: StatusCode,
+    body: String,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    local_response(LocalReply::http(status, body), request_id)
+}
+
+/// A 400 refusal of the client's request: `INVALID_ARGUMENT` for gRPC clients, as the same
+/// refusal is on ExtProc and ResolveRoute (`BadRequest::grpc_code`).
+fn bad_request(message: String, request_id: &HeaderValue) -> Response<ProxyBody> {
+    local_response(
+        LocalReply::with_code(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            message,
+        ),
+        request_id,
+    )
 }
 
 /// A routing error's reply: DESIGN §4's status and body, marked with the error's gRPC code.
 fn route_error(e: &RouteError, request_id: &HeaderValue) -> Response<ProxyBody> {
-    let reply = LocalReply::route(e);
-    let mut r = text_response(reply.status, reply.message.clone(), request_id);
-    r.extensions_mut().insert(reply);
-    r
+    local_response(LocalReply::route(e), request_id)
+}
+
+/// The port an authority without one stands for under the request's scheme (absolute form,
+/// HTTP/2 `:scheme`); `None` for origin-form HTTP/1.1 requests.
+fn default_port(uri: &Uri) -> Option<u16> {
+    uri.scheme_str()
+        .and_then(|s| scheme_default_port(s.as_bytes()))
 }
 
 impl Proxy {
@@ -179,7 +217,16 @@ impl Proxy {
                 settings,
                 metrics,
             }),
+            drain: None,
         }
+    }
+
+    /// Makes upgraded connections (WebSocket tunnels) work the drain waits for: at the drain
+    /// deadline a tunnel still open is closed (and counted by the drain). Without it they run
+    /// until either side closes.
+    pub fn with_drain(mut self, drain: runtime::DrainSignal) -> Self {
+        self.drain = Some(drain);
+        self
     }
 
     /// The resolver behind the proxy.
@@ -192,15 +239,21 @@ impl Proxy {
     /// Trailers-Only response (see [`crate::local_reply`]).
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let grpc = crate::local_reply::grpc_reply_content_type(req.headers());
-        let resp = self.proxy_request(req, conn).await;
+        let resp = self.proxy_request(req, conn, grpc.is_some()).await;
         match grpc {
             Some(content_type) => crate::local_reply::into_grpc(resp, content_type),
             None => resp,
         }
     }
 
-    /// The proxy proper; [`Proxy::handle`] wraps it.
-    async fn proxy_request(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    /// The proxy proper; [`Proxy::handle`] wraps it. `grpc`: the request's content type is
+    /// gRPC's (looked up once, by `handle`).
+    async fn proxy_request(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        grpc: bool,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let request_id = ensure_request_id(&mut parts.headers);
         if let Some(refusal) = self.check_request(&parts, &request_id) {
@@ -208,48 +261,61 @@ impl Proxy {
         }
         // One authority for routing and for what the worker is told: the request target's
         // (absolute form, HTTP/2 :authority) or else Host (RFC 9112 §3.2.2), checked by the rules
-        // every front shares (routing_core::validate).
-        let input = MetaInput {
-            target_actor: Values::collect(
-                parts
-                    .headers
-                    .get_all(&TARGET_ACTOR)
-                    .iter()
-                    .map(HeaderValue::as_bytes),
-            ),
-            target_authority: match parts.uri.authority() {
-                Some(a) => Values::One(a.as_str().as_bytes()),
-                None => Values::Absent,
-            },
-            host: Values::collect(
-                parts
-                    .headers
-                    .get_all(header::HOST)
-                    .iter()
-                    .map(HeaderValue::as_bytes),
-            ),
-            require_host: parts.version == Version::HTTP_11,
-            authority_must_match_host: true,
-        };
-        let (host, route) = match input.validate(self.inner.resolver.extractor()) {
-            Ok(meta) => (
-                meta.authority.and_then(|a| HeaderValue::from_str(a).ok()),
-                self.inner.resolver.route(&meta).await,
-            ),
-            Err(e) => {
-                tracing::debug!(reason = e.outcome(), "request refused");
-                self.inner.metrics.request(400, Outcome::ClientError);
-                return text_response(StatusCode::BAD_REQUEST, e.client_message(), &request_id);
-            }
-        };
-        let route = match route {
-            Ok(r) => r,
-            Err(e) => {
-                self.inner
-                    .metrics
-                    .request(e.http_status(), Outcome::RouteError);
-                return route_error(&e, &request_id);
-            }
+        // every front shares (routing_core::validate), which also extract the target once.
+        let (target, host) = {
+            let input = MetaInput {
+                target_actor: Values::header(&parts.headers, &TARGET_ACTOR),
+                target_authority: match parts.uri.authority() {
+                    Some(a) => Values::One(a.as_str().as_bytes()),
+                    None => Values::Absent,
+                },
+                host: Values::header(&parts.headers, header::HOST),
+                require_host: parts.version == Version::HTTP_11,
+                authority_must_match_host: true,
+                default_port: default_port(&parts.uri),
+            };
+            let validated = match input.validate_target(self.inner.resolver.extractor()) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(reason = e.outcome(), "request refused");
+                    self.inner.metrics.request(400, Outcome::ClientError);
+                    return local_response(
+                        LocalReply::with_code(
+                            StatusCode::BAD_REQUEST,
+                            e.grpc_code(),
+                            e.client_message(),
+                        ),
+                        &request_id,
+                    );
+                }
+            };
+            // The Host to forward: the client's own Host value when it was the authority (a
+            // shared reference, no copy), else the request target's authority.
+            let host = match validated.meta.authority {
+                None => None,
+                Some(_) if parts.uri.authority().is_none() => {
+                    parts.headers.get(header::HOST).cloned()
+                }
+                Some(a) => HeaderValue::from_str(a).ok(),
+            };
+            let target = match validated.target {
+                Ok(t) => t,
+                // No valid actor: the resolver answers (and counts) it as on every front.
+                Err(_) => match self.inner.resolver.route(&validated.meta).await {
+                    Err(e) => {
+                        self.inner
+                            .metrics
+                            .request(e.http_status(), Outcome::RouteError);
+                        return route_error(&e, &request_id);
+                    }
+                    Ok(r) => Target {
+                        actor: r.actor().clone(),
+                        port: r.actor_port,
+                        via: routing_core::ExtractorKind::Header,
+                    },
+                },
+            };
+            (target, host)
         };
 
         let upgrade = parts.version == Version::HTTP_11 && wants_upgrade(&parts.headers);
@@ -269,12 +335,8 @@ impl Proxy {
             }
         } else {
             // A trusted peer sends exactly one valid source actor, or none is passed on.
-            let mut values = headers.get_all(&SOURCE_ACTOR).iter();
-            let valid = match (values.next(), values.next()) {
-                (Some(v), None) => routing_core::ActorRef::parse(v.to_str().unwrap_or("")).is_ok(),
-                _ => false,
-            };
-            if !valid {
+            let source = Values::header(headers, &SOURCE_ACTOR);
+            if routing_core::wire::source_actor(source).is_none() {
                 headers.remove(&SOURCE_ACTOR);
             }
         }
@@ -285,20 +347,25 @@ impl Proxy {
             if conn.tls { "https" } else { "http" },
             host.as_ref().and_then(|h| h.to_str().ok()),
         );
-        if let Some(h) = &host {
-            headers.insert(header::HOST, h.clone());
+        // Re-inserted also when it is the client's own value: `Connection: host` removed it.
+        if let Some(h) = host {
+            headers.insert(header::HOST, h);
         }
-        if let Ok(v) = HeaderValue::from_str(route.actor().as_str()) {
+        if let Ok(v) = HeaderValue::from_str(target.actor.as_str()) {
             headers.insert(&TARGET_ACTOR, v);
         }
-        if let WorkerTransport::Agent { .. } = self.inner.resolver.settings().worker_transport {
-            headers.insert(&TARGET_PORT, HeaderValue::from(route.actor_port));
+        // The worker agent's port header is actorgate's to set (agent mode) and never a
+        // client's to pass on (plain mode), as on the ExtProc and /resolve fronts.
+        match self.inner.resolver.settings().worker_transport {
+            WorkerTransport::Agent { .. } => {
+                headers.insert(&TARGET_PORT, HeaderValue::from(target.port));
+            }
+            WorkerTransport::Plain => {
+                headers.remove(&TARGET_PORT);
+            }
         }
         let body_unframed = !http_body::Body::is_end_stream(&body)
             && http_body::Body::size_hint(&body).exact().is_none();
-        let grpc = headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let use_h2 = !upgrade
             && match self.inner.settings.upstream_protocol {
                 UpstreamProtocol::Auto => grpc,
@@ -322,7 +389,8 @@ impl Proxy {
             );
         }
         // The header-count limit covers what the worker receives, headers added here included,
-        // so a client near the limit gets this 431 rather than the worker's.
+        // so a client near the limit gets this 431 rather than the worker's. Checked before
+        // routing: a request refused here never resumes a suspended actor.
         if parts.headers.len() > self.inner.settings.max_headers {
             self.inner.metrics.request(431, Outcome::ClientError);
             return text_response(
@@ -331,6 +399,16 @@ impl Proxy {
                 &request_id,
             );
         }
+        let route = match self.inner.resolver.resolve(&target).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .request(e.http_status(), Outcome::RouteError);
+                return route_error(&e, &request_id);
+            }
+        };
+        let downstream_h1 = !downstream_h2;
         parts.version = if use_h2 {
             Version::HTTP_2
         } else {
@@ -353,7 +431,9 @@ impl Proxy {
             headers: parts.headers.clone(),
         });
         let mut route = route;
-        let mut body = Some(UpstreamBody::Client(body));
+        // Whether the worker client is left waiting on the client's body (a stalled upload).
+        let progress = (!http_body::Body::is_end_stream(&body)).then(Arc::<BodyProgress>::default);
+        let mut body = Some(UpstreamBody::client(body, progress.clone()));
         let mut parts = Some(parts);
         let mut retried = false;
         loop {
@@ -372,11 +452,7 @@ impl Proxy {
                 None => {
                     // A request-building failure is not the worker's: no invalidation.
                     self.inner.metrics.request(400, Outcome::ClientError);
-                    return text_response(
-                        StatusCode::BAD_REQUEST,
-                        "invalid request target".into(),
-                        &request_id,
-                    );
+                    return bad_request("invalid request target".into(), &request_id);
                 }
             };
             let req = match (parts.take(), body.take()) {
@@ -447,11 +523,27 @@ impl Proxy {
                     // the client's fault, never counted or logged against the worker.
                     tracing::debug!(actor = %route.actor(), error = %e, "client request body failed");
                     self.inner.metrics.request(400, Outcome::ClientError);
-                    text_response(
-                        StatusCode::BAD_REQUEST,
-                        "malformed request body".into(),
+                    bad_request("malformed request body".into(), &request_id)
+                }
+                Err(_) if progress.as_ref().is_some_and(|p| p.waiting_on_client()) => {
+                    // The worker was still reading the body when time ran out and the client
+                    // had stopped sending it: the client's timeout, not the worker's.
+                    tracing::debug!(actor = %route.actor(), "client request body stalled");
+                    self.inner.metrics.request(408, Outcome::ClientError);
+                    let mut r = local_response(
+                        LocalReply::with_code(
+                            StatusCode::REQUEST_TIMEOUT,
+                            tonic::Code::DeadlineExceeded,
+                            "request body timed out".into(),
+                        ),
                         &request_id,
-                    )
+                    );
+                    if downstream_h1 {
+                        // RFC 9110 §15.5.9: the rest of the body will not be read.
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    r
                 }
                 Err(_) => {
                     self.inner.metrics.request(504, Outcome::UpstreamTimeout);
@@ -486,7 +578,8 @@ impl Proxy {
     }
 
     /// Refuses what the proxy does not forward: `CONNECT` (405), expectations other than
-    /// `100-continue` (417), and request targets a reverse proxy must not take (400): authority
+    /// `100-continue` (417), and request targets a reverse proxy must not take (400, and
+    /// `INVALID_ARGUMENT` for gRPC clients): authority
     /// form outside CONNECT, asterisk form outside OPTIONS (RFC 9112 §3.2.3–3.2.4), absolute form
     /// with a scheme other than http(s). Host and authority rules are routing_core::validate's.
     fn check_request(
@@ -498,7 +591,11 @@ impl Proxy {
             self.inner
                 .metrics
                 .request(status.as_u16(), Outcome::ClientError);
-            Some(text_response(status, msg.to_owned(), request_id))
+            Some(if status == StatusCode::BAD_REQUEST {
+                bad_request(msg.to_owned(), request_id)
+            } else {
+                text_response(status, msg.to_owned(), request_id)
+            })
         };
         if parts.method == http::Method::CONNECT {
             return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
@@ -558,7 +655,10 @@ impl Proxy {
                     remove_hop_by_hop(&mut rp.headers, true);
                     rp.headers.insert(&REQUEST_ID, request_id.clone());
                     rp.version = Version::HTTP_11;
-                    tokio::spawn(tunnel(down, up));
+                    match &self.drain {
+                        Some(drain) => drop(drain.spawn(tunnel(down, up))),
+                        None => drop(tokio::spawn(tunnel(down, up))),
+                    }
                     self.inner.metrics.request(101, Outcome::Upgraded);
                     Response::from_parts(rp, ProxyBody::empty())
                 }

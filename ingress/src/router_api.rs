@@ -41,30 +41,29 @@ impl Router for RouterService {
         request: tonic::Request<proto::ResolveRouteRequest>,
     ) -> Result<tonic::Response<proto::ResolveRouteResponse>, tonic::Status> {
         let r = request.into_inner();
-        // The rules every front shares (routing_core::validate). `host` is the client's Host or
-        // :authority; a `:authority` or `host` entry in `headers` must agree with it.
+        // The rules every front shares (routing_core::validate), read from the header map as
+        // ExtProc reads Envoy's headers. `host` is the client's Host or :authority; a
+        // `:authority` or `host` entry in `headers` must agree with it (a `:scheme` entry
+        // supplies the default port, so `h:80` and `h` agree).
         let mut input = MetaInput {
             authority_must_match_host: true,
             ..MetaInput::default()
         };
-        if let Some(t) = r.headers.get("ate-target-actor") {
-            input.target_actor.push(t.as_bytes());
+        if !r.host.is_empty() {
+            input.target_authority.push(r.host.as_bytes());
         }
-        match (r.host.as_str(), r.headers.get(":authority")) {
-            ("", Some(a)) => input.target_authority.push(a.as_bytes()),
-            ("", None) => {}
-            (h, a) => {
-                input.target_authority.push(h.as_bytes());
-                if let Some(a) = a.filter(|a| !a.eq_ignore_ascii_case(h)) {
-                    input.target_authority.push(a.as_bytes());
-                }
+        for (name, value) in &r.headers {
+            // The same authority given twice is one value.
+            if !r.host.is_empty()
+                && name.eq_ignore_ascii_case(":authority")
+                && value.eq_ignore_ascii_case(&r.host)
+            {
+                continue;
             }
+            input.push_header(name, value.as_bytes());
         }
-        if let Some(h) = r.headers.get("host") {
-            input.host.push(h.as_bytes());
-        }
-        let meta = match input.validate(self.resolver.extractor()) {
-            Ok(m) => m,
+        let validated = match input.validate_target(self.resolver.extractor()) {
+            Ok(v) => v,
             Err(e) => {
                 return Ok(tonic::Response::new(proto::ResolveRouteResponse {
                     result: Some(Outcome::Error(proto::RouteError {
@@ -76,7 +75,7 @@ impl Router for RouterService {
                 }));
             }
         };
-        let result = match self.resolver.route(&meta).await {
+        let result = match validated.route(&self.resolver).await {
             Ok(route) => Outcome::Route(proto::Route {
                 actor: route.actor().to_string(),
                 endpoint: route.endpoint.to_string(),

@@ -1,28 +1,26 @@
-//! Ingress listeners: HTTP (HTTP/1.1 and h2c prior knowledge on one port) and HTTPS (ALPN `h2`
-//! and `http/1.1`, optional client certificates, reloadable material). Header size, header count
-//! and header read time are bounded; on shutdown the listener stops accepting and open
-//! connections finish their requests (HTTP/1.1 closes after the current response, HTTP/2 sends
-//! GOAWAY). A connection with no request in progress for `idle_connection_timeout` is closed the
-//! same way. An HTTP/1.1 client that half-closes after its request is answered (RFC 9112 §9.6).
+//! Serving the proxy on an ingress listener: HTTP (HTTP/1.1 and h2c prior knowledge on one port)
+//! or HTTPS (ALPN `h2` and `http/1.1`, optional client certificates, reloadable material).
+//!
+//! The accept loop, TLS handshakes, connection limits, graceful close on drain and on idleness
+//! are the runtime's ([`runtime::listener`], [`runtime::http`]): every listener of the process
+//! shares them. This module only maps the ingress limits onto them, builds the per-connection
+//! [`ConnInfo`] (peer address, TLS, the client certificate's SPIFFE ID) and keeps the
+//! active-connections gauge.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use identity::tls::ReloadableServerConfig;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use prometheus_client::metrics::gauge::Gauge;
+use runtime::drain::DrainSignal;
+use runtime::http::{HttpServer, HttpSettings};
+use runtime::listener::BoundListener;
 
+use crate::metrics::IngressMetrics;
 use crate::proxy::{ConnInfo, Proxy};
 
-/// Limits of a listener.
-#[derive(Debug, Clone)]
+/// Limits of an ingress listener (the `ingress.limits` config section).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerLimits {
     /// Longest time to receive a request's headers (HTTP/1.1).
     pub header_read_timeout: Duration,
@@ -43,232 +41,90 @@ pub struct ListenerLimits {
 
 impl Default for ListenerLimits {
     fn default() -> Self {
+        let http = HttpSettings::default();
         Self {
-            header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            max_concurrent_streams: 250,
-            tls_handshake_timeout: Duration::from_secs(10),
-            idle_connection_timeout: Duration::from_secs(300),
+            header_read_timeout: http.header_read_timeout,
+            max_header_bytes: http.max_header_bytes,
+            max_headers: http.max_headers,
+            max_concurrent_streams: http.max_concurrent_streams,
+            tls_handshake_timeout: runtime::ListenerLimits::default().tls_handshake_timeout,
+            idle_connection_timeout: http.idle_connection_timeout,
         }
     }
 }
 
-fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        // A client that shuts down its write side after the request still gets the response
-        // (RFC 9112 §9.6: a half-close is not an abort); the connection closes after it.
-        .half_close(true)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        // Bounds what a slow-reading client can make the proxy hold per stream.
-        .max_send_buf_size(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    b
-}
-
-/// Serves the proxy on `listener` until `shutdown` is true, then drains open connections
-/// (the caller bounds how long with a timeout). `name` labels the connection gauge.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Proxy,
-    tls: Option<Arc<ReloadableServerConfig>>,
-    limits: ListenerLimits,
-    name: &'static str,
-    metrics: crate::metrics::IngressMetrics,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let builder = Arc::new(builder(&limits));
-    // Every connection task holds a clone; draining waits until all are dropped.
-    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let gauge = metrics.connections(name);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let gauge = gauge.clone();
-        let tls = tls.clone();
-        let open = open_tx.clone();
-        let mut shutdown = shutdown.clone();
-        let handshake_timeout = limits.tls_handshake_timeout;
-        let idle_timeout = limits.idle_connection_timeout;
-        tokio::spawn(async move {
-            let _open = open;
-            gauge.inc();
-            let info = ConnInfo {
-                peer,
-                tls: tls.is_some(),
-                trusted_source: false,
-            };
-            let active = Arc::new(watch::Sender::new(0usize));
-            let idle = idle_for(active.subscribe(), idle_timeout);
-            let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let proxy = proxy.clone();
-                let guard = ActiveGuard::new(&active);
-                async move {
-                    let resp = proxy.handle(req, info).await;
-                    Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
-                        body,
-                        guard: Some(guard),
-                    }))
-                }
-            });
-            let ended = match tls {
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
-                    drive(
-                        conn.into_owned(),
-                        |c| c.graceful_shutdown(),
-                        idle,
-                        &mut shutdown,
-                    )
-                    .await
-                }
-                Some(tls) => {
-                    match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await
-                    {
-                        Ok(Ok(stream)) => {
-                            let conn =
-                                builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                            drive(
-                                conn.into_owned(),
-                                |c| c.graceful_shutdown(),
-                                idle,
-                                &mut shutdown,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            Ok(())
-                        }
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            gauge.dec();
-        });
-    }
-    drop(listener);
-    drop(open_tx);
-    // Resolves once every connection task has ended.
-    let _ = open_rx.recv().await;
-}
-
-/// Runs a connection to its end. On shutdown, or once it has been idle for the idle connection
-/// timeout, it is asked to close gracefully (HTTP/2: GOAWAY, open streams finish; HTTP/1.1:
-/// closed after the current response, at once when idle) and then run until it has.
-async fn drive<C, E>(
-    conn: C,
-    graceful: impl FnOnce(Pin<&mut C>),
-    idle: impl std::future::Future<Output = ()>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), E>
-where
-    C: std::future::Future<Output = Result<(), E>>,
-{
-    tokio::pin!(conn);
-    tokio::pin!(idle);
-    let why = tokio::select! {
-        ended = conn.as_mut() => return ended,
-        _ = &mut idle => "idle",
-        _ = stopped(shutdown) => "shutdown",
-    };
-    tracing::debug!(reason = why, "closing connection gracefully");
-    graceful(conn.as_mut());
-    conn.await
-}
-
-/// Resolves once no request has been in progress on the connection for `timeout`.
-async fn idle_for(mut active: watch::Receiver<usize>, timeout: Duration) {
-    loop {
-        if active.wait_for(|n| *n == 0).await.is_err() {
-            // The connection (and its service) is gone.
-            return std::future::pending().await;
+impl ListenerLimits {
+    /// The HTTP protocol settings of the listener (HTTP/2 keepalive and send buffer at the
+    /// runtime's defaults: PING every 30 s, 10 s to answer, 64 KiB buffered per stream).
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_concurrent_streams: self.max_concurrent_streams,
+            idle_connection_timeout: self.idle_connection_timeout,
+            ..HttpSettings::default()
         }
-        match tokio::time::timeout(timeout, active.changed()).await {
-            Err(_) => return,
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return std::future::pending().await,
+    }
+
+    /// The accept loop's limits (TLS handshake timeout; connection counts at the runtime's
+    /// defaults).
+    pub fn listener_limits(&self) -> runtime::ListenerLimits {
+        runtime::ListenerLimits {
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            ..runtime::ListenerLimits::default()
         }
     }
 }
 
-/// One request in progress on a connection (HTTP/2: one open stream), from the service call
-/// until its response body has ended or been dropped.
-struct ActiveGuard(Arc<watch::Sender<usize>>);
+/// Decrements the connection gauge when the connection's service is dropped (the connection
+/// ended, or was handed over as an upgraded connection).
+struct Counted(Gauge);
 
-impl ActiveGuard {
-    fn new(active: &Arc<watch::Sender<usize>>) -> Self {
-        active.send_modify(|n| *n += 1);
-        Self(active.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.dec();
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted as in progress until it ends.
-    struct Tracked<B> {
-        #[pin]
-        body: B,
-        guard: Option<ActiveGuard>,
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for Tracked<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.guard.take();
-        }
-        polled
-    }
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
+/// Serves `proxy` on `listener` until the drain starts; open connections then finish their
+/// requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY) and are held by
+/// the drain. `name` labels the connection gauge (`http`, `https`). Returns once the listener
+/// has stopped accepting. The listener's own limits and TLS are set by the caller (see
+/// [`ListenerLimits::listener_limits`]).
+pub async fn serve(
+    listener: BoundListener,
+    proxy: Proxy,
+    limits: &ListenerLimits,
+    name: &'static str,
+    metrics: &IngressMetrics,
+    drain: DrainSignal,
+) {
+    let gauge = metrics.connections(name);
+    let server = HttpServer::new(&limits.http_settings());
+    server
+        .serve(listener, drain, move |conn| {
+            // One reference per request to what the connection's requests share: cloning the
+            // `Proxy` itself per request would clone its drain signal, whose tokens lock.
+            let shared = Arc::new((
+                proxy.clone(),
+                ConnInfo {
+                    peer: conn.peer,
+                    tls: conn.tls,
+                    peer_identity: conn.peer_identity.clone().map(Arc::new),
+                    trusted_source: false,
+                },
+            ));
+            gauge.inc();
+            let counted = Counted(gauge.clone());
+            hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let _counted = &counted;
+                let shared = shared.clone();
+                async move {
+                    let (proxy, info) = &*shared;
+                    Ok::<_, std::convert::Infallible>(proxy.handle(req, info.clone()).await)
+                }
+            })
+        })
+        .await
 }

@@ -1,6 +1,7 @@
 //! The ExtProc stream protocol over real gRPC (tonic client ↔ actorgate's ExtProc server on
 //! loopback, resolver against the fake ate-api-server): what each phase is answered with, when
-//! the stream ends, observability mode, the direction attribute, and streams that are reset.
+//! the stream ends, observability mode, the direction attribute, header values in `value`,
+//! `host` without `:authority`, and streams that are reset. Every await is bounded.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use ep::processing_response::Response as Answer;
 use ingress::extproc::ExtProcService;
 use routing_core::directory::ateapi::AteApiDirectory;
 use routing_core::proto::ActorState;
-use routing_core::testing::{FakeControlPlane, Method};
+use routing_core::testing::{FakeControlPlane, Method, TEST_TIMEOUT, within};
 use routing_core::{Extractor, Resolver, ResolverMetrics, ResolverSettings, WorkerTransport};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -63,9 +64,12 @@ async fn start_with(settings: ResolverSettings, stream_deadline: Duration) -> Ha
             )
             .serve_with_incoming(incoming),
     );
-    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let client = within(
+        "connect to ExtProc",
+        ExternalProcessorClient::connect(format!("http://{addr}")),
+    )
+    .await
+    .expect("connect");
     Harness { fake, client }
 }
 
@@ -78,13 +82,19 @@ fn header(key: &str, value: &str) -> core::HeaderValue {
 }
 
 fn request_headers(headers: &[(&str, &str)]) -> ep::ProcessingRequest {
+    let mut all = vec![header(":authority", "gateway.example.com")];
+    all.extend(headers.iter().map(|(k, v)| header(k, v)));
+    headers_phase(all)
+}
+
+/// A request_headers phase with exactly these headers after `:method`, `:path` and `:scheme`.
+fn headers_phase(headers: Vec<core::HeaderValue>) -> ep::ProcessingRequest {
     let mut all = vec![
         header(":method", "GET"),
         header(":path", "/hello"),
         header(":scheme", "http"),
-        header(":authority", "gateway.example.com"),
     ];
-    all.extend(headers.iter().map(|(k, v)| header(k, v)));
+    all.extend(headers);
     ep::ProcessingRequest {
         request: Some(Phase::RequestHeaders(ep::HttpHeaders {
             headers: Some(core::HeaderMap { headers: all }),
@@ -121,14 +131,16 @@ async fn open(
     tonic::Streaming<ep::ProcessingResponse>,
 ) {
     let (tx, rx) = mpsc::channel(8);
-    let inbound = h
-        .client
-        .process(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        }))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let inbound = within(
+        "open an ExtProc stream",
+        h.client
+            .process(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|m| (m, rx))
+            })),
+    )
+    .await
+    .expect("stream opens")
+    .into_inner();
     (tx, inbound)
 }
 
@@ -434,7 +446,9 @@ async fn a_reset_stream_does_not_cancel_the_resume_and_the_next_stream_is_served
         .await
         .unwrap();
     // Envoy gives up (client reset / timeout) while the actor is being resumed.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.fake
+        .wait_for_calls(Method::ResumeActor, "demo/sleepy", 1, TEST_TIMEOUT)
+        .await;
     drop(inbound);
     drop(tx);
     // The next request for the same actor joins the resume that is still under way or uses
@@ -451,10 +465,13 @@ async fn a_reset_stream_does_not_cancel_the_resume_and_the_next_stream_is_served
         set_headers(hr.response.as_ref().unwrap())["x-gateway-destination-endpoint"],
         "10.1.2.4:80"
     );
+    assert_eq!(h.fake.calls(Method::GetActor, "demo/sleepy"), 1);
     assert_eq!(h.fake.calls(Method::ResumeActor, "demo/sleepy"), 1);
+    // GetActor and ResumeActor both finished on the server, answered rather than cancelled.
+    h.fake.wait_for_finished(2, TEST_TIMEOUT).await;
     assert_eq!(
-        h.fake.cancelled(),
-        0,
+        (h.fake.completed(), h.fake.cancelled()),
+        (2, 0),
         "the control plane saw no cancellation"
     );
     ends_ok(&mut inbound).await;
@@ -482,4 +499,108 @@ async fn a_stream_without_request_headers_is_ended_with_an_error_at_the_deadline
     let status = end.expect_err("an error status, not a clean end");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     drop(tx);
+}
+
+/// A header as older Envoys send it: the value in `value`, `raw_value` empty.
+fn header_in_value(key: &str, value: &str) -> core::HeaderValue {
+    core::HeaderValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The endpoint a request_headers answer routes to.
+fn routed_to(a: &ep::ProcessingResponse) -> String {
+    let Some(Answer::RequestHeaders(hr)) = &a.response else {
+        panic!("expected a route, got {a:?}");
+    };
+    set_headers(hr.response.as_ref().expect("common response"))["x-gateway-destination-endpoint"]
+        .clone()
+}
+
+#[tokio::test]
+async fn header_values_sent_in_value_instead_of_raw_value_are_read() {
+    let mut h = start().await;
+    // The target header and the authority in `value` only.
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(headers_phase(vec![
+        header_in_value(":authority", "gateway.example.com"),
+        header_in_value("ate-target-actor", "demo/hello"),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(routed_to(&next(&mut inbound).await), "10.1.2.3:80");
+    ends_ok(&mut inbound).await;
+
+    // The authority alone in `value`: the host extractor reads it (port included).
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(headers_phase(vec![header_in_value(
+        ":authority",
+        "hello.demo.actors.resources.substrate.ate.dev:8080",
+    )]))
+    .await
+    .unwrap();
+    assert_eq!(routed_to(&next(&mut inbound).await), "10.1.2.3:8080");
+    ends_ok(&mut inbound).await;
+
+    // When both are set, `raw_value` is the value (Envoy 1.40's field).
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(headers_phase(vec![
+        header(":authority", "gateway.example.com"),
+        core::HeaderValue {
+            key: "ate-target-actor".into(),
+            value: "demo/nobody".into(),
+            raw_value: b"demo/hello".to_vec(),
+        },
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(routed_to(&next(&mut inbound).await), "10.1.2.3:80");
+    ends_ok(&mut inbound).await;
+    assert_eq!(h.fake.calls(Method::GetActor, "demo/nobody"), 0);
+}
+
+#[tokio::test]
+async fn host_is_read_when_authority_is_absent() {
+    let mut h = start().await;
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(headers_phase(vec![header(
+        "host",
+        "hello.demo.actors.resources.substrate.ate.dev:9000",
+    )]))
+    .await
+    .unwrap();
+    let a = next(&mut inbound).await;
+    assert_eq!(routed_to(&a), "10.1.2.3:9000");
+    let Some(Answer::RequestHeaders(hr)) = &a.response else {
+        unreachable!()
+    };
+    assert_eq!(
+        set_headers(hr.response.as_ref().unwrap())["ate-target-actor"],
+        "demo/hello"
+    );
+    ends_ok(&mut inbound).await;
+
+    // In `value` too.
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(headers_phase(vec![header_in_value(
+        "host",
+        "hello.demo.actors.resources.substrate.ate.dev",
+    )]))
+    .await
+    .unwrap();
+    assert_eq!(routed_to(&next(&mut inbound).await), "10.1.2.3:80");
+    ends_ok(&mut inbound).await;
+
+    // Neither `:authority` nor `host` nor a target header: no actor to route to.
+    let (tx, mut inbound) = open(&mut h).await;
+    tx.send(headers_phase(vec![])).await.unwrap();
+    assert_eq!(
+        immediate(&next(&mut inbound).await),
+        (404, "invalid actor reference".into())
+    );
+    ends_ok(&mut inbound).await;
+    // One lookup: the later streams used the cached route.
+    assert_eq!(h.fake.calls(Method::GetActor, "demo/hello"), 1);
 }

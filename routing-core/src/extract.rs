@@ -6,8 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::actor_ref::{ActorRef, check_label};
 
-/// The header that names the target actor as `<atespace>/<name>`.
-pub const TARGET_ACTOR_HEADER: &str = "ate-target-actor";
 /// Default host suffix of actor authorities.
 pub const DEFAULT_HOST_SUFFIX: &str = "actors.resources.substrate.ate.dev";
 /// Atespace of legacy `<name>.<suffix>` hosts unless configured otherwise.
@@ -46,8 +44,9 @@ pub enum ConflictPolicy {
 /// The parts of a request that extraction looks at. Adapters fill it from their own request type.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RequestMeta<'a> {
-    /// The `ate-target-actor` header. An adapter that sees the header more than once passes
-    /// `Some("")` so the request fails closed instead of picking one of the values.
+    /// The `ate-target-actor` header ([`crate::wire::TARGET_ACTOR`]) as read by
+    /// [`crate::wire::target_actor`]: a header seen more than once, or not UTF-8, is `Some("")`,
+    /// so the request fails closed instead of picking one of the values.
     pub target_actor: Option<&'a str>,
     /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
     pub authority: Option<&'a str>,
@@ -61,6 +60,15 @@ pub struct Target {
     pub port: u16,
     /// Which extractor matched (for logs and metrics).
     pub via: ExtractorKind,
+}
+
+/// The outcome of one extraction pass ([`Extractor::decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Decision {
+    /// What [`Extractor::extract`] returns.
+    pub(crate) target: Result<Target, InvalidActorRef>,
+    /// What [`Extractor::conflicting`] returns (false unless the conflict check was asked for).
+    pub(crate) conflicting: bool,
 }
 
 /// The request named no valid actor. Clients see `404 invalid actor reference`.
@@ -166,85 +174,113 @@ impl Extractor {
     /// configured extractors count; an invalid reference on either side is not a conflict (the
     /// extractor order then decides, and an invalid header still fails closed).
     pub fn conflicting(&self, req: &RequestMeta<'_>) -> bool {
-        if self.conflict != ConflictPolicy::Refuse
-            || req.target_actor.is_none()
-            || req.authority.is_none()
-        {
-            return false;
-        }
-        let by_header = self.extract_with(req, |k| k == ExtractorKind::Header);
-        let by_host = self.extract_with(req, |k| k != ExtractorKind::Header);
-        matches!((by_header, by_host), (Ok(a), Ok(b)) if a.actor != b.actor)
+        self.decide(req, true).conflicting
     }
 
     /// Finds the target actor. The first extractor whose form is present decides: a present but
     /// malformed `ate-target-actor` header, or an authority under the actor suffix with bad labels,
     /// fails instead of falling through to the next extractor.
     pub fn extract(&self, req: &RequestMeta<'_>) -> Result<Target, InvalidActorRef> {
-        self.extract_with(req, |_| true)
+        self.decide(req, false).target
     }
 
-    /// [`Extractor::extract`] with only the configured extractors `use_kind` accepts.
-    fn extract_with(
-        &self,
-        req: &RequestMeta<'_>,
-        use_kind: impl Fn(ExtractorKind) -> bool,
-    ) -> Result<Target, InvalidActorRef> {
-        let mut host = None;
-        for kind in self.order.iter().filter(|k| use_kind(**k)) {
+    /// [`Extractor::extract`] and, with `check_conflict`, [`Extractor::conflicting`] in one pass:
+    /// the header and the authority are each read at most once.
+    pub(crate) fn decide(&self, req: &RequestMeta<'_>, check_conflict: bool) -> Decision {
+        // Both sides are needed only when a conflict is possible; otherwise the first decisive
+        // extractor ends the pass.
+        let both = check_conflict
+            && self.conflict == ConflictPolicy::Refuse
+            && req.target_actor.is_some()
+            && req.authority.is_some();
+        let mut by_header: Option<Result<Target, InvalidActorRef>> = None;
+        let mut by_host: Option<Result<Target, InvalidActorRef>> = None;
+        let mut header_first = None;
+        let mut split = None;
+        for kind in &self.order {
             match kind {
                 ExtractorKind::Header => {
-                    if let Some(v) = req.target_actor {
-                        let actor = ActorRef::parse(v.trim()).map_err(|_| InvalidActorRef)?;
-                        return Ok(Target {
-                            actor,
-                            port: self.default_port,
-                            via: ExtractorKind::Header,
-                        });
+                    if by_header.is_none()
+                        && let Some(v) = req.target_actor
+                    {
+                        by_header = Some(
+                            ActorRef::parse(v.trim())
+                                .map(|actor| Target {
+                                    actor,
+                                    port: self.default_port,
+                                    via: ExtractorKind::Header,
+                                })
+                                .map_err(|_| InvalidActorRef),
+                        );
+                        header_first.get_or_insert(true);
                     }
                 }
                 ExtractorKind::Host | ExtractorKind::LegacyHost => {
-                    let Some(authority) = req.authority else {
-                        continue;
-                    };
-                    let parsed = match host {
-                        Some(p) => p,
-                        None => {
-                            let p = self.split_authority(authority)?;
-                            host = Some(p);
-                            p
-                        }
-                    };
-                    let Some((labels, port)) = parsed else {
-                        continue; // not under the actor suffix
-                    };
-                    match (kind, labels.split_once('.')) {
-                        (ExtractorKind::Host, Some((name, atespace))) => {
-                            let actor = ActorRef::new_case_insensitive(atespace, name)
-                                .map_err(|_| InvalidActorRef)?;
-                            return Ok(Target {
-                                actor,
-                                port,
-                                via: ExtractorKind::Host,
-                            });
-                        }
-                        (ExtractorKind::LegacyHost, None) => {
-                            let atespace =
-                                self.default_atespace.as_deref().ok_or(InvalidActorRef)?;
-                            let actor = ActorRef::new_case_insensitive(atespace, labels)
-                                .map_err(|_| InvalidActorRef)?;
-                            return Ok(Target {
-                                actor,
-                                port,
-                                via: ExtractorKind::LegacyHost,
-                            });
-                        }
-                        _ => continue,
+                    if by_host.is_none()
+                        && let Some(r) = self.host_kind(*kind, req.authority, &mut split)
+                    {
+                        by_host = Some(r);
+                        header_first.get_or_insert(false);
                     }
                 }
             }
+            let done = if both {
+                by_header.is_some() && by_host.is_some()
+            } else {
+                header_first.is_some()
+            };
+            if done {
+                break;
+            }
         }
-        Err(InvalidActorRef)
+        let conflicting = both
+            && matches!((&by_header, &by_host), (Some(Ok(a)), Some(Ok(b))) if a.actor != b.actor);
+        let target = match header_first {
+            Some(true) => by_header,
+            Some(false) => by_host,
+            None => None,
+        }
+        .unwrap_or(Err(InvalidActorRef));
+        Decision {
+            target,
+            conflicting,
+        }
+    }
+
+    /// One authority extractor: `None` when its form is absent (no authority, not under the
+    /// actor suffix, or the other authority form), so the next extractor runs. `split` caches
+    /// the parsed authority across the two authority extractors.
+    fn host_kind<'a>(
+        &self,
+        kind: ExtractorKind,
+        authority: Option<&'a str>,
+        split: &mut Option<Option<(&'a str, u16)>>,
+    ) -> Option<Result<Target, InvalidActorRef>> {
+        let authority = authority?;
+        let parsed = match *split {
+            Some(p) => p,
+            None => match self.split_authority(authority) {
+                Ok(p) => {
+                    *split = Some(p);
+                    p
+                }
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let (labels, port) = parsed?; // not under the actor suffix
+        let (atespace, name, via) = match (kind, labels.split_once('.')) {
+            (ExtractorKind::Host, Some((name, atespace))) => (atespace, name, ExtractorKind::Host),
+            (ExtractorKind::LegacyHost, None) => match self.default_atespace.as_deref() {
+                Some(atespace) => (atespace, labels, ExtractorKind::LegacyHost),
+                None => return Some(Err(InvalidActorRef)),
+            },
+            _ => return None,
+        };
+        Some(
+            ActorRef::new_case_insensitive(atespace, name)
+                .map(|actor| Target { actor, port, via })
+                .map_err(|_| InvalidActorRef),
+        )
     }
 
     /// Splits `host[:port]`; returns `Ok(None)` when the host is not under the actor suffix and

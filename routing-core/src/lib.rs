@@ -2,9 +2,11 @@
 //! locate through the control plane → routable worker endpoint, or a client-safe error.
 //!
 //! Every front of actorgate (HTTP proxy, Envoy ExtProc, ResolveRoute, HTTP resolve) is an adapter
-//! over [`Resolver::route`].
+//! over [`Resolver::route`]; they read and write the actor headers named in [`wire`] and check
+//! request metadata with [`validate`].
 
 pub mod actor_ref;
+pub mod config;
 pub mod directory;
 pub mod error;
 pub mod extract;
@@ -14,6 +16,7 @@ pub mod resolver;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod validate;
+pub mod wire;
 
 /// Generated `ateapi` protobuf types, client (`control_client`) and server (`control_server`).
 #[allow(clippy::all, missing_docs)]

@@ -15,9 +15,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -182,7 +183,12 @@ struct Inner {
     settings: ResolverSettings,
     extractor: Extractor,
     cache: Option<moka::sync::Cache<ActorRef, Arc<Placement>>>,
+    /// Hand-written single flight: moka's `try_get_with` coalesces loads too, but runs the load
+    /// in the first caller's future (its cancellation would cancel the RPC), cannot detach a
+    /// load on `invalidate`, and shows waiters no progress (`resuming`) to take parking slots by.
     flights: Mutex<HashMap<ActorRef, FlightEntry>>,
+    /// Parking slots: a plain semaphore, taken only once a flight starts resuming (no crate
+    /// models "bounded waiters on a resume, running actors exempt").
     parking: Arc<Semaphore>,
     metrics: ResolverMetrics,
     recent: Mutex<VecDeque<Decision>>,
@@ -332,12 +338,7 @@ impl Resolver {
             parking_limit: self.inner.settings.parking_limit,
             parking_rejected: m.parking_rejected_total(),
             flights_in_progress: self.inner.lock_flights().len(),
-            recent: self
-                .inner
-                .recent
-                .lock()
-                .map(|r| r.iter().rev().cloned().collect())
-                .unwrap_or_default(),
+            recent: self.inner.recent.lock().iter().rev().cloned().collect(),
         }
     }
 
@@ -466,11 +467,8 @@ impl Drop for FlightGuard {
 }
 
 impl Inner {
-    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<ActorRef, FlightEntry>> {
-        match self.flights.lock() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        }
+    fn lock_flights(&self) -> MutexGuard<'_, HashMap<ActorRef, FlightEntry>> {
+        self.flights.lock()
     }
 
     /// Sends one directory call on its own task (so nothing ever cancels it) and returns the
@@ -578,19 +576,18 @@ impl Inner {
                 tracing::info!(actor = %actor, outcome, error = %e, took_ms = took.as_millis() as u64, "resolve failed")
             }
         }
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT_DECISIONS {
-                recent.pop_front();
-            }
-            recent.push_back(Decision {
-                at: SystemTime::now(),
-                actor: actor.to_string(),
-                outcome,
-                kind,
-                duration_ms: took.as_secs_f64() * 1000.0,
-                error,
-            });
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT_DECISIONS {
+            recent.pop_front();
         }
+        recent.push_back(Decision {
+            at: SystemTime::now(),
+            actor: actor.to_string(),
+            outcome,
+            kind,
+            duration_ms: took.as_secs_f64() * 1000.0,
+            error,
+        });
     }
 }
 

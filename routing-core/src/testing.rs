@@ -2,6 +2,11 @@
 //! `ateapi.Control`, with injectable delays, hangs and status codes, call counters and a count of
 //! RPCs cancelled by the client. Enabled by the `test-util` feature.
 //!
+//! It accepts on runtime's listener ([`BoundListener`]: the same accept loop and TLS handshake as
+//! the gateway's own listeners). Over TLS it records, per connection, the client certificate it
+//! was shown (so a test can see a rotated certificate arrive), and it can send GOAWAY on every open connection
+//! ([`FakeControlPlane::go_away`]) so clients reconnect without the server going down.
+//!
 //! It answers in upstream v0.4's shapes (DESIGN §9): the template only in `Actor.actor_template`
 //! (field 4, never fields 2 and 3) and the worker's addresses in the repeated
 //! `WorkerAssignment.worker_pod_ips` (one or, for dual-stack workers, two).
@@ -12,7 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use runtime::drain::Drain;
+use runtime::listener::{self, BoundListener};
+use tokio::sync::watch;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::proto;
 use crate::proto::control_server::{Control, ControlServer};
@@ -55,6 +67,17 @@ struct State {
     completed: AtomicUsize,
     last_authorization: Mutex<Option<String>>,
     last_resume_boot: Mutex<Option<bool>>,
+    connections: Mutex<Vec<Accepted>>,
+}
+
+/// A connection the fake accepted (after its TLS handshake, when it speaks TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The leaf certificate the client presented (DER); `None` in plaintext, with TLS, or with
+    /// mTLS when the client sent none.
+    pub client_certificate: Option<Vec<u8>>,
 }
 
 /// The running fake. Dropping it stops the server.
@@ -62,7 +85,12 @@ pub struct FakeControlPlane {
     /// Where the server listens.
     pub addr: SocketAddr,
     state: Arc<State>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Started by [`FakeControlPlane::stop`]: the listener stops accepting.
+    drain: Drain,
+    /// Bumped to make every open connection send GOAWAY.
+    go_away: watch::Sender<u64>,
+    /// Ends when the listener is closed and open connections were told to go away.
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Counts a handler dropped before it answered (the client cancelled the RPC).
@@ -108,6 +136,21 @@ impl FakeControlPlane {
         }
     }
 
+    /// A resolver that asks this fake over plaintext ([`plaintext_settings`]), with `settings`,
+    /// the default extractor and metrics of its own: what a front under test routes with.
+    ///
+    /// [`plaintext_settings`]: FakeControlPlane::plaintext_settings
+    pub fn resolver(&self, settings: crate::ResolverSettings) -> crate::Resolver {
+        let dir = crate::directory::ateapi::AteApiDirectory::new(&self.plaintext_settings())
+            .expect("fake control plane: ateapi client");
+        crate::Resolver::new(
+            Arc::new(dir),
+            settings,
+            crate::Extractor::default(),
+            crate::ResolverMetrics::new(),
+        )
+    }
+
     /// Starts the fake on a given address (e.g. to restart on the same port).
     pub async fn start_on(addr: SocketAddr) -> Self {
         Self::start_inner(addr, None).await
@@ -115,43 +158,96 @@ impl FakeControlPlane {
 
     /// Starts the fake with TLS (server certificate and key, PEM); with `client_ca_pem` it
     /// requires client certificates signed by that CA (mTLS, as the real ate-api-server does).
+    /// ALPN `h2`. Panics on unusable PEM (test helper).
     pub async fn start_tls(cert_pem: &str, key_pem: &str, client_ca_pem: Option<&str>) -> Self {
-        let mut tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-        if let Some(ca) = client_ca_pem {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-        }
-        Self::start_inner("127.0.0.1:0".parse().expect("literal address"), Some(tls)).await
+        let provider = identity::tls::provider();
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("fake control plane: server certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .expect("fake control plane: server key PEM");
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots
+                        .add(c.expect("fake control plane: client CA PEM"))
+                        .expect("fake control plane: client CA certificate");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut cfg = builder
+            .with_single_cert(certs, key)
+            .expect("fake control plane: certificate and key");
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Self::start_inner(
+            "127.0.0.1:0".parse().expect("literal address"),
+            Some(Arc::new(cfg)),
+        )
+        .await
     }
 
-    async fn start_inner(addr: SocketAddr, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr)
+    async fn start_inner(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        // runtime's listener: its accept loop, TLS handshake (with timeout) and peer certificate.
+        let mut listener = BoundListener::bind("fake_control_plane", addr)
             .await
             .expect("bind fake control plane");
-        let addr = listener.local_addr().expect("local addr");
+        if let Some(cfg) = tls {
+            listener = listener.with_tls(Arc::new(cfg));
+        }
+        let addr = listener.local_addr();
         let state = Arc::new(State::default());
-        let svc = Service(state.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let mut builder = tonic::transport::Server::builder();
-            if let Some(tls) = tls {
-                builder = builder
-                    .tls_config(tls)
-                    .expect("fake control plane TLS config");
-            }
-            let _ = builder
-                .add_service(ControlServer::new(svc))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let svc = ControlServer::new(Service(state.clone()));
+        let drain = Drain::new();
+        let (go_away, _) = watch::channel(0u64);
+        let server = {
+            let (state, go_away) = (state.clone(), go_away.clone());
+            let connections = go_away.clone();
+            let serving = listener.serve(drain.signal(), move |conn| {
+                let session = Session {
+                    state: state.clone(),
+                    svc: svc.clone(),
+                    go_away: connections.subscribe(),
+                };
+                session.serve(conn)
+            });
+            tokio::spawn(async move {
+                // Returns once draining started and the listening socket is closed; open
+                // connections then finish their RPCs after GOAWAY.
+                serving.await;
+                go_away.send_modify(|g| *g += 1);
+            })
+        };
         Self {
             addr,
             state,
-            stop: Some(stop),
+            drain,
+            go_away,
+            server: Some(server),
         }
+    }
+
+    /// Every connection accepted so far, in order (TLS ones once their handshake succeeded).
+    pub fn connections(&self) -> Vec<Accepted> {
+        self.state.connections.lock().expect("lock").clone()
+    }
+
+    /// Sends GOAWAY on every open connection: RPCs in flight finish, new RPCs need a new
+    /// connection, which the listener (still open) accepts. Lets a test make a client reconnect
+    /// without taking the server down.
+    pub fn go_away(&self) {
+        self.go_away.send_modify(|g| *g += 1);
     }
 
     /// Declares an actor. `resume_delay` is how long `ResumeActor` of a non-running actor takes.
@@ -176,16 +272,7 @@ impl FakeControlPlane {
 
     /// Changes an actor's state (e.g. the platform suspended it).
     pub fn set_state(&self, actor: &str, state: proto::ActorState) {
-        let (ns, name) = actor.split_once('/').expect("atespace/name");
-        if let Some(a) = self
-            .state
-            .actors
-            .lock()
-            .expect("lock")
-            .get_mut(&(ns.to_owned(), name.to_owned()))
-        {
-            a.state = state;
-        }
+        self.update(actor, |a| a.state = state);
     }
 
     /// Changes where an actor runs.
@@ -196,6 +283,13 @@ impl FakeControlPlane {
     /// Changes where an actor runs, sending all of `pod_ips` in `worker_pod_ips`, in this order
     /// (v0.4 dual stack: one IPv4 and one IPv6 address, in either order).
     pub fn set_pod_ips(&self, actor: &str, pod_ips: &[&str]) {
+        self.update(actor, |a| {
+            a.pod_ips = pod_ips.iter().map(|s| (*s).to_owned()).collect();
+        });
+    }
+
+    /// Applies `change` to a declared actor (`"atespace/name"`); an unknown actor is left alone.
+    fn update(&self, actor: &str, change: impl FnOnce(&mut FakeActor)) {
         let (ns, name) = actor.split_once('/').expect("atespace/name");
         if let Some(a) = self
             .state
@@ -204,7 +298,7 @@ impl FakeControlPlane {
             .expect("lock")
             .get_mut(&(ns.to_owned(), name.to_owned()))
         {
-            a.pod_ips = pod_ips.iter().map(|s| (*s).to_owned()).collect();
+            change(a);
         }
     }
 
@@ -251,11 +345,49 @@ impl FakeControlPlane {
         self.state.last_authorization.lock().expect("lock").clone()
     }
 
-    /// Stops the server (the control plane goes down).
+    /// Stops the server (the control plane goes down): the listener closes and open
+    /// connections get GOAWAY (RPCs in flight finish). Takes effect shortly after the call; use
+    /// [`stopped`](Self::stopped) to wait for it.
     pub fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        self.drain.start();
+    }
+
+    /// Stops the server like [`stop`](Self::stop) and returns once the listener is closed (new
+    /// connections are refused from then on) and open connections have been told to go away.
+    pub async fn stopped(&mut self) {
+        self.stop();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
         }
+    }
+}
+
+/// One accepted connection, served over HTTP/2 until it closes or is told to go away.
+struct Session {
+    state: Arc<State>,
+    svc: ControlServer<Service>,
+    go_away: watch::Receiver<u64>,
+}
+
+impl Session {
+    async fn serve(mut self, conn: listener::Conn) {
+        let info = conn.info();
+        self.state.connections.lock().expect("lock").push(Accepted {
+            peer: info.peer,
+            client_certificate: info
+                .peer_identity
+                .as_ref()
+                .map(|p| p.certificate.as_ref().to_vec()),
+        });
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(conn), TowerToHyperService::new(self.svc));
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = self.go_away.changed() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
     }
 }
 
@@ -268,12 +400,20 @@ impl Drop for FakeControlPlane {
 struct Service(Arc<State>);
 
 impl Service {
-    fn note_auth(&self, md: &tonic::metadata::MetadataMap) {
-        let v = md
+    /// Starts handling an RPC: notes its `authorization` metadata and watches for the client
+    /// cancelling it (set `done` on the watch once answered).
+    fn begin<T>(&self, request: tonic::Request<T>) -> (CancelWatch<'_>, T) {
+        let auth = request
+            .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        *self.0.last_authorization.lock().expect("lock") = v;
+        *self.0.last_authorization.lock().expect("lock") = auth;
+        let watch = CancelWatch {
+            state: &self.0,
+            done: false,
+        };
+        (watch, request.into_inner())
     }
 
     /// Counts the call and plays its script; `Err` answers with a status.
@@ -365,12 +505,7 @@ impl Control for Service {
         &self,
         request: tonic::Request<proto::GetActorRequest>,
     ) -> Result<tonic::Response<proto::Actor>, tonic::Status> {
-        let mut watch = CancelWatch {
-            state: &self.0,
-            done: false,
-        };
-        self.note_auth(request.metadata());
-        let req = request.into_inner();
+        let (mut watch, req) = self.begin(request);
         let k = key(&req.actor);
         let r = self.prelude(Method::GetActor, &k).await;
         watch.done = true;
@@ -383,12 +518,7 @@ impl Control for Service {
         &self,
         request: tonic::Request<proto::ResumeActorRequest>,
     ) -> Result<tonic::Response<proto::ResumeActorResponse>, tonic::Status> {
-        let mut watch = CancelWatch {
-            state: &self.0,
-            done: false,
-        };
-        self.note_auth(request.metadata());
-        let req = request.into_inner();
+        let (mut watch, req) = self.begin(request);
         *self.0.last_resume_boot.lock().expect("lock") = Some(req.boot);
         let k = key(&req.actor);
         let result = async {
@@ -419,12 +549,7 @@ impl Control for Service {
         &self,
         request: tonic::Request<proto::ListActorsRequest>,
     ) -> Result<tonic::Response<proto::ListActorsResponse>, tonic::Status> {
-        let mut watch = CancelWatch {
-            state: &self.0,
-            done: false,
-        };
-        self.note_auth(request.metadata());
-        let req = request.into_inner();
+        let (mut watch, req) = self.begin(request);
         let r = self.prelude(Method::ListActors, "").await;
         watch.done = true;
         r?;
@@ -441,5 +566,78 @@ impl Control for Service {
             actors: out,
             next_page_token: String::new(),
         }))
+    }
+}
+
+// ---- Waiting on events instead of sleeping (issue 10 item 9) ---------------------------------
+//
+// Tests wait for what they need to have happened (a call reached the fake, an RPC finished; the
+// server stopped: [`FakeControlPlane::stopped`]), each bounded by a deadline that fails the test
+// with a message.
+
+/// How long the waiting helpers here wait when a test gives no other bound.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the waiting helpers re-check their condition.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Awaits `fut` for at most [`TEST_TIMEOUT`]; panics naming `what` when it takes longer, so a
+/// test that would hang fails with a message instead.
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(TEST_TIMEOUT, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: no result within {TEST_TIMEOUT:?}"),
+    }
+}
+
+/// Waits until `cond` holds, checking every few milliseconds, for at most `deadline`; panics
+/// naming `what` when it never does.
+pub async fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    if !poll_until(deadline, cond).await {
+        panic!("{what}: not reached within {deadline:?}");
+    }
+}
+
+/// Whether `cond` came to hold within `deadline`.
+async fn poll_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+impl FakeControlPlane {
+    /// Waits until `method` has been called at least `n` times for `actor` (`""` for
+    /// ListActors), for at most `deadline`; panics when it has not.
+    pub async fn wait_for_calls(&self, method: Method, actor: &str, n: usize, deadline: Duration) {
+        if !poll_until(deadline, || self.calls(method, actor) >= n).await {
+            panic!(
+                "{method:?} for {actor:?}: {} call(s) within {deadline:?}, expected at least {n}",
+                self.calls(method, actor)
+            );
+        }
+    }
+
+    /// Waits until `n` RPCs have finished on the server, answered ([`completed`]) or cancelled by
+    /// the client ([`cancelled`]), for at most `deadline`; panics when they have not. Use it
+    /// before asserting that nothing was cancelled: a cancellation is counted when the server
+    /// drops the handler, which may be after the client has moved on.
+    ///
+    /// [`completed`]: FakeControlPlane::completed
+    /// [`cancelled`]: FakeControlPlane::cancelled
+    pub async fn wait_for_finished(&self, n: usize, deadline: Duration) {
+        if !poll_until(deadline, || self.completed() + self.cancelled() >= n).await {
+            panic!(
+                "{} RPC(s) answered and {} cancelled within {deadline:?}, expected {n} finished",
+                self.completed(),
+                self.cancelled()
+            );
+        }
     }
 }

@@ -8,18 +8,29 @@
 //!   value is neither logged nor forwarded;
 //! * a request-target authority (absolute form, HTTP/2 `:authority`) and a `Host` header must
 //!   agree (RFC 9113 §8.3.1), so a Host-keyed policy before actorgate sees the actor actorgate
-//!   routes to;
-//! * `ate-target-actor` fails closed: two values or a non-UTF-8 value are an invalid reference,
-//!   never "absent";
+//!   routes to: the host compares ASCII case-insensitively (RFC 3986 §6.2.2.1) and the port
+//!   after filling in the scheme's default (RFC 3986 §6.2.3: `http://h:80/` with `Host: h`
+//!   agree);
+//! * `ate-target-actor` fails closed ([`wire::target_actor`]): two values or a non-UTF-8 value
+//!   are an invalid reference, never "absent";
 //! * the header and the authority must not name different actors unless configured otherwise
 //!   ([`ConflictPolicy`](crate::extract::ConflictPolicy)).
 //!
-//! Fronts collect what they saw into a [`MetaInput`] and call [`MetaInput::validate`]; the
-//! result is the [`RequestMeta`] routing reads.
+//! Fronts collect what they saw into a [`MetaInput`] (from a header map with [`Values::header`],
+//! from name/value pairs with [`MetaInput::push_header`]) and call
+//! [`MetaInput::validate_target`]; the result is the [`RequestMeta`] routing reads and the
+//! target extracted from it, which the front routes with [`Validated::route`] (or resolves
+//! with [`Resolver::resolve`] when it needs the target itself).
 
 use std::net::Ipv6Addr;
 
-use crate::extract::{Extractor, RequestMeta};
+use http::HeaderMap;
+use http::header::AsHeaderName;
+
+use crate::error::RouteError;
+use crate::extract::{Extractor, InvalidActorRef, RequestMeta, Target};
+use crate::resolver::{Resolver, Route};
+use crate::wire;
 
 /// How many values of one request field a front saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +65,16 @@ impl<'a> Values<'a> {
         out
     }
 
+    /// Every line of header `name` in `headers` (raw bytes, so a non-UTF-8 line still counts).
+    pub fn header<K: AsHeaderName>(headers: &'a HeaderMap, name: K) -> Self {
+        Self::collect(
+            headers
+                .get_all(name)
+                .iter()
+                .map(http::HeaderValue::as_bytes),
+        )
+    }
+
     fn is_present(&self) -> bool {
         !matches!(self, Self::Absent)
     }
@@ -71,10 +92,47 @@ pub struct MetaInput<'a> {
     pub host: Values<'a>,
     /// Neither an authority nor a Host is a 400 (HTTP/1.1, RFC 9112 §3.2).
     pub require_host: bool,
-    /// `target_authority` and `host`, when both are present, must be equal (ASCII
-    /// case-insensitive). False where `host` legitimately names another hop (the forward-auth
-    /// subrequest of `/resolve`).
+    /// `target_authority` and `host`, when both are present, must name the same host (ASCII
+    /// case-insensitive) and port (see `default_port`). False where `host` legitimately names
+    /// another hop (the forward-auth subrequest of `/resolve`).
     pub authority_must_match_host: bool,
+    /// The port an authority without one stands for, from the request's scheme (80 for
+    /// `http`, 443 for `https`) when the front knows it, so `h:80` and `h` agree. `None`: the
+    /// ports must be written alike (an empty port counts as absent).
+    pub default_port: Option<u16>,
+}
+
+/// The port an authority without one stands for under `scheme`: 80 for `http`, 443 for `https`
+/// (ASCII case-insensitive), `None` for any other scheme.
+pub fn scheme_default_port(scheme: &[u8]) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case(b"http") {
+        Some(80)
+    } else if scheme.eq_ignore_ascii_case(b"https") {
+        Some(443)
+    } else {
+        None
+    }
+}
+
+/// Validated request metadata with its extraction already done ([`MetaInput::validate_target`]).
+#[derive(Debug, Clone)]
+pub struct Validated<'a> {
+    /// What routing reads; `meta.authority` is the authority to route on and forward as Host.
+    pub meta: RequestMeta<'a>,
+    /// The extractor's answer for `meta` (what `Extractor::extract` would return), so a front
+    /// can resolve it without extracting again.
+    pub target: Result<Target, InvalidActorRef>,
+}
+
+impl Validated<'_> {
+    /// The route for this request: resolves the extracted target, or, when the request names no
+    /// valid actor, lets the resolver answer (and count) the invalid reference as on every front.
+    pub async fn route(&self, resolver: &Resolver) -> Result<Route, RouteError> {
+        match &self.target {
+            Ok(target) => resolver.resolve(target).await,
+            Err(_) => resolver.route(&self.meta).await,
+        }
+    }
 }
 
 /// Request metadata refused before routing; every variant is answered with 400 and its
@@ -134,6 +192,47 @@ impl<'a> MetaInput<'a> {
     /// Applies the rules of this module; on success returns what routing reads. The authority
     /// in the result is the one to route on and to forward as Host.
     pub fn validate(&self, extractor: &Extractor) -> Result<RequestMeta<'a>, BadRequest> {
+        let meta = self.check()?;
+        if extractor.conflicting(&meta) {
+            return Err(BadRequest::ConflictingActors);
+        }
+        Ok(meta)
+    }
+
+    /// [`MetaInput::validate`] that also hands over the extracted target: the conflict check
+    /// and the extraction are one pass over the header and the authority.
+    pub fn validate_target(&self, extractor: &Extractor) -> Result<Validated<'a>, BadRequest> {
+        let meta = self.check()?;
+        let decision = extractor.decide(&meta, true);
+        if decision.conflicting {
+            return Err(BadRequest::ConflictingActors);
+        }
+        Ok(Validated {
+            meta,
+            target: decision.target,
+        })
+    }
+
+    /// Records one request header of a front that sees headers as name/value pairs (Envoy
+    /// ExtProc, the `ResolveRoute` header map): `ate-target-actor`, `:authority` (as the
+    /// request target's authority), `host`, and `:scheme`, which sets
+    /// [`default_port`](Self::default_port) ([`scheme_default_port`]). Names compare ASCII
+    /// case-insensitively, so differently cased copies of a name count as several values; other
+    /// names are ignored.
+    pub fn push_header(&mut self, name: &str, value: &'a [u8]) {
+        if name.eq_ignore_ascii_case(wire::name::TARGET_ACTOR) {
+            self.target_actor.push(value);
+        } else if name.eq_ignore_ascii_case(":authority") {
+            self.target_authority.push(value);
+        } else if name.eq_ignore_ascii_case("host") {
+            self.host.push(value);
+        } else if name.eq_ignore_ascii_case(":scheme") {
+            self.default_port = scheme_default_port(value);
+        }
+    }
+
+    /// Every rule except the conflicting-actors one.
+    fn check(&self) -> Result<RequestMeta<'a>, BadRequest> {
         let target = match self.target_authority {
             Values::Absent => None,
             Values::One(v) => Some(check_authority(v)?),
@@ -146,27 +245,48 @@ impl<'a> MetaInput<'a> {
         };
         if self.authority_must_match_host
             && let (Some(t), Some(h)) = (target, host)
-            && !t.eq_ignore_ascii_case(h)
+            && !same_authority(t, h, self.default_port)
         {
             return Err(BadRequest::AuthorityHostMismatch);
         }
         if self.require_host && !self.target_authority.is_present() && !self.host.is_present() {
             return Err(BadRequest::MissingHost);
         }
-        let target_actor = match self.target_actor {
-            Values::Absent => None,
-            // Not UTF-8, or two values: an invalid reference (fail closed), never "absent".
-            Values::One(v) => Some(std::str::from_utf8(v).unwrap_or("")),
-            Values::Many => Some(""),
-        };
-        let meta = RequestMeta {
-            target_actor,
+        Ok(RequestMeta {
+            target_actor: wire::target_actor(self.target_actor),
             authority: target.or(host),
+        })
+    }
+}
+
+/// Whether two authorities that passed [`check_authority`] name the same origin: the host
+/// compares ASCII case-insensitively, the port numerically after an absent or empty port is
+/// replaced by `default_port` (RFC 3986 §6.2.2.1, §6.2.3).
+fn same_authority(a: &str, b: &str, default_port: Option<u16>) -> bool {
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    let (ah, ap) = split_port(a);
+    let (bh, bp) = split_port(b);
+    let port = |p: Option<&str>| match p {
+        None | Some("") => default_port.map(u32::from),
+        // At most five digits (check_authority).
+        Some(p) => p.parse::<u32>().ok(),
+    };
+    ah.eq_ignore_ascii_case(bh) && port(ap) == port(bp)
+}
+
+/// `host[:port]` → (host, port digits if a `:` is present); IPv6 literals keep their brackets.
+fn split_port(a: &str) -> (&str, Option<&str>) {
+    if a.starts_with('[') {
+        return match a.find(']') {
+            Some(i) => (&a[..=i], a[i + 1..].strip_prefix(':')),
+            None => (a, None),
         };
-        if extractor.conflicting(&meta) {
-            return Err(BadRequest::ConflictingActors);
-        }
-        Ok(meta)
+    }
+    match a.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (a, None),
     }
 }
 
@@ -328,6 +448,7 @@ mod tests {
             host: Values::collect(host.iter().map(|s| s.as_bytes())),
             require_host: true,
             authority_must_match_host: true,
+            default_port: None,
         }
     }
 
@@ -358,6 +479,34 @@ mod tests {
             input(&[], &["u:p@a"], &[]).validate(&e).unwrap_err(),
             BadRequest::Userinfo
         );
+        // Absolute form with the scheme's default port written out (curl -x): the same origin.
+        let mut abs = input(&[], &["H:80"], &["h"]);
+        abs.default_port = Some(80);
+        assert_eq!(abs.validate(&e).unwrap().authority, Some("H:80"));
+        abs.target_authority = Values::One(b"h");
+        abs.host = Values::One(b"h:080");
+        assert!(abs.validate(&e).is_ok(), "ports compare as numbers");
+        abs.host = Values::One(b"h:");
+        assert!(abs.validate(&e).is_ok(), "an empty port is the default");
+        let mut tls = input(&[], &["[::1]:443"], &["[::1]"]);
+        tls.default_port = Some(443);
+        assert!(tls.validate(&e).is_ok());
+        // Still refused: another port, another host, or a port without a known scheme.
+        for (t, h, default) in [
+            ("h:8080", "h", Some(80)),
+            ("h:443", "h", Some(80)),
+            ("h:80", "g", Some(80)),
+            ("h:80", "h", None),
+            ("[::1]:80", "[::2]", Some(80)),
+        ] {
+            let mut i = input(&[], &[t], &[h]);
+            i.default_port = default;
+            assert_eq!(
+                i.validate(&e).unwrap_err(),
+                BadRequest::AuthorityHostMismatch,
+                "{t} vs {h} ({default:?})"
+            );
+        }
         let mut loose = input(&[], &["a"], &["b"]);
         loose.authority_must_match_host = false;
         loose.require_host = false;
@@ -377,6 +526,45 @@ mod tests {
         let mut i = input(&[], &[], &["x"]);
         i.target_actor = Values::One(b"\xff/\xfe");
         assert_eq!(i.validate(&e).unwrap().target_actor, Some(""));
+    }
+
+    #[test]
+    fn name_value_pairs_and_header_maps_read_alike() {
+        let e = Extractor::default();
+        // Envoy's pseudo-headers: `:scheme` supplies the default port, so `h:80` and `h` agree.
+        let mut i = MetaInput {
+            authority_must_match_host: true,
+            ..MetaInput::default()
+        };
+        for (k, v) in [
+            (":scheme", "http"),
+            (":authority", "h:80"),
+            ("host", "h"),
+            ("ate-target-actor", "a/b"),
+            ("x-other", "1"),
+        ] {
+            i.push_header(k, v.as_bytes());
+        }
+        assert_eq!(i.default_port, Some(80));
+        let m = i.validate_target(&e).unwrap().meta;
+        assert_eq!((m.authority, m.target_actor), (Some("h:80"), Some("a/b")));
+        // Differently cased copies of the target header are two values: fail closed.
+        let mut twice = MetaInput::default();
+        twice.push_header("ate-target-actor", b"a/b");
+        twice.push_header("Ate-Target-Actor", b"c/d");
+        assert_eq!(
+            twice.validate_target(&e).unwrap().meta.target_actor,
+            Some("")
+        );
+        // A header map gives the same values.
+        let mut h = HeaderMap::new();
+        h.append("ate-target-actor", http::HeaderValue::from_static("a/b"));
+        assert_eq!(Values::header(&h, &wire::TARGET_ACTOR), Values::One(b"a/b"));
+        h.append("ate-target-actor", http::HeaderValue::from_static("c/d"));
+        assert_eq!(Values::header(&h, &wire::TARGET_ACTOR), Values::Many);
+        assert_eq!(Values::header(&h, http::header::HOST), Values::Absent);
+        assert_eq!(scheme_default_port(b"HTTPS"), Some(443));
+        assert_eq!(scheme_default_port(b"ftp"), None);
     }
 
     #[test]
@@ -405,5 +593,44 @@ mod tests {
         // Only configured extractors count.
         let host_only = Extractor::new(vec![ExtractorKind::Host], SFX, None).unwrap();
         assert!(!conflict(&host_only, "demo/other", &host));
+    }
+
+    #[test]
+    fn validate_target_hands_over_what_extract_finds() {
+        const SFX: &str = "actors.resources.substrate.ate.dev";
+        let host = format!("hello.demo.{SFX}");
+        let legacy = format!("hello.{SFX}");
+        let orders = [
+            vec![
+                ExtractorKind::Header,
+                ExtractorKind::Host,
+                ExtractorKind::LegacyHost,
+            ],
+            vec![
+                ExtractorKind::LegacyHost,
+                ExtractorKind::Header,
+                ExtractorKind::Host,
+            ],
+            vec![ExtractorKind::Host, ExtractorKind::Header],
+        ];
+        for order in orders {
+            let e = Extractor::new(order.clone(), SFX, Some("default"))
+                .unwrap()
+                .with_conflict_policy(ConflictPolicy::FirstExtractorWins);
+            for (hdr, h) in [
+                (&[][..], host.as_str()),
+                (&["demo/hello"][..], host.as_str()),
+                (&["demo/other"][..], host.as_str()),
+                (&["demo/other"][..], legacy.as_str()),
+                (&["bad ref"][..], host.as_str()),
+                (&["demo/x"][..], "gateway:8080"),
+                (&[][..], "gateway"),
+                (&[][..], "bad_label.demo.actors.resources.substrate.ate.dev"),
+            ] {
+                let i = input(hdr, &[], &[h]);
+                let v = i.validate_target(&e).unwrap();
+                assert_eq!(v.target, e.extract(&v.meta), "{order:?} {hdr:?} {h}");
+            }
+        }
     }
 }

@@ -232,11 +232,16 @@ fn the_simulator_writes_v04_shapes() {
     let bytes = record_to_proto(&rec).encode_to_vec();
     let v04 = V04Actor::decode(bytes.as_slice()).unwrap();
     assert_eq!(v04, v04_actor(&["10.0.0.1"]), "what a v0.4 client reads");
+    assert!(v04.actor_template.is_some(), "field 4 is sent");
+    // Fields 2 and 3 are sent too (pre-v0.4 clients read only them) and name the same template.
     let legacy = LegacyActor::decode(bytes.as_slice()).unwrap();
     assert_eq!(
-        (legacy.actor_template_namespace, legacy.actor_template_name),
-        (String::new(), String::new()),
-        "fields 2 and 3 are not sent"
+        (
+            legacy.actor_template_namespace.as_str(),
+            legacy.actor_template_name.as_str()
+        ),
+        ("templates", "python"),
+        "fields 2 and 3 agree with field 4"
     );
 }
 

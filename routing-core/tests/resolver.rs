@@ -1,4 +1,6 @@
-//! Resolver behaviour against a real gRPC fake of ate-api-server (DESIGN §4).
+//! Resolver behaviour against a real gRPC fake of ate-api-server (DESIGN §4). Tests wait on
+//! events (calls reaching the fake, RPCs finishing, the server stopping), never on sleeps, and
+//! every await is bounded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use routing_core::directory::ateapi::{AteApiDirectory, AteApiSettings};
 use routing_core::extract::{ExtractorKind, Target};
 use routing_core::proto::ActorState;
 use routing_core::resolver::BackoffSettings;
-use routing_core::testing::{FakeControlPlane, Method, Step};
+use routing_core::testing::{FakeControlPlane, Method, Step, TEST_TIMEOUT, wait_until, within};
 use routing_core::{
     ActorRef, Extractor, ResolveKind, Resolver, ResolverMetrics, ResolverSettings, RouteError,
 };
@@ -69,7 +71,10 @@ async fn concurrent_resolves_of_suspended_actor_share_one_resume() {
     let mut endpoints = std::collections::HashSet::new();
     let mut resumed = 0;
     for t in tasks {
-        let route = t.await.unwrap().expect("resolves");
+        let route = within("a joined resolve", t)
+            .await
+            .unwrap()
+            .expect("resolves");
         endpoints.insert(route.endpoint);
         resumed += route.resumed() as usize;
     }
@@ -105,12 +110,13 @@ async fn aborted_twice_then_ok_succeeds_after_retries() {
         ],
     );
     let r = resolver_for(&fake, settings(5000));
-    let route = r
-        .resolve(&target("ns/a"))
+    let route = within("resolve", r.resolve(&target("ns/a")))
         .await
         .expect("succeeds after retries");
     assert_eq!(route.endpoint, "10.0.0.5:8080".parse().unwrap());
     assert_eq!(route.kind, ResolveKind::Resumed);
+    // One probe, then the two refused resumes and the one that succeeded.
+    assert_eq!(fake.calls(Method::GetActor, "ns/a"), 1);
     assert_eq!(fake.calls(Method::ResumeActor, "ns/a"), 3);
 }
 
@@ -118,7 +124,9 @@ async fn aborted_twice_then_ok_succeeds_after_retries() {
 async fn not_found_is_404_at_once_without_retry() {
     let fake = FakeControlPlane::start().await;
     let r = resolver_for(&fake, settings(5000));
-    let err = r.resolve(&target("ns/ghost")).await.unwrap_err();
+    let err = within("resolve", r.resolve(&target("ns/ghost")))
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 404);
     assert_eq!(err.client_message(), "actor ns/ghost not found");
     assert_eq!(fake.calls(Method::GetActor, "ns/ghost"), 1);
@@ -140,7 +148,9 @@ async fn failed_precondition_past_budget_is_503_with_description() {
         }),
     );
     let r = resolver_for(&fake, settings(400));
-    let err = r.resolve(&target("ns/busy")).await.unwrap_err();
+    let err = within("resolve", r.resolve(&target("ns/busy")))
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 503);
     assert_eq!(
         err.client_message(),
@@ -174,7 +184,9 @@ async fn budget_ending_during_a_retry_still_reports_the_server_reason() {
         }),
     );
     let r = resolver_for(&fake, settings(400));
-    let err = r.resolve(&target("ns/slowfail")).await.unwrap_err();
+    let err = within("resolve", r.resolve(&target("ns/slowfail")))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.http_status(), err.client_message().as_str()),
         (
@@ -198,7 +210,9 @@ async fn client_rpc_deadline_is_a_timeout_not_an_internal_error() {
         Extractor::default(),
         ResolverMetrics::new(),
     );
-    let err = r.resolve(&target("ns/dl")).await.unwrap_err();
+    let err = within("resolve", r.resolve(&target("ns/dl")))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.http_status(), err.client_message().as_str()),
         (504, "actor ns/dl request timed out")
@@ -214,20 +228,28 @@ async fn hung_rpc_past_budget_is_504() {
         "10.0.0.7",
         Duration::ZERO,
     );
-    fake.script(Method::ResumeActor, "ns/stuck", [Step::Hang]);
+    // The RPC hangs well past the 300 ms budget, then answers: whether the client cancelled it
+    // at the budget shows on the server once it finishes, either way.
+    fake.script(
+        Method::ResumeActor,
+        "ns/stuck",
+        [Step::Delay(Duration::from_millis(900))],
+    );
     let r = resolver_for(&fake, settings(300));
-    let err = r.resolve(&target("ns/stuck")).await.unwrap_err();
+    let err = within("resolve", r.resolve(&target("ns/stuck")))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         RouteError::Timeout(ActorRef::parse("ns/stuck").unwrap())
     );
     assert_eq!(err.http_status(), 504);
     assert_eq!(err.client_message(), "actor ns/stuck request timed out");
-    // Give a (wrong) client-side cancel time to reach the server before checking.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // GetActor, then the hung ResumeActor: both finish on the server.
+    fake.wait_for_finished(2, TEST_TIMEOUT).await;
     assert_eq!(
-        fake.cancelled(),
-        0,
+        (fake.completed(), fake.cancelled()),
+        (2, 0),
         "the hung RPC is left running, not cancelled"
     );
 }
@@ -255,23 +277,23 @@ async fn parking_limit_refuses_extra_waiters_but_not_running_actors() {
             tokio::spawn(async move { r.resolve(&target("ns/slow")).await })
         })
         .collect();
-    // Wait until both hold their parking slots.
-    for _ in 0..500 {
-        if r.status().parked == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(r.status().parked, 2);
-    let err = r.resolve(&target("ns/slow")).await.unwrap_err();
+    wait_until(
+        "both requests hold their parking slots",
+        TEST_TIMEOUT,
+        || r.status().parked == 2,
+    )
+    .await;
+    let err = within("resolve", r.resolve(&target("ns/slow")))
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 503);
     assert_eq!(
         err.client_message(),
         "actor ns/slow unavailable: router at capacity"
     );
+    assert_eq!(r.status().parking_rejected, 1);
     // A running actor (not cached yet) still resolves while parking is full.
-    let up = r
-        .resolve(&target("ns/up"))
+    let up = within("resolve", r.resolve(&target("ns/up")))
         .await
         .expect("running actor resolves");
     assert_eq!(up.kind, ResolveKind::Running);
@@ -300,21 +322,16 @@ async fn cancelled_first_caller_does_not_cancel_the_flight() {
         let r = r.clone();
         tokio::spawn(async move { r.resolve(&target("ns/c")).await })
     };
-    for _ in 0..500 {
-        if fake.calls(Method::ResumeActor, "ns/c") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        fake.calls(Method::ResumeActor, "ns/c"),
-        1,
-        "the resume RPC was sent"
-    );
+    fake.wait_for_calls(Method::ResumeActor, "ns/c", 1, TEST_TIMEOUT)
+        .await;
     first.abort();
-    assert!(first.await.unwrap_err().is_cancelled());
-    let route = r
-        .resolve(&target("ns/c"))
+    assert!(
+        within("the aborted caller", first)
+            .await
+            .unwrap_err()
+            .is_cancelled()
+    );
+    let route = within("resolve", r.resolve(&target("ns/c")))
         .await
         .expect("second caller gets the result");
     assert_eq!(route.endpoint, "10.0.0.10:8080".parse().unwrap());
@@ -323,10 +340,11 @@ async fn cancelled_first_caller_does_not_cancel_the_flight() {
         1,
         "no second resume"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.wait_for_finished(2, TEST_TIMEOUT).await;
     assert_eq!(fake.cancelled(), 0, "the server saw no cancellation");
-    assert!(
-        fake.completed() >= 2,
+    assert_eq!(
+        fake.completed(),
+        2,
         "GetActor and ResumeActor both completed"
     );
 }
@@ -336,10 +354,14 @@ async fn cached_route_skips_rpc_until_invalidated() {
     let fake = FakeControlPlane::start().await;
     fake.add_actor("ns/hot", ActorState::Running, "10.0.0.11", Duration::ZERO);
     let r = resolver_for(&fake, settings(5000));
-    let first = r.resolve(&target("ns/hot")).await.unwrap();
+    let first = within("resolve", r.resolve(&target("ns/hot")))
+        .await
+        .unwrap();
     assert_eq!(first.kind, ResolveKind::Running);
     assert_eq!(fake.calls(Method::GetActor, "ns/hot"), 1);
-    let second = r.resolve(&target("ns/hot")).await.unwrap();
+    let second = within("resolve", r.resolve(&target("ns/hot")))
+        .await
+        .unwrap();
     assert_eq!(second.kind, ResolveKind::Cached);
     assert_eq!(second.endpoint, first.endpoint);
     assert_eq!(
@@ -350,7 +372,9 @@ async fn cached_route_skips_rpc_until_invalidated() {
 
     fake.set_pod_ip("ns/hot", "10.0.0.12");
     r.invalidate(&ActorRef::parse("ns/hot").unwrap());
-    let third = r.resolve(&target("ns/hot")).await.unwrap();
+    let third = within("resolve", r.resolve(&target("ns/hot")))
+        .await
+        .unwrap();
     assert_eq!(
         fake.calls(Method::GetActor, "ns/hot"),
         2,
@@ -363,10 +387,11 @@ async fn cached_route_skips_rpc_until_invalidated() {
 async fn control_plane_down_is_503_unavailable() {
     let mut fake = FakeControlPlane::start().await;
     fake.add_actor("ns/x", ActorState::Running, "10.0.0.13", Duration::ZERO);
-    fake.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    within("the fake stops", fake.stopped()).await;
     let r = resolver_for(&fake, settings(300));
-    let err = r.resolve(&target("ns/x")).await.unwrap_err();
+    let err = within("resolve", r.resolve(&target("ns/x")))
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 503);
     assert_eq!(err.client_message(), "actor ns/x unavailable");
 }
@@ -406,7 +431,9 @@ async fn errors_map_to_the_table() {
             [Step::Fail(code, "rpc error: secret internal detail".into())],
         );
         let r = resolver_for(&fake, settings(1000));
-        let err = r.resolve(&target(actor)).await.unwrap_err();
+        let err = within("resolve", r.resolve(&target(actor)))
+            .await
+            .unwrap_err();
         assert_eq!(
             (err.http_status(), err.client_message().as_str()),
             (status, body)
@@ -415,7 +442,9 @@ async fn errors_map_to_the_table() {
     // RUNNING with an unusable worker address → 500 routing failed.
     fake.add_actor("ns/badip", ActorState::Running, "not-an-ip", Duration::ZERO);
     let r = resolver_for(&fake, settings(1000));
-    let err = r.resolve(&target("ns/badip")).await.unwrap_err();
+    let err = within("resolve", r.resolve(&target("ns/badip")))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.http_status(), err.client_message().as_str()),
         (500, "actor ns/badip routing failed")
@@ -427,13 +456,15 @@ async fn route_extracts_then_resolves() {
     let fake = FakeControlPlane::start().await;
     fake.add_actor("team/bot", ActorState::Running, "10.0.0.14", Duration::ZERO);
     let r = resolver_for(&fake, settings(1000));
-    let route = r
-        .route(&routing_core::RequestMeta {
+    let route = within(
+        "route",
+        r.route(&routing_core::RequestMeta {
             target_actor: None,
             authority: Some("bot.team.actors.resources.substrate.ate.dev:9000"),
-        })
-        .await
-        .unwrap();
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(route.endpoint, "10.0.0.14:9000".parse().unwrap());
     let err = r
         .route(&routing_core::RequestMeta {
@@ -462,7 +493,7 @@ async fn bearer_token_file_is_sent_and_bad_tokens_are_refused() {
         Extractor::default(),
         ResolverMetrics::new(),
     );
-    r.resolve(&target("ns/t")).await.unwrap();
+    within("resolve", r.resolve(&target("ns/t"))).await.unwrap();
     assert_eq!(
         fake.last_authorization().as_deref(),
         Some("Bearer s3cr3t-token")
@@ -497,7 +528,9 @@ async fn control_plane_going_down_after_connecting_is_503_unavailable() {
         Extractor::default(),
         ResolverMetrics::new(),
     );
-    r.resolve(&target("ns/a")).await.expect("connected");
+    within("resolve", r.resolve(&target("ns/a")))
+        .await
+        .expect("connected");
     // An RPC still in flight keeps the old connection half-open (GOAWAY) while the server stops.
     fake.add_actor("ns/h", ActorState::Suspended, "10.0.0.19", Duration::ZERO);
     fake.script(Method::ResumeActor, "ns/h", [Step::Hang]);
@@ -505,18 +538,309 @@ async fn control_plane_going_down_after_connecting_is_503_unavailable() {
         let r = r.clone();
         tokio::spawn(async move { r.resolve(&target("ns/h")).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    fake.stop();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let direct = raw
-        .get(&ActorRef::parse("ns/b").unwrap())
+    fake.wait_for_calls(Method::ResumeActor, "ns/h", 1, TEST_TIMEOUT)
+        .await;
+    within("the fake stops", fake.stopped()).await;
+    // The listener is closed and the open connection told to go away; until the client has read
+    // the GOAWAY a new call may still be served on it, so ask until the client sees the server
+    // gone. Whatever fails must fail as UNAVAILABLE.
+    let b = ActorRef::parse("ns/b").unwrap();
+    let direct = within("the client sees the control plane gone", async {
+        loop {
+            match raw.get(&b).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await;
+    assert_eq!(direct.code, tonic::Code::Unavailable, "{direct:?}");
+    let err = within("resolve", r.resolve(&target("ns/b")))
         .await
         .unwrap_err();
-    assert_eq!(direct.code, tonic::Code::Unavailable, "{direct:?}");
-    let err = r.resolve(&target("ns/b")).await.unwrap_err();
     assert_eq!(
         (err.http_status(), err.client_message().as_str()),
         (503, "actor ns/b unavailable")
     );
     hung.abort();
+}
+
+// ---- Branches issue 10 found untested ---------------------------------------------------------
+
+/// A directory whose first `GetActor` answers only when the test releases it, with the address
+/// the actor had then (`10.0.1.1`); every later lookup answers at once with where it runs now
+/// (`10.0.1.2`). So a test decides when an in-flight lookup finishes, without timing.
+struct HeldFirstLookup {
+    calls: std::sync::atomic::AtomicUsize,
+    release: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+impl HeldFirstLookup {
+    fn new() -> (Arc<Self>, tokio::sync::oneshot::Sender<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let d = Self {
+            calls: Default::default(),
+            release: std::sync::Mutex::new(Some(rx)),
+        };
+        (Arc::new(d), tx)
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn running_at(actor: &ActorRef, ip: &str) -> routing_core::ActorRecord {
+    routing_core::ActorRecord {
+        actor: actor.clone(),
+        uid: "uid".into(),
+        template: None,
+        state: ActorState::Running,
+        worker: Some(routing_core::directory::Worker {
+            pod_ip: ip.into(),
+            pod: "pod".into(),
+            namespace: "workers".into(),
+            pool: "pool".into(),
+            port: None,
+        }),
+    }
+}
+
+impl routing_core::ActorDirectory for HeldFirstLookup {
+    fn kind(&self) -> &'static str {
+        "held"
+    }
+    fn get(
+        &self,
+        actor: &ActorRef,
+    ) -> routing_core::directory::DirFuture<routing_core::ActorRecord> {
+        let first = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let actor = actor.clone();
+        let release = if first {
+            self.release.lock().unwrap().take()
+        } else {
+            None
+        };
+        Box::pin(async move {
+            match release {
+                Some(rx) => {
+                    let _ = rx.await;
+                    Ok(running_at(&actor, "10.0.1.1"))
+                }
+                None => Ok(running_at(&actor, "10.0.1.2")),
+            }
+        })
+    }
+    fn resume(
+        &self,
+        actor: &ActorRef,
+        _boot: bool,
+    ) -> routing_core::directory::DirFuture<routing_core::directory::ResumeOutcome> {
+        let get = self.get(actor);
+        Box::pin(async move {
+            Ok(routing_core::directory::ResumeOutcome {
+                record: get.await?,
+                resumed: false,
+            })
+        })
+    }
+    fn list(
+        &self,
+        _atespace: &str,
+        _page_size: i32,
+        _page_token: &str,
+    ) -> routing_core::directory::DirFuture<routing_core::directory::ActorPage> {
+        Box::pin(async {
+            Ok(routing_core::directory::ActorPage {
+                actors: Vec::new(),
+                next_page_token: String::new(),
+            })
+        })
+    }
+}
+
+fn resolver_over(d: Arc<HeldFirstLookup>) -> Resolver {
+    Resolver::new(
+        d,
+        settings(5000),
+        Extractor::default(),
+        ResolverMetrics::new(),
+    )
+}
+
+#[tokio::test]
+async fn invalidate_during_a_lookup_detaches_it_from_later_requests_and_the_cache() {
+    let (dir, release) = HeldFirstLookup::new();
+    let r = resolver_over(dir.clone());
+    let old_flight = {
+        let r = r.clone();
+        tokio::spawn(async move { r.resolve(&target("ns/mv")).await })
+    };
+    wait_until("the first lookup is under way", TEST_TIMEOUT, || {
+        dir.calls() == 1
+    })
+    .await;
+    assert_eq!(r.status().flights_in_progress, 1);
+    // The worker answered 421 / refused: the route is invalidated while the lookup is in flight.
+    r.invalidate(&ActorRef::parse("ns/mv").unwrap());
+    assert_eq!(
+        r.status().flights_in_progress,
+        0,
+        "the lookup under way is detached"
+    );
+
+    // A request after the invalidation starts a lookup of its own instead of joining the old one
+    // (which has not answered, and would answer the old address).
+    let fresh = within("resolve", r.resolve(&target("ns/mv")))
+        .await
+        .unwrap();
+    assert_eq!(fresh.kind, ResolveKind::Running);
+    assert_eq!(fresh.endpoint, "10.0.1.2:8080".parse().unwrap());
+    assert_eq!(dir.calls(), 2);
+
+    // The old lookup answers now: its waiter gets that (old) answer...
+    release.send(()).unwrap();
+    let old = within("the old lookup", old_flight).await.unwrap().unwrap();
+    assert_eq!(old.endpoint, "10.0.1.1:8080".parse().unwrap());
+    // ...but it is not cached over the fresh route.
+    let cached = within("resolve", r.resolve(&target("ns/mv")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (cached.kind, cached.endpoint),
+        (ResolveKind::Cached, "10.0.1.2:8080".parse().unwrap())
+    );
+    assert_eq!(dir.calls(), 2, "no further lookup");
+}
+
+#[tokio::test]
+async fn a_lookup_invalidated_in_flight_is_not_cached() {
+    let (dir, release) = HeldFirstLookup::new();
+    let r = resolver_over(dir.clone());
+    let flight = {
+        let r = r.clone();
+        tokio::spawn(async move { r.resolve(&target("ns/st")).await })
+    };
+    wait_until("the lookup is under way", TEST_TIMEOUT, || dir.calls() == 1).await;
+    r.invalidate(&ActorRef::parse("ns/st").unwrap());
+    release.send(()).unwrap();
+    let route = within("the invalidated lookup", flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (route.kind, route.endpoint),
+        (ResolveKind::Running, "10.0.1.1:8080".parse().unwrap())
+    );
+    // The next request asks the directory again rather than using the stale answer.
+    let next = within("resolve", r.resolve(&target("ns/st")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.kind, next.endpoint),
+        (ResolveKind::Running, "10.0.1.2:8080".parse().unwrap()),
+        "not served from cache"
+    );
+    assert_eq!(dir.calls(), 2);
+}
+
+#[tokio::test]
+async fn running_actor_with_an_unusable_worker_address_is_500_routing_failed() {
+    let fake = FakeControlPlane::start().await;
+    for (name, addrs) in [
+        ("none", &[][..]),
+        ("empty", &[""][..]),
+        ("notip", &["not-an-ip"][..]),
+        ("unspec4", &["0.0.0.0"][..]),
+        ("unspec6", &["::"][..]),
+        ("multicast", &["224.0.0.1"][..]),
+        ("withport", &["10.0.0.1:8080"][..]),
+    ] {
+        let actor = format!("ns/{name}");
+        fake.add_actor(&actor, ActorState::Running, "10.0.0.1", Duration::ZERO);
+        fake.set_pod_ips(&actor, addrs);
+        let r = resolver_for(&fake, settings(1000));
+        let err = within("resolve", r.resolve(&target(&actor)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.http_status(), err.client_message()),
+            (500, format!("actor {actor} routing failed")),
+            "{addrs:?}"
+        );
+        assert_eq!(err.outcome(), "routing_failed");
+        // Final at once: one lookup, no retry, no resume.
+        assert_eq!(fake.calls(Method::GetActor, &actor), 1, "{addrs:?}");
+        assert_eq!(fake.calls(Method::ResumeActor, &actor), 0, "{addrs:?}");
+    }
+}
+
+/// A directory whose only actor is RUNNING without any worker assignment (a control plane
+/// mid-update can answer that).
+struct Unassigned;
+
+impl routing_core::ActorDirectory for Unassigned {
+    fn kind(&self) -> &'static str {
+        "unassigned"
+    }
+    fn get(
+        &self,
+        actor: &ActorRef,
+    ) -> routing_core::directory::DirFuture<routing_core::ActorRecord> {
+        let record = routing_core::ActorRecord {
+            actor: actor.clone(),
+            uid: "uid".into(),
+            template: None,
+            state: ActorState::Running,
+            worker: None,
+        };
+        Box::pin(async move { Ok(record) })
+    }
+    fn resume(
+        &self,
+        actor: &ActorRef,
+        _boot: bool,
+    ) -> routing_core::directory::DirFuture<routing_core::directory::ResumeOutcome> {
+        let get = self.get(actor);
+        Box::pin(async move {
+            Ok(routing_core::directory::ResumeOutcome {
+                record: get.await?,
+                resumed: false,
+            })
+        })
+    }
+    fn list(
+        &self,
+        _atespace: &str,
+        _page_size: i32,
+        _page_token: &str,
+    ) -> routing_core::directory::DirFuture<routing_core::directory::ActorPage> {
+        Box::pin(async {
+            Ok(routing_core::directory::ActorPage {
+                actors: Vec::new(),
+                next_page_token: String::new(),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn running_actor_without_a_worker_assignment_is_500_routing_failed() {
+    let r = Resolver::new(
+        Arc::new(Unassigned),
+        settings(1000),
+        Extractor::default(),
+        ResolverMetrics::new(),
+    );
+    let err = within("resolve", r.resolve(&target("ns/nowhere")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RouteError::RoutingFailed(ActorRef::parse("ns/nowhere").unwrap())
+    );
+    assert_eq!(
+        (err.http_status(), err.client_message().as_str()),
+        (500, "actor ns/nowhere routing failed")
+    );
 }

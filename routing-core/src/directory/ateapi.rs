@@ -2,6 +2,11 @@
 //! upstream v0.4's shapes of §9), over plaintext, TLS or mTLS, with an optional bearer token file
 //! that is re-read periodically so rotated tokens are picked up.
 //!
+//! TLS goes through `identity`'s reloadable client configuration, not tonic's own TLS: the CA,
+//! certificate and key files are watched, and every new connection is dialled with the material
+//! current at that moment, so a rotated client certificate is used without a restart (an
+//! established connection keeps the certificate it was opened with until it closes).
+//!
 //! The client remembers how its connection attempts went: the first failure to reach the
 //! control plane (and every change of reason) is logged as a warning naming the cause, and
 //! [`ActorDirectory::connection`] reports the latest one for `/statusz`.
@@ -11,16 +16,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use hyper_util::rt::TokioIo;
+use identity::tls::{
+    ClientTlsFiles, ReloadableClientConfig, ServerIdentity, TlsError, WatchHandle,
+};
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{object_ref, page_from_proto, record_from_proto, resume_from_proto};
 use super::{
     ActorDirectory, ActorPage, ActorRecord, AddressFamily, ConnectionStatus, DirFuture,
-    DirectoryError, ResumeOutcome, describe_transport_error, transport_failure,
+    DirectoryError, ResumeOutcome, transport_failure,
 };
 use crate::actor_ref::ActorRef;
 use crate::proto;
@@ -30,6 +42,8 @@ use crate::proto::control_client::ControlClient;
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How often the bearer token file is re-read.
 const TOKEN_REFRESH: Duration = Duration::from_secs(30);
+/// The ALPN protocol gRPC needs; a server that does not select it is refused (as tonic does).
+const ALPN_H2: &[u8] = b"h2";
 
 /// How to secure the connection to ate-api-server. There is deliberately no default: the real
 /// server requires mTLS, so plaintext must be asked for explicitly.
@@ -49,16 +63,22 @@ pub enum TlsMode {
 pub struct AteApiSettings {
     /// `host:port` of ate-api-server (no scheme: `tls` decides http or https).
     pub address: String,
+    /// Plaintext, TLS or mTLS.
     pub tls: TlsMode,
-    /// PEM CA bundle that signs the server certificate (tls, mtls).
+    /// PEM CA bundle that signs the server certificate (tls, mtls). Watched: a changed file is
+    /// used from the next connection on.
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate and key (mtls).
+    /// PEM client certificate (mtls). Watched like `ca_file`, so a rotated certificate is
+    /// presented on the next connection without a restart.
     pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (mtls); replace both together (or swap a Kubernetes
+    /// Secret's `..data` link).
     pub key_file: Option<PathBuf>,
-    /// Name expected in the server certificate; defaults to the address's host.
+    /// Name expected in the server certificate (DNS name or IP); defaults to the address's host.
     pub server_name: Option<String>,
     /// File holding a bearer token sent as `authorization: Bearer …`.
     pub token_file: Option<PathBuf>,
+    /// Bound on one connection attempt: DNS lookup, TCP connect and (tls, mtls) the handshake.
     pub connect_timeout: Duration,
     /// Deadline sent with each RPC (`grpc-timeout`); the only bound on a resume the resolver
     /// has stopped waiting for.
@@ -69,24 +89,151 @@ pub struct AteApiSettings {
 /// reported here: the channel connects lazily and RPCs then fail with UNAVAILABLE.
 #[derive(Debug, thiserror::Error)]
 pub enum AteApiError {
+    /// The address (or the server name derived from it) cannot be used; the second field says
+    /// why.
     #[error("invalid ate-api-server address {0:?}: {1}")]
     Address(String, String),
+    /// A file could not be read.
     #[error("cannot read {what} {path}: {source}")]
     Read {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A TLS mode lacks a setting it needs: (mode, setting).
     #[error("{0} requires {1}")]
     Missing(&'static str, &'static str),
-    #[error("CA file {0}: no PEM certificate found")]
-    NoCaCertificate(PathBuf),
-    /// The TLS material was refused; `files` names what was loaded, `reason` is the cause from
-    /// the error's source chain.
-    #[error("TLS setup failed ({files}): {reason}")]
-    Tls { files: String, reason: String },
+    /// The TLS material was refused; `files` names what was loaded, `source` says why.
+    #[error("TLS setup failed ({files}): {source}")]
+    Tls { files: String, source: TlsError },
+    /// The token file's content cannot be sent as a header value.
     #[error("token file {0} does not hold a valid header value")]
     BadToken(PathBuf),
+}
+
+/// Why dialling the control plane over TLS failed. Only seen through a transport failure's
+/// source chain, which [`super::describe_transport_error`] turns into the logged reason: the
+/// messages keep the words it looks for (`dns error`, the I/O error kinds, rustls's alerts).
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("dns error: cannot resolve {host}")]
+    Dns {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("dns error: no address found for {host}")]
+    NoAddress { host: String },
+    #[error("tcp connect error")]
+    Tcp(#[source] std::io::Error),
+    #[error("TLS handshake failed")]
+    Handshake(#[source] std::io::Error),
+    #[error("HTTP/2 was not negotiated: the server did not select ALPN h2")]
+    NoHttp2,
+}
+
+/// Dials ate-api-server for tonic: TCP, then a TLS handshake with the reloadable config's
+/// *current* material, so each new connection picks up rotated files.
+struct TlsDialer {
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    tls: Arc<ReloadableClientConfig>,
+}
+
+impl TlsDialer {
+    async fn dial(&self) -> Result<TokioIo<TlsStream<TcpStream>>, DialError> {
+        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|source| DialError::Dns {
+                host: self.host.clone(),
+                source,
+            })?;
+        // Addresses in the resolver's order; the first that accepts wins.
+        let mut last_error = None;
+        let mut tcp = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let tcp = match (tcp, last_error) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(DialError::Tcp(e)),
+            (None, None) => {
+                return Err(DialError::NoAddress {
+                    host: self.host.clone(),
+                });
+            }
+        };
+        // Small unary RPCs: do not let Nagle hold them back. Failing to set it is harmless.
+        let _ = tcp.set_nodelay(true);
+        let stream = self
+            .tls
+            .connector()
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(DialError::Handshake)?;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(DialError::NoHttp2);
+        }
+        Ok(TokioIo::new(stream))
+    }
+}
+
+/// Splits `host:port` (IPv6 in brackets) into the host without brackets and the port (443 when
+/// absent, as for `https://`).
+fn host_port(address: &str) -> Result<(String, u16), AteApiError> {
+    let bad = |why: String| AteApiError::Address(address.to_owned(), why);
+    let authority: http::uri::Authority = address.parse().map_err(|e| bad(format!("{e}")))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if host.is_empty() {
+        return Err(bad("no host".into()));
+    }
+    Ok((host, authority.port_u16().unwrap_or(443)))
+}
+
+/// The reloadable TLS client config for `s` (tls, mtls), with ALPN h2 and the server checked
+/// against the name given at connect time.
+fn tls_config(s: &AteApiSettings) -> Result<Arc<ReloadableClientConfig>, AteApiError> {
+    let ca = s
+        .ca_file
+        .as_ref()
+        .ok_or(AteApiError::Missing("tls", "ca_file"))?;
+    let mut files = format!("ca_file {}", ca.display());
+    let (cert_file, key_file) = if s.tls == TlsMode::Mtls {
+        let cert = s
+            .cert_file
+            .as_ref()
+            .ok_or(AteApiError::Missing("mtls", "cert_file"))?;
+        let key = s
+            .key_file
+            .as_ref()
+            .ok_or(AteApiError::Missing("mtls", "key_file"))?;
+        files = format!(
+            "{files}, cert_file {}, key_file {}",
+            cert.display(),
+            key.display()
+        );
+        (Some(cert.clone()), Some(key.clone()))
+    } else {
+        (None, None)
+    };
+    ReloadableClientConfig::client(ClientTlsFiles {
+        ca_file: ca.clone(),
+        cert_file,
+        key_file,
+        server_identity: ServerIdentity::Hostname,
+        alpn: vec![ALPN_H2.to_vec()],
+    })
+    .map_err(|source| AteApiError::Tls { files, source })
 }
 
 /// Adds the bearer token, if any, to every RPC.
@@ -206,6 +353,8 @@ pub struct AteApiDirectory {
     family: AddressFamily,
     conn: Arc<ConnTracker>,
     _token_refresher: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the TLS files watched for as long as the client lives (tls, mtls).
+    _tls_watch: Option<WatchHandle>,
 }
 
 impl Drop for AteApiDirectory {
@@ -233,9 +382,14 @@ fn load_token(path: &PathBuf) -> Result<AsciiMetadataValue, AteApiError> {
 }
 
 impl AteApiDirectory {
-    /// Builds the client. Must run inside a tokio runtime (the token refresher is a task).
-    /// Worker addresses are chosen with [`AddressFamily::Ipv4`] until
+    /// Builds the client. Must run inside a tokio runtime (the token refresher and the TLS file
+    /// watch are tasks). Worker addresses are chosen with [`AddressFamily::Ipv4`] until
     /// [`with_worker_address_family`](Self::with_worker_address_family) says otherwise.
+    ///
+    /// With `tls` or `mtls` the CA, certificate and key files are loaded now (an unusable file
+    /// is an error) and then watched: each new connection uses the material current when it is
+    /// dialled, and a broken replacement keeps the previous material (logged). When the files
+    /// cannot be watched, a warning says rotation needs a restart.
     pub fn new(s: &AteApiSettings) -> Result<Self, AteApiError> {
         if s.address.contains("://") {
             return Err(AteApiError::Address(
@@ -243,62 +397,51 @@ impl AteApiDirectory {
                 "write host:port without a scheme (tls decides http or https)".into(),
             ));
         }
-        let scheme = if s.tls == TlsMode::Plaintext {
-            "http"
-        } else {
-            "https"
-        };
-        let uri = format!("{scheme}://{}", s.address);
-        let mut ep = Endpoint::from_shared(uri)
+        // The channel always speaks `http` to its connector (for TLS the connector below does
+        // the handshake, not tonic); requests still carry `:scheme https` through the origin.
+        let ep = Endpoint::from_shared(format!("http://{}", s.address))
             .map_err(|e| AteApiError::Address(s.address.clone(), e.to_string()))?
             .connect_timeout(s.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        if s.tls != TlsMode::Plaintext {
-            let ca = s
-                .ca_file
-                .as_ref()
-                .ok_or(AteApiError::Missing("tls", "ca_file"))?;
-            let ca_pem = read("CA file", ca)?;
-            // tonic skips what it cannot parse; a CA file without certificates would only
-            // show as failed handshakes (unknown CA) later.
-            if !ca_pem
-                .windows(b"-----BEGIN CERTIFICATE-----".len())
-                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-            {
-                return Err(AteApiError::NoCaCertificate(ca.clone()));
-            }
-            let mut files = format!("ca_file {}", ca.display());
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-            if let Some(name) = &s.server_name {
-                tls = tls.domain_name(name.clone());
-            }
-            if s.tls == TlsMode::Mtls {
-                let cert = s
-                    .cert_file
-                    .as_ref()
-                    .ok_or(AteApiError::Missing("mtls", "cert_file"))?;
-                let key = s
-                    .key_file
-                    .as_ref()
-                    .ok_or(AteApiError::Missing("mtls", "key_file"))?;
-                tls = tls.identity(Identity::from_pem(
-                    read("certificate file", cert)?,
-                    read("key file", key)?,
-                ));
-                files = format!(
-                    "{files}, cert_file {}, key_file {}",
-                    cert.display(),
-                    key.display()
-                );
-            }
-            ep = ep.tls_config(tls).map_err(|e| AteApiError::Tls {
-                files,
-                reason: describe_transport_error(&e),
+        let (channel, tls_watch) = if s.tls == TlsMode::Plaintext {
+            (ep.connect_lazy(), None)
+        } else {
+            let (host, port) = host_port(&s.address)?;
+            let name = s.server_name.clone().unwrap_or_else(|| host.clone());
+            let server_name = ServerName::try_from(name.clone()).map_err(|e| {
+                AteApiError::Address(
+                    s.address.clone(),
+                    format!("server name {name:?} is not a DNS name or IP address: {e}"),
+                )
             })?;
-        }
+            let origin = http::Uri::try_from(format!("https://{}", s.address))
+                .map_err(|e| AteApiError::Address(s.address.clone(), e.to_string()))?;
+            let tls = tls_config(s)?;
+            let watch = match tls.watch() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, address = %s.address, "cannot watch the control-plane TLS files; rotation needs a restart");
+                    None
+                }
+            };
+            let dialer = Arc::new(TlsDialer {
+                host,
+                port,
+                server_name,
+                tls,
+            });
+            let connector = tower::service_fn(move |_: http::Uri| {
+                let dialer = dialer.clone();
+                async move { dialer.dial().await }
+            });
+            (
+                ep.origin(origin).connect_with_connector_lazy(connector),
+                watch,
+            )
+        };
         let token = Arc::new(ArcSwapOption::empty());
         let refresher = match &s.token_file {
             None => None,
@@ -322,7 +465,6 @@ impl AteApiDirectory {
                 }))
             }
         };
-        let channel = ep.connect_lazy();
         let client = ControlClient::with_interceptor(channel, BearerToken(token))
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
         Ok(Self {
@@ -331,6 +473,7 @@ impl AteApiDirectory {
             family: AddressFamily::default(),
             conn: Arc::new(ConnTracker::new(&s.address)),
             _token_refresher: refresher,
+            _tls_watch: tls_watch,
         })
     }
 

@@ -78,9 +78,10 @@ pub fn record_from_proto(
     })
 }
 
-/// Writes an `Actor` message in upstream v0.4's shape (used when serving a directory as
-/// `ateapi.Control`): the template only as `actor_template` (field 4, fields 2 and 3 are left
-/// empty), the worker address in `worker_pod_ips`.
+/// Writes an `Actor` message (used when serving a directory as `ateapi.Control`) that both
+/// v0.4 and older clients read: the template as `actor_template` (field 4, what v0.4 reads) and
+/// also in the pre-v0.4 fields 2 and 3 (a v0.4 client skips them as unknown fields), the worker
+/// address in `worker_pod_ips`.
 pub fn record_to_proto(r: &ActorRecord) -> proto::Actor {
     proto::Actor {
         metadata: Some(proto::ResourceMetadata {
@@ -91,8 +92,16 @@ pub fn record_to_proto(r: &ActorRecord) -> proto::Actor {
             create_time: None,
             update_time: None,
         }),
-        actor_template_namespace: String::new(),
-        actor_template_name: String::new(),
+        actor_template_namespace: r
+            .template
+            .as_ref()
+            .map(|t| t.namespace.clone())
+            .unwrap_or_default(),
+        actor_template_name: r
+            .template
+            .as_ref()
+            .map(|t| t.name.clone())
+            .unwrap_or_default(),
         actor_template: r.template.as_ref().map(|t| proto::ObjectRef {
             atespace: t.namespace.clone(),
             name: t.name.clone(),

@@ -184,20 +184,21 @@ impl AddressFamily {
         }
     }
 
-    /// The address to dial among a worker's addresses: the first one of this family, else the
-    /// first one that parses as an IP, else the first one as sent (the resolver then reports
-    /// `routing failed`). `None` when the list is empty.
+    /// The address to dial among a worker's addresses, without surrounding whitespace: the first
+    /// one of this family, else the first one that parses as an IP, else the first one as sent
+    /// (the resolver then reports `routing failed`). `None` when the list is empty.
     pub fn choose(self, addrs: &[String]) -> Option<&str> {
         let parsed = || {
-            addrs
-                .iter()
-                .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok().map(|ip| (a, ip)))
+            addrs.iter().filter_map(|a| {
+                let a = a.trim();
+                a.parse::<std::net::IpAddr>().ok().map(|ip| (a, ip))
+            })
         };
         parsed()
             .find(|(_, ip)| self.matches(*ip))
             .or_else(|| parsed().next())
-            .map(|(a, _)| a.as_str())
-            .or_else(|| addrs.first().map(String::as_str))
+            .map(|(a, _)| a)
+            .or_else(|| addrs.first().map(|a| a.trim()))
     }
 }
 
@@ -212,6 +213,8 @@ pub struct ConnectionStatus {
     pub last_answer_at: Option<std::time::SystemTime>,
     /// Why the latest failed connection attempt failed (see [`describe_transport_error`]).
     pub last_connect_error: Option<String>,
+    /// When that attempt failed (wall clock); `None` while no attempt has failed. Together with
+    /// `last_answer_at` it tells an operator whether the error is current or already healed.
     pub last_connect_error_at: Option<std::time::SystemTime>,
 }
 
@@ -302,5 +305,23 @@ impl<D: ActorDirectory + ?Sized> ActorDirectory for Arc<D> {
     }
     fn connection(&self) -> Option<ConnectionStatus> {
         (**self).connection()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AddressFamily;
+
+    #[test]
+    fn chosen_addresses_are_trimmed() {
+        let addrs = [" 10.0.0.1 ".to_owned(), "\tfd00::1\n".to_owned()];
+        assert_eq!(AddressFamily::Ipv4.choose(&addrs), Some("10.0.0.1"));
+        assert_eq!(AddressFamily::Ipv6.choose(&addrs), Some("fd00::1"));
+        // Nothing parses: the first one as sent, trimmed.
+        assert_eq!(
+            AddressFamily::Ipv4.choose(&[" worker-0 ".to_owned()]),
+            Some("worker-0")
+        );
+        assert_eq!(AddressFamily::Ipv4.choose(&[]), None);
     }
 }

@@ -4,11 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+pub use runtime::reload::WatchHandle;
+use runtime::reload::{DEFAULT_DEBOUNCE, ReloadError, Reloader};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -275,10 +278,7 @@ impl Entry {
     }
 
     fn state(&self) -> ActorState {
-        self.runtime
-            .lock()
-            .map(|r| r.state)
-            .unwrap_or(ActorState::Unspecified)
+        self.runtime.lock().state
     }
 }
 
@@ -315,14 +315,41 @@ impl Snapshot {
     }
 }
 
-struct Inner {
+/// What a reload installs into: the declarations and the generation they carry.
+struct State {
     snapshot: ArcSwap<Snapshot>,
-    status: Mutex<StaticStatus>,
-    loader: StaticLoader,
-    /// Serialises reloads.
-    reload_lock: Mutex<()>,
-    /// Ticks with the generation on every change.
+    /// Holds the generation; ticks on every change.
     changes: watch::Sender<u64>,
+    /// When the first declarations were loaded.
+    loaded_at: SystemTime,
+}
+
+impl State {
+    /// Installs `spec` unless it equals the current declarations. Called by the reloader only,
+    /// which serialises reloads.
+    fn install(&self, spec: ValidStaticSpec) {
+        let current = self.snapshot.load();
+        if current.spec == spec {
+            return;
+        }
+        let snap = Snapshot::build(spec, Some(&current));
+        let actors = snap.entries.len();
+        self.snapshot.store(Arc::new(snap));
+        let mut generation = 0;
+        self.changes.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        tracing::info!(actors, generation, "static directory reloaded");
+    }
+}
+
+struct Inner {
+    state: Arc<State>,
+    loader: StaticLoader,
+    /// Runs the loader and installs its result (on a watched change or [`StaticDirectory::reload`]);
+    /// keeps the reload status. Replaced by [`StaticDirectory::watch`] when it names the file.
+    reloader: Mutex<Reloader>,
 }
 
 /// The static back-end. Cheap to clone.
@@ -331,26 +358,38 @@ pub struct StaticDirectory {
     inner: Arc<Inner>,
 }
 
+/// The reloader's name in logs and the `file_reloads_total` metric.
+const RELOAD_SOURCE: &str = "static_directory";
+
+fn make_reloader(state: &Arc<State>, loader: &StaticLoader, file: Option<&Path>) -> Reloader {
+    let load = loader.clone();
+    let state = state.clone();
+    Reloader::new(
+        RELOAD_SOURCE,
+        file.map(Path::to_path_buf),
+        move || load(),
+        move |spec| state.install(spec),
+    )
+}
+
 impl StaticDirectory {
     /// Loads the directory once through `loader`; the loader is reused by `reload`.
+    ///
+    /// # Errors
+    /// The loader's problems, each with its field path.
     pub fn new(loader: StaticLoader) -> Result<Self, FieldErrors> {
         let spec = loader()?;
-        let snap = Snapshot::build(spec, None);
-        let status = StaticStatus {
-            generation: 1,
-            actors: snap.entries.len(),
-            resume_delay: snap.resume_delay,
-            last_reload: SystemTime::now(),
-            last_error: None,
-            last_error_at: None,
-        };
+        let state = Arc::new(State {
+            snapshot: ArcSwap::from_pointee(Snapshot::build(spec, None)),
+            changes: watch::Sender::new(1),
+            loaded_at: SystemTime::now(),
+        });
+        let reloader = make_reloader(&state, &loader, None);
         Ok(Self {
             inner: Arc::new(Inner {
-                snapshot: ArcSwap::from_pointee(snap),
-                status: Mutex::new(status),
+                state,
                 loader,
-                reload_lock: Mutex::new(()),
-                changes: watch::Sender::new(1),
+                reloader: Mutex::new(reloader),
             }),
         })
     }
@@ -364,99 +403,62 @@ impl StaticDirectory {
         }
     }
 
+    /// The reloader behind this directory: [`Reloader::attempts`] to wait for a reload,
+    /// [`Reloader::with_metrics`] to count reloads. Take it after [`StaticDirectory::watch`],
+    /// which may replace it.
+    pub fn reloader(&self) -> Reloader {
+        self.inner.reloader.lock().clone()
+    }
+
     /// Re-runs the loader. On success the new declarations serve the next call; on failure the
     /// previous ones stay and the error is kept for `status()` and logged once.
-    /// Returns whether the declarations changed. Blocking: call from `spawn_blocking`.
+    /// Returns whether the declarations changed (a watched reload at the same moment may be the
+    /// one that changed them). Blocking: call from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// The loader's problems as one line.
     pub fn reload(&self) -> Result<bool, String> {
-        let _serial = self.inner.reload_lock.lock();
-        let result = (self.inner.loader)().map_err(|e| e.to_string().replace('\n', "; "));
-        let mut status = match self.inner.status.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        match result {
-            Ok(spec) => {
-                let current = self.inner.snapshot.load();
-                let changed = current.spec != spec;
-                if changed {
-                    let snap = Snapshot::build(spec, Some(&current));
-                    status.generation += 1;
-                    status.actors = snap.entries.len();
-                    status.resume_delay = snap.resume_delay;
-                    self.inner.snapshot.store(Arc::new(snap));
-                    self.inner.changes.send_replace(status.generation);
-                    tracing::info!(
-                        actors = status.actors,
-                        generation = status.generation,
-                        "static directory reloaded"
-                    );
-                }
-                if status.last_error.take().is_some() {
-                    tracing::info!("static directory source is valid again");
-                }
-                status.last_reload = SystemTime::now();
-                Ok(changed)
-            }
-            Err(e) => {
-                if status.last_error.as_deref() != Some(e.as_str()) {
-                    tracing::error!(error = %e, "static directory reload failed; keeping the previous actors");
-                }
-                status.last_error = Some(e.clone());
-                status.last_error_at = Some(SystemTime::now());
-                Err(e)
-            }
-        }
+        let before = *self.inner.state.changes.borrow();
+        self.reloader().reload()?;
+        Ok(*self.inner.state.changes.borrow() != before)
     }
 
     /// Current reload status.
     pub fn status(&self) -> StaticStatus {
-        match self.inner.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
+        let reload = self.reloader().status();
+        let state = &self.inner.state;
+        let snap = state.snapshot.load();
+        StaticStatus {
+            generation: *state.changes.borrow(),
+            actors: snap.entries.len(),
+            resume_delay: snap.resume_delay,
+            last_reload: reload.last_success.unwrap_or(state.loaded_at),
+            last_error: reload.last_error,
+            last_error_at: reload.last_error_at,
         }
     }
 
-    /// Reloads whenever `path` (or its directory, to follow editors' rename-on-save and
-    /// Kubernetes ConfigMap symlink swaps) changes. The watch stops when the handle drops.
-    pub fn watch(&self, path: &Path) -> Result<WatchHandle, notify::Error> {
-        use notify::Watcher;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let file_name = path.file_name().map(|n| n.to_os_string());
-        let relevant = move |p: &Path| {
-            let n = p.file_name();
-            n == file_name.as_deref() || n == Some(std::ffi::OsStr::new("..data"))
-        };
-        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(e) = ev
-                && !e.kind.is_access()
-                && e.paths.iter().any(|p| relevant(p))
-            {
-                let _ = tx.try_send(());
+    /// Reloads whenever `path` (the loader's source) changes, debounced by the runtime's reload
+    /// helper; its directory is watched, to follow editors' rename-on-save and Kubernetes
+    /// ConfigMap symlink swaps. The watch stops when the handle drops. Watching a file other than
+    /// the last one watched starts a fresh reload status.
+    ///
+    /// # Errors
+    /// [`ReloadError`] when there is no tokio runtime or the directory cannot be watched.
+    pub fn watch(&self, path: &Path) -> Result<WatchHandle, ReloadError> {
+        let reloader = {
+            let mut current = self.inner.reloader.lock();
+            if current.files() != [path] {
+                *current = make_reloader(&self.inner.state, &self.inner.loader, Some(path));
             }
-        })?;
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                // Let a burst of events (truncate + write, rename) settle.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while rx.try_recv().is_ok() {}
-                let d = this.clone();
-                let _ = tokio::task::spawn_blocking(move || d.reload()).await;
-            }
-        });
-        Ok(WatchHandle {
-            _watcher: Box::new(watcher),
-            task,
-        })
+            current.clone()
+        };
+        reloader.watch(DEFAULT_DEBOUNCE)
     }
 
     fn entry(&self, actor: &ActorRef) -> Result<Arc<Entry>, DirectoryError> {
         self.inner
+            .state
             .snapshot
             .load()
             .entries
@@ -475,25 +477,13 @@ async fn simulate(latency: Duration) {
     }
 }
 
-/// Keeps a file watch alive; dropping it stops the watch.
-pub struct WatchHandle {
-    _watcher: Box<dyn Send + Sync>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl ActorDirectory for StaticDirectory {
     fn kind(&self) -> &'static str {
         "static"
     }
 
     fn get(&self, actor: &ActorRef) -> DirFuture<ActorRecord> {
-        let latency = self.inner.snapshot.load().latency;
+        let latency = self.inner.state.snapshot.load().latency;
         let r = self.entry(actor).map(|e| e.record(e.state()));
         Box::pin(async move {
             simulate(latency).await;
@@ -504,7 +494,7 @@ impl ActorDirectory for StaticDirectory {
     fn resume(&self, actor: &ActorRef, _boot: bool) -> DirFuture<ResumeOutcome> {
         let entry = self.entry(actor);
         let (delay, latency) = {
-            let snap = self.inner.snapshot.load();
+            let snap = self.inner.state.snapshot.load();
             (snap.resume_delay, snap.latency)
         };
         Box::pin(async move {
@@ -513,9 +503,7 @@ impl ActorDirectory for StaticDirectory {
             let mut waited = false;
             loop {
                 let mut rx = {
-                    let mut rt = entry.runtime.lock().map_err(|_| {
-                        DirectoryError::new(tonic::Code::Internal, "static actor state poisoned")
-                    })?;
+                    let mut rt = entry.runtime.lock();
                     match rt.state {
                         ActorState::Running => {
                             return Ok(ResumeOutcome {
@@ -538,7 +526,8 @@ impl ActorDirectory for StaticDirectory {
                             let e = entry.clone();
                             tokio::spawn(async move {
                                 tokio::time::sleep(delay).await;
-                                if let Ok(mut rt) = e.runtime.lock() {
+                                {
+                                    let mut rt = e.runtime.lock();
                                     rt.state = ActorState::Running;
                                     rt.resuming = None;
                                 }
@@ -576,7 +565,7 @@ impl ActorDirectory for StaticDirectory {
     }
 
     fn list(&self, atespace: &str, page_size: i32, page_token: &str) -> DirFuture<ActorPage> {
-        let snap = self.inner.snapshot.load();
+        let snap = self.inner.state.snapshot.load();
         let size = if page_size <= 0 {
             100
         } else {
@@ -621,7 +610,7 @@ impl ActorDirectory for StaticDirectory {
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.inner.changes.subscribe())
+        Some(self.inner.state.changes.subscribe())
     }
 }
 
