@@ -21,11 +21,11 @@ use std::path::Path;
 use identity::tls::ServerTlsFiles;
 use ingress::config::{EchoWorkerConfig, IngressConfig, IngressSettings};
 use routing_core::config::{
-    DIRECTORY_SECTION, DirectoryConfig, ResolverConfig, RoutingConfig, WorkerMode, parse_yaml,
-    read_file,
+    DIRECTORY_SECTION, DirectoryConfig, ResolverConfig, RoutingConfig, WorkerMode,
 };
 use routing_core::field_error::{FieldError, FieldErrors};
 use routing_core::{Extractor, ResolverSettings, WorkerTransport};
+use runtime::config::{parse_yaml, read_file};
 use serde::{Deserialize, Serialize};
 
 pub use admin::{AdminConfig, ReadinessConfig};
@@ -101,7 +101,8 @@ pub enum ConfigError {
 
 /// Reads and validates the config file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = read_file(path).map_err(|m| ConfigError::Invalid(FieldError::new("", m).into()))?;
+    let text = read_file(path)
+        .map_err(|e| ConfigError::Invalid(FieldError::new("", e.to_string()).into()))?;
     let config = parse(&text).map_err(ConfigError::Invalid)?;
     validate(config, path).map_err(ConfigError::Invalid)
 }

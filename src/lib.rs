@@ -3,8 +3,9 @@
 //! ([`admin`]) and logging ([`telemetry`]). `src/main.rs` is the CLI over it; tests run the app
 //! in process with [`app::App::start`].
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod config;
-mod resolve_endpoint;
 pub mod telemetry;

@@ -252,6 +252,13 @@ async fn readyz_reflects_exactly_the_registered_checks() {
     let (status, verbose, checks) = registered_checks(admin).await;
     assert_eq!((status, verbose.as_str()), (200, "ready\n"));
     assert_eq!(checks, serde_json::json!({}));
+    let (_, statusz) = get(admin, "/statusz?format=json").await.unwrap();
+    let statusz: serde_json::Value = serde_json::from_str(&statusz).unwrap();
+    assert_eq!(
+        statusz["directory"],
+        serde_json::json!({"kind": "none"}),
+        "/statusz names the directory kind none"
+    );
     app.shutdown().await;
 
     // admin and ingress over an ateapi directory: the directory check, and only it.

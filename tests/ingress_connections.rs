@@ -25,11 +25,6 @@ fn static_config(worker: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// Every await on the network is bounded by [`BOUND`].
-async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    within(BOUND, what, f).await
-}
-
 /// Writes `request`, shuts down the write side (a half-close) and reads until the server closes.
 async fn half_closed_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
@@ -38,7 +33,8 @@ async fn half_closed_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     s.write_all(request.as_bytes()).await.unwrap();
     s.shutdown().await.unwrap();
     let mut out = Vec::new();
-    bounded(
+    within(
+        BOUND,
         "reading the answer to a half-closed request until the server closes",
         s.read_to_end(&mut out),
     )
@@ -172,7 +168,7 @@ async fn a_worker_response_with_content_length_and_chunked_is_relayed_by_its_chu
     // Twice per client: the second request rides the same (still coherent) connection.
     for (name, client) in [("http/1.1", &h1), ("h2c", &h2c)] {
         for round in 0..2 {
-            let resp = bounded("response", client.request(req()))
+            let resp = within(BOUND, "response", client.request(req()))
                 .await
                 .unwrap_or_else(|e| panic!("{name} round {round}: {e:?}"));
             assert_eq!(resp.status(), 200, "{name}");
@@ -183,7 +179,7 @@ async fn a_worker_response_with_content_length_and_chunked_is_relayed_by_its_chu
                 Some(&b"3"[..]),
                 "{name}: the stale length is not relayed"
             );
-            let body = bounded("body", resp.into_body().collect())
+            let body = within(BOUND, "body", resp.into_body().collect())
                 .await
                 .unwrap_or_else(|e| panic!("{name} round {round}: body: {e:?}"))
                 .to_bytes();
@@ -199,7 +195,7 @@ async fn a_worker_response_with_content_length_and_chunked_is_relayed_by_its_chu
     .await
     .unwrap();
     let mut out = Vec::new();
-    bounded("raw response", s.read_to_end(&mut out))
+    within(BOUND, "raw response", s.read_to_end(&mut out))
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
@@ -341,7 +337,8 @@ async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     let opened = Instant::now();
     let tcp = TcpStream::connect(gw.http()).await.unwrap();
     let mut h2 = RawH2::start(tcp).await;
-    let at = bounded(
+    let at = within(
+        BOUND,
         "GOAWAY and close of an idle h2c connection",
         goaway_then_close(&mut h2),
     )
@@ -356,7 +353,8 @@ async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     let tls = tls_connect(&dir.path().join("ca.crt"), gw.https(), b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut h2 = RawH2::start(tls).await;
-    bounded(
+    within(
+        BOUND,
         "GOAWAY and close of an idle h2 TLS connection",
         goaway_then_close(&mut h2),
     )
@@ -381,7 +379,7 @@ async fn an_open_http2_stream_is_not_cut_by_the_idle_timeout() {
     let mut status_seen = false;
     let mut body = Vec::new();
     loop {
-        let f = bounded("frames of the open stream", h2.next())
+        let f = within(BOUND, "frames of the open stream", h2.next())
             .await
             .expect("the connection was closed while the stream was open");
         match f.kind {
@@ -405,7 +403,12 @@ async fn an_open_http2_stream_is_not_cut_by_the_idle_timeout() {
     assert!(opened.elapsed() >= Duration::from_millis(2500));
     // Idle again: now it goes.
     let ended = Instant::now();
-    let at = bounded("GOAWAY after the stream ended", goaway_then_close(&mut h2)).await;
+    let at = within(
+        BOUND,
+        "GOAWAY after the stream ended",
+        goaway_then_close(&mut h2),
+    )
+    .await;
     assert!(at - ended >= Duration::from_millis(900), "{:?}", at - ended);
 }
 
@@ -427,7 +430,7 @@ async fn idle_http1_connections_are_closed_by_the_same_timeout() {
     let mut out = Vec::new();
     let mut chunk = [0u8; 4096];
     while !out.ends_with(b"hello\n") {
-        let n = bounded("the keep-alive response", s.read(&mut chunk))
+        let n = within(BOUND, "the keep-alive response", s.read(&mut chunk))
             .await
             .unwrap();
         assert!(
@@ -440,7 +443,8 @@ async fn idle_http1_connections_are_closed_by_the_same_timeout() {
     assert!(out.starts_with(b"HTTP/1.1 200"));
     let answered = Instant::now();
     let mut rest = Vec::new();
-    bounded(
+    within(
+        BOUND,
         "close of an idle keep-alive connection",
         s.read_to_end(&mut rest),
     )
@@ -452,9 +456,13 @@ async fn idle_http1_connections_are_closed_by_the_same_timeout() {
     // A connection that never sends a byte is closed too.
     let mut s = TcpStream::connect(gw.http()).await.unwrap();
     let mut rest = Vec::new();
-    bounded("close of a silent connection", s.read_to_end(&mut rest))
-        .await
-        .unwrap();
+    within(
+        BOUND,
+        "close of a silent connection",
+        s.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
     assert!(rest.is_empty());
 }
 

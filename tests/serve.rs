@@ -46,8 +46,8 @@ fn demo_config(dir: &std::path::Path) -> std::path::PathBuf {
         })
         .collect();
     assert_eq!(
-        moved, 4,
-        "admin, grpc, ingress.http and echo_worker listeners:\n{text}"
+        moved, 5,
+        "admin, grpc, ingress.http, ingress.resolve and echo_worker listeners:\n{text}"
     );
     std::fs::write(dir.join("actorgate.yaml"), text).unwrap();
     std::fs::copy(local.join("actors.yaml"), dir.join("actors.yaml")).unwrap();
@@ -60,12 +60,24 @@ async fn demo_config_serves_readyz_metrics_and_the_simulator() {
     let mut gw = Gateway::start(&demo_config(dir.path())).await;
     gw.wait_ready().await;
     let admin = gw.admin;
-    for listener in ["grpc", "ingress_http", "echo_worker"] {
+    for listener in ["grpc", "ingress_http", "ingress_resolve", "echo_worker"] {
         assert!(gw.addr(listener).ip().is_loopback(), "{listener}");
     }
 
     let (status, body) = get(admin, "/readyz").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ready\n"));
+    // The README's resolve line: the demo serves the nginx example's resolve listener.
+    let (status, headers, _) = request(
+        gw.addr("ingress_resolve"),
+        "/resolve",
+        &[("ate-target-actor", "demo/hello")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["x-gateway-destination-endpoint"], "127.0.0.1:18080",
+        "the demo actors' endpoint"
+    );
     let (status, metrics) = get(admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(metric(&metrics, "actorgate_directory_up", &[]), 1.0);

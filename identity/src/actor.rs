@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 /// A verified actor identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ActorIdentity {
+    /// The atespace (Kubernetes namespace-like scope) the actor lives in; a DNS-1123 label.
     pub atespace: String,
+    /// The actor's name within its atespace; a DNS-1123 label.
     pub name: String,
     /// The actor's uid, when the credential carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -16,7 +18,9 @@ pub struct ActorIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} {value:?} is not a DNS-1123 label")]
 pub struct InvalidName {
+    /// Which part was invalid (`atespace` or `name`).
     pub what: &'static str,
+    /// The rejected value.
     pub value: String,
 }
 

@@ -17,15 +17,21 @@ pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Why an assertion was refused. Every `Display` is one line of plain text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AssertionError {
+    /// The assertion is not a valid token.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The assertion carries no `dst` claim.
     #[error("assertion has no dst")]
     MissingDst,
+    /// The assertion names another destination than the one being connected to.
     #[error("assertion dst {asserted} does not match the destination {actual}")]
     DstMismatch {
+        /// The `dst` claim.
         asserted: String,
+        /// Where the connection actually goes.
         actual: SocketAddr,
     },
+    /// The assertion's `jti` was seen before, or the replay cache is full.
     #[error(transparent)]
     Replay(#[from] ReplayError),
 }
@@ -64,6 +70,7 @@ pub struct AssertionVerifier {
 }
 
 impl AssertionVerifier {
+    /// A verifier of assertions remembering up to `replay_capacity` token ids (until they expire).
     pub fn new(verifier: Verifier, replay_capacity: usize) -> Self {
         Self {
             verifier,

@@ -8,7 +8,6 @@
 
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::actor::ActorIdentity;
@@ -22,9 +21,13 @@ const MAX_EXTENSION_BYTES: usize = 4096;
 /// Who a peer certificate names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerIdentity {
+    /// An actor certificate (`spiffe://<td>/atespace/<atespace>/actor/<name>`).
     Actor(ActorIdentity),
+    /// A platform component certificate (`spiffe://<td>/ns/<namespace>/sa/<service-account>`).
     Component {
+        /// The component's Kubernetes namespace.
         namespace: String,
+        /// The component's Kubernetes service account.
         service_account: String,
         /// The full SPIFFE ID, for allow-lists.
         spiffe_id: String,
@@ -35,26 +38,47 @@ pub enum PeerIdentity {
 /// tests can tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertIdentityError {
+    /// The peer sent no certificate.
     #[error("no peer certificate")]
     NoCertificate,
+    /// The certificate (or one of its extensions) is not valid DER.
     #[error("certificate does not parse: {0}")]
     Unparsable(String),
+    /// The leaf is a CA certificate (basic constraints `CA:TRUE`).
     #[error("a CA certificate is not accepted as a leaf")]
     CaAsLeaf,
+    /// The leaf lacks the client-auth extended key usage.
     #[error("certificate lacks the client-auth extended key usage")]
     MissingClientAuth,
+    /// The leaf has no `spiffe://` URI SAN.
     #[error("certificate has no SPIFFE URI SAN")]
     NoSpiffeId,
+    /// The leaf has this many `spiffe://` URI SANs; exactly one is allowed.
     #[error("certificate has {0} SPIFFE URI SANs; exactly one is allowed")]
     MultipleSpiffeIds(usize),
+    /// The SPIFFE URI SAN is not an actor or component ID.
     #[error("invalid SPIFFE ID: {0}")]
     BadSpiffeId(#[from] SpiffeError),
+    /// The SPIFFE ID's trust domain is not the configured one.
     #[error("trust domain {found:?} is not {expected:?}")]
-    WrongTrustDomain { expected: String, found: String },
+    WrongTrustDomain {
+        /// The configured trust domain.
+        expected: String,
+        /// The certificate's trust domain.
+        found: String,
+    },
+    /// The ActorIdentity extension is oversized, not JSON, or inconsistent (purpose, uid).
     #[error("invalid ActorIdentity extension: {0}")]
     BadExtension(String),
+    /// The ActorIdentity extension names another actor than the SPIFFE ID.
     #[error("ActorIdentity extension names {extension}, SPIFFE ID names {spiffe}")]
-    ExtensionMismatch { extension: String, spiffe: String },
+    ExtensionMismatch {
+        /// `<atespace>/<name>` from the extension.
+        extension: String,
+        /// `<atespace>/<name>` from the SPIFFE ID.
+        spiffe: String,
+    },
+    /// A component certificate where an actor certificate is required.
     #[error("certificate names a component, not an actor")]
     NotAnActor,
 }
@@ -174,25 +198,12 @@ fn check_leaf(cert: &X509Certificate<'_>) -> Result<(), CertIdentityError> {
     }
 }
 
-fn single_spiffe_uri<'a>(cert: &'a X509Certificate<'a>) -> Result<&'a str, CertIdentityError> {
-    let san = cert
-        .subject_alternative_name()
+fn single_spiffe_uri<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, CertIdentityError> {
+    let uris = runtime::listener::spiffe_uris(cert)
         .map_err(|e| CertIdentityError::Unparsable(e.to_string()))?;
-    let uris: Vec<&str> = san
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|g| match g {
-                    GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     match uris.as_slice() {
         [] => Err(CertIdentityError::NoSpiffeId),
-        [one] => Ok(one),
+        [one] => Ok(*one),
         many => Err(CertIdentityError::MultipleSpiffeIds(many.len())),
     }
 }

@@ -17,18 +17,26 @@ use crate::spiffe;
 /// Errors creating, loading or writing development certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum DevCaError {
+    /// rcgen could not generate a key or certificate.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A CA file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// An output file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file.
         path: String,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// A name is not usable in a certificate (DNS name, atespace or actor name).
     #[error("invalid name {0:?}")]
     BadName(String),
 }
@@ -36,7 +44,9 @@ pub enum DevCaError {
 /// A certificate and its private key, PEM encoded.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// The certificate, PEM.
     pub cert_pem: String,
+    /// Its private key, PKCS#8 PEM.
     pub key_pem: String,
 }
 

@@ -30,7 +30,9 @@ pub enum JwksSource {
     File(PathBuf),
     /// An `https://` URL (or `http://` for local development), with an optional CA bundle.
     Url {
+        /// The JWKS URL.
         url: String,
+        /// CA bundle (PEM) to verify the server with, instead of the system roots.
         ca_file: Option<PathBuf>,
     },
     /// Fixed keys (tests).
@@ -40,12 +42,21 @@ pub enum JwksSource {
 /// JWKS problems.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JwksError {
+    /// The JWKS file could not be read (path and reason).
     #[error("cannot read JWKS {0}")]
     Read(String),
+    /// The JWKS URL could not be fetched.
     #[error("cannot fetch JWKS {url}: {reason}")]
-    Fetch { url: String, reason: String },
+    Fetch {
+        /// The URL.
+        url: String,
+        /// Why (connection, TLS, HTTP status, size).
+        reason: String,
+    },
+    /// The document is not a JWKS.
     #[error("invalid JWKS: {0}")]
     Parse(String),
+    /// The JWKS holds no key actorgate can verify with (ES256, EdDSA, RS256 signing keys).
     #[error("JWKS has no usable signing keys")]
     Empty,
 }
@@ -53,15 +64,20 @@ pub enum JwksError {
 /// A usable verification key.
 #[derive(Clone)]
 pub struct VerifyKey {
+    /// The algorithm this key verifies (from the JWK's `alg` or key type).
     pub alg: Algorithm,
+    /// The public key.
     pub key: Arc<DecodingKey>,
 }
 
 /// Refresh bookkeeping, for status pages.
 #[derive(Debug, Clone)]
 pub struct KeySetStatus {
+    /// Usable keys in the set.
     pub keys: usize,
+    /// When the keys were last loaded successfully.
     pub last_refresh: SystemTime,
+    /// The last load error; `None` once a later load succeeds.
     pub last_error: Option<String>,
 }
 

@@ -11,12 +11,21 @@ pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
 /// Key problems.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The algorithm is not ES256, EdDSA or RS256.
     #[error("algorithm {0} is not supported (use ES256, EdDSA or RS256)")]
     Unsupported(String),
+    /// The key could not be generated.
     #[error("key generation failed: {0}")]
     Generate(String),
+    /// The private key does not parse for its algorithm.
     #[error("invalid {} private key: {reason}", algorithm_name(*.alg))]
-    BadKey { alg: Algorithm, reason: String },
+    BadKey {
+        /// The algorithm the key was read for.
+        alg: Algorithm,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The public JWK could not be built.
     #[error("cannot build a JWK: {0}")]
     Jwk(String),
 }

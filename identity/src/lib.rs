@@ -9,6 +9,8 @@
 //! * [`tls`]: rustls server/client configs from files, reloaded without restart.
 //! * [`config`]: the config sections for that TLS material, validated with field paths.
 
+#![warn(missing_docs)]
+
 pub mod actor;
 pub mod assertion;
 pub mod cert;

@@ -9,12 +9,26 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Why a PEM file could not be used; names the file.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PemError {
+    /// The file could not be read.
     #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
+    Read {
+        /// The file.
+        path: String,
+        /// What the system said.
+        reason: String,
+    },
+    /// The file holds no PEM certificate.
     #[error("{path}: no certificate found")]
-    NoCertificate { path: String },
+    NoCertificate {
+        /// The file.
+        path: String,
+    },
+    /// The file holds no PEM private key.
     #[error("{path}: no private key found (want PKCS#8, PKCS#1 or SEC1 PEM)")]
-    NoKey { path: String },
+    NoKey {
+        /// The file.
+        path: String,
+    },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PemError> {

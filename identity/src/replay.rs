@@ -13,8 +13,10 @@ const SHARDS: usize = 16;
 /// Why an id was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
+    /// The token id was already used within its lifetime.
     #[error("token id already used")]
     Replayed,
+    /// The cache holds its capacity of unexpired ids; refused rather than forgetting one.
     #[error("replay cache full")]
     Full,
 }

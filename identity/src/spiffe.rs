@@ -9,15 +9,22 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "substrate-actor.local";
 /// What a SPIFFE ID names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpiffeId {
+    /// An actor: `spiffe://<td>/atespace/<atespace>/actor/<name>`.
     Actor {
+        /// The trust domain.
         trust_domain: String,
+        /// The actor's atespace.
         atespace: String,
+        /// The actor's name.
         name: String,
     },
     /// A Kubernetes workload (the PEP, a tunnel agent, ingress).
     Component {
+        /// The trust domain.
         trust_domain: String,
+        /// The Kubernetes namespace.
         namespace: String,
+        /// The Kubernetes service account.
         service_account: String,
     },
 }
@@ -25,13 +32,16 @@ pub enum SpiffeId {
 /// Why a URI is not an acceptable SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpiffeError {
+    /// The URI does not start with `spiffe://`.
     #[error("not a spiffe:// URI")]
     NotSpiffe,
+    /// The trust domain has characters outside `a-z 0-9 . - _`, or is empty or too long.
     #[error("invalid trust domain {0:?}")]
     BadTrustDomain(String),
     #[error(
         "malformed SPIFFE path {0:?}: want /atespace/<atespace>/actor/<name> or /ns/<namespace>/sa/<name>"
     )]
+    /// The path is neither an actor's nor a component's.
     BadPath(String),
 }
 

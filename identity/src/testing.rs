@@ -9,6 +9,7 @@
 //!   would, for tokens `Signer` refuses to make;
 //! * [`tls_server`]: a TLS server on loopback that reports each connection's handshake outcome
 //!   and verified peer identity;
+//! * [`wait_for_reload`]: wait, reload attempt by reload attempt, until a reloaded value shows;
 //! * [`assert_plain_line`]: a refusal reason is one line of plain text.
 //!
 //! Everything here panics with a message on failure: it is test code.
@@ -26,6 +27,31 @@ use crate::devca::{DevCa, Issued};
 use crate::jwks::{JwksSource, KeySet};
 use crate::keys::{encoding_key, generate_private_key_pem, jwks, public_jwk};
 use crate::{Signer, Verifier, VerifierSettings};
+
+/// Upper bound of [`wait_for_reload`]: a missing reload fails with a message instead of hanging.
+pub const RELOAD_BOUND: Duration = Duration::from_secs(10);
+
+/// Waits, reload attempt by reload attempt (never by sleeping), until `done` holds; panics
+/// naming `what` and the reload status after [`RELOAD_BOUND`]. `done` is checked before the
+/// first wait, so a reload that happened before the call counts.
+pub async fn wait_for_reload(
+    reloader: &runtime::reload::Reloader,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let mut attempts = reloader.attempts();
+    let waited = tokio::time::timeout(RELOAD_BOUND, async {
+        while !done() {
+            attempts.changed().await.expect("the reloader is alive");
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "timed out after {RELOAD_BOUND:?} waiting for {what}; reload status {:?}",
+        reloader.status()
+    );
+}
 
 /// The issuer of test tokens (`iss`), the one [`verifier_for`] accepts.
 pub const ISSUER: &str = "https://issuer.test";

@@ -21,7 +21,6 @@ use rustls::{
     SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use runtime::reload::{DEFAULT_DEBOUNCE, Reloader};
@@ -39,10 +38,18 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// TLS setup problems.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
     #[error(transparent)]
     Pem(#[from] PemError),
+    /// A file's certificate or key was refused by rustls.
     #[error("{path}: {reason}")]
-    BadMaterial { path: String, reason: String },
+    BadMaterial {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The files do not make a valid configuration (e.g. client auth without a CA).
     #[error("TLS configuration: {0}")]
     Config(String),
 }
@@ -51,20 +58,25 @@ pub enum TlsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
+    /// Do not ask for client certificates.
     #[default]
     None,
     /// Verify a certificate when one is sent; allow clients without one.
     Optional,
+    /// Refuse clients without a valid certificate.
     Required,
 }
 
 /// Files and policy of a TLS server.
 #[derive(Debug, Clone)]
 pub struct ServerTlsFiles {
+    /// The server's certificate chain (PEM).
     pub cert_file: PathBuf,
+    /// The server's private key (PEM).
     pub key_file: PathBuf,
     /// CA bundle for client certificates (needed unless `client_auth` is `None`).
     pub client_ca_file: Option<PathBuf>,
+    /// Whether client certificates are asked for and required.
     pub client_auth: ClientAuth,
     /// When set, a client certificate must also carry a valid SPIFFE identity (actor or
     /// component) in this trust domain: checked in the handshake, so such clients never get in.
@@ -87,10 +99,15 @@ pub enum ServerIdentity {
 /// Files and policy of a TLS client.
 #[derive(Debug, Clone)]
 pub struct ClientTlsFiles {
+    /// CA bundle (PEM) the server's certificate must chain to.
     pub ca_file: PathBuf,
+    /// Client certificate chain (PEM), for mTLS.
     pub cert_file: Option<PathBuf>,
+    /// Client private key (PEM), for mTLS.
     pub key_file: Option<PathBuf>,
+    /// What the server's certificate must name.
     pub server_identity: ServerIdentity,
+    /// ALPN protocols to offer, in preference order (e.g. `h2`).
     pub alpn: Vec<Vec<u8>>,
 }
 
@@ -219,24 +236,6 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(ce)
 }
 
-/// The SPIFFE URI SANs of a certificate.
-pub fn spiffe_uris(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|g| match g {
-            GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_owned()),
-            _ => None,
-        })
-        .collect()
-}
-
 impl ServerCertVerifier for SpiffeServerVerifier {
     fn verify_server_cert(
         &self,
@@ -257,9 +256,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             None,
         )
         .map_err(pki_error)?;
-        let uris = spiffe_uris(end_entity);
+        let (_, parsed) = X509Certificate::from_der(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let uris = runtime::listener::spiffe_uris(&parsed)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let ok = match (&self.expect, uris.as_slice()) {
-            (ServerIdentity::Spiffe(want), [one]) => one == want,
+            (ServerIdentity::Spiffe(want), [one]) => *one == want.as_str(),
             // Only well-formed IDs; the prefix ends with '/' (checked when the config was built).
             (ServerIdentity::SpiffePrefix(prefix), [one]) => {
                 crate::spiffe::SpiffeId::parse(one).is_ok() && one.starts_with(prefix.as_str())

@@ -27,9 +27,12 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// The `ate.dev` claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AteClaim {
+    /// The actor's atespace.
     pub atespace: String,
+    /// The actor's name.
     #[serde(rename = "actorName")]
     pub actor_name: String,
+    /// The actor's UID; empty when unknown.
     #[serde(rename = "actorUid", default)]
     pub actor_uid: String,
 }
@@ -91,15 +94,22 @@ impl<'de> Deserialize<'de> for Audience {
 /// The claims of actor tokens and egress assertions (`dst` only in the latter).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// Issuer.
     pub iss: String,
+    /// Subject: the actor's SPIFFE ID.
     pub sub: String,
     /// A string or an array; actor tokens minted here use an array (upstream's form), egress
     /// assertions a string.
     pub aud: Audience,
+    /// Issued at, seconds since the Unix epoch.
     pub iat: u64,
+    /// Not before, seconds since the Unix epoch.
     pub nbf: u64,
+    /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Token id, for replay detection.
     pub jti: String,
+    /// The actor the token speaks for (claim `ate.dev`).
     #[serde(rename = "ate.dev")]
     pub ate: AteClaim,
     /// Egress assertions: the original destination `ip:port`.
@@ -112,10 +122,13 @@ pub struct Claims {
 /// [`printable`] when the error is built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// Not three base64url parts with JSON header and claims.
     #[error("malformed token: {0}")]
     Malformed(String),
+    /// Longer than the accepted maximum.
     #[error("token too large")]
     TooLarge,
+    /// The header's `alg` is not ES256, EdDSA or RS256.
     #[error("algorithm {0} is not accepted (ES256, EdDSA or RS256)")]
     UnsupportedAlgorithm(String),
     /// The header has `crit`: actorgate implements no JWS extension, so RFC 7515 §4.1.11 makes
@@ -125,32 +138,52 @@ pub enum TokenError {
     /// The header has a `crit` that is not a non-empty array of names (RFC 7515 §4.1.11).
     #[error("token header has an invalid crit (must be a non-empty array of names)")]
     InvalidCritical,
+    /// The header has no `kid`.
     #[error("token has no kid")]
     MissingKid,
+    /// No key in the JWKS has this `kid` (after the rate-limited refresh).
     #[error("unknown key id {0}")]
     UnknownKid(String),
+    /// The header's `alg` is not the algorithm of the key its `kid` names.
     #[error("token alg {header} does not match key {kid} ({})", algorithm_name(*.key))]
     AlgorithmMismatch {
+        /// The header's `alg`.
         header: String,
+        /// The key id.
         kid: String,
+        /// The key's algorithm.
         key: Algorithm,
     },
+    /// The signature does not verify.
     #[error("bad signature")]
     BadSignature,
+    /// `aud` does not name this verifier's audience.
     #[error("wrong audience (aud does not name this verifier)")]
     WrongAudience,
+    /// `iss` is not an accepted issuer.
     #[error("wrong issuer")]
     WrongIssuer,
+    /// `exp` has passed (beyond the leeway).
     #[error("token expired")]
     Expired,
+    /// `nbf` is in the future (beyond the leeway).
     #[error("token not yet valid")]
     NotYetValid,
+    /// `iat` is in the future (beyond the leeway).
     #[error("token issued in the future")]
     IssuedInFuture,
+    /// `exp - iat` is longer than the verifier allows.
     #[error("token lifetime {lifetime}s exceeds {max}s")]
-    LifetimeTooLong { lifetime: u64, max: u64 },
+    LifetimeTooLong {
+        /// The token's lifetime, seconds.
+        lifetime: u64,
+        /// The allowed maximum, seconds.
+        max: u64,
+    },
+    /// A required claim is missing or malformed (its name).
     #[error("missing or invalid claim {0}")]
     BadClaim(&'static str),
+    /// `sub` is not the SPIFFE ID of the actor in `ate.dev`.
     #[error("sub does not match ate.dev")]
     SubjectMismatch,
 }
@@ -308,7 +341,9 @@ pub struct VerifierSettings {
 /// A token that passed every check.
 #[derive(Debug, Clone)]
 pub struct Verified {
+    /// The actor the token speaks for.
     pub actor: ActorIdentity,
+    /// All verified claims.
     pub claims: Claims,
 }
 
@@ -442,6 +477,7 @@ fn algorithm_named(s: &str) -> Option<Algorithm> {
 }
 
 impl Verifier {
+    /// A verifier over `keys`; the leeway is capped at [`MAX_LEEWAY`].
     pub fn new(keys: Arc<KeySet>, settings: VerifierSettings) -> Self {
         let leeway = settings.leeway.min(MAX_LEEWAY).as_secs();
         Self {

@@ -11,10 +11,6 @@ use identity::tls::{ClientAuth, ReloadableServerConfig, ServerTlsFiles};
 use identity::token::TokenError;
 use identity::{ActorIdentity, Verifier, VerifierSettings};
 use jsonwebtoken::Algorithm;
-use runtime::reload::Reloader;
-
-/// Upper bound of every wait: a missing reload fails with a message instead of hanging.
-const BOUND: Duration = Duration::from_secs(10);
 
 fn actor() -> ActorIdentity {
     ActorIdentity::new("team-a", "agent-7", Some("uid-7".into())).expect("a valid actor")
@@ -24,22 +20,6 @@ fn token(key: &TestKey) -> String {
     key.signer()
         .actor_token(&actor(), AUDIENCE, Duration::from_secs(60))
         .expect("sign a test token")
-}
-
-/// Waits, reload attempt by reload attempt (never by sleeping), until `done` holds.
-async fn wait_for_reload(reloader: &Reloader, what: &str, done: impl Fn() -> bool) {
-    let mut attempts = reloader.attempts();
-    let waited = tokio::time::timeout(BOUND, async {
-        while !done() {
-            attempts.changed().await.expect("the reloader is alive");
-        }
-    })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "timed out after {BOUND:?} waiting for {what}; reload status {:?}",
-        reloader.status()
-    );
 }
 
 #[tokio::test]

@@ -339,6 +339,7 @@ async fn server_certificate_rotation_applies_to_new_handshakes_only() {
     let old_cert = presented(&old_conn);
 
     // Replace the server's files with a new certificate (write-then-rename, both files).
+    let mut attempts = tls.reloader().attempts();
     let fresh = p.issue_localhost();
     let staging = p.path("staging");
     std::fs::create_dir_all(&staging).unwrap();
@@ -346,19 +347,20 @@ async fn server_certificate_rotation_applies_to_new_handshakes_only() {
     std::fs::rename(staging.join("server.key"), p.path("server.key")).unwrap();
     std::fs::rename(staging.join("server.crt"), p.path("server.crt")).unwrap();
 
-    let mut rotated = None;
-    for _ in 0..100 {
-        let conn = connect(addr, &client).await;
-        if presented(&conn) != old_cert {
-            rotated = Some(conn);
-            break;
+    // One handshake per reload attempt (the key and certificate may land in two), until one
+    // presents the new certificate.
+    tokio::time::timeout(RELOAD_BOUND, async {
+        while presented(&connect(addr, &client).await) == old_cert {
+            attempts.changed().await.expect("the reloader is alive");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        rotated.is_some(),
-        "a new handshake presented the new certificate"
-    );
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no handshake presented the new certificate within {RELOAD_BOUND:?}; {:?}",
+            tls.status()
+        )
+    });
     assert!(tls.last_error().is_none());
 
     // The connection made before the rotation still works and still has the old certificate.
@@ -374,12 +376,12 @@ async fn server_certificate_rotation_applies_to_new_handshakes_only() {
 
     // A broken replacement keeps the current material.
     std::fs::write(p.path("server.crt"), "not a certificate").unwrap();
-    for _ in 0..100 {
-        if tls.last_error().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_reload(
+        tls.reloader(),
+        "the broken certificate to be reported",
+        || tls.last_error().is_some(),
+    )
+    .await;
     assert!(
         tls.last_error().unwrap().contains("server.crt"),
         "{:?}",

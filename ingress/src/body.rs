@@ -71,9 +71,12 @@ pub enum UpstreamBody {
     /// The client's body, streamed as it arrives; `progress` records whether it is stalled on
     /// the client (see [`BodyProgress`]).
     Client {
+        /// The client's request body.
         body: Incoming,
+        /// Where the proxy reads whether the body is stalled on the client; `None`: not tracked.
         progress: Option<Arc<BodyProgress>>,
     },
+    /// No body.
     Empty,
 }
 
@@ -138,6 +141,7 @@ pin_project_lite::pin_project! {
 pub struct IdleElapsed(pub Duration);
 
 impl IdleTimeout {
+    /// `inner` failing with [`IdleElapsed`] once no frame arrived for `idle`.
     pub fn new(inner: Incoming, idle: Duration) -> Self {
         Self {
             inner,
@@ -184,9 +188,13 @@ impl Body for IdleTimeout {
 
 pin_project_lite::pin_project! {
     /// The response body sent to the client.
+    // pin-project-lite takes no doc comments on enum variant fields (`body`).
+    #[allow(missing_docs)]
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
+        /// A worker's streaming body.
         Upstream { #[pin] body: IdleTimeout },
+        /// A body generated here, held in full.
         Full { #[pin] body: Full<Bytes> },
     }
 }
@@ -204,6 +212,7 @@ impl ProxyBody {
             body: Full::new(s.into()),
         }
     }
+    /// No body.
     pub fn empty() -> Self {
         Self::text(Bytes::new())
     }

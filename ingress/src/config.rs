@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use identity::config::{ClientTlsConfig, ServerTlsConfig};
 use identity::tls::{ClientTlsFiles, ServerTlsFiles};
-use routing_core::config::{check_duration, socket_addr};
 use runtime::config::FieldErrors;
+use runtime::config::{check_duration, socket_addr};
 use serde::{Deserialize, Serialize};
 
 use crate::{ListenerLimits, ProxySettings, UpstreamProtocol};
@@ -338,7 +338,7 @@ impl EchoWorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use routing_core::config::parse_yaml;
+    use runtime::config::parse_yaml;
 
     fn paths(errs: &FieldErrors) -> Vec<&str> {
         errs.iter().map(|e| e.path.as_str()).collect()

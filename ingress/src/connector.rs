@@ -30,6 +30,8 @@ pub struct WorkerConnector {
 }
 
 impl WorkerConnector {
+    /// A connector over `http` (TCP), with TLS from `tls` when given; `h2` picks the ALPN offer,
+    /// `handshake_timeout` bounds the TLS handshake.
     pub fn new(
         http: HttpConnector,
         tls: Option<Arc<ReloadableClientConfig>>,

@@ -20,13 +20,14 @@
 //!
 //! One Envoy ExtProc service serves both directions: the binary's dispatcher reads the
 //! `direction` value in the `actorgate` filter metadata of a stream's first message ([`direction`];
-//! `ingress` when absent) and hands the stream to that direction's handler — [`IngressExtProc`]
-//! for ingress. A direction without a handler is answered [`direction_unsupported`]; the ingress
-//! handler gives the same answer to a request marked with another direction. [`ExtProcService`]
-//! serves the ingress handler alone as a tonic service.
+//! `ingress` when absent), once per stream ([`by_first_message`]), and hands the stream to that
+//! direction's handler — [`IngressExtProc`] for ingress, which does not look at directions again.
+//! A direction without a handler is answered [`direction_unsupported`]. [`ExtProcService`]
+//! serves the ingress handler alone as a tonic service, as a dispatcher with one direction.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::service::ext_proc::v3 as ep;
@@ -38,6 +39,7 @@ use routing_core::wire::name::{
     GATEWAY_DESTINATION_ENDPOINT, SOURCE_ACTOR, TARGET_ACTOR, TARGET_PORT,
 };
 use routing_core::{Resolver, Route, RouteError, WorkerTransport};
+use tokio::time::Instant;
 
 use ep::processing_request::Request as Phase;
 use ep::processing_response::Response as Answer;
@@ -48,25 +50,62 @@ pub use routing_core::wire::name::{
     ACTORGATE_NAMESPACE, DIRECTION_KEY, INGRESS_DIRECTION, LB_NAMESPACE,
 };
 /// How long a stream may stay open before its request_headers are answered (the stream ends
-/// then). Envoy sends request_headers as the stream's first message, so only a stalled,
-/// misconfigured or hostile client reaches this.
-const STREAM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// then), counted from the stream's opening. Envoy sends request_headers as the stream's first
+/// message, so only a stalled, misconfigured or hostile client reaches this.
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The messages of one ExtProc stream, as a direction handler receives them.
+/// The messages of one ExtProc stream, as a direction handler receives them (the binary's
+/// dispatcher and every direction handler use this one type).
 pub type Inbound = Pin<Box<dyn Stream<Item = Result<ep::ProcessingRequest, tonic::Status>> + Send>>;
 /// The answers of one ExtProc stream, as a direction handler produces them.
 pub type AnswerStream =
     Pin<Box<dyn Stream<Item = Result<ep::ProcessingResponse, tonic::Status>> + Send>>;
 
+/// Answers a stream by its first message, without a task: waits for the first message until
+/// `opened + limit`, then answers the whole stream with `pick(first, rest)` (put the first
+/// message back in front of `rest` with [`put_back`] to hand the stream on). A stream that ends
+/// before its first message gets no answer; a read error ends it with that status, and the
+/// deadline with DEADLINE_EXCEEDED (never OK, so Envoy never sends a request on unrouted).
+pub fn by_first_message(
+    mut inbound: Inbound,
+    opened: Instant,
+    limit: Duration,
+    pick: impl FnOnce(ep::ProcessingRequest, Inbound) -> AnswerStream + Send + 'static,
+) -> AnswerStream {
+    use futures_util::StreamExt;
+    // The first message is read in the answer stream, so the response starts at once.
+    let answers = futures_util::stream::once(async move {
+        let first = tokio::time::timeout_at(opened + limit, inbound.next()).await;
+        let single = |r| -> AnswerStream { Box::pin(futures_util::stream::iter([r])) };
+        match first {
+            Ok(Some(Ok(first))) => pick(first, inbound),
+            Ok(None) => Box::pin(futures_util::stream::empty()),
+            Ok(Some(Err(status))) => single(Err(status)),
+            Err(_) => single(Err(tonic::Status::deadline_exceeded(format!(
+                "no message within {limit:?} of opening the stream"
+            )))),
+        }
+    })
+    .flatten();
+    Box::pin(answers)
+}
+
+/// The whole stream again: `first` followed by `rest`.
+pub fn put_back(first: ep::ProcessingRequest, rest: Inbound) -> Inbound {
+    use futures_util::StreamExt;
+    Box::pin(futures_util::stream::once(std::future::ready(Ok(first))).chain(rest))
+}
+
 /// The ingress direction's ExtProc handler over a resolver: one stream in, its answers out.
 #[derive(Clone)]
 pub struct IngressExtProc {
     resolver: Resolver,
-    stream_deadline: std::time::Duration,
+    stream_deadline: Duration,
 }
 
 impl IngressExtProc {
-    /// A handler resolving with `resolver`; streams get 30 s to carry their request_headers.
+    /// A handler resolving with `resolver`; streams get 30 s from their opening to carry their
+    /// request_headers.
     pub fn new(resolver: Resolver) -> Self {
         Self {
             resolver,
@@ -75,8 +114,9 @@ impl IngressExtProc {
     }
 
     /// Overrides how long a stream may stay open before its request_headers are answered
-    /// (default 30 s), counted from [`IngressExtProc::process`].
-    pub fn with_stream_deadline(mut self, deadline: std::time::Duration) -> Self {
+    /// (default [`STREAM_DEADLINE`]), counted from the stream's opening (the `opened` given to
+    /// [`IngressExtProc::process`]).
+    pub fn with_stream_deadline(mut self, deadline: Duration) -> Self {
         self.stream_deadline = deadline;
         self
     }
@@ -98,7 +138,7 @@ impl ExtProcService {
     }
 
     /// See [`IngressExtProc::with_stream_deadline`].
-    pub fn with_stream_deadline(mut self, deadline: std::time::Duration) -> Self {
+    pub fn with_stream_deadline(mut self, deadline: Duration) -> Self {
         self.handler = self.handler.with_stream_deadline(deadline);
         self
     }
@@ -147,6 +187,13 @@ pub fn direction(req: &ep::ProcessingRequest) -> Option<&str> {
             Some(Kind::StringValue(s)) => Some(s.as_str()),
             _ => None,
         })
+}
+
+/// The answers to a stream of a direction nobody handles, given its first message: one
+/// [`direction_unsupported`], or nothing in observability mode; the stream ends.
+pub fn unsupported(first: &ep::ProcessingRequest) -> AnswerStream {
+    let answer = (!first.observability_mode).then(|| Ok(direction_unsupported()));
+    Box::pin(futures_util::stream::iter(answer))
 }
 
 /// The answer to a request of a direction nobody handles here: 501 `egress mode is not
@@ -270,7 +317,7 @@ pub struct Reply {
     pub done: bool,
 }
 
-/// Answers one message of a stream.
+/// Answers one message of an ingress stream (directions are the dispatcher's business).
 pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
     let done = matches!(req.request, Some(Phase::RequestHeaders(_)));
     // Observability mode: Envoy does not wait for answers, so nothing is resolved (no resume
@@ -284,37 +331,33 @@ pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
     };
     let answer = match &req.request {
         Some(Phase::RequestHeaders(h)) => {
-            if direction(&req).unwrap_or(INGRESS_DIRECTION) != INGRESS_DIRECTION {
-                Some(direction_unsupported())
-            } else {
-                let headers = h
-                    .headers
-                    .as_ref()
-                    .map(|m| m.headers.as_slice())
-                    .unwrap_or_default();
-                // The rules every front shares (routing_core::validate): one authority, valid
-                // and without userinfo, agreeing with any Host (after `:scheme`'s default
-                // port); the target header fails closed; the target is extracted once.
-                let mut input = MetaInput {
-                    authority_must_match_host: true,
-                    ..MetaInput::default()
-                };
-                for hv in headers {
-                    input.push_header(&hv.key, header_value(hv));
-                }
-                Some(match input.validate_target(resolver.extractor()) {
-                    Ok(validated) => match validated.route(resolver).await {
-                        Ok(route) => route_answer(&route, &resolver.settings().worker_transport),
-                        Err(e) => route_error_answer(&e),
-                    },
-                    Err(e) => immediate_answer(
-                        e.http_status(),
-                        e.grpc_code(),
-                        e.client_message(),
-                        &format!("actorgate_{}", e.outcome()),
-                    ),
-                })
+            let headers = h
+                .headers
+                .as_ref()
+                .map(|m| m.headers.as_slice())
+                .unwrap_or_default();
+            // The rules every front shares (routing_core::validate): one authority, valid
+            // and without userinfo, agreeing with any Host (after `:scheme`'s default
+            // port); the target header fails closed; the target is extracted once.
+            let mut input = MetaInput {
+                authority_must_match_host: true,
+                ..MetaInput::default()
+            };
+            for hv in headers {
+                input.push_header(&hv.key, header_value(hv));
             }
+            Some(match input.validate_target(resolver.extractor()) {
+                Ok(validated) => match validated.route(resolver).await {
+                    Ok(route) => route_answer(&route, &resolver.settings().worker_transport),
+                    Err(e) => route_error_answer(&e),
+                },
+                Err(e) => immediate_answer(
+                    e.http_status(),
+                    e.grpc_code(),
+                    e.client_message(),
+                    &format!("actorgate_{}", e.outcome()),
+                ),
+            })
         }
         Some(Phase::ResponseHeaders(_)) => Some(ep::ProcessingResponse {
             response: Some(Answer::ResponseHeaders(continue_headers())),
@@ -351,12 +394,15 @@ impl IngressExtProc {
     /// answer. The stream ends OK after the request_headers answer, or when Envoy closes it. A
     /// read error (undecodable or oversized message, no request_headers before the stream
     /// deadline) ends it with an error status, never OK: an OK end before the headers are
-    /// answered would let Envoy send the request on unrouted.
-    pub fn process(&self, inbound: Inbound) -> AnswerStream {
+    /// answered would let Envoy send the request on unrouted. `opened` is when the stream
+    /// opened: the stream deadline counts from it, so time a dispatcher spent waiting for the
+    /// first message is not granted twice. Directions are not looked at: the dispatcher handed
+    /// this stream to ingress.
+    pub fn process(&self, inbound: Inbound, opened: Instant) -> AnswerStream {
         use futures_util::StreamExt;
         let resolver = self.resolver.clone();
         let limit = self.stream_deadline;
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = opened + limit;
         let out = futures_util::stream::unfold(
             (Some(inbound), resolver),
             move |(inbound, resolver)| async move {
@@ -398,8 +444,21 @@ impl ep::external_processor_server::ExternalProcessor for ExtProcService {
         &self,
         request: tonic::Request<tonic::Streaming<ep::ProcessingRequest>>,
     ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
-        Ok(tonic::Response::new(
-            self.handler.process(Box::pin(request.into_inner())),
-        ))
+        let handler = self.handler.clone();
+        let limit = handler.stream_deadline;
+        let opened = Instant::now();
+        // A dispatcher with one direction: other directions get the dispatcher's answer.
+        Ok(tonic::Response::new(by_first_message(
+            Box::pin(request.into_inner()),
+            opened,
+            limit,
+            move |first, rest| {
+                if direction(&first).unwrap_or(INGRESS_DIRECTION) == INGRESS_DIRECTION {
+                    handler.process(put_back(first, rest), opened)
+                } else {
+                    unsupported(&first)
+                }
+            },
+        )))
     }
 }

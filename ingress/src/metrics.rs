@@ -145,6 +145,7 @@ impl IngressMetrics {
         self.upstream_latency.observe(seconds);
     }
 
+    /// Counts one request retried after a worker refused the connection or answered 421.
     pub fn retry(&self) {
         self.retries.inc();
     }

@@ -45,6 +45,7 @@ pub enum UpstreamProtocol {
     /// HTTP/2 (prior knowledge) for gRPC, HTTP/1.1 for everything else.
     #[default]
     Auto,
+    /// HTTP/1.1 for everything.
     Http1,
     /// HTTP/2 prior knowledge for everything except upgrades.
     Http2,
@@ -53,13 +54,18 @@ pub enum UpstreamProtocol {
 /// Proxy tuning.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
+    /// Longest TCP connect to a worker (TLS handshake: twice this, connect included); a refused
+    /// or unreachable worker's route is re-resolved and a bodiless request retried once.
     pub connect_timeout: Duration,
     /// From sending the request to the worker's response headers; past it: 504.
     pub response_timeout: Duration,
     /// Longest pause in a worker's response body; past it the stream is cut.
     pub idle_timeout: Duration,
+    /// Which HTTP version the proxy speaks to workers.
     pub upstream_protocol: UpstreamProtocol,
+    /// How long an idle pooled worker connection is kept.
     pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections kept per worker (HTTP/1.1).
     pub pool_max_idle_per_host: usize,
     /// Most headers a request may carry to the worker, counting those the proxy adds
     /// (`x-forwarded-*`, `forwarded`, `x-request-id`, `ate-target-actor`, …); past it: 431.
@@ -117,7 +123,7 @@ struct Inner {
 pub struct Proxy {
     inner: Arc<Inner>,
     /// Held by upgraded connections (WebSocket tunnels), so a drain waits for them.
-    drain: Option<runtime::DrainSignal>,
+    drain: runtime::DrainSignal,
 }
 
 /// The parts of a request needed to send it again.
@@ -179,11 +185,14 @@ fn default_port(uri: &Uri) -> Option<u16> {
 impl Proxy {
     /// Builds the proxy and its pooled worker clients. With `worker_tls`, workers are dialed over
     /// TLS (the worker agent's mTLS), checked against that config's expected identity.
+    /// Upgraded connections (WebSocket tunnels) are spawned under `drain`, so a shutdown waits
+    /// for them, and one still open at the drain deadline is closed (and counted by the drain).
     pub fn new(
         resolver: Resolver,
         settings: ProxySettings,
         metrics: IngressMetrics,
         worker_tls: Option<Arc<ReloadableClientConfig>>,
+        drain: runtime::DrainSignal,
     ) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(settings.connect_timeout));
@@ -217,16 +226,8 @@ impl Proxy {
                 settings,
                 metrics,
             }),
-            drain: None,
+            drain,
         }
-    }
-
-    /// Makes upgraded connections (WebSocket tunnels) work the drain waits for: at the drain
-    /// deadline a tunnel still open is closed (and counted by the drain). Without it they run
-    /// until either side closes.
-    pub fn with_drain(mut self, drain: runtime::DrainSignal) -> Self {
-        self.drain = Some(drain);
-        self
     }
 
     /// The resolver behind the proxy.
@@ -655,10 +656,7 @@ impl Proxy {
                     remove_hop_by_hop(&mut rp.headers, true);
                     rp.headers.insert(&REQUEST_ID, request_id.clone());
                     rp.version = Version::HTTP_11;
-                    match &self.drain {
-                        Some(drain) => drop(drain.spawn(tunnel(down, up))),
-                        None => drop(tokio::spawn(tunnel(down, up))),
-                    }
+                    drop(self.drain.spawn(tunnel(down, up)));
                     self.inner.metrics.request(101, Outcome::Upgraded);
                     Response::from_parts(rp, ProxyBody::empty())
                 }

@@ -25,10 +25,12 @@ pub struct RouterService {
 }
 
 impl RouterService {
+    /// A Router service answering from `resolver`.
     pub fn new(resolver: Resolver) -> Self {
         Self { resolver }
     }
 
+    /// The tonic server for this service.
     pub fn into_server(self) -> RouterServer<Self> {
         RouterServer::new(self)
     }

@@ -11,12 +11,25 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// `invalid actor reference`), but useful in config errors and logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActorRefError {
+    /// A part is empty.
     #[error("{what} is empty")]
-    Empty { what: &'static str },
+    Empty {
+        /// Which part (`atespace` or `name`).
+        what: &'static str,
+    },
+    /// A part is longer than a DNS label may be (63 characters).
     #[error("{what} is longer than 63 characters")]
-    TooLong { what: &'static str },
+    TooLong {
+        /// Which part (`atespace` or `name`).
+        what: &'static str,
+    },
+    /// A part is not a DNS-1123 label.
     #[error("{what} must be a DNS-1123 label ([a-z0-9]([-a-z0-9]*[a-z0-9])?)")]
-    NotDnsLabel { what: &'static str },
+    NotDnsLabel {
+        /// Which part (`atespace` or `name`).
+        what: &'static str,
+    },
+    /// Not `<atespace>/<name>` with exactly one `/`.
     #[error("expected <atespace>/<name> with exactly one '/'")]
     BadShape,
 }

@@ -10,17 +10,15 @@
 //! A section's defaults are those of the settings it converts into where such settings have a
 //! `Default` ([`ResolverSettings::default`]), so each default is written once.
 //!
-//! Also here until a home shared by every crate takes them: reading a config file with a size
-//! cap ([`read_file`]), parsing YAML with the failing field's path ([`parse_yaml`]), and the
-//! range and address checks every section uses ([`check_duration`], [`socket_addr`]).
+//! The helpers every section uses (reading a file with a size cap, YAML with field paths, range
+//! and address checks) are in [`runtime::config`].
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use identity::config::{check_client_material, existing_file, resolve_path};
-use runtime::config::{FieldError, FieldErrors};
+use runtime::config::{FieldError, FieldErrors, check_duration, parse_yaml, read_file};
 use serde::{Deserialize, Serialize};
 
 use crate::directory::AddressFamily;
@@ -34,80 +32,9 @@ use crate::extract::{
 use crate::resolver::BackoffSettings;
 use crate::{Extractor, ResolverSettings, WorkerTransport};
 
-/// Largest config or actors file read, in bytes.
-pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
-
 /// The path of the `directory` section in the config file: an inline static directory is
 /// reloaded by reading it there again.
 pub const DIRECTORY_SECTION: &str = "directory";
-
-/// Reads a config (or actors) file of at most [`MAX_FILE_BYTES`]; the error is one line naming
-/// the file.
-pub fn read_file(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut text = String::new();
-    f.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("{} is larger than 16 MiB", path.display()));
-    }
-    Ok(text)
-}
-
-/// Parses YAML into `T`; a syntax or type error is one problem at the path of the field that
-/// failed (`resolver.budget: invalid duration …`, `resolver.budgett: unknown field …`).
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldErrors> {
-    let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = e.path().to_string();
-            e.into_inner()
-        })
-    });
-    result.map_err(|e| {
-        let msg = e.without_snippet().to_string().replace('\n', " ");
-        let path = if path == "." { String::new() } else { path };
-        FieldError::new(path, msg).into()
-    })
-}
-
-/// Records `<v> is out of range (<min> to <max>)` at `field` unless `min <= v <= max`.
-pub fn check_duration(
-    errs: &mut FieldErrors,
-    field: &str,
-    v: Duration,
-    min: Duration,
-    max: Duration,
-) {
-    if v < min || v > max {
-        errs.push(
-            field,
-            format!(
-                "{} is out of range ({} to {})",
-                humantime::format_duration(v),
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ),
-        );
-    }
-}
-
-/// `v` as a listen address (`ip:port`), or `None` after recording why not at `field`.
-pub fn socket_addr(errs: &mut FieldErrors, field: &str, v: &str) -> Option<SocketAddr> {
-    match v.parse() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            errs.push(
-                field,
-                format!("invalid socket address {v:?} (want ip:port)"),
-            );
-            None
-        }
-    }
-}
 
 /// How requests name actors and how workers are reached (`routing`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -532,7 +459,7 @@ fn static_settings(
             let file = resolve_path(base, file);
             let f = file.clone();
             let loader: StaticLoader = Arc::new(move || {
-                let text = read_file(&f).map_err(|m| one_error(&f, m))?;
+                let text = read_file(&f).map_err(|e| one_error(&f, e.to_string()))?;
                 let spec: StaticDirectorySpec = parse_yaml(&text).map_err(|e| in_file(&f, e))?;
                 spec.validate("").map_err(|e| in_file(&f, e))
             });
@@ -548,7 +475,7 @@ fn static_settings(
             let cfg = config_file.to_path_buf();
             let section = at.clone();
             let loader: StaticLoader = Arc::new(move || {
-                let text = read_file(&cfg).map_err(|m| one_error(&cfg, m))?;
+                let text = read_file(&cfg).map_err(|e| one_error(&cfg, e.to_string()))?;
                 let doc: DirectoryOnly = parse_yaml(&text).map_err(|e| in_file(&cfg, e))?;
                 let st = doc.directory.and_then(|d| d.static_).ok_or_else(|| {
                     one_error(

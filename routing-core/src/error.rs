@@ -17,7 +17,12 @@ pub enum RouteError {
     /// FAILED_PRECONDITION, RESOURCE_EXHAUSTED or ABORTED after retries; carries the server's
     /// (sanitised) description.
     #[error("actor {actor} unavailable: {detail}")]
-    Unavailable { actor: ActorRef, detail: String },
+    Unavailable {
+        /// The actor.
+        actor: ActorRef,
+        /// The server's description, sanitised.
+        detail: String,
+    },
     /// The control plane could not be reached (UNAVAILABLE).
     #[error("actor {0} unavailable")]
     ControlPlaneUnavailable(ActorRef),

@@ -55,6 +55,7 @@ pub struct RequestMeta<'a> {
 /// The actor a request targets and the actor port it asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The actor.
     pub actor: ActorRef,
     /// Port from the authority when the actor came from it; otherwise the default actor port.
     pub port: u16,
@@ -90,14 +91,19 @@ pub struct Extractor {
 /// Invalid extractor settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExtractorConfigError {
+    /// The extractor list is empty.
     #[error("must list at least one extractor")]
     NoExtractors,
+    /// An extractor is listed twice.
     #[error("lists {0:?} twice")]
     Duplicate(ExtractorKind),
+    /// A host suffix is not dot-separated DNS labels.
     #[error("invalid host suffix {0:?}: must be dot-separated DNS labels")]
     BadSuffix(String),
+    /// The default atespace is not a valid atespace.
     #[error("invalid default atespace {0:?}: {1}")]
     BadDefaultAtespace(String, crate::actor_ref::ActorRefError),
+    /// `legacy_host` is listed without a default atespace.
     #[error("legacy_host needs a default atespace")]
     LegacyWithoutAtespace,
 }

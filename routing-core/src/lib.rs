@@ -5,6 +5,8 @@
 //! over [`Resolver::route`]; they read and write the actor headers named in [`wire`] and check
 //! request metadata with [`validate`].
 
+#![warn(missing_docs)]
+
 pub mod actor_ref;
 pub mod config;
 pub mod directory;

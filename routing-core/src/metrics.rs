@@ -21,6 +21,7 @@ pub enum ResolveKind {
 }
 
 impl ResolveKind {
+    /// The name used in metric labels, logs and `/statusz` (`cached`, `running`, `resumed`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cached => "cached",

@@ -14,8 +14,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -40,17 +40,23 @@ pub enum WorkerTransport {
     Plain,
     /// mTLS to the worker agent (atunnel) at `worker_pod_ip:<port>` (443 upstream); the actor
     /// port travels in `X-Ate-Target-Port`.
-    Agent { port: u16 },
+    Agent {
+        /// The worker agent's port (443 upstream).
+        port: u16,
+    },
 }
 
 /// Exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BackoffSettings {
+    /// First retry delay.
     #[serde(with = "humantime_serde")]
     pub initial: Duration,
+    /// Growth of the delay per retry (at least 1).
     pub factor: f64,
     /// Fraction of each delay added or removed at random (0.1 = ±10%).
     pub jitter: f64,
+    /// Longest delay between retries.
     #[serde(with = "humantime_serde")]
     pub max: Duration,
 }
@@ -72,13 +78,16 @@ pub struct ResolverSettings {
     /// Time budget of one flight and the longest a request waits for one.
     #[serde(with = "humantime_serde")]
     pub budget: Duration,
+    /// Delays between retries of a flight.
     pub backoff: BackoffSettings,
     /// Requests that may wait for resuming actors at once.
     pub parking_limit: usize,
     /// How long a RUNNING placement is served from cache; zero disables the cache.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Most placements in the route cache.
     pub cache_max_entries: u64,
+    /// How the worker is dialled (directly, or through its agent).
     pub worker_transport: WorkerTransport,
     /// Ask `GetActor` before `ResumeActor` (lets running actors skip parking).
     pub probe_with_get: bool,
@@ -104,22 +113,30 @@ impl Default for ResolverSettings {
 /// Where a RUNNING actor lives (shared between the cache and routes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
+    /// The actor.
     pub actor: ActorRef,
+    /// The actor's UID.
     pub uid: String,
+    /// The template the actor was created from, if known.
     pub template: Option<TemplateRef>,
+    /// The worker's address, validated.
     pub worker_ip: IpAddr,
     /// Static directory only: the port to dial instead of the actor port.
     pub worker_port: Option<u16>,
+    /// The worker pod's name.
     pub worker_pod: String,
 }
 
 /// A routable result: the placement, the endpoint to dial and how it was found.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// Where the actor runs.
     pub placement: Arc<Placement>,
+    /// The address to dial (the worker, or its agent).
     pub endpoint: SocketAddr,
     /// The actor port the request asked for (the worker agent needs it in agent mode).
     pub actor_port: u16,
+    /// Whether it came from the cache, a running actor or a resume.
     pub kind: ResolveKind,
 }
 
@@ -137,10 +154,15 @@ impl Route {
 /// One finished control-plane lookup, for `/statusz`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
+    /// When the lookup finished.
     pub at: SystemTime,
+    /// The actor (`<atespace>/<name>`).
     pub actor: String,
+    /// `ok` or the error's outcome label (e.g. `not_found`, `timeout`).
     pub outcome: &'static str,
+    /// How a successful lookup found the actor.
     pub kind: Option<ResolveKind>,
+    /// How long the lookup took, milliseconds.
     pub duration_ms: f64,
     /// Client-safe message of a failure.
     pub error: Option<String>,
@@ -149,13 +171,21 @@ pub struct Decision {
 /// Counters and recent decisions for `/statusz`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResolverStatus {
+    /// Placements in the route cache.
     pub cache_entries: u64,
+    /// Requests answered from the cache.
     pub cache_hits: u64,
+    /// Requests that needed the control plane.
     pub cache_misses: u64,
+    /// Requests waiting for a flight now.
     pub parked: i64,
+    /// Most requests that may wait at once.
     pub parking_limit: usize,
+    /// Requests refused because the parking limit was reached.
     pub parking_rejected: u64,
+    /// Control-plane lookups in progress.
     pub flights_in_progress: usize,
+    /// The latest finished lookups, oldest first.
     pub recent: Vec<Decision>,
 }
 
@@ -192,6 +222,10 @@ struct Inner {
     parking: Arc<Semaphore>,
     metrics: ResolverMetrics,
     recent: Mutex<VecDeque<Decision>>,
+    /// The directory's change counter (the static one ticks on reload), read on every resolve.
+    changes: Option<watch::Receiver<u64>>,
+    /// The change count the cache was last emptied for.
+    seen_changes: AtomicU64,
 }
 
 /// The routing core's entry point. Cheap to clone; all clones share cache and flights.
@@ -227,7 +261,8 @@ impl Resolver {
                 .build()
         });
         let changes = directory.changes();
-        let resolver = Self {
+        let seen_changes = AtomicU64::new(changes.as_ref().map_or(0, |rx| *rx.borrow()));
+        Self {
             inner: Arc::new(Inner {
                 directory,
                 parking: Arc::new(Semaphore::new(settings.parking_limit)),
@@ -237,20 +272,10 @@ impl Resolver {
                 flights: Mutex::new(HashMap::new()),
                 metrics,
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
+                changes,
+                seen_changes,
             }),
-        };
-        // A directory that changes (the static one, on reload) empties the route cache, so an
-        // edit applies to the next resolution.
-        if let (Some(mut rx), Ok(rt)) = (changes, tokio::runtime::Handle::try_current()) {
-            let weak: Weak<Inner> = Arc::downgrade(&resolver.inner);
-            rt.spawn(async move {
-                while rx.changed().await.is_ok() {
-                    let Some(inner) = weak.upgrade() else { break };
-                    Resolver { inner }.invalidate_all();
-                }
-            });
         }
-        resolver
     }
 
     /// The extractor this resolver was built with.
@@ -277,6 +302,14 @@ impl Resolver {
     /// Resolves an extracted target.
     pub async fn resolve(&self, target: &Target) -> Result<Route, RouteError> {
         let inner = &self.inner;
+        // A directory that changed (the static one, on reload) empties the route cache first,
+        // so an edit applies to the very next resolution.
+        if let Some(rx) = &inner.changes {
+            let now = *rx.borrow();
+            if inner.seen_changes.swap(now, Ordering::AcqRel) != now {
+                self.invalidate_all();
+            }
+        }
         if let Some(cache) = &inner.cache
             && let Some(p) = cache.get(&target.actor)
         {
@@ -653,6 +686,9 @@ fn state_name(s: ActorState) -> &'static str {
 }
 
 /// Exponential backoff with symmetric jitter, capped.
+// Not backon: its jitter only adds (0..100% of the delay) where `BackoffSettings::jitter` is a
+// configured ± fraction, and the flight loop (probe then resume, budget deadline, progress sent
+// to waiters) is not a plain retried closure; these ten lines are the whole delay policy.
 struct Backoff {
     next: Duration,
     s: BackoffSettings,

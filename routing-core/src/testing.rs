@@ -32,8 +32,11 @@ use crate::proto::control_server::{Control, ControlServer};
 /// An RPC of `ateapi.Control`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// `GetActor`.
     GetActor,
+    /// `ResumeActor`.
     ResumeActor,
+    /// `ListActors`.
     ListActors,
 }
 

@@ -15,17 +15,10 @@ use routing_core::directory::convert::{record_from_proto, record_to_proto};
 use routing_core::extract::{ExtractorKind, Target};
 use routing_core::proto;
 use routing_core::proto::ActorState;
-use routing_core::testing::{FakeControlPlane, Method};
+use routing_core::testing::{FakeControlPlane, Method, within};
 use routing_core::{
     ActorDirectory, ActorRef, Extractor, Resolver, ResolverMetrics, ResolverSettings,
 };
-
-/// Every await in these tests is bounded.
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no result within 10 s"))
-}
 
 // --- v0.4 messages, written by hand with upstream's field numbers -----------------------------
 

@@ -11,7 +11,8 @@ use routing_core::proto::ActorState;
 use routing_core::resolver::BackoffSettings;
 use routing_core::testing::{FakeControlPlane, Method, Step, TEST_TIMEOUT, wait_until, within};
 use routing_core::{
-    ActorRef, Extractor, ResolveKind, Resolver, ResolverMetrics, ResolverSettings, RouteError,
+    ActorDirectory, ActorRef, Extractor, ResolveKind, Resolver, ResolverMetrics, ResolverSettings,
+    RouteError,
 };
 
 fn settings(budget_ms: u64) -> ResolverSettings {
@@ -480,15 +481,15 @@ async fn route_extracts_then_resolves() {
 }
 
 #[tokio::test]
-async fn bearer_token_file_is_sent_and_bad_tokens_are_refused() {
+async fn bearer_token_file_is_sent_rotated_and_bad_tokens_are_refused() {
     let fake = FakeControlPlane::start().await;
     fake.add_actor("ns/t", ActorState::Running, "10.0.0.15", Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cr3t-token\n").unwrap();
-    let client = AteApiDirectory::new(&ateapi(&fake, Some(token.clone()))).unwrap();
+    let client = Arc::new(AteApiDirectory::new(&ateapi(&fake, Some(token.clone()))).unwrap());
     let r = Resolver::new(
-        Arc::new(client),
+        client.clone(),
         settings(1000),
         Extractor::default(),
         ResolverMetrics::new(),
@@ -499,8 +500,38 @@ async fn bearer_token_file_is_sent_and_bad_tokens_are_refused() {
         Some("Bearer s3cr3t-token")
     );
 
-    // A token file that is not a valid header value is refused at construction.
+    // A rotated token is sent from the next RPC on.
+    let reloader = client.token_reloader().expect("token file watched").clone();
+    let actor = ActorRef::parse("ns/t").unwrap();
+    let mut attempts = reloader.attempts();
+    std::fs::write(&token, "rotated-token\n").unwrap();
+    within("token re-read", async {
+        while reloader.status().reloads == 0 {
+            attempts.changed().await.unwrap();
+        }
+    })
+    .await;
+    within("get", client.get(&actor)).await.unwrap();
+    assert_eq!(
+        fake.last_authorization().as_deref(),
+        Some("Bearer rotated-token")
+    );
+
+    // A replacement that is not a valid header value keeps the previous token.
     std::fs::write(&token, "bad\u{7f}token").unwrap();
+    within("bad token re-read", async {
+        while reloader.status().last_error.is_none() {
+            attempts.changed().await.unwrap();
+        }
+    })
+    .await;
+    within("get", client.get(&actor)).await.unwrap();
+    assert_eq!(
+        fake.last_authorization().as_deref(),
+        Some("Bearer rotated-token")
+    );
+
+    // A token file that is not a valid header value is refused at construction.
     let err = AteApiDirectory::new(&ateapi(&fake, Some(token.clone())))
         .err()
         .expect("bad token refused");

@@ -5,8 +5,15 @@
 //! (`actors[2].endpoint`); whoever composes the sections prefixes them with the section's path
 //! ([`FieldErrors::extend_prefixed`]), so every problem of a file is reported at once, each with
 //! its full path.
+//!
+//! Also the helpers every section uses: reading a config file with a size cap ([`read_file`]),
+//! parsing YAML with the failing field's path ([`parse_yaml`]), and the range and address checks
+//! ([`check_duration`], [`socket_addr`]).
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// One configuration problem at a dotted field path (empty path: the document as a whole).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +148,107 @@ pub fn join(prefix: &str, path: &str) -> String {
 /// The path of item `index` of the list at `path`: `item("actors", 2)` is `actors[2]`.
 pub fn item(path: &str, index: usize) -> String {
     format!("{path}[{index}]")
+}
+
+/// Largest config or actors file [`read_file`] reads, in bytes (16 MiB).
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why [`read_file`] could not read a config file; displayed as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFileError {
+    /// The file could not be opened or read, or is not UTF-8.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_FILE_BYTES`].
+    #[error("{} is larger than 16 MiB", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Reads a config (or actors) file of at most [`MAX_FILE_BYTES`].
+///
+/// # Errors
+/// [`ReadFileError`] when the file cannot be read or is too large.
+pub fn read_file(path: &Path) -> Result<String, ReadFileError> {
+    use std::io::Read;
+    let io = |source| ReadFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ReadFileError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(text)
+}
+
+/// Parses YAML into `T`; a syntax or type error is one problem at the path of the field that
+/// failed (`resolver.budget: invalid duration …`, `resolver.budgett: unknown field …`).
+///
+/// # Errors
+/// One [`FieldError`] at the failing field's path (empty for the document as a whole).
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldErrors> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let msg = e.without_snippet().to_string().replace('\n', " ");
+        let path = if path == "." { String::new() } else { path };
+        FieldError::new(path, msg).into()
+    })
+}
+
+/// Records `<v> is out of range (<min> to <max>)` at `field` unless `min <= v <= max`.
+pub fn check_duration(
+    errs: &mut FieldErrors,
+    field: &str,
+    v: Duration,
+    min: Duration,
+    max: Duration,
+) {
+    if v < min || v > max {
+        errs.push(
+            field,
+            format!(
+                "{} is out of range ({} to {})",
+                humantime::format_duration(v),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        );
+    }
+}
+
+/// `v` as a listen address (`ip:port`), or `None` after recording why not at `field`.
+pub fn socket_addr(errs: &mut FieldErrors, field: &str, v: &str) -> Option<SocketAddr> {
+    match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                field,
+                format!("invalid socket address {v:?} (want ip:port)"),
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@
 //! debounced result of its own probe loop, see [`ProbeHysteresis`]): `/readyz` is polled often.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use parking_lot::RwLock;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -88,15 +89,6 @@ impl Readiness {
     }
 }
 
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // A panic in another holder leaves the list itself intact: keep serving it.
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Health {
     /// An empty registry, not draining.
     pub fn new() -> Self {
@@ -110,7 +102,7 @@ impl Health {
         check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     ) -> Result<(), HealthError> {
         let name = name.into();
-        let mut checks = write(&self.inner.checks);
+        let mut checks = self.inner.checks.write();
         if checks.iter().any(|(n, _)| *n == name) {
             return Err(HealthError::Duplicate {
                 kind: "readiness check",
@@ -131,7 +123,7 @@ impl Health {
         if RESERVED_SECTIONS.contains(&name.as_str()) {
             return Err(HealthError::Reserved(name));
         }
-        let mut sections = write(&self.inner.sections);
+        let mut sections = self.inner.sections.write();
         if sections.iter().any(|(n, _)| *n == name) {
             return Err(HealthError::Duplicate {
                 kind: "status section",
@@ -155,7 +147,7 @@ impl Health {
     /// Runs every check. Ready when not draining and every check passed (no checks: ready).
     pub fn ready(&self) -> Readiness {
         // Clone the list so a check may register or read the registry without deadlocking.
-        let checks: Vec<(String, Check)> = read(&self.inner.checks).clone();
+        let checks: Vec<(String, Check)> = self.inner.checks.read().clone();
         let checks: Vec<CheckResult> = checks
             .into_iter()
             .map(|(name, check)| CheckResult {
@@ -190,7 +182,7 @@ impl Health {
             })
             .collect();
         doc.insert("checks".into(), Value::Object(checks));
-        let sections: Vec<(String, Section)> = read(&self.inner.sections).clone();
+        let sections: Vec<(String, Section)> = self.inner.sections.read().clone();
         for (name, section) in sections {
             doc.insert(name, section());
         }
@@ -204,14 +196,20 @@ impl std::fmt::Debug for Health {
             .field("draining", &self.is_draining())
             .field(
                 "checks",
-                &read(&self.inner.checks)
+                &self
+                    .inner
+                    .checks
+                    .read()
                     .iter()
                     .map(|(n, _)| n.as_str())
                     .collect::<Vec<_>>(),
             )
             .field(
                 "sections",
-                &read(&self.inner.sections)
+                &self
+                    .inner
+                    .sections
+                    .read()
                     .iter()
                     .map(|(n, _)| n.as_str())
                     .collect::<Vec<_>>(),

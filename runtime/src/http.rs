@@ -89,6 +89,15 @@ impl std::fmt::Debug for HttpServer {
 impl HttpServer {
     /// A server with `settings`.
     pub fn new(settings: &HttpSettings) -> Self {
+        // HTTP/2 streams are spawned by hyper on this plain executor, not through
+        // `DrainSignal::spawn`, on purpose: the drain covers them through their connection, whose
+        // task the drain tracks and which does not end before its streams do (on drain, GOAWAY
+        // lets open streams finish); at the drain deadline the connection is dropped, which
+        // resets its streams, so their tasks end at their next read or write. A drain-tracked
+        // spawn would wrap every stream in the process-wide cancellation future, whose every
+        // poll takes the lock all connections share (see `serve_connection`), several times per
+        // request. hyper clones one executor per builder, so a per-connection one would mean a
+        // builder per connection.
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())

@@ -16,6 +16,10 @@
 //!   connections, e.g. tonic's `serve_with_incoming_shutdown` ([`Conn`] implements tonic's
 //!   `Connected`, so `Request::remote_addr` works). Each such connection holds the drain until it
 //!   is dropped, and fails its reads and writes once the drain deadline passes.
+//!
+//! Why hand-written: no TLS-accept crate (tls-listener, axum-server, tonic's own TLS)
+//! gives the verified peer identity per connection, holds the drain per connection, and feeds
+//! hyper and tonic from one loop with one set of limits.
 
 use std::future::Future;
 use std::io;
@@ -34,6 +38,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
+use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -453,16 +458,28 @@ async fn establish(
 /// segments of `a-z A-Z 0-9 . - _`, none empty, `.` or `..`, no trailing `/`).
 pub fn spiffe_id(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let mut uris = san.value.general_names.iter().filter_map(|g| match g {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+    match spiffe_uris(&cert).ok()?.as_slice() {
+        [id] if is_spiffe_id(id) => Some((*id).to_owned()),
         _ => None,
-    });
-    let id = uris.next()?;
-    if uris.next().is_some() || !is_spiffe_id(id) {
-        return None;
     }
-    Some(id.to_owned())
+}
+
+/// Every `spiffe://` URI SAN of a parsed certificate, in certificate order and unchecked: the
+/// one place that reads URI SANs, for callers that apply their own rules (how many, which ID
+/// forms). Empty without a SAN extension; an error when the extension does not parse.
+pub fn spiffe_uris<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, X509Error> {
+    let Some(san) = cert.subject_alternative_name()? else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+            _ => None,
+        })
+        .collect())
 }
 
 fn is_spiffe_id(uri: &str) -> bool {

@@ -13,11 +13,12 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use notify_debouncer_full::notify::{self, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -136,12 +137,6 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves the data consistent: a panic elsewhere does not
-    // poison the meaning.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Reloader {
     /// A reloader named `name` (logs, metrics) over `files`. `load` reads and validates the
     /// files (blocking; its error is shown to operators as text); `apply` installs a loaded
@@ -177,7 +172,7 @@ impl Reloader {
 
     /// Counts this reloader's reloads in `metrics` from now on.
     pub fn with_metrics(self, metrics: &ReloadMetrics) -> Self {
-        *lock(&self.inner.metrics) = Some(metrics.clone());
+        *self.inner.metrics.lock() = Some(metrics.clone());
         self
     }
 
@@ -196,10 +191,10 @@ impl Reloader {
     /// it is the same as the last one.
     pub fn reload(&self) -> Result<(), String> {
         let inner = &self.inner;
-        let _serial = lock(&inner.serial);
+        let _serial = inner.serial.lock();
         let result = (inner.load_apply)();
         let outcome = {
-            let mut status = lock(&inner.status);
+            let mut status = inner.status.lock();
             match &result {
                 Ok(()) => {
                     status.reloads += 1;
@@ -221,7 +216,7 @@ impl Reloader {
                 }
             }
         };
-        if let Some(m) = lock(&inner.metrics).as_ref() {
+        if let Some(m) = inner.metrics.lock().as_ref() {
             m.reloads
                 .get_or_create(&ReloadLabels {
                     source: inner.name.clone(),
@@ -235,7 +230,7 @@ impl Reloader {
 
     /// The current status.
     pub fn status(&self) -> ReloadStatus {
-        lock(&self.inner.status).clone()
+        self.inner.status.lock().clone()
     }
 
     /// A receiver whose value counts reload attempts (successful or not): `changed()` resolves

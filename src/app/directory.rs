@@ -70,8 +70,12 @@ impl ProbeState {
 }
 
 /// Builds the directory and resolver from `loaded.directory` (taken), when there is one.
+/// Without one, only the `/statusz` section `directory` (`{"kind": "none"}`) is registered: no
+/// readiness check, nothing to wait for.
 pub fn start(w: &mut Wiring, loaded: &mut Loaded) -> Result<Option<Directory>> {
     let Some(settings) = loaded.directory.take() else {
+        w.health
+            .register_section(CHECK, || serde_json::json!({"kind": "none"}))?;
         return Ok(None);
     };
     let (directory, static_directory): (Arc<dyn ActorDirectory>, Option<StaticDirectory>) =

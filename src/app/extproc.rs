@@ -11,22 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3 as ep;
-use futures_util::{Stream, StreamExt};
-use ingress::extproc::{INGRESS_DIRECTION, direction, direction_unsupported};
+use ingress::extproc::{
+    AnswerStream, INGRESS_DIRECTION, Inbound, by_first_message, direction, put_back, unsupported,
+};
+use tokio::time::Instant;
 
 use super::Wiring;
 use crate::config::Loaded;
 
-/// The messages of one stream, as a handler receives them (the first one included).
-pub type Inbound =
-    std::pin::Pin<Box<dyn Stream<Item = Result<ep::ProcessingRequest, tonic::Status>> + Send>>;
-/// The answers of one stream, as a handler produces them.
-pub type AnswerStream =
-    std::pin::Pin<Box<dyn Stream<Item = Result<ep::ProcessingResponse, tonic::Status>> + Send>>;
-/// A direction's handler: answers one whole stream.
-pub type Handler = Arc<dyn Fn(Inbound) -> AnswerStream + Send + Sync>;
+/// A direction's handler: answers one whole stream (its first message put back in front), given
+/// when the stream opened, so its deadlines count from then.
+pub type Handler = Arc<dyn Fn(Inbound, Instant) -> AnswerStream + Send + Sync>;
 
 /// How long a stream may stay open before its first message arrives (Envoy sends it at once).
+/// Counted from the stream's opening, as the handlers' own deadlines are: a stream that never
+/// sends `request_headers` is ended 30 s after it opened, not 30 s more after its first message.
 const FIRST_MESSAGE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The direction handlers, by direction name.
@@ -40,7 +39,7 @@ impl Directions {
     pub fn add(
         &mut self,
         direction: &str,
-        handler: impl Fn(Inbound) -> AnswerStream + Send + Sync + 'static,
+        handler: impl Fn(Inbound, Instant) -> AnswerStream + Send + Sync + 'static,
     ) {
         self.handlers
             .insert(direction.to_owned(), Arc::new(handler));
@@ -71,22 +70,23 @@ impl Dispatcher {
         ep::external_processor_server::ExternalProcessorServer::new(self)
     }
 
-    /// The answers to a stream whose first message is `first` and whose other messages are
-    /// `rest`.
-    fn dispatch(&self, first: ep::ProcessingRequest, rest: Inbound) -> AnswerStream {
+    /// The answers to a stream opened at `opened` whose first message is `first` and whose
+    /// other messages are `rest`: the direction is read here, once per stream.
+    fn dispatch(
+        &self,
+        first: ep::ProcessingRequest,
+        rest: Inbound,
+        opened: Instant,
+    ) -> AnswerStream {
         let name = direction(&first).unwrap_or(INGRESS_DIRECTION);
         match self.directions.handlers.get(name) {
-            Some(handler) => {
-                let first = futures_util::stream::once(std::future::ready(Ok(first)));
-                handler(Box::pin(first.chain(rest)))
-            }
+            Some(handler) => handler(put_back(first, rest), opened),
             None => {
                 tracing::debug!(
                     direction = name,
                     "ExtProc stream of a direction nobody handles"
                 );
-                let answer = (!first.observability_mode).then(|| Ok(direction_unsupported()));
-                Box::pin(futures_util::stream::iter(answer))
+                unsupported(&first)
             }
         }
     }
@@ -100,23 +100,14 @@ impl ep::external_processor_server::ExternalProcessor for Dispatcher {
         &self,
         request: tonic::Request<tonic::Streaming<ep::ProcessingRequest>>,
     ) -> Result<tonic::Response<AnswerStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
+        let opened = Instant::now();
         let this = self.clone();
-        // The first message is read in the answer stream, so the response starts at once.
-        let answers = futures_util::stream::once(async move {
-            let first = tokio::time::timeout(FIRST_MESSAGE_DEADLINE, inbound.message()).await;
-            let single = |r| -> AnswerStream { Box::pin(futures_util::stream::iter([r])) };
-            match first {
-                Ok(Ok(Some(first))) => this.dispatch(first, Box::pin(inbound)),
-                Ok(Ok(None)) => Box::pin(futures_util::stream::empty()),
-                Ok(Err(status)) => single(Err(status)),
-                Err(_) => single(Err(tonic::Status::deadline_exceeded(format!(
-                    "no message within {FIRST_MESSAGE_DEADLINE:?} of opening the stream"
-                )))),
-            }
-        })
-        .flatten();
-        Ok(tonic::Response::new(Box::pin(answers)))
+        Ok(tonic::Response::new(by_first_message(
+            Box::pin(request.into_inner()),
+            opened,
+            FIRST_MESSAGE_DEADLINE,
+            move |first, rest| this.dispatch(first, rest, opened),
+        )))
     }
 }
 

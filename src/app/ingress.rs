@@ -21,8 +21,9 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded, resolver: &Resolver) -> Resu
     }
     if g.extproc {
         let handler = IngressExtProc::new(resolver.clone());
-        w.extproc
-            .add(INGRESS_DIRECTION, move |inbound| handler.process(inbound));
+        w.extproc.add(INGRESS_DIRECTION, move |inbound, opened| {
+            handler.process(inbound, opened)
+        });
     }
     let Some(i) = &loaded.ingress else {
         return Ok(());
@@ -57,8 +58,8 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded, resolver: &Resolver) -> Resu
         i.proxy.clone(),
         metrics.clone(),
         worker_tls,
-    )
-    .with_drain(w.drain.signal());
+        w.drain.signal(),
+    );
     let limits = i.limits.clone();
     let mut listeners = vec![("http", http.with_limits(limits.listener_limits()))];
     if let (Some(listener), Some((_, files))) = (https, &i.https) {

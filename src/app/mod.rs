@@ -160,28 +160,35 @@ async fn start_components(w: &mut Wiring, mut loaded: Loaded) -> Result<Option<g
     extproc::start(w, &loaded);
     let grpc_health = grpc::start(w, &loaded).await?;
     echo::start(w, &loaded).await?;
+    let admin_listener = admin::bind(w, &loaded, started).await?;
     register_summary(w, &loaded)?;
-    admin::start(w, &loaded, started).await?;
-    let addr = |name: &str| w.addresses.get(name).copied();
+    admin::serve(w, admin_listener);
+    // Plain addresses (`admin=127.0.0.1:9090`); a listener that is off is left out.
+    let addr = |name: &str| w.addresses.get(name).copied().map(tracing::field::display);
     tracing::info!(
-        admin = ?addr("admin"),
-        grpc = ?addr("grpc"),
-        http = ?addr("ingress_http"),
-        https = ?addr("ingress_https"),
-        resolve = ?addr("ingress_resolve"),
+        admin = addr("admin"),
+        grpc = addr("grpc"),
+        http = addr("ingress_http"),
+        https = addr("ingress_https"),
+        resolve = addr("ingress_resolve"),
         directory = directory.as_ref().map_or("none", |d| d.kind),
         "actorgate started"
     );
     Ok(grpc_health)
 }
 
-/// The `/statusz` sections of the app as a whole: the listeners and the effective settings.
+/// The `/statusz` sections of the app as a whole: the listeners (every bound address by name)
+/// and the effective settings. The config summary keeps its `*_listen` keys (`null` when off)
+/// for whoever reads them.
 fn register_summary(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
     let listeners = w.addresses.clone();
-    w.health
-        .register_section("listeners", move || serde_json::json!(listeners))?;
+    let listen = |name: &str| listeners.get(name).map(|a| a.to_string());
     let c = &loaded.config;
     let config = serde_json::json!({
+        "admin_listen": listen("admin"),
+        "grpc_listen": listen("grpc"),
+        "ingress_http_listen": listen("ingress_http"),
+        "ingress_https_listen": listen("ingress_https"),
         "ingress_upstream": c.ingress.upstream,
         "grpc_tls": loaded.grpc_tls.as_ref().map(|t| format!("{:?}", t.client_auth)),
         "control_plane_simulator": c.grpc.control_plane_simulator,
@@ -190,6 +197,8 @@ fn register_summary(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         "resolver": loaded.resolver,
         "shutdown": c.shutdown,
     });
+    w.health
+        .register_section("listeners", move || serde_json::json!(listeners))?;
     w.health
         .register_section("config", move || config.clone())?;
     Ok(())
@@ -266,7 +275,7 @@ impl RunningApp {
                 forced = report.forced,
                 finished = report.finished,
                 timeout = ?self.shutdown.drain_timeout,
-                "drain timeout reached; closed connections still open; exiting"
+                "drain timeout reached; exiting with requests still open"
             );
         }
         report

@@ -1,6 +1,6 @@
 //! The HTTP resolve endpoint's own listener (`ingress.resolve.listen`), for `auth_request` /
 //! ForwardAuth-style proxies: `GET /resolve` and `GET /resolve/error` (see
-//! [`crate::resolve_endpoint`]). It resumes actors, so it is not on the admin port: whoever can
+//! [`ingress::resolve_endpoint`]). It resumes actors, so it is not on the admin port: whoever can
 //! scrape metrics cannot wake actors. Everything else answers 404.
 
 use std::convert::Infallible;
@@ -10,12 +10,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use ingress::resolve_endpoint::{replay_error, resolve};
 use routing_core::Resolver;
 use runtime::http::{HttpServer, HttpSettings};
 
 use super::Wiring;
 use crate::config::Loaded;
-use crate::resolve_endpoint::{replay_error, resolve};
 
 /// Binds `ingress.resolve.listen`, when set, and serves the resolve endpoint on it.
 pub async fn start(w: &mut Wiring, loaded: &Loaded, resolver: &Resolver) -> Result<()> {

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use routing_core::config::{check_duration, socket_addr};
 use routing_core::field_error::FieldErrors;
+use runtime::config::{check_duration, socket_addr};
 use serde::{Deserialize, Serialize};
 
 /// The admin server: health, readiness, metrics, status page.

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use identity::config::ServerTlsConfig;
 use identity::tls::ServerTlsFiles;
-use routing_core::config::socket_addr;
 use routing_core::field_error::FieldErrors;
+use runtime::config::socket_addr;
 use serde::{Deserialize, Serialize};
 
 /// The gRPC server. `extproc` and `resolve_route` route requests to actors: without a

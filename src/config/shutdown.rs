@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use routing_core::config::check_duration;
 use routing_core::field_error::FieldErrors;
+use runtime::config::check_duration;
 use serde::{Deserialize, Serialize};
 
 /// SIGTERM handling.

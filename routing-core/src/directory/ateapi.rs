@@ -1,6 +1,7 @@
 //! The `ateapi.Control` back-end: a tonic client of the real ate-api-server (DESIGN §3, with
 //! upstream v0.4's shapes of §9), over plaintext, TLS or mTLS, with an optional bearer token file
-//! that is re-read periodically so rotated tokens are picked up.
+//! that is watched and re-read when it changes, so rotated tokens are picked up (a bad
+//! replacement keeps the previous token).
 //!
 //! TLS goes through `identity`'s reloadable client configuration, not tonic's own TLS: the CA,
 //! certificate and key files are watched, and every new connection is dialled with the material
@@ -12,7 +13,7 @@
 //! [`ActorDirectory::connection`] reports the latest one for `/statusz`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -20,6 +21,8 @@ use hyper_util::rt::TokioIo;
 use identity::tls::{
     ClientTlsFiles, ReloadableClientConfig, ServerIdentity, TlsError, WatchHandle,
 };
+use parking_lot::Mutex;
+use runtime::reload::{DEFAULT_DEBOUNCE, Reloader};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -40,8 +43,6 @@ use crate::proto::control_client::ControlClient;
 
 /// Largest control-plane response accepted.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
-/// How often the bearer token file is re-read.
-const TOKEN_REFRESH: Duration = Duration::from_secs(30);
 /// The ALPN protocol gRPC needs; a server that does not select it is refused (as tonic does).
 const ALPN_H2: &[u8] = b"h2";
 
@@ -96,8 +97,11 @@ pub enum AteApiError {
     /// A file could not be read.
     #[error("cannot read {what} {path}: {source}")]
     Read {
+        /// Which file (`CA file`, `token file`, …).
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
     /// A TLS mode lacks a setting it needs: (mode, setting).
@@ -105,7 +109,12 @@ pub enum AteApiError {
     Missing(&'static str, &'static str),
     /// The TLS material was refused; `files` names what was loaded, `source` says why.
     #[error("TLS setup failed ({files}): {source}")]
-    Tls { files: String, source: TlsError },
+    Tls {
+        /// The files that were loaded.
+        files: String,
+        /// Why they were refused.
+        source: TlsError,
+    },
     /// The token file's content cannot be sent as a header value.
     #[error("token file {0} does not hold a valid header value")]
     BadToken(PathBuf),
@@ -293,11 +302,12 @@ impl ConnTracker {
     }
 
     fn answered(&self) {
-        if let Ok(mut st) = self.status.lock() {
+        {
+            let mut st = self.status.lock();
             st.last_answer_at = Some(SystemTime::now());
             st.ever_connected = true;
         }
-        let had_logged = self.logged.lock().ok().and_then(|mut l| l.take()).is_some();
+        let had_logged = self.logged.lock().take().is_some();
         if had_logged {
             let address = self.address();
             tracing::info!(%address, "ate-api-server is reachable now");
@@ -305,25 +315,20 @@ impl ConnTracker {
     }
 
     fn failed(&self, reason: &str) {
-        let ever = match self.status.lock() {
-            Ok(mut st) => {
-                st.last_connect_error = Some(reason.to_owned());
-                st.last_connect_error_at = Some(SystemTime::now());
-                st.ever_connected
-            }
-            Err(_) => true,
+        let ever = {
+            let mut st = self.status.lock();
+            st.last_connect_error = Some(reason.to_owned());
+            st.last_connect_error_at = Some(SystemTime::now());
+            st.ever_connected
         };
-        let new_reason = self
-            .logged
-            .lock()
-            .map(|mut l| {
-                let new = l.as_deref() != Some(reason);
-                if new {
-                    *l = Some(reason.to_owned());
-                }
-                new
-            })
-            .unwrap_or(false);
+        let new_reason = {
+            let mut l = self.logged.lock();
+            let new = l.as_deref() != Some(reason);
+            if new {
+                *l = Some(reason.to_owned());
+            }
+            new
+        };
         if new_reason {
             let address = self.address();
             if ever {
@@ -335,14 +340,11 @@ impl ConnTracker {
     }
 
     fn address(&self) -> String {
-        self.status
-            .lock()
-            .map(|s| s.address.clone())
-            .unwrap_or_default()
+        self.status.lock().address.clone()
     }
 
     fn snapshot(&self) -> Option<ConnectionStatus> {
-        self.status.lock().ok().map(|s| s.clone())
+        Some(self.status.lock().clone())
     }
 }
 
@@ -352,17 +354,14 @@ pub struct AteApiDirectory {
     rpc_timeout: Duration,
     family: AddressFamily,
     conn: Arc<ConnTracker>,
-    _token_refresher: Option<tokio::task::JoinHandle<()>>,
+    /// Re-reads the bearer token file when it changes (with `token_file`).
+    token_reloader: Option<Reloader>,
+    /// Keeps the token file watched for as long as the client lives.
+    _token_watch: Option<WatchHandle>,
+    /// The reloadable TLS client configuration (tls, mtls).
+    tls: Option<Arc<ReloadableClientConfig>>,
     /// Keeps the TLS files watched for as long as the client lives (tls, mtls).
     _tls_watch: Option<WatchHandle>,
-}
-
-impl Drop for AteApiDirectory {
-    fn drop(&mut self) {
-        if let Some(h) = &self._token_refresher {
-            h.abort();
-        }
-    }
 }
 
 fn read(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, AteApiError> {
@@ -382,8 +381,8 @@ fn load_token(path: &PathBuf) -> Result<AsciiMetadataValue, AteApiError> {
 }
 
 impl AteApiDirectory {
-    /// Builds the client. Must run inside a tokio runtime (the token refresher and the TLS file
-    /// watch are tasks). Worker addresses are chosen with [`AddressFamily::Ipv4`] until
+    /// Builds the client. Must run inside a tokio runtime (the token file and TLS file watches
+    /// are tasks). Worker addresses are chosen with [`AddressFamily::Ipv4`] until
     /// [`with_worker_address_family`](Self::with_worker_address_family) says otherwise.
     ///
     /// With `tls` or `mtls` the CA, certificate and key files are loaded now (an unusable file
@@ -406,8 +405,8 @@ impl AteApiDirectory {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let (channel, tls_watch) = if s.tls == TlsMode::Plaintext {
-            (ep.connect_lazy(), None)
+        let (channel, tls, tls_watch) = if s.tls == TlsMode::Plaintext {
+            (ep.connect_lazy(), None, None)
         } else {
             let (host, port) = host_port(&s.address)?;
             let name = s.server_name.clone().unwrap_or_else(|| host.clone());
@@ -431,7 +430,7 @@ impl AteApiDirectory {
                 host,
                 port,
                 server_name,
-                tls,
+                tls: tls.clone(),
             });
             let connector = tower::service_fn(move |_: http::Uri| {
                 let dialer = dialer.clone();
@@ -439,30 +438,30 @@ impl AteApiDirectory {
             });
             (
                 ep.origin(origin).connect_with_connector_lazy(connector),
+                Some(tls),
                 watch,
             )
         };
         let token = Arc::new(ArcSwapOption::empty());
-        let refresher = match &s.token_file {
-            None => None,
+        let (token_reloader, token_watch) = match &s.token_file {
+            None => (None, None),
             Some(path) => {
                 token.store(Some(Arc::new(load_token(path)?)));
-                let (token, path) = (token.clone(), path.clone());
-                Some(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(TOKEN_REFRESH);
-                    tick.tick().await;
-                    loop {
-                        tick.tick().await;
-                        let p = path.clone();
-                        match tokio::task::spawn_blocking(move || load_token(&p)).await {
-                            Ok(Ok(v)) => token.store(Some(Arc::new(v))),
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "keeping the previous control-plane token")
-                            }
-                            Err(_) => {}
-                        }
+                let (current, file) = (token.clone(), path.clone());
+                let reloader = Reloader::new(
+                    "control_plane_token",
+                    [path.clone()],
+                    move || load_token(&file),
+                    move |v| current.store(Some(Arc::new(v))),
+                );
+                let watch = match reloader.watch(DEFAULT_DEBOUNCE) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the control-plane token file; a rotated token needs a restart");
+                        None
                     }
-                }))
+                };
+                (Some(reloader), watch)
             }
         };
         let client = ControlClient::with_interceptor(channel, BearerToken(token))
@@ -472,9 +471,24 @@ impl AteApiDirectory {
             rpc_timeout: s.rpc_timeout,
             family: AddressFamily::default(),
             conn: Arc::new(ConnTracker::new(&s.address)),
-            _token_refresher: refresher,
+            token_reloader,
+            _token_watch: token_watch,
+            tls,
             _tls_watch: tls_watch,
         })
+    }
+
+    /// The reloader of the bearer token file (with `token_file`): its status for `/statusz`, and
+    /// [`Reloader::attempts`] to wait for a re-read. A token file that becomes unreadable or
+    /// invalid keeps the previous token.
+    pub fn token_reloader(&self) -> Option<&Reloader> {
+        self.token_reloader.as_ref()
+    }
+
+    /// The reloader of the TLS files (tls, mtls): its status, and [`Reloader::attempts`] to wait
+    /// for a reload. `None` for plaintext.
+    pub fn tls_reloader(&self) -> Option<&Reloader> {
+        self.tls.as_ref().map(|t| t.reloader())
     }
 
     /// Which of a dual-stack worker's addresses (`worker_pod_ips`) to route to.

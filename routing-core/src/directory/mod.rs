@@ -21,11 +21,14 @@ pub type DirFuture<T> = Pin<Box<dyn Future<Output = Result<T, DirectoryError>> +
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct DirectoryError {
+    /// The gRPC status code (what the resolver retries and maps to HTTP on).
     pub code: tonic::Code,
+    /// The server's description (sanitised before it reaches a client).
     pub message: String,
 }
 
 impl DirectoryError {
+    /// An error with `code` and `message`.
     pub fn new(code: tonic::Code, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -157,7 +160,9 @@ impl From<DirectoryError> for tonic::Status {
 /// The actor template an actor was created from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateRef {
+    /// The template's namespace.
     pub namespace: String,
+    /// The template's name.
     pub name: String,
 }
 
@@ -224,8 +229,11 @@ pub struct Worker {
     /// The worker address to dial, as sent by the control plane (for ateapi, the address of
     /// `worker_pod_ips` chosen by [`AddressFamily::choose`]); validated by the resolver.
     pub pod_ip: String,
+    /// The worker pod's name.
     pub pod: String,
+    /// The worker pod's namespace.
     pub namespace: String,
+    /// The worker pool the pod belongs to.
     pub pool: String,
     /// Static directory only: the port to dial, overriding the requested actor port.
     pub port: Option<u16>,
@@ -234,16 +242,22 @@ pub struct Worker {
 /// What the directory knows about one actor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActorRecord {
+    /// The actor.
     pub actor: ActorRef,
+    /// The actor's UID (changes when the actor is recreated).
     pub uid: String,
+    /// The template the actor was created from, if known.
     pub template: Option<TemplateRef>,
+    /// The actor's lifecycle state; only RUNNING actors are routable.
     pub state: ActorState,
+    /// Where it runs; `None` unless it is placed on a worker.
     pub worker: Option<Worker>,
 }
 
 /// The result of `ResumeActor`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResumeOutcome {
+    /// The actor after the call.
     pub record: ActorRecord,
     /// `false` when the actor was already RUNNING.
     pub resumed: bool,
@@ -252,7 +266,9 @@ pub struct ResumeOutcome {
 /// One page of `ListActors`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ActorPage {
+    /// The actors of this page.
     pub actors: Vec<ActorRecord>,
+    /// Token for the next page; empty on the last one.
     pub next_page_token: String,
 }
 

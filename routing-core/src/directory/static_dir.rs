@@ -32,10 +32,14 @@ pub const MAX_RESUME_DELAY: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeclaredState {
+    /// Routable at once.
     #[default]
     Running,
+    /// Resumed (after `resume_delay`) on the first request.
     Suspended,
+    /// Paused: resumed like a suspended actor.
     Paused,
+    /// Crashed: a resume fails (FAILED_PRECONDITION, `actor crashed`).
     Crashed,
 }
 
@@ -54,7 +58,9 @@ impl DeclaredState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticActorSpec {
+    /// The actor's atespace (a DNS-1123 label).
     pub atespace: String,
+    /// The actor's name (a DNS-1123 label).
     pub name: String,
     /// Defaults to `static-<atespace>-<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +68,7 @@ pub struct StaticActorSpec {
     /// `<namespace>/<name>` of the actor template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// The state it starts in (default `running`).
     #[serde(default)]
     pub state: DeclaredState,
     /// `ip:port` the gateway dials for this actor.
@@ -87,6 +94,7 @@ pub struct StaticDirectorySpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub latency: Option<Duration>,
+    /// The declared actors.
     #[serde(default)]
     pub actors: Vec<StaticActorSpec>,
 }
@@ -228,12 +236,16 @@ pub type StaticLoader = Arc<dyn Fn() -> Result<ValidStaticSpec, FieldErrors> + S
 pub struct StaticStatus {
     /// Increments on every successful reload that changed the declarations.
     pub generation: u64,
+    /// Declared actors.
     pub actors: usize,
+    /// How long a simulated resume takes.
     #[serde(with = "humantime_serde")]
     pub resume_delay: Duration,
+    /// When the declarations were last loaded successfully.
     pub last_reload: SystemTime,
     /// The last reload error; `None` once a later reload succeeds.
     pub last_error: Option<String>,
+    /// When `last_error` happened.
     pub last_error_at: Option<SystemTime>,
 }
 

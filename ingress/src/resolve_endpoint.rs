@@ -1,6 +1,6 @@
 //! The HTTP resolve endpoint (DESIGN §5) for `auth_request` / ForwardAuth-style proxies (nginx,
-//! Traefik, HAProxy), served on a listener of its own (`ingress.resolve.listen`, wired by
-//! [`crate::app::resolve`]; never the admin port):
+//! Traefik, HAProxy), served on a listener of its own (`ingress.resolve.listen`, wired by the
+//! binary's `app::resolve`; never the admin port, since resolving resumes actors):
 //!
 //! * `GET /resolve`: the actor comes from `ate-target-actor`, else from `X-Forwarded-Host`
 //!   (Traefik, and what the nginx example sets), else from `Host`. Success: `200` with
@@ -22,6 +22,8 @@ use routing_core::wire::{
 };
 use routing_core::{Resolver, WorkerTransport};
 
+use crate::headers::X_FORWARDED_HOST;
+
 /// Statuses of DESIGN §4's table and the 400 of refused request metadata (the only ones
 /// `/resolve/error` replays).
 const TABLE_STATUSES: [u16; 7] = [400, 401, 403, 404, 500, 503, 504];
@@ -30,7 +32,11 @@ fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Answers `GET /resolve`.
+/// Answers `GET /resolve`: validates the request's actor reference (fail-closed, as every front),
+/// resolves it (resuming the actor if needed) and answers `200` with the route headers, or the
+/// DESIGN §4 status with a `text/plain` body made by `body` and the same status and message in
+/// `x-actorgate-status` / `x-actorgate-message`. `body` turns a message into the response body
+/// type of the caller's server.
 pub async fn resolve<B>(
     resolver: &Resolver,
     headers: &HeaderMap,
@@ -42,7 +48,7 @@ pub async fn resolve<B>(
     // hold one value: several lines, or a comma list of more than one element, are the same
     // `multiple host values` 400 as two Host lines (never "the first one wins").
     let mut forwarded_host = Values::Absent;
-    for line in headers.get_all("x-forwarded-host") {
+    for line in headers.get_all(&X_FORWARDED_HOST) {
         for element in line.as_bytes().split(|b| *b == b',') {
             forwarded_host.push(element.trim_ascii());
         }
@@ -102,7 +108,9 @@ pub async fn resolve<B>(
     }
 }
 
-/// Answers `GET /resolve/error`: replays a failure reported by `/resolve`.
+/// Answers `GET /resolve/error`: replays a failure reported by `/resolve` from its
+/// `x-actorgate-status` (only DESIGN §4's statuses and 400; anything else is 500) and
+/// `x-actorgate-message` (sanitised; `routing failed` when absent) headers.
 pub fn replay_error<B>(headers: &HeaderMap, body: impl FnOnce(String) -> B) -> Response<B> {
     let status = header(headers, &ACTORGATE_STATUS)
         .and_then(|s| s.trim().parse::<u16>().ok())
