@@ -43,7 +43,8 @@ pub enum DevCaCommand {
         #[arg(long = "ip")]
         ips: Vec<IpAddr>,
     },
-    /// Issue an actor client certificate (SPIFFE actor ID, client-auth).
+    /// Issue an actor client certificate (spiffe://<td>/ateom-for-actor/<atespace>/<name>, as
+    /// upstream's atunnel presents; client-auth).
     Actor {
         #[command(flatten)]
         common: IssueArgs,

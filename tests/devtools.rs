@@ -97,6 +97,13 @@ fn dev_ca_issues_certificates_openssl_accepts() {
         rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()
     };
     let id = identity::cert::actor_from_der(&der, identity::spiffe::DEFAULT_TRUST_DOMAIN).unwrap();
+    let (_, form) = identity::cert::identity_from_der_with(
+        &der,
+        identity::spiffe::DEFAULT_TRUST_DOMAIN,
+        identity::spiffe::SpiffeOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(form, Some(identity::spiffe::ActorIdForm::AteomForActor));
     assert_eq!(
         (id.atespace.as_str(), id.name.as_str(), id.uid.as_deref()),
         ("demo", "hello", Some("u-1"))
@@ -201,7 +208,12 @@ fn token_keygen_mint_and_verify_round_trip() {
             token.trim(),
         ]);
         let c: serde_json::Value = serde_json::from_str(&claims).unwrap();
-        assert_eq!(c["sub"], "atespaces:demo:actors:hello", "{alg}");
+        assert_eq!(c["sub"], "actor/demo/hello", "{alg}");
+        assert_eq!(
+            c["nbf"].as_u64().unwrap() + 300,
+            c["iat"].as_u64().unwrap(),
+            "{alg}"
+        );
         assert_eq!(c["ate.dev"]["actorName"], "hello");
         let wrong = actorgate(&[
             "token",

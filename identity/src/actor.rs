@@ -62,15 +62,16 @@ impl ActorIdentity {
         Self::new(ns, name, None)
     }
 
-    /// The JWT subject: `atespaces:<atespace>:actors:<name>`.
+    /// The JWT subject in upstream's `MintActorJWT` form: `actor/<atespace>/<name>`.
     pub fn subject(&self) -> String {
-        format!("atespaces:{}:actors:{}", self.atespace, self.name)
+        format!("actor/{}/{}", self.atespace, self.name)
     }
 
-    /// Parses a JWT subject.
+    /// Parses a JWT subject `actor/<atespace>/<name>` into (atespace, name); `None` for any
+    /// other shape or labels that are not DNS-1123.
     pub fn from_subject(sub: &str) -> Option<(String, String)> {
-        let rest = sub.strip_prefix("atespaces:")?;
-        let (ns, name) = rest.split_once(":actors:")?;
+        let rest = sub.strip_prefix("actor/")?;
+        let (ns, name) = rest.split_once('/')?;
         (is_dns_label(ns) && is_dns_label(name)).then(|| (ns.to_owned(), name.to_owned()))
     }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::actor::ActorIdentity;
-use crate::spiffe::{SpiffeError, SpiffeId};
+use crate::spiffe::{ActorIdForm, SpiffeError, SpiffeId, SpiffeOptions};
 
 /// The upstream ActorIdentity extension's OID.
 pub const ACTOR_IDENTITY_OID: &str = "1.3.6.1.4.1.11129.2.12.2";
@@ -21,7 +21,8 @@ const MAX_EXTENSION_BYTES: usize = 4096;
 /// Who a peer certificate names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerIdentity {
-    /// An actor certificate (`spiffe://<td>/atespace/<atespace>/actor/<name>`).
+    /// An actor certificate (`spiffe://<td>/ateom-for-actor/<atespace>/<name>` or
+    /// `spiffe://<td>/actor/<atespace>/<name>`; the older spelling only when configured).
     Actor(ActorIdentity),
     /// A platform component certificate (`spiffe://<td>/ns/<namespace>/sa/<service-account>`).
     Component {
@@ -94,16 +95,28 @@ struct ActorIdentityExtension {
     purpose: String,
 }
 
-/// The identity named by a leaf certificate (DER), checked against `trust_domain`.
+/// The identity named by a leaf certificate (DER), checked against `trust_domain`, with the
+/// default [`SpiffeOptions`] (older actor spelling refused).
 pub fn identity_from_der(
     der: &[u8],
     trust_domain: &str,
 ) -> Result<PeerIdentity, CertIdentityError> {
+    identity_from_der_with(der, trust_domain, SpiffeOptions::default()).map(|(peer, _)| peer)
+}
+
+/// The identity named by a leaf certificate (DER), checked against `trust_domain`, parsing its
+/// SPIFFE ID under `options`; also returns which actor ID spelling matched (`None` for a
+/// component), so a policy point can tell the forms apart.
+pub fn identity_from_der_with(
+    der: &[u8],
+    trust_domain: &str,
+    options: SpiffeOptions,
+) -> Result<(PeerIdentity, Option<ActorIdForm>), CertIdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| CertIdentityError::Unparsable(e.to_string()))?;
     check_leaf(&cert)?;
     let spiffe = single_spiffe_uri(&cert)?;
-    let id = SpiffeId::parse(spiffe)?;
+    let id = SpiffeId::parse_with(spiffe, options)?;
     if id.trust_domain() != trust_domain {
         return Err(CertIdentityError::WrongTrustDomain {
             expected: trust_domain.to_owned(),
@@ -112,7 +125,12 @@ pub fn identity_from_der(
     }
     let ext = actor_extension(&cert)?;
     match id {
-        SpiffeId::Actor { atespace, name, .. } => {
+        SpiffeId::Actor {
+            atespace,
+            name,
+            form,
+            ..
+        } => {
             let uid = match ext {
                 None => None,
                 Some(e) => {
@@ -134,11 +152,14 @@ pub fn identity_from_der(
                     (!e.actor_uid.is_empty()).then_some(e.actor_uid)
                 }
             };
-            Ok(PeerIdentity::Actor(ActorIdentity {
-                atespace,
-                name,
-                uid,
-            }))
+            Ok((
+                PeerIdentity::Actor(ActorIdentity {
+                    atespace,
+                    name,
+                    uid,
+                }),
+                Some(form),
+            ))
         }
         SpiffeId::Component {
             namespace,
@@ -150,15 +171,18 @@ pub fn identity_from_der(
                     "ActorIdentity extension on a component certificate".into(),
                 ));
             }
-            Ok(PeerIdentity::Component {
-                spiffe_id: crate::spiffe::component_uri(
-                    &trust_domain,
-                    &namespace,
-                    &service_account,
-                ),
-                namespace,
-                service_account,
-            })
+            Ok((
+                PeerIdentity::Component {
+                    spiffe_id: crate::spiffe::component_uri(
+                        &trust_domain,
+                        &namespace,
+                        &service_account,
+                    ),
+                    namespace,
+                    service_account,
+                },
+                None,
+            ))
         }
     }
 }

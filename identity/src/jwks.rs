@@ -56,7 +56,7 @@ pub enum JwksError {
     /// The document is not a JWKS.
     #[error("invalid JWKS: {0}")]
     Parse(String),
-    /// The JWKS holds no key actorgate can verify with (ES256, EdDSA, RS256 signing keys).
+    /// The JWKS holds no key actorgate can verify with (ES256, EdDSA, RS256/384/512 signing keys).
     #[error("JWKS has no usable signing keys")]
     Empty,
 }
@@ -178,6 +178,8 @@ fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
         Some(KeyAlgorithm::ES256) if inferred == Algorithm::ES256 => Some(Algorithm::ES256),
         Some(KeyAlgorithm::EdDSA) if inferred == Algorithm::EdDSA => Some(Algorithm::EdDSA),
         Some(KeyAlgorithm::RS256) if inferred == Algorithm::RS256 => Some(Algorithm::RS256),
+        Some(KeyAlgorithm::RS384) if inferred == Algorithm::RS256 => Some(Algorithm::RS384),
+        Some(KeyAlgorithm::RS512) if inferred == Algorithm::RS256 => Some(Algorithm::RS512),
         Some(_) => None, // an alg that does not fit the key, or one we do not accept
     }
 }

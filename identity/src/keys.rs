@@ -1,18 +1,23 @@
-//! JWT signing keys: generation (ES256, EdDSA, RS256), loading from PEM, and the public JWKS that
+//! JWT signing keys: generation (ES256, EdDSA, RS256/384/512), loading from PEM, and the public JWKS that
 //! verifiers use.
 
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey};
 
 /// Algorithms actorgate signs and accepts. Never `none`, never HMAC.
-pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
-    [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256];
+pub const ALLOWED_ALGORITHMS: [Algorithm; 5] = [
+    Algorithm::ES256,
+    Algorithm::EdDSA,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+];
 
 /// Key problems.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// The algorithm is not ES256, EdDSA or RS256.
-    #[error("algorithm {0} is not supported (use ES256, EdDSA or RS256)")]
+    /// The algorithm is not ES256, EdDSA or RS256/384/512.
+    #[error("algorithm {0} is not supported (use ES256, EdDSA, RS256, RS384 or RS512)")]
     Unsupported(String),
     /// The key could not be generated.
     #[error("key generation failed: {0}")]
@@ -55,6 +60,8 @@ pub fn parse_algorithm(s: &str) -> Result<Algorithm, KeyError> {
         "ES256" => Ok(Algorithm::ES256),
         "EDDSA" | "ED25519" => Ok(Algorithm::EdDSA),
         "RS256" => Ok(Algorithm::RS256),
+        "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
         _ => Err(KeyError::Unsupported(s.to_owned())),
     }
 }
@@ -66,6 +73,12 @@ pub fn generate_private_key_pem(alg: Algorithm) -> Result<String, KeyError> {
         Algorithm::EdDSA => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
         Algorithm::RS256 => {
             rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
+        Algorithm::RS384 => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA384, rcgen::RsaKeySize::_2048)
+        }
+        Algorithm::RS512 => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA512, rcgen::RsaKeySize::_2048)
         }
         other => return Err(KeyError::Unsupported(algorithm_name(other).into())),
     }
@@ -110,7 +123,7 @@ pub fn encoding_key(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, KeyError>
                 .map_err(|reason| KeyError::BadKey { alg, reason })?;
             EncodingKey::from_ed_pem(v1.as_bytes())
         }
-        Algorithm::RS256 => EncodingKey::from_rsa_pem(pem),
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => EncodingKey::from_rsa_pem(pem),
         other => return Err(KeyError::Unsupported(algorithm_name(other).into())),
     };
     r.map_err(|e| KeyError::BadKey {

@@ -1,7 +1,8 @@
-//! Actor identity tokens (DESIGN §6): compact JWS (ES256 default; EdDSA, RS256 accepted) with
-//! `iss`, `sub` = `atespaces:<atespace>:actors:<name>`, `aud`, `iat`, `nbf`, `exp`, `jti` and
-//! `ate.dev` = `{atespace, actorName, actorUid}`. Verification is strict: no `crit` header
-//! (actorgate understands no JWS extension, RFC 7515 §4.1.11), only the three asymmetric
+//! Actor identity tokens (DESIGN §6), in upstream's `MintActorJWT` form: compact JWS (ES256
+//! default; EdDSA, RS256, RS384, RS512 accepted) with `iss`, `sub` = `actor/<atespace>/<name>`,
+//! `aud`, `iat`, `nbf` (minted 5 minutes before `iat`), `exp`, `jti` and `ate.dev` =
+//! `{atespace, actorName, actorUid}` (`actorUID` accepted). Verification is strict: no `crit` header
+//! (actorgate understands no JWS extension, RFC 7515 §4.1.11), only the accepted asymmetric
 //! algorithms, a known `kid` whose key fits the header's `alg`, the configured issuer(s) and
 //! audience (`aud` a string or an array, RFC 7519 §4.1.3), time checks with bounded skew, a
 //! bounded lifetime, and claims that agree with each other. Every refusal reads as one line of
@@ -24,6 +25,9 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Largest clock skew a verifier may be configured with.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
+/// How far before `iat` minted tokens set `nbf`, as upstream's `MintActorJWT` does (5 minutes).
+pub const NBF_BACKDATE: Duration = Duration::from_secs(300);
+
 /// The `ate.dev` claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AteClaim {
@@ -32,8 +36,8 @@ pub struct AteClaim {
     /// The actor's name.
     #[serde(rename = "actorName")]
     pub actor_name: String,
-    /// The actor's UID; empty when unknown.
-    #[serde(rename = "actorUid", default)]
+    /// The actor's UID; empty when unknown. Written as `actorUid`; `actorUID` is read too.
+    #[serde(rename = "actorUid", alias = "actorUID", default)]
     pub actor_uid: String,
 }
 
@@ -128,8 +132,8 @@ pub enum TokenError {
     /// Longer than the accepted maximum.
     #[error("token too large")]
     TooLarge,
-    /// The header's `alg` is not ES256, EdDSA or RS256.
-    #[error("algorithm {0} is not accepted (ES256, EdDSA or RS256)")]
+    /// The header's `alg` is not ES256, EdDSA, RS256, RS384 or RS512.
+    #[error("algorithm {0} is not accepted (ES256, EdDSA, RS256, RS384 or RS512)")]
     UnsupportedAlgorithm(String),
     /// The header has `crit`: actorgate implements no JWS extension, so RFC 7515 §4.1.11 makes
     /// every such token invalid. Holds the listed names, comma-separated.
@@ -269,8 +273,9 @@ impl Signer {
         })
     }
 
-    /// The claims of an actor token for `actor`, valid from now for `ttl`; `aud` is a one-element
-    /// array, as upstream's `MintActorJWT` writes it (DESIGN §6).
+    /// The claims of an actor token for `actor`, issued now and valid for `ttl`; `aud` is a
+    /// one-element array and `nbf` is [`NBF_BACKDATE`] before `iat`, as upstream's `MintActorJWT`
+    /// writes them (DESIGN §6).
     pub fn claims(&self, actor: &ActorIdentity, audience: &str, ttl: Duration) -> Claims {
         let now = now_secs();
         Claims {
@@ -278,7 +283,7 @@ impl Signer {
             sub: actor.subject(),
             aud: Audience::Many(vec![audience.to_owned()]),
             iat: now,
-            nbf: now,
+            nbf: now.saturating_sub(NBF_BACKDATE.as_secs()),
             exp: now.saturating_add(ttl.as_secs().max(1)),
             jti: new_jti(),
             ate: AteClaim {
@@ -471,7 +476,11 @@ fn algorithm_named(s: &str) -> Option<Algorithm> {
     ALLOWED_ALGORITHMS.iter().copied().find(|a| {
         matches!(
             (a, s),
-            (Algorithm::ES256, "ES256") | (Algorithm::EdDSA, "EdDSA") | (Algorithm::RS256, "RS256")
+            (Algorithm::ES256, "ES256")
+                | (Algorithm::EdDSA, "EdDSA")
+                | (Algorithm::RS256, "RS256")
+                | (Algorithm::RS384, "RS384")
+                | (Algorithm::RS512, "RS512")
         )
     })
 }

@@ -539,3 +539,46 @@ async fn optional_client_auth_admits_anonymous_clients_and_identifies_the_rest()
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn certificate_actor_forms_and_the_legacy_setting() {
+    use identity::cert::identity_from_der_with;
+    use identity::spiffe::{ActorIdForm, SpiffeOptions, actor_uri_in};
+    let p = TestPki::new();
+    let legacy = SpiffeOptions {
+        accept_legacy_actor: true,
+    };
+    let want = PeerIdentity::Actor(ActorIdentity::new("demo", "agent", None).unwrap());
+    // The dev CA mints the form upstream's atunnel presents.
+    let minted = p.ca.issue_actor(TD, &actor(), false, YEAR).unwrap();
+    assert_eq!(
+        identity_from_der_with(&der(&minted), TD, SpiffeOptions::default())
+            .unwrap()
+            .1,
+        Some(ActorIdForm::AteomForActor)
+    );
+    for form in [
+        ActorIdForm::AteomForActor,
+        ActorIdForm::Actor,
+        ActorIdForm::Legacy,
+    ] {
+        let (_, _, issued) = bad_cert(&p, &format!("{form:?}"), |params| {
+            params.subject_alt_names = vec![SanType::URI(
+                actor_uri_in(form, TD, "demo", "agent").try_into().unwrap(),
+            )]
+        });
+        let by_default = identity_from_der_with(&der(&issued), TD, SpiffeOptions::default());
+        if form == ActorIdForm::Legacy {
+            assert!(
+                matches!(by_default, Err(CertIdentityError::BadSpiffeId(_))),
+                "{by_default:?}"
+            );
+        } else {
+            assert_eq!(by_default.unwrap(), (want.clone(), Some(form)));
+        }
+        assert_eq!(
+            identity_from_der_with(&der(&issued), TD, legacy).unwrap(),
+            (want.clone(), Some(form))
+        );
+    }
+}

@@ -66,7 +66,57 @@ async fn a_valid_token_yields_the_actor() {
         .unwrap();
     let v = s.verifier.verify(&token).await.unwrap();
     assert_eq!(v.actor, actor());
-    assert_eq!(v.claims.sub, "atespaces:team-a:actors:agent-7");
+    assert_eq!(v.claims.sub, "actor/team-a/agent-7");
+    assert_eq!(
+        v.claims.nbf + 300,
+        v.claims.iat,
+        "nbf is backdated 5 minutes"
+    );
+    assert_eq!(v.claims.ate.actor_uid, "uid-7");
+}
+
+#[tokio::test]
+async fn rs384_and_rs512_tokens_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let rs384 = TestKey::new(Algorithm::RS384, "rs384");
+    let rs512 = TestKey::new(Algorithm::RS512, "rs512");
+    write_jwks(&path, &[&rs384, &rs512]);
+    let v = verifier_for(&path, HOUR).await;
+    for k in [&rs384, &rs512] {
+        let t = minted(k);
+        assert_eq!(jsonwebtoken::decode_header(&t).unwrap().alg, k.alg);
+        assert_eq!(v.verify(&t).await.unwrap().actor, actor(), "{:?}", k.alg);
+    }
+}
+
+/// A token in exactly the shape upstream's `MintActorJWT` writes (hand-built payload: `aud`
+/// array, `nbf` 5 minutes before `iat`, `ate.dev.actorUID`) verifies.
+#[tokio::test]
+async fn an_upstream_shaped_token_verifies() {
+    let s = setup().await;
+    let now = now_secs();
+    let payload = serde_json::json!({
+        "iss": ISSUER,
+        "sub": "actor/team-a/agent-7",
+        "aud": [AUDIENCE],
+        "iat": now,
+        "nbf": now - 300,
+        "exp": now + 600,
+        "jti": "0f3c2a",
+        "ate.dev": {"atespace": "team-a", "actorName": "agent-7", "actorUID": "uid-7"},
+    });
+    let key = EncodingKey::from_ec_pem(s.key.pem.as_bytes()).unwrap();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&header, &payload, &key).unwrap();
+    let v = s.verifier.verify(&token).await.unwrap();
+    assert_eq!(v.actor, actor());
+    // The old subject spelling no longer names an actor.
+    let mut old = payload.clone();
+    old["sub"] = "atespaces:team-a:actors:agent-7".into();
+    let token = jsonwebtoken::encode(&header, &old, &key).unwrap();
+    assert_eq!(refusal(&s, &token).await, TokenError::SubjectMismatch);
 }
 
 #[tokio::test]
@@ -184,7 +234,7 @@ async fn tampered_payload_is_refused() {
     let parts: Vec<&str> = token.split('.').collect();
     let mut c = claims(&s);
     c.ate.actor_name = "admin".into();
-    c.sub = "atespaces:team-a:actors:admin".into();
+    c.sub = "actor/team-a/admin".into();
     let forged = format!(
         "{}.{}.{}",
         parts[0],
@@ -288,7 +338,7 @@ async fn over_long_lifetime_and_inconsistent_subject_are_refused() {
         TokenError::LifetimeTooLong { .. }
     ));
     let mut c = claims(&s);
-    c.sub = "atespaces:team-a:actors:someone-else".into();
+    c.sub = "actor/team-a/someone-else".into();
     let token = s.key.signer().sign(&c).unwrap();
     assert_eq!(refusal(&s, &token).await, TokenError::SubjectMismatch);
 }
