@@ -338,38 +338,6 @@ fn headers_message(actor: &str, direction: Option<&str>) -> ep::ProcessingReques
     }
 }
 
-/// One ExtProc stream with one message; returns the answers until the server ends the stream.
-async fn extproc(grpc: SocketAddr, msg: ep::ProcessingRequest) -> Vec<ep::ProcessingResponse> {
-    let mut client =
-        ep::external_processor_client::ExternalProcessorClient::new(grpc_channel(grpc).await);
-    // The sender stays open: the server ends the stream.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(msg).await.unwrap();
-    let mut inbound = within(
-        BOUND,
-        "open an ExtProc stream",
-        client.process(stream_of(rx)),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    let mut answers = Vec::new();
-    while let Some(a) = within(BOUND, "the next ExtProc answer", inbound.message())
-        .await
-        .unwrap()
-    {
-        answers.push(a);
-    }
-    drop(tx);
-    answers
-}
-
-fn stream_of<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
-}
-
 #[tokio::test]
 async fn extproc_streams_go_to_their_direction_handler() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,7 +350,7 @@ async fn extproc_streams_go_to_their_direction_handler() {
     .await;
     let grpc = addr(&app, "grpc");
     for direction in [None, Some("ingress")] {
-        let answers = extproc(grpc, headers_message("demo/hello", direction)).await;
+        let answers = extproc_answers(grpc, headers_message("demo/hello", direction)).await;
         assert_eq!(answers.len(), 1, "{direction:?}: {answers:?}");
         assert!(
             matches!(
@@ -393,7 +361,7 @@ async fn extproc_streams_go_to_their_direction_handler() {
         );
     }
     for direction in ["egress", "sideways"] {
-        let answers = extproc(grpc, headers_message("demo/hello", Some(direction))).await;
+        let answers = extproc_answers(grpc, headers_message("demo/hello", Some(direction))).await;
         let [
             ep::ProcessingResponse {
                 response: Some(ep::processing_response::Response::ImmediateResponse(i)),
@@ -409,7 +377,7 @@ async fn extproc_streams_go_to_their_direction_handler() {
     let mut observed = headers_message("demo/hello", Some("egress"));
     observed.observability_mode = true;
     assert_eq!(
-        extproc(grpc, observed).await,
+        extproc_answers(grpc, observed).await,
         [],
         "observability: no answer"
     );

@@ -163,8 +163,6 @@ async fn wait_metric(gw: &Gateway, class: &str, outcome: &str, want: f64) {
 /// ExtProc `request_headers` through the gateway's gRPC listener; returns the HTTP status of the
 /// immediate response, or 0 when the request was routed.
 async fn extproc_status(grpc: SocketAddr, headers: &[(&str, &str)]) -> (u32, String) {
-    let mut client =
-        ep::external_processor_client::ExternalProcessorClient::new(grpc_channel(grpc).await);
     let req = ep::ProcessingRequest {
         request: Some(ep::processing_request::Request::RequestHeaders(
             ep::HttpHeaders {
@@ -184,17 +182,8 @@ async fn extproc_status(grpc: SocketAddr, headers: &[(&str, &str)]) -> (u32, Str
         )),
         ..Default::default()
     };
-    let mut answers =
-        tokio::time::timeout(T, client.process(futures_util::stream::iter(vec![req])))
-            .await
-            .unwrap()
-            .unwrap()
-            .into_inner();
-    let first = tokio::time::timeout(T, answers.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("an answer");
+    let answers = extproc_answers(grpc, req).await;
+    let first = answers.into_iter().next().expect("an answer");
     match first.response {
         Some(ep::processing_response::Response::ImmediateResponse(i)) => (
             i.status.map(|s| s.code as u32).unwrap_or_default(),

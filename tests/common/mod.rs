@@ -943,3 +943,39 @@ impl Drop for Envoy {
         let _ = self.child.wait();
     }
 }
+
+/// One ExtProc stream through the gateway's gRPC listener carrying one message (the sender stays
+/// open, as Envoy's does); returns the answers until the server ends the stream.
+pub async fn extproc_answers(
+    grpc: SocketAddr,
+    msg: envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest,
+) -> Vec<envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse> {
+    let mut client =
+        envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(grpc_channel(grpc).await);
+    // The sender stays open: the server ends the stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(msg).await.unwrap();
+    let mut inbound = within(
+        BOUND,
+        "open an ExtProc stream",
+        client.process(stream_of(rx)),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let mut answers = Vec::new();
+    while let Some(a) = within(BOUND, "the next ExtProc answer", inbound.message())
+        .await
+        .unwrap()
+    {
+        answers.push(a);
+    }
+    drop(tx);
+    answers
+}
+
+fn stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}
