@@ -1,0 +1,34 @@
+//! The egress policy enforcement point (PEP), DESIGN §7: every outbound connection of an actor
+//! arrives through an mTLS tunnel (HTTP/1.1 CONNECT as upstream atunnel sends it, or RFC 9113
+//! CONNECT streams over h2) carrying the actor's verified identity and the original destination;
+//! the PEP classifies the tunnel's first bytes, decides by policy, audits and forwards.
+//!
+//! * [`decision`]: what a decision is (verdict, reason, deciding rule, where to dial) — the
+//!   vocabulary every other module speaks.
+//! * [`subject`]: the verified actor behind a tunnel.
+//! * [`policy`]: the compiled policy model (upstream grammar and precedence, actorgate's
+//!   extensions) and its sources (`files`, `ateapi`).
+//! * [`guard`]: the SSRF floor applied to every address about to be dialled.
+//! * [`resolve`]: the PEP's own DNS resolver (hickory, static entries, bounded TTL cache).
+//! * [`forward`]: dialling by name or address through the guard, splicing bytes.
+//! * [`classify`]: TLS ClientHello / HTTP/1.x / opaque from a tunnel's first bytes.
+//! * [`cleartext`]: cleartext HTTP proxied and decided per request.
+//! * [`tunnel`]: the tunnel server (h1 and h2 CONNECT over mTLS), identity and liveness.
+//! * [`audit`]: one record per tunnel and per readable request, to the log and a JSON-lines file.
+//! * [`metrics`]: Prometheus metrics of the PEP.
+//! * [`config`]: the `egress` config section.
+
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod classify;
+pub mod cleartext;
+pub mod config;
+pub mod decision;
+pub mod forward;
+pub mod guard;
+pub mod metrics;
+pub mod policy;
+pub mod resolve;
+pub mod subject;
+pub mod tunnel;

@@ -1,0 +1,3 @@
+//! (in progress)
+#![allow(missing_docs)]
+pub struct CompiledPolicy;
