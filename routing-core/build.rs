@@ -1,5 +1,6 @@
 //! Compiles `proto/ateapi.proto` with protox (no protoc needed) and generates tonic client and
-//! server code for `ateapi.Control`.
+//! server code for `ateapi.Control`. Server methods get default stubs answering UNIMPLEMENTED,
+//! so an implementation (the simulator, the test fake) only writes the RPCs it serves.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -7,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

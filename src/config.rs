@@ -5,7 +5,8 @@
 //! Each component owns its section — serde types with defaults, validation, conversion into
 //! its settings: `routing`, `resolver` and `directory` in [`routing_core::config`], `ingress` and
 //! `echo_worker` in [`ingress::config`], TLS files in [`identity::config`], and the binary's own
-//! `logging`, `admin`, `grpc` and `shutdown` in this module's children. This module reads the
+//! `logging`, `admin`, `grpc` and `shutdown` in this module's children, `egress` in
+//! [`egress_pep::config`]. This module reads the
 //! file, composes the sections (prefixing their problems with the section's path) and checks
 //! the rules that span sections: which components need a `directory`, agent mode's worker TLS,
 //! the simulator's static directory, and listeners that would share a port.
@@ -18,6 +19,7 @@ mod shutdown;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use egress_pep::config::{EgressConfig, EgressSettings, PolicySourceKind};
 use identity::tls::ServerTlsFiles;
 use ingress::config::{EchoWorkerConfig, IngressConfig, IngressSettings};
 use routing_core::config::{
@@ -65,6 +67,9 @@ pub struct Config {
     /// SIGTERM handling.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The egress PEP; off unless the file has an `egress` section.
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 /// A loaded config that passed validation, with everything derived from it.
@@ -89,6 +94,8 @@ pub struct Loaded {
     pub resolver: ResolverSettings,
     /// The directory back-end; `None` when no component routes to actors.
     pub directory: Option<DirectorySettings>,
+    /// The egress PEP, when enabled.
+    pub egress: Option<EgressSettings>,
 }
 
 /// Why a config could not be loaded; displays as one line per problem.
@@ -115,6 +122,8 @@ struct Written {
     ingress: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     grpc: Option<WrittenGrpc>,
+    #[serde(default)]
+    egress: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,11 +137,13 @@ struct WrittenGrpc {
 /// Parses the config file's text. Without a `directory`, the components that route to actors
 /// are off unless the file asks for them: `ingress.enabled` is false when there is no `ingress`
 /// section, `grpc.extproc` and `grpc.resolve_route` when they are not written out. (With a
-/// directory their defaults are true.) What the file does ask for is checked by [`validate`].
+/// directory their defaults are true.) `egress.enabled` is false when there is no `egress`
+/// section. What the file does ask for is checked by [`validate`].
 pub fn parse(text: &str) -> Result<Config, FieldErrors> {
     let mut config: Config = parse_yaml(text)?;
+    let written: Written = parse_yaml(text)?;
+    config.egress.enabled &= written.egress.is_some();
     if config.directory.is_none() {
-        let written: Written = parse_yaml(text)?;
         let grpc = written.grpc.unwrap_or_default();
         config.ingress.enabled &= written.ingress.is_some();
         config.grpc.extproc &= grpc.extproc.is_some();
@@ -234,6 +245,41 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             None
         }
     };
+    let egress = config
+        .egress
+        .enabled
+        .then(|| errs.collect("egress", config.egress.settings(&base)))
+        .flatten();
+    // The policy files themselves: every problem, so check-config catches a bad policy too.
+    if let Some(egress_pep::config::PolicySourceSettings::Files(files)) =
+        egress.as_ref().map(|e| &e.policy)
+        && let Err(e) = egress_pep::policy::files::PolicySet::load(files)
+    {
+        for problem in e.0 {
+            let i = files.iter().position(|f| *f == problem.file).unwrap_or(0);
+            errs.push(format!("egress.policy.files[{i}]"), problem.to_string());
+        }
+    }
+    if config.egress.enabled {
+        match &config.directory {
+            None => errs.push(
+                DIRECTORY_SECTION,
+                "is required by egress (the PEP checks that each tunnel's actor is running): \
+                 set static or ateapi, or turn egress off",
+            ),
+            Some(d)
+                if config.egress.policy.source == PolicySourceKind::Ateapi
+                    && d.ateapi.is_none() =>
+            {
+                errs.push(
+                    "egress.policy.source",
+                    "ateapi asks GetActorEgressPolicy over directory.ateapi: set directory.ateapi, \
+                     or use source: files",
+                )
+            }
+            Some(_) => {}
+        }
+    }
     if config.grpc.control_plane_simulator
         && config
             .directory
@@ -268,6 +314,12 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             .as_ref()
             .map(|(a, _)| ("echo_worker.listen", *a)),
     );
+    // From the field itself, so a collision shows even when another egress field is wrong.
+    let egress_listen = config
+        .egress
+        .enabled
+        .then(|| config.egress.listen.parse().ok());
+    listeners.extend(egress_listen.flatten().map(|a| ("egress.listen", a)));
     check_listener_collisions(&mut errs, &listeners);
     let grpc_tls = errs.collect("grpc", config.grpc.tls_files(&base)).flatten();
 
@@ -283,6 +335,7 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             extractor,
             resolver,
             directory,
+            egress,
         }),
         _ => Err(errs),
     }

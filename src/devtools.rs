@@ -31,6 +31,24 @@ pub enum DevCaCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write every certificate the egress demo (deploy/local/egress.yaml) expects, in one go:
+    /// the CA (ca.crt, ca.key; an existing one in the directory is reused), the PEP's server
+    /// certificate (pep.crt, pep.key: DNS localhost, IP 127.0.0.1 and ::1) and an actor
+    /// certificate in upstream atunnel's form (<atespace>.<name>.crt/.key: URI SAN
+    /// spiffe://<td>/ateom-for-actor/<atespace>/<name>, client-auth).
+    EgressDemo {
+        /// Where to write them (the demo config expects dev/egress).
+        #[arg(long, default_value = "dev/egress")]
+        dir: PathBuf,
+        /// The actor, <atespace>/<name> (the demo's policy and directory name demo/hello).
+        #[arg(long, default_value = "demo/hello")]
+        actor: String,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Lifetime of the issued certificates (a new CA gets ten years).
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
     /// Issue a server certificate (server-auth) for DNS names and IPs.
     Server {
         #[command(flatten)]
@@ -235,6 +253,12 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
                 .with_context(|| format!("--dir {}", dir.display()))?;
             wrote(&[dir.join("ca.crt"), dir.join("ca.key")]);
         }
+        DevCaCommand::EgressDemo {
+            dir,
+            actor: a,
+            trust_domain,
+            days,
+        } => egress_demo(&dir, &a, &trust_domain, days)?,
         DevCaCommand::Server {
             common,
             name,
@@ -303,6 +327,47 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
             wrote(&issued_paths(&out, &stem));
         }
     }
+    Ok(())
+}
+
+/// `actorgate dev-ca egress-demo`: the CA (reused when `dir` already holds one), the PEP's
+/// server certificate and one actor certificate, as the egress demo config names them.
+fn egress_demo(dir: &Path, a: &str, trust_domain: &str, days: u64) -> Result<()> {
+    if !identity::spiffe::is_trust_domain(trust_domain) {
+        bail!("--trust-domain {trust_domain:?} is not a valid SPIFFE trust domain");
+    }
+    if days == 0 || days > 36500 {
+        bail!("--days must be between 1 and 36500");
+    }
+    let id = actor(a, None)?;
+    let lifetime = Duration::from_secs(days * DAY);
+    std::fs::create_dir_all(dir).with_context(|| format!("--dir {}", dir.display()))?;
+    let ca = if dir.join("ca.key").exists() {
+        let ca = DevCa::load_dir(dir).with_context(|| format!("--dir {}", dir.display()))?;
+        eprintln!("using the CA in {}", dir.display());
+        ca
+    } else {
+        let ca = DevCa::generate("actorgate development CA", Duration::from_secs(3650 * DAY))?;
+        ca.write_dir(dir)
+            .with_context(|| format!("--dir {}", dir.display()))?;
+        wrote(&[dir.join("ca.crt"), dir.join("ca.key")]);
+        ca
+    };
+    let loopback: [IpAddr; 2] = [
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    ca.issue_server(&["localhost".to_owned()], &loopback, lifetime)?
+        .write(dir, "pep")?;
+    wrote(&issued_paths(dir, "pep"));
+    let stem = format!("{}.{}", id.atespace, id.name);
+    ca.issue_actor(trust_domain, &id, false, lifetime)?
+        .write(dir, &stem)?;
+    wrote(&issued_paths(dir, &stem));
+    eprintln!(
+        "actor certificate: {}",
+        identity::spiffe::actor_id(trust_domain, &id)
+    );
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 //! `actorgate`: the ingress and egress gateway for actor platforms.
 //!
 //! Subcommands: `serve --config FILE` runs the configured components; `check-config FILE`
-//! validates a config and prints the effective result.
+//! validates a config and prints the effective result; `policy test` decides one destination
+//! for one actor against a config's egress policy source; `dev-ca`, `token` and `echo-worker`
+//! are development tools.
 
 mod devtools;
+mod policy;
 
 use actorgate::{app, config};
 
@@ -42,6 +45,9 @@ enum Command {
     /// JWT tooling: signing keys and JWKS, actor tokens, egress assertions, verification.
     #[command(subcommand)]
     Token(devtools::TokenCommand),
+    /// Egress policy tooling: `policy test` decides one destination for one actor.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Run an echo worker (HTTP, SSE, WebSocket and gRPC echo) for demos, tests and benchmarks.
     EchoWorker {
         #[arg(long, default_value = "127.0.0.1:18080")]
@@ -58,6 +64,17 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::DevCa(cmd) => report(devtools::dev_ca(cmd)),
         Command::Token(cmd) => report(devtools::token(cmd)),
+        // 0: passes (allow or audit), 1: denied, 2: no decision (bad config, source down).
+        Command::Policy(cmd) => match policy::run(cmd) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                for line in format!("{e:#}").lines() {
+                    eprintln!("actorgate: {line}");
+                }
+                ExitCode::from(2)
+            }
+        },
         Command::EchoWorker { listen, name } => report(echo_worker(listen, name)),
         Command::Serve { config } => {
             let loaded = match config::load(&config) {

@@ -183,3 +183,121 @@ fn the_resolve_listener_is_optional_and_named_in_problems() {
         "{stderr}"
     );
 }
+
+/// Writes the egress demo's certificates (`actorgate dev-ca egress-demo`) into `dir`.
+fn egress_demo_certs(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_actorgate"))
+        .args(["dev-ca", "egress-demo", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run actorgate dev-ca egress-demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A valid `egress` section with the demo certificates in `dir` and a policy file `p.yaml`.
+fn egress_section(dir: &Path, extra: &str) -> String {
+    std::fs::write(
+        dir.join("p.yaml"),
+        "policies:\n- name: p\n  selector: {atespace: demo}\n  rules:\n  - tcp: {cidrs: [10.0.0.0/8], ports: all}\n",
+    )
+    .unwrap();
+    let d = dir.display();
+    format!(
+        "egress:\n  listen: '127.0.0.1:0'\n  tls: {{cert_file: '{d}/pep.crt', key_file: '{d}/pep.key', \
+         client_ca_file: '{d}/ca.crt', client_auth: required}}\n  policy: {{files: [p.yaml]}}\n{extra}"
+    )
+}
+
+#[test]
+fn egress_is_off_without_its_section_and_on_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    egress_demo_certs(dir.path());
+    let (code, stdout, stderr) = check_config(dir.path(), "directory: {static: {}}\n");
+    assert_eq!(code, Some(0), "{stderr}");
+    let v = effective(&stdout);
+    assert_eq!(v["egress"]["enabled"], false, "{stdout}");
+    assert_eq!(v["egress"]["listen"], "0.0.0.0:15008", "{stdout}");
+
+    let yaml = format!(
+        "admin: {{listen: '127.0.0.1:0'}}\ndirectory: {{static: {{}}}}\n{}",
+        egress_section(dir.path(), "")
+    );
+    let (code, stdout, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v = effective(&stdout);
+    assert_eq!(v["egress"]["enabled"], true, "{stdout}");
+    assert_eq!(v["egress"]["policy"]["source"], "files", "{stdout}");
+    assert_eq!(v["egress"]["liveness"]["ttl"], "2s", "{stdout}");
+
+    // The policy files are checked too: each problem names the file and its field.
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "policies:\n- name: p\n  selector: {atespace: demo}\n  rules:\n  - http: {hostnames: ['Bad_Name']}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("egress.policy.files[0]: ")
+            && stderr.contains("p.yaml: policies[0].rules[0].http.hostnames[0]: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn egress_problems_are_one_line_each_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // No tls, no policy files, no directory, bad lists: every problem at once.
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\n\
+         egress:\n  trust_domain: 'Not A Domain'\n  guard: {private: ['10.0.0.1/8']}\n\
+         \x20 resolver: {static: {'svc.local': ['nope']}}\n  limits: {peek_timeout: 1m}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "check.yaml: egress.tls: is required",
+        "check.yaml: egress.trust_domain: \"Not A Domain\" is not a valid SPIFFE trust domain",
+        "check.yaml: egress.policy.files: name at least one policy file",
+        "check.yaml: egress.guard.private[0]: \"10.0.0.1/8\" has host bits set",
+        "check.yaml: egress.resolver.static.svc.local[0]: invalid IP address \"nope\"",
+        "check.yaml: egress.limits.peek_timeout: 1m is above classify_timeout (5s)",
+        "check.yaml: directory: is required by egress",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.starts_with("actorgate: ")),
+        "one line per problem:\n{stderr}"
+    );
+
+    // client_auth other than required; a listener collision; the ateapi source without an
+    // ateapi directory.
+    egress_demo_certs(dir.path());
+    let section = egress_section(dir.path(), "")
+        .replace("client_auth: required", "client_auth: optional")
+        .replace("listen: '127.0.0.1:0'", "listen: '127.0.0.1:9090'")
+        .replace("policy: {files: [p.yaml]}", "policy: {source: ateapi}");
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        &format!("admin: {{listen: '127.0.0.1:9090'}}\ndirectory: {{static: {{}}}}\n{section}"),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "egress.tls.client_auth: must be required",
+        "egress.listen: 127.0.0.1:9090 is also admin.listen",
+        "egress.policy.source: ateapi asks GetActorEgressPolicy over directory.ateapi",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+}

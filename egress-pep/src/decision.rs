@@ -77,6 +77,9 @@ pub enum Reason {
     NoPolicy,
     /// The actor's policy has no rule matching the traffic (default deny).
     NoMatchingRule,
+    /// The control plane sent a policy actorgate cannot take whole (upstream limits or
+    /// grammar violated): everything is denied for that actor until it is fixed.
+    PolicyInvalid,
     /// A TLS ClientHello without SNI where only name rules could match.
     NoSni,
     /// The SNI or authority is not a valid name or IP literal.
@@ -117,6 +120,11 @@ pub enum Reason {
     BadRequest,
     /// The PEP is draining and takes no new tunnels.
     Draining,
+    /// The tunnel's first bytes looked like TLS or HTTP but did not complete within the
+    /// classification limits (size, time), or could not be read.
+    Unclassified,
+    /// A cleartext HTTP tunnel: not decided as a whole, each request is (tunnel records only).
+    PerRequest,
 }
 
 impl Reason {
@@ -126,6 +134,7 @@ impl Reason {
             Reason::Allowed => "allowed",
             Reason::NoPolicy => "no_policy",
             Reason::NoMatchingRule => "no_matching_rule",
+            Reason::PolicyInvalid => "policy_invalid",
             Reason::NoSni => "no_sni",
             Reason::InvalidAuthority => "invalid_authority",
             Reason::MethodNotAllowed => "method_not_allowed",
@@ -146,6 +155,8 @@ impl Reason {
             Reason::BadTarget => "bad_target",
             Reason::BadRequest => "bad_request",
             Reason::Draining => "draining",
+            Reason::Unclassified => "unclassified",
+            Reason::PerRequest => "per_request",
         }
     }
 
@@ -156,6 +167,7 @@ impl Reason {
             Reason::Allowed => "allowed by rule",
             Reason::NoPolicy => "no policy for this actor",
             Reason::NoMatchingRule => "no rule matches",
+            Reason::PolicyInvalid => "the actor's policy from the control plane is invalid",
             Reason::NoSni => "TLS ClientHello without SNI",
             Reason::InvalidAuthority => "invalid SNI or authority",
             Reason::MethodNotAllowed => "method not allowed by the matching rule",
@@ -176,6 +188,8 @@ impl Reason {
             Reason::BadTarget => "CONNECT target is not an IP literal with a port",
             Reason::BadRequest => "malformed request",
             Reason::Draining => "draining",
+            Reason::Unclassified => "first bytes did not classify within the limits",
+            Reason::PerRequest => "cleartext HTTP, decided per request",
         }
     }
 

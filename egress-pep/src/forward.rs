@@ -1,1 +1,435 @@
-//! (in progress)
+//! Forwarding (DESIGN §7.2 "Where traffic goes"): dialling what a decision allows, through the
+//! guard, and splicing bytes between the tunnel and the upstream connection.
+//!
+//! * [`Dialer::dial`]: a [`Dial::Name`] is resolved with the PEP's own [`PepResolver`]; every
+//!   answer is screened by the [`Guard`] (guarded ones skipped, private ones unless the rule
+//!   allows them) and the rest are tried in answer order; a [`Dial::Address`] (tcp rules, `*` on
+//!   an IP literal) is screened and dialled as is. Each dial gets a fresh connection: an upstream
+//!   connection is never shared between tunnels, let alone actors.
+//! * [`splice`]: a bidirectional copy with correct half-close (EOF one way shuts down the write
+//!   side of the other, the other direction keeps running), an idle timeout, and per-direction
+//!   buffers of [`SPLICE_BUFFER`] bytes that are only held while bytes are in flight (an idle
+//!   tunnel holds none).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use crate::decision::{Dial, Reason};
+use crate::guard::{Guard, Via};
+use crate::resolve::{PepResolver, ResolveError};
+
+/// Dials upstream connections for allowed traffic. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Dialer {
+    resolver: Arc<PepResolver>,
+    guard: Arc<Guard>,
+    connect_timeout: Duration,
+}
+
+/// An upstream connection, ready to splice.
+#[derive(Debug)]
+pub struct Dialed {
+    /// The connected socket (`TCP_NODELAY` set).
+    pub stream: TcpStream,
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// For [`Dial::Name`]: the actor's original destination IP is not among the PEP's answers
+    /// for the name (SNI/Host names an allowed host, the actor dialed another IP — recorded in
+    /// the audit record). For [`Dial::Address`]: the dialled address differs from the original
+    /// destination.
+    pub dst_mismatch: bool,
+}
+
+/// Why nothing was dialled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct DialRefusal {
+    /// [`Reason::Guarded`], [`Reason::PrivateAddress`], [`Reason::ResolveFailed`] or
+    /// [`Reason::DialFailed`].
+    pub reason: Reason,
+    /// A human detail for the log (the address, the range, the error); never sent to the actor.
+    pub detail: String,
+}
+
+impl DialRefusal {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        DialRefusal {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Dialer {
+    /// A dialer resolving with `resolver`, screening with `guard`, giving each connection
+    /// attempt `connect_timeout`.
+    pub fn new(resolver: Arc<PepResolver>, guard: Arc<Guard>, connect_timeout: Duration) -> Self {
+        Dialer {
+            resolver,
+            guard,
+            connect_timeout,
+        }
+    }
+
+    /// The resolver (for the DNS cache gauge).
+    pub fn resolver(&self) -> &Arc<PepResolver> {
+        &self.resolver
+    }
+
+    /// The guard.
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.guard
+    }
+
+    /// Connects to where `dial` says. `original_dst` is the tunnel's CONNECT target (for
+    /// [`Dialed::dst_mismatch`]). Refusals: every answer guarded → `Guarded`; every
+    /// remaining answer private without `allow_private` → `PrivateAddress`; the name does not
+    /// resolve → `ResolveFailed`; no screened address accepted a connection within the timeout
+    /// → `DialFailed`.
+    pub async fn dial(&self, dial: &Dial, original_dst: SocketAddr) -> Result<Dialed, DialRefusal> {
+        match dial {
+            Dial::Name {
+                host,
+                port,
+                allow_private,
+            } => {
+                let answers = self.resolver.lookup(host).await.map_err(|e| {
+                    let detail = e.to_string();
+                    match e {
+                        ResolveError::Config(_)
+                        | ResolveError::NotFound { .. }
+                        | ResolveError::Failed { .. } => {
+                            DialRefusal::new(Reason::ResolveFailed, detail)
+                        }
+                    }
+                })?;
+                let via = Via::Name {
+                    allow_private: *allow_private,
+                };
+                let mut refused: Option<DialRefusal> = None;
+                let mut candidates: Vec<SocketAddr> = Vec::with_capacity(answers.len());
+                for ip in answers.iter() {
+                    let addr = SocketAddr::new(*ip, *port);
+                    match self.guard.screen(addr, via) {
+                        Ok(()) => candidates.push(addr),
+                        Err(r) => {
+                            // Guarded outranks private in the reported reason.
+                            if refused.as_ref().is_none_or(|p| p.reason != Reason::Guarded) {
+                                refused = Some(DialRefusal::new(
+                                    r.reason,
+                                    format!("{host} resolves to {addr}: {r}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+                if candidates.is_empty() {
+                    return Err(refused.unwrap_or_else(|| {
+                        DialRefusal::new(Reason::ResolveFailed, format!("{host}: no addresses"))
+                    }));
+                }
+                let dst = original_dst.ip().to_canonical();
+                let dst_mismatch = !answers.iter().any(|a| a.to_canonical() == dst);
+                let (stream, addr) = self.connect_first(&candidates).await?;
+                Ok(Dialed {
+                    stream,
+                    addr,
+                    dst_mismatch,
+                })
+            }
+            Dial::Address { addr, tcp_rule } => {
+                self.guard
+                    .screen(
+                        *addr,
+                        Via::Address {
+                            tcp_rule: *tcp_rule,
+                        },
+                    )
+                    .map_err(|r| DialRefusal::new(r.reason, format!("{addr}: {r}")))?;
+                let (stream, addr) = self.connect_first(&[*addr]).await?;
+                Ok(Dialed {
+                    stream,
+                    addr,
+                    dst_mismatch: addr.ip().to_canonical() != original_dst.ip().to_canonical(),
+                })
+            }
+        }
+    }
+
+    /// Tries `addrs` in order; the first connection wins.
+    async fn connect_first(
+        &self,
+        addrs: &[SocketAddr],
+    ) -> Result<(TcpStream, SocketAddr), DialRefusal> {
+        let mut errors: Vec<String> = Vec::new();
+        for &addr in addrs {
+            // An IPv4-mapped answer is dialled as the IPv4 address it is.
+            let target = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await {
+                Ok(Ok(stream)) => {
+                    // Latency over batching: the tunnel already batches what the actor wrote.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(%addr, error = %e, "set TCP_NODELAY failed");
+                    }
+                    return Ok((stream, addr));
+                }
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!(
+                    "{addr}: connect timed out after {:?}",
+                    self.connect_timeout
+                )),
+            }
+        }
+        Err(DialRefusal::new(Reason::DialFailed, errors.join("; ")))
+    }
+}
+
+/// Bytes per direction buffer while bytes are in flight (none is held while a direction waits
+/// for data).
+pub const SPLICE_BUFFER: usize = 32 * 1024;
+
+/// What a splice moved and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpliceStats {
+    /// Bytes written to `b` (read from `a`): actor → upstream when `a` is the tunnel.
+    pub up: u64,
+    /// Bytes written to `a` (read from `b`): upstream → actor.
+    pub down: u64,
+    /// The splice ended because no byte moved either way for the idle timeout.
+    pub idle_timeout: bool,
+}
+
+/// Live byte counters of a splice ([`splice_counted`]): readable while it runs (metrics) and
+/// after it failed (audit records still get the bytes moved).
+#[derive(Debug, Default)]
+pub struct SpliceCounters {
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl SpliceCounters {
+    /// Zeroed counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Bytes written to `b` so far.
+    pub fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+    /// Bytes written to `a` so far.
+    pub fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` until both directions reached EOF (each EOF
+/// shuts down the write side of the other stream; the other direction keeps running), or no
+/// byte moved either way for `idle` (then `idle_timeout` is set and the streams are dropped by
+/// the caller). An I/O error in either direction ends the splice with that error.
+pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> io::Result<SpliceStats>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let counters = SpliceCounters::new();
+    splice_counted(a, b, idle, &counters).await
+}
+
+/// As [`splice`], publishing the byte counts in `counters` (fresh ones: the counts add up) as
+/// they move.
+pub async fn splice_counted<A, B>(
+    mut a: A,
+    mut b: B,
+    idle: Duration,
+    counters: &SpliceCounters,
+) -> io::Result<SpliceStats>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut splice = Splice {
+        a: &mut a,
+        b: &mut b,
+        up: Half::default(),
+        down: Half::default(),
+        idle,
+        last_activity: Instant::now(),
+        timer: Box::pin(tokio::time::sleep(idle)),
+        counters,
+    };
+    std::future::poll_fn(|cx| splice.poll(cx)).await
+}
+
+/// One direction of a splice.
+#[derive(Default)]
+struct Half {
+    /// Held only while `pos < cap` or during a read.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    cap: usize,
+    read_eof: bool,
+    need_flush: bool,
+    done: bool,
+}
+
+impl Half {
+    /// Moves bytes from `r` to `w` until it would block or finishes; `moved` counts bytes
+    /// written, `progress` is set when anything happened (bytes, EOF).
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        moved: &AtomicU64,
+        progress: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.pos == self.cap && !self.read_eof {
+                let buf = self
+                    .buf
+                    .get_or_insert_with(|| vec![0u8; SPLICE_BUFFER].into_boxed_slice());
+                let mut rb = ReadBuf::new(buf);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        // Nothing in flight: give the buffer back (an idle tunnel holds none).
+                        self.buf = None;
+                        if self.need_flush {
+                            match w.as_mut().poll_flush(cx) {
+                                Poll::Ready(Ok(())) => self.need_flush = false,
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                                Poll::Pending => {}
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        *progress = true;
+                        if n == 0 {
+                            self.read_eof = true;
+                            self.buf = None;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let Some(buf) = self.buf.as_deref() else {
+                    // Unreachable by construction (bytes in flight keep their buffer).
+                    self.pos = self.cap;
+                    break;
+                };
+                let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "write zero bytes into the other side",
+                    )));
+                }
+                self.pos += n;
+                self.need_flush = true;
+                *progress = true;
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if self.read_eof && self.pos == self.cap {
+                // Half-close: flush, then shut down the other side's write half.
+                ready!(w.as_mut().poll_flush(cx))?;
+                self.need_flush = false;
+                match ready!(w.as_mut().poll_shutdown(cx)) {
+                    Ok(()) => {}
+                    // The peer already went away entirely: nothing left to tell it.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                self.done = true;
+                *progress = true;
+            }
+        }
+    }
+}
+
+struct Splice<'s, A: ?Sized, B: ?Sized> {
+    a: &'s mut A,
+    b: &'s mut B,
+    up: Half,
+    down: Half,
+    idle: Duration,
+    last_activity: Instant,
+    timer: Pin<Box<Sleep>>,
+    counters: &'s SpliceCounters,
+}
+
+impl<A, B> Splice<'_, A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<SpliceStats>> {
+        let mut progress = false;
+        let up = self.up.poll_copy(
+            cx,
+            Pin::new(&mut *self.a),
+            Pin::new(&mut *self.b),
+            &self.counters.up,
+            &mut progress,
+        );
+        if let Poll::Ready(Err(e)) = up {
+            return Poll::Ready(Err(e));
+        }
+        let down = self.down.poll_copy(
+            cx,
+            Pin::new(&mut *self.b),
+            Pin::new(&mut *self.a),
+            &self.counters.down,
+            &mut progress,
+        );
+        if let Poll::Ready(Err(e)) = down {
+            return Poll::Ready(Err(e));
+        }
+        if up.is_ready() && down.is_ready() {
+            return Poll::Ready(Ok(self.stats(false)));
+        }
+        if progress {
+            // Cheap: the timer is only re-armed when it fires (below).
+            self.last_activity = Instant::now();
+        }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last_activity + self.idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Ok(self.stats(true)));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+
+    fn stats(&self, idle_timeout: bool) -> SpliceStats {
+        SpliceStats {
+            up: self.counters.up(),
+            down: self.counters.down(),
+            idle_timeout,
+        }
+    }
+}

@@ -1,1 +1,338 @@
-//! (in progress)
+//! Prometheus metrics of the PEP (DESIGN §7.2 "Audit"): tunnels and cleartext requests by verdict
+//! and reason, active tunnels, bytes each way, decision latency, identity failures by reason,
+//! limits that closed something, the policy source's reload state and the DNS cache size. Every
+//! label is a fixed, low-cardinality code ([`Verdict::as_str`], [`Reason::as_str`],
+//! [`Limit::as_str`]): never an actor, a name or an address.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::decision::{Reason, Verdict};
+
+/// A limit that closed or refused something (label `limit` of
+/// `actorgate_egress_limits_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// The CONNECT request's head did not arrive within the header read timeout.
+    SlowHeader,
+    /// The CONNECT request's head was larger than the header limit (answered 431).
+    OversizedHeader,
+    /// An h2 stream beyond the connection's stream limit (refused).
+    TooManyStreams,
+    /// A tunnel with no bytes either way for the idle timeout (closed).
+    Idle,
+    /// The tunnel's first bytes did not classify within the classification timeout.
+    ClassifyTimeout,
+}
+
+impl Limit {
+    /// The label value: `slow_header`, `oversized_header`, `too_many_streams`, `idle`,
+    /// `classify_timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::SlowHeader => "slow_header",
+            Limit::OversizedHeader => "oversized_header",
+            Limit::TooManyStreams => "too_many_streams",
+            Limit::Idle => "idle",
+            Limit::ClassifyTimeout => "classify_timeout",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+/// The PEP's metric handles. Cloning shares the underlying metrics (every clone counts into the
+/// same series).
+#[derive(Clone, Debug)]
+pub struct EgressMetrics {
+    tunnels: Family<VerdictLabels, Counter>,
+    requests: Family<VerdictLabels, Counter>,
+    active: Gauge,
+    bytes: Family<DirectionLabels, Counter>,
+    decision_seconds: Histogram,
+    identity_failures: Family<ReasonLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
+    policy_reload_ok: Gauge,
+    dns_cache_entries: Gauge,
+    /// Decisions observed (for tests and `/statusz`, without reading the histogram).
+    decisions: Arc<AtomicU64>,
+}
+
+impl EgressMetrics {
+    /// Creates the metrics and registers them in `registry`:
+    /// `actorgate_egress_tunnels_total{verdict,reason}`, `actorgate_egress_tunnels_active`,
+    /// `actorgate_egress_bytes_total{direction="up"|"down"}` (up: actor → destination),
+    /// `actorgate_egress_decision_seconds`, `actorgate_egress_identity_failures_total{reason}`,
+    /// `actorgate_egress_requests_total{verdict,reason}`, `actorgate_egress_limits_total{limit}`,
+    /// `actorgate_egress_policy_reload_ok` (1 while the policy source's latest load succeeded)
+    /// and `actorgate_egress_dns_cache_entries`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::unregistered();
+        registry.register(
+            "actorgate_egress_tunnels",
+            "Tunnels by verdict and reason (one per CONNECT; refused CONNECTs included)",
+            m.tunnels.clone(),
+        );
+        registry.register(
+            "actorgate_egress_tunnels_active",
+            "Tunnels open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "actorgate_egress_bytes",
+            "Bytes carried by tunnels; up = actor to destination, down = destination to actor",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "actorgate_egress_decision_seconds",
+            "Time from a tunnel's CONNECT to its policy decision (identity, liveness, policy, classification excluded)",
+            m.decision_seconds.clone(),
+        );
+        registry.register(
+            "actorgate_egress_identity_failures",
+            "CONNECTs refused for their identity, by reason",
+            m.identity_failures.clone(),
+        );
+        registry.register(
+            "actorgate_egress_requests",
+            "Cleartext HTTP requests inside tunnels by verdict and reason",
+            m.requests.clone(),
+        );
+        registry.register(
+            "actorgate_egress_limits",
+            "Connections, streams and tunnels closed or refused by a limit",
+            m.limits.clone(),
+        );
+        registry.register(
+            "actorgate_egress_policy_reload_ok",
+            "1 while the egress policy source's latest load or reload succeeded, 0 after a failed one",
+            m.policy_reload_ok.clone(),
+        );
+        registry.register(
+            "actorgate_egress_dns_cache_entries",
+            "Names in the PEP resolver's cache",
+            m.dns_cache_entries.clone(),
+        );
+        m
+    }
+
+    /// Metrics registered nowhere (tests, tools).
+    pub fn unregistered() -> Self {
+        let policy_reload_ok = Gauge::default();
+        policy_reload_ok.set(1);
+        Self {
+            tunnels: Family::default(),
+            requests: Family::default(),
+            active: Gauge::default(),
+            bytes: Family::default(),
+            // 1 µs … ~4 s.
+            decision_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
+            identity_failures: Family::default(),
+            limits: Family::default(),
+            policy_reload_ok,
+            dns_cache_entries: Gauge::default(),
+            decisions: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one tunnel's outcome.
+    pub fn tunnel(&self, verdict: Verdict, reason: Reason) {
+        self.tunnels
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Tunnels counted with this verdict and reason so far.
+    pub fn tunnels(&self, verdict: Verdict, reason: Reason) -> u64 {
+        self.tunnels
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.as_str(),
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts one cleartext request's outcome.
+    pub fn request(&self, verdict: Verdict, reason: Reason) {
+        self.requests
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Cleartext requests counted with this verdict and reason so far.
+    pub fn requests(&self, verdict: Verdict, reason: Reason) -> u64 {
+        self.requests
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.as_str(),
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts a CONNECT refused for its identity (also counted as a tunnel by the caller).
+    pub fn identity_failure(&self, reason: Reason) {
+        self.identity_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Identity failures counted with this reason so far.
+    pub fn identity_failures(&self, reason: Reason) -> u64 {
+        self.identity_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts something a limit closed or refused.
+    pub fn limit(&self, limit: Limit) {
+        self.limits
+            .get_or_create(&LimitLabels {
+                limit: limit.as_str(),
+            })
+            .inc();
+    }
+
+    /// How often `limit` closed or refused something so far.
+    pub fn limits(&self, limit: Limit) -> u64 {
+        self.limits
+            .get_or_create(&LimitLabels {
+                limit: limit.as_str(),
+            })
+            .get()
+    }
+
+    /// Adds bytes carried: `up` from the actor to the destination, `down` back.
+    pub fn bytes(&self, up: u64, down: u64) {
+        if up > 0 {
+            self.bytes
+                .get_or_create(&DirectionLabels { direction: "up" })
+                .inc_by(up);
+        }
+        if down > 0 {
+            self.bytes
+                .get_or_create(&DirectionLabels { direction: "down" })
+                .inc_by(down);
+        }
+    }
+
+    /// Records how long a decision took.
+    pub fn decision(&self, took: Duration) {
+        self.decision_seconds.observe(took.as_secs_f64());
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decisions recorded so far.
+    pub fn decisions(&self) -> u64 {
+        self.decisions.load(Ordering::Relaxed)
+    }
+
+    /// A tunnel opened: the active gauge goes up until the returned guard is dropped.
+    pub fn open_tunnel(&self) -> ActiveTunnel {
+        self.active.inc();
+        ActiveTunnel {
+            active: self.active.clone(),
+        }
+    }
+
+    /// Tunnels open now.
+    pub fn active_tunnels(&self) -> i64 {
+        self.active.get()
+    }
+
+    /// Sets the policy source's reload state (`true`: latest load succeeded).
+    pub fn set_policy_reload_ok(&self, ok: bool) {
+        self.policy_reload_ok.set(i64::from(ok));
+    }
+
+    /// Sets the number of names in the resolver's cache.
+    pub fn set_dns_cache_entries(&self, entries: u64) {
+        self.dns_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+}
+
+/// Holds one unit of `actorgate_egress_tunnels_active` while a tunnel is open.
+#[derive(Debug)]
+pub struct ActiveTunnel {
+    active: Gauge,
+}
+
+impl Drop for ActiveTunnel {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_the_documented_names() {
+        let mut reg = Registry::default();
+        let m = EgressMetrics::new(&mut reg);
+        m.tunnel(Verdict::Deny, Reason::NoPolicy);
+        m.request(Verdict::Allow, Reason::Allowed);
+        m.identity_failure(Reason::IdentityInvalid);
+        m.limit(Limit::Idle);
+        m.bytes(3, 4);
+        m.decision(Duration::from_micros(3));
+        let t = m.open_tunnel();
+        assert_eq!(m.active_tunnels(), 1);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        for line in [
+            "actorgate_egress_tunnels_total{verdict=\"deny\",reason=\"no_policy\"} 1",
+            "actorgate_egress_requests_total{verdict=\"allow\",reason=\"allowed\"} 1",
+            "actorgate_egress_identity_failures_total{reason=\"identity_invalid\"} 1",
+            "actorgate_egress_limits_total{limit=\"idle\"} 1",
+            "actorgate_egress_bytes_total{direction=\"up\"} 3",
+            "actorgate_egress_bytes_total{direction=\"down\"} 4",
+            "actorgate_egress_tunnels_active 1",
+            "actorgate_egress_decision_seconds_count 1",
+            "actorgate_egress_policy_reload_ok 1",
+            "actorgate_egress_dns_cache_entries 0",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        drop(t);
+        assert_eq!(m.active_tunnels(), 0);
+    }
+}

@@ -1,1 +1,710 @@
-//! (in progress)
+//! The tunnel server (DESIGN §7.1): TLS with a required client certificate; without ALPN or with
+//! `http/1.1` one HTTP/1.1 `CONNECT <ip>:<port>` per connection (what upstream atunnel sends),
+//! with ALPN `h2` RFC 9113 CONNECT streams, many per connection.
+//!
+//! Per CONNECT: the target must be an IP literal with a port (else 403), any other method 405;
+//! then identity ([`identity`]: the certificate's actor, or an allow-listed agent plus its egress
+//! assertion), liveness ([`liveness`]: `GetActor` RUNNING, cached), and the actor's policy from
+//! the [`PolicySource`] (unavailable → 503, none → 403). Refusals answer `403 egress denied` or
+//! `503 egress unavailable` (`text/plain`); the reason goes only to the audit record and the log.
+//!
+//! Then `200`, and the tunnel's first bytes are classified: a TLS ClientHello is decided on its
+//! SNI, opaque bytes on `tcp` rules; either is dialled through the [`Dialer`] (guard, own
+//! resolver) and spliced, or, when denied, closed with no byte sent. Cleartext HTTP is handed to
+//! [`cleartext::serve`], which decides every request against the actor's *current* policy (a
+//! reload applies to open tunnels). Every tunnel holds the drain; once draining, new CONNECTs get
+//! 503 and h2 connections a GOAWAY. One audit record per tunnel (and per cleartext request).
+
+pub mod identity;
+pub mod liveness;
+mod refused;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use runtime::drain::DrainSignal;
+use runtime::listener::{BoundListener, Conn, ConnInfo, ServerTlsSource};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::audit::{AuditActor, AuditRecord, AuditSink, RecordKind};
+use crate::classify::{self, Classified, ClassifyError, ClassifyLimits, Rewind};
+use crate::cleartext::{self, CleartextHooks, CleartextLimits, RequestRecord};
+use crate::decision::{Decision, Dial, Query, Reason, Traffic, Verdict};
+use crate::forward::{DialRefusal, Dialer, SpliceCounters};
+use crate::metrics::{ActiveTunnel, EgressMetrics, Limit};
+use crate::policy::{CompiledPolicy, PolicySource};
+use crate::subject::Subject;
+use routing_core::directory::ActorDirectory;
+
+pub use identity::{ASSERTION_HEADER, IdentitySettings};
+
+/// Body of a 403 answer.
+pub const DENIED_BODY: &str = "egress denied";
+/// Body of a 503 answer.
+pub const UNAVAILABLE_BODY: &str = "egress unavailable";
+/// Longest wait for a denied tunnel's orderly close (TLS close_notify, h2 END_STREAM).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bounds of the tunnel server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelLimits {
+    /// Longest time for a CONNECT request's head to arrive (HTTP/1.1, from the connection's
+    /// start); exceeded → the connection closes (counted `slow_header`). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Largest CONNECT request head in bytes (HTTP/1.1 head; h2 header list); more → 431
+    /// (counted `oversized_header`). Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Most CONNECT streams open at once on one h2 connection (the advertised
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; streams beyond it are refused, counted
+    /// `too_many_streams`). Default 256.
+    pub max_streams_per_connection: u32,
+    /// A tunnel with no byte either way for this long is closed (counted `idle`). Default 10 min.
+    pub idle_timeout: Duration,
+    /// h2 per-stream flow-control window, bytes: bounds what one tunnel buffers. Default 256 KiB.
+    pub h2_stream_window: u32,
+    /// h2 per-connection flow-control window, bytes. Default 4 MiB.
+    pub h2_connection_window: u32,
+    /// How long a `GetActor` answer (RUNNING or NOT_FOUND) is reused per actor. Default 2 s.
+    pub liveness_ttl: Duration,
+    /// Most actors whose liveness is cached. Default 100,000.
+    pub liveness_capacity: u64,
+}
+
+impl Default for TunnelLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_streams_per_connection: 256,
+            idle_timeout: Duration::from_secs(600),
+            h2_stream_window: 256 * 1024,
+            h2_connection_window: 4 * 1024 * 1024,
+            liveness_ttl: liveness::DEFAULT_TTL,
+            liveness_capacity: liveness::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// Everything the PEP is built from.
+pub struct PepParts {
+    /// The tunnel listener's TLS (client certificate required; ALPN `h2`, `http/1.1`). The
+    /// listener handed to [`Pep::serve`] must already use it (see [`Pep::tls`]).
+    pub tls: Arc<dyn ServerTlsSource>,
+    /// Actor liveness (`GetActor`).
+    pub directory: Arc<dyn ActorDirectory>,
+    /// Where each actor's policy comes from.
+    pub policy: Arc<dyn PolicySource>,
+    /// Dials allowed traffic (own resolver, guard).
+    pub dialer: Arc<Dialer>,
+    /// Audit records.
+    pub audit: Arc<AuditSink>,
+    /// Metrics.
+    pub metrics: EgressMetrics,
+    /// How identities are read.
+    pub identity: IdentitySettings,
+    /// Tunnel server bounds.
+    pub limits: TunnelLimits,
+    /// Bounds of first-bytes classification.
+    pub classify: ClassifyLimits,
+    /// Bounds of the cleartext HTTP proxy.
+    pub cleartext: CleartextLimits,
+    /// DNS suffixes that name actors (e.g. `actors.local`): an SNI or authority under one is
+    /// actor-to-actor traffic, denied until actor forwarding is configured (DESIGN §7.4).
+    pub actor_host_suffixes: Vec<String>,
+}
+
+/// The egress PEP: the tunnel server and everything a tunnel needs.
+pub struct Pep {
+    tls: Arc<dyn ServerTlsSource>,
+    directory_kind: &'static str,
+    policy: Arc<dyn PolicySource>,
+    dialer: Arc<Dialer>,
+    audit: Arc<AuditSink>,
+    metrics: EgressMetrics,
+    identity: IdentitySettings,
+    limits: TunnelLimits,
+    classify: ClassifyLimits,
+    cleartext: CleartextLimits,
+    actor_host_suffixes: Vec<String>,
+    liveness: liveness::Liveness,
+    listeners: parking_lot::Mutex<Vec<SocketAddr>>,
+}
+
+impl std::fmt::Debug for Pep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pep")
+            .field("policy", &self.policy.kind())
+            .field("directory", &self.directory_kind)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// What one connection shares with its CONNECTs.
+struct ConnCtx {
+    info: Arc<ConnInfo>,
+    cert: identity::CertIdentity,
+    drain: DrainSignal,
+}
+
+/// A tunnel that was answered 200.
+struct Tunnel {
+    subject: Arc<Subject>,
+    dst: SocketAddr,
+    policy: Arc<CompiledPolicy>,
+    started: Instant,
+    _active: ActiveTunnel,
+}
+
+impl Pep {
+    /// Builds the PEP.
+    pub fn new(parts: PepParts) -> Arc<Self> {
+        let liveness = liveness::Liveness::new(
+            parts.directory.clone(),
+            parts.limits.liveness_ttl,
+            parts.limits.liveness_capacity,
+        );
+        Arc::new(Self {
+            tls: parts.tls,
+            directory_kind: parts.directory.kind(),
+            policy: parts.policy,
+            dialer: parts.dialer,
+            audit: parts.audit,
+            metrics: parts.metrics,
+            identity: parts.identity,
+            limits: parts.limits,
+            classify: parts.classify,
+            cleartext: parts.cleartext,
+            actor_host_suffixes: parts
+                .actor_host_suffixes
+                .iter()
+                .map(|s| s.trim_matches('.').to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            liveness,
+            listeners: parking_lot::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Serves tunnels on `listener` (already TLS, see [`BoundListener::with_tls`]) until the
+    /// drain starts; open tunnels hold the drain until they end or its deadline passes.
+    pub async fn serve(self: Arc<Self>, listener: BoundListener, drain: DrainSignal) {
+        self.listeners.lock().push(listener.local_addr());
+        let pep = self.clone();
+        let signal = drain.clone();
+        listener
+            .serve(drain, move |conn| {
+                pep.clone().connection(conn, signal.clone())
+            })
+            .await;
+    }
+
+    /// The tunnel listener's TLS source, for binding the listener:
+    /// `BoundListener::bind(..).await?.with_tls(pep.tls())`.
+    pub fn tls(&self) -> Arc<dyn ServerTlsSource> {
+        self.tls.clone()
+    }
+
+    /// The metrics handles (shared with the caller's registry).
+    pub fn metrics(&self) -> &EgressMetrics {
+        &self.metrics
+    }
+
+    /// The audit sink.
+    pub fn audit(&self) -> &Arc<AuditSink> {
+        &self.audit
+    }
+
+    /// The PEP's state for `/statusz`: listeners, the policy source and its state, active
+    /// tunnels, caches, the audit sink with the recent decisions.
+    pub fn status(&self) -> serde_json::Value {
+        let dns = self.dialer.resolver().cache_entries();
+        self.metrics.set_dns_cache_entries(dns);
+        serde_json::json!({
+            "listeners": self.listeners.lock().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "policy": {
+                "source": self.policy.kind(),
+                "state": self.policy.status(),
+            },
+            "directory": self.directory_kind,
+            "active_tunnels": self.metrics.active_tunnels(),
+            "liveness_cache_entries": self.liveness.entries(),
+            "dns_cache_entries": dns,
+            "identity": {
+                "trust_domain": self.identity.trust_domain,
+                "accept_legacy_actor_ids": self.identity.spiffe.accept_legacy_actor,
+                "accept_actor_identity_extension": self.identity.accept_actor_identity_extension,
+                "agents": self.identity.agents,
+            },
+            "audit": self.audit.status(),
+        })
+    }
+
+    /// One TLS connection: h2 when ALPN says so, else HTTP/1.1 (one CONNECT).
+    async fn connection(self: Arc<Self>, conn: Conn, drain: DrainSignal) {
+        let info = conn.info().clone();
+        let cert = self
+            .identity
+            .read_certificate(info.peer_identity.as_ref().map(|p| p.certificate.as_ref()));
+        let h2 = info.alpn.as_deref() == Some(b"h2");
+        let ctx = Arc::new(ConnCtx { info, cert, drain });
+        let pep = self.clone();
+        let svc_ctx = ctx.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let pep = pep.clone();
+            let ctx = svc_ctx.clone();
+            async move { Ok::<_, Infallible>(pep.connect(req, ctx).await) }
+        });
+        if h2 {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(self.limits.max_streams_per_connection)
+                .initial_stream_window_size(self.limits.h2_stream_window)
+                .initial_connection_window_size(self.limits.h2_connection_window)
+                .max_header_list_size(
+                    u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX),
+                );
+            let io = TokioIo::new(refused::CountRefused::new(conn, self.metrics.clone()));
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = ctx.drain.draining() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %ctx.info.peer, error = %e, "h2 tunnel connection ended");
+            }
+        } else {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.limits.header_read_timeout)
+                .max_header_size(self.limits.max_header_bytes)
+                .keep_alive(false);
+            let result = builder
+                .serve_connection(TokioIo::new(conn), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    self.metrics.limit(Limit::SlowHeader);
+                } else if e.is_parse_too_large() {
+                    self.metrics.limit(Limit::OversizedHeader);
+                }
+                tracing::debug!(peer = %ctx.info.peer, error = %e, "tunnel connection ended");
+            }
+        }
+    }
+
+    /// Answers one CONNECT: refusal, or 200 with the tunnel spawned on the upgrade.
+    async fn connect(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        ctx: Arc<ConnCtx>,
+    ) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let mut rec = AuditRecord::new(RecordKind::Tunnel, Verdict::Deny, Reason::BadRequest);
+        if req.method() != Method::CONNECT {
+            let resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            return self.refused(
+                rec,
+                Reason::BadRequest,
+                "not a CONNECT",
+                started,
+                resp,
+                &ctx,
+            );
+        }
+        let Some(dst) = connect_target(&req) else {
+            let detail = format!("CONNECT target {:?} is not ip:port", req.uri());
+            return self.refuse(rec, Reason::BadTarget, &detail, started, &ctx);
+        };
+        rec.dst = Some(dst);
+        if ctx.drain.is_draining() {
+            return self.refuse(rec, Reason::Draining, "draining", started, &ctx);
+        }
+        let mut assertions = req.headers().get_all(ASSERTION_HEADER).iter();
+        let assertion = match (assertions.next(), assertions.next()) {
+            (Some(v), None) => Some(v.to_str().unwrap_or("")),
+            (None, _) => None,
+            (Some(_), Some(_)) => Some(""),
+        };
+        let proven = match self.identity.prove(&ctx.cert, assertion, dst).await {
+            Ok(p) => p,
+            Err(refusal) => {
+                self.metrics.identity_failure(refusal.reason);
+                return self.refuse(rec, refusal.reason, &refusal.detail, started, &ctx);
+            }
+        };
+        rec.identity = Some(proven.kind);
+        rec.actor = Some(AuditActor {
+            atespace: proven.actor.atespace.clone(),
+            name: proven.actor.name.clone(),
+            uid: proven.actor.uid.clone(),
+        });
+        let live = match self.liveness.check(&proven.actor).await {
+            Ok(l) => l,
+            Err((reason, detail)) => {
+                self.metrics.identity_failure(reason);
+                return self.refuse(rec, reason, &detail, started, &ctx);
+            }
+        };
+        if let Some(a) = rec.actor.as_mut() {
+            a.uid = Some(live.uid.clone());
+        }
+        let mut actor = proven.actor;
+        actor.uid = Some(live.uid);
+        let subject = Arc::new(Subject {
+            actor,
+            template: live.template,
+            kind: proven.kind,
+        });
+        let policy = match self.policy.policy_for(&subject).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return self.refuse(rec, Reason::NoPolicy, "no policy", started, &ctx);
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                return self.refuse(rec, Reason::ControlPlaneUnavailable, &detail, started, &ctx);
+            }
+        };
+        self.metrics.decision(started.elapsed());
+        let tunnel = Tunnel {
+            subject,
+            dst,
+            policy,
+            started,
+            _active: self.metrics.open_tunnel(),
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let pep = self.clone();
+        ctx.drain.spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => pep.run(TokioIo::new(upgraded), tunnel, rec).await,
+                Err(e) => tracing::debug!(%dst, error = %e, "tunnel upgrade failed"),
+            }
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default()
+    }
+
+    /// Counts, audits and logs a refused CONNECT; answers 403 or 503 per the reason.
+    fn refuse(
+        &self,
+        rec: AuditRecord,
+        reason: Reason,
+        detail: &str,
+        started: Instant,
+        ctx: &ConnCtx,
+    ) -> Response<Full<Bytes>> {
+        let resp = if reason.status() == StatusCode::SERVICE_UNAVAILABLE {
+            plain(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_BODY)
+        } else {
+            plain(StatusCode::FORBIDDEN, DENIED_BODY)
+        };
+        self.refused(rec, reason, detail, started, resp, ctx)
+    }
+
+    fn refused(
+        &self,
+        mut rec: AuditRecord,
+        reason: Reason,
+        detail: &str,
+        started: Instant,
+        resp: Response<Full<Bytes>>,
+        ctx: &ConnCtx,
+    ) -> Response<Full<Bytes>> {
+        tracing::debug!(peer = %ctx.info.peer, reason = reason.as_str(), detail, "CONNECT refused");
+        rec.verdict = Verdict::Deny;
+        rec.reason = reason;
+        self.finish(rec.with_duration(started.elapsed()));
+        resp
+    }
+
+    /// Counts and audits a finished tunnel record.
+    fn finish(&self, mut rec: AuditRecord) {
+        rec.time = std::time::SystemTime::now();
+        self.metrics.tunnel(rec.verdict, rec.reason);
+        self.metrics.bytes(rec.bytes_up, rec.bytes_down);
+        self.audit.record(rec);
+    }
+
+    /// A tunnel after its 200: classify, decide, forward or close.
+    async fn run<IO>(self: Arc<Self>, mut io: IO, t: Tunnel, mut rec: AuditRecord)
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (class, prefix) = match classify::classify(&mut io, self.classify).await {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, ClassifyError::Timeout(..)) {
+                    self.metrics.limit(Limit::ClassifyTimeout);
+                }
+                tracing::debug!(dst = %t.dst, error = %e, "tunnel not classified");
+                close(io).await;
+                rec.reason = Reason::Unclassified;
+                rec.verdict = Verdict::Deny;
+                self.finish(rec.with_duration(t.started.elapsed()));
+                return;
+            }
+        };
+        let decision = match &class {
+            Classified::Http => {
+                let hooks = Arc::new(Hooks {
+                    pep: self.clone(),
+                    subject: t.subject.clone(),
+                    dst: t.dst,
+                    mismatch: Arc::new(AtomicBool::new(false)),
+                });
+                let io = Rewind::new(prefix, io);
+                if let Err(e) = cleartext::serve(io, hooks, self.cleartext).await {
+                    if e.is_timeout() {
+                        self.metrics.limit(Limit::SlowHeader);
+                    } else if is_idle(&e) {
+                        self.metrics.limit(Limit::Idle);
+                    }
+                    tracing::debug!(dst = %t.dst, error = %e, "cleartext tunnel ended");
+                }
+                rec.verdict = Verdict::Allow;
+                rec.reason = Reason::PerRequest;
+                self.finish(rec.with_duration(t.started.elapsed()));
+                return;
+            }
+            Classified::Tls { sni } => {
+                rec.sni = sni.clone();
+                match sni {
+                    Some(name) if self.is_actor_host(name) => {
+                        Decision::deny(Reason::ActorForwardingNotConfigured)
+                    }
+                    _ => t.policy.decide(&Query {
+                        dst: t.dst,
+                        traffic: Traffic::Tls {
+                            sni: sni.as_deref(),
+                        },
+                    }),
+                }
+            }
+            Classified::Opaque => t.policy.decide(&Query {
+                dst: t.dst,
+                traffic: Traffic::Opaque,
+            }),
+        };
+        rec.verdict = decision.verdict;
+        rec.reason = decision.reason;
+        rec.rule = decision.rule.clone();
+        let dial = match (decision.verdict.passes(), &decision.dial) {
+            (true, Some(d)) => d.clone(),
+            _ => {
+                close(io).await;
+                self.finish(rec.with_duration(t.started.elapsed()));
+                return;
+            }
+        };
+        let dialed = self.dialer.dial(&dial, t.dst).await;
+        self.metrics
+            .set_dns_cache_entries(self.dialer.resolver().cache_entries());
+        let dialed = match dialed {
+            Ok(d) => d,
+            Err(refusal) => {
+                tracing::debug!(dst = %t.dst, reason = refusal.reason.as_str(), detail = %refusal.detail, "tunnel dial refused");
+                rec.verdict = Verdict::Deny;
+                rec.reason = refusal.reason;
+                close(io).await;
+                self.finish(rec.with_duration(t.started.elapsed()));
+                return;
+            }
+        };
+        rec.dst_mismatch = dialed.dst_mismatch;
+        let counters = SpliceCounters::new();
+        let io = Rewind::new(prefix, io);
+        match crate::forward::splice_counted(io, dialed.stream, self.limits.idle_timeout, &counters)
+            .await
+        {
+            Ok(stats) if stats.idle_timeout => self.metrics.limit(Limit::Idle),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(dst = %t.dst, error = %e, "tunnel splice ended"),
+        }
+        rec.bytes_up = counters.up();
+        rec.bytes_down = counters.down();
+        self.finish(rec.with_duration(t.started.elapsed()));
+    }
+
+    /// Whether `authority` (a name, port allowed) lies under one of the actor host suffixes.
+    fn is_actor_host(&self, authority: &str) -> bool {
+        if self.actor_host_suffixes.is_empty() {
+            return false;
+        }
+        let host = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        self.actor_host_suffixes.iter().any(|s| {
+            host == *s
+                || (host.len() > s.len()
+                    && host.ends_with(s.as_str())
+                    && host.as_bytes()[host.len() - s.len() - 1] == b'.')
+        })
+    }
+}
+
+/// The cleartext proxy's view of the PEP for one tunnel: decisions against the actor's current
+/// policy, dials through the guard, one audit record per request.
+struct Hooks {
+    pep: Arc<Pep>,
+    subject: Arc<Subject>,
+    dst: SocketAddr,
+    /// Whether the latest dial's address differed from the actor's (requests on one tunnel are
+    /// sequential: the record that follows a dial is that dial's request's).
+    mismatch: Arc<AtomicBool>,
+}
+
+impl CleartextHooks for Hooks {
+    fn decide(&self, authority: &str, method: &str, path: &str) -> BoxFuture<'static, Decision> {
+        if self.pep.is_actor_host(authority) {
+            return Box::pin(std::future::ready(Decision::deny(
+                Reason::ActorForwardingNotConfigured,
+            )));
+        }
+        let policy = self.pep.policy.policy_for(&self.subject);
+        let (authority, method, path) = (authority.to_owned(), method.to_owned(), path.to_owned());
+        let dst = self.dst;
+        Box::pin(async move {
+            match policy.await {
+                Err(_) => Decision::deny(Reason::ControlPlaneUnavailable),
+                Ok(None) => Decision::deny(Reason::NoPolicy),
+                Ok(Some(p)) => p.decide(&Query {
+                    dst,
+                    traffic: Traffic::Http {
+                        authority: &authority,
+                        method: &method,
+                        path: &path,
+                    },
+                }),
+            }
+        })
+    }
+
+    fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<TcpStream, DialRefusal>> {
+        let pep = self.pep.clone();
+        let dst = self.dst;
+        let mismatch = self.mismatch.clone();
+        Box::pin(async move {
+            let d = pep.dialer.dial(&dial, dst).await?;
+            mismatch.store(d.dst_mismatch, Ordering::Relaxed);
+            Ok(d.stream)
+        })
+    }
+
+    fn record(&self, r: RequestRecord) {
+        self.pep
+            .metrics
+            .request(r.decision.verdict, r.decision.reason);
+        let mut rec = AuditRecord::new(RecordKind::Request, r.decision.verdict, r.decision.reason);
+        rec.actor = Some(AuditActor {
+            atespace: self.subject.actor.atespace.clone(),
+            name: self.subject.actor.name.clone(),
+            uid: self.subject.actor.uid.clone(),
+        });
+        rec.identity = Some(self.subject.kind);
+        rec.dst = Some(self.dst);
+        rec.authority = Some(r.authority);
+        rec.method = Some(r.method);
+        rec.path = Some(r.path);
+        rec.rule = r.decision.rule;
+        rec.dst_mismatch = self.mismatch.swap(false, Ordering::Relaxed);
+        rec.bytes_up = r.bytes_up;
+        rec.bytes_down = r.bytes_down;
+        self.pep.metrics.bytes(r.bytes_up, r.bytes_down);
+        self.pep.audit.record(rec.with_duration(r.duration));
+    }
+}
+
+/// Whether a cleartext connection ended on its idle timeout (an I/O error of kind `TimedOut`).
+fn is_idle(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Closes a denied tunnel without sending a byte of payload (TLS close_notify / h2 END_STREAM),
+/// bounded in time.
+async fn close<IO: AsyncWrite + Unpin>(mut io: IO) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+}
+
+/// The CONNECT target as `ip:port`: an IPv4 literal or a bracketed IPv6 literal without zone,
+/// and a non-zero port; `None` for anything else (names, userinfo, zones, no port).
+fn connect_target<B>(req: &Request<B>) -> Option<SocketAddr> {
+    let authority = req.uri().authority()?.as_str();
+    if authority.contains(['%', '@']) {
+        return None;
+    }
+    authority
+        .parse::<SocketAddr>()
+        .ok()
+        .filter(|a| a.port() != 0)
+}
+
+/// A `text/plain` answer.
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_target;
+
+    #[test]
+    fn connect_targets_must_be_ip_literals_with_ports() {
+        let target = |t: &str| {
+            let req = http::Request::connect(t).body(()).unwrap();
+            connect_target(&req)
+        };
+        assert_eq!(
+            target("10.1.2.3:443"),
+            Some("10.1.2.3:443".parse().unwrap())
+        );
+        assert_eq!(
+            target("[2001:db8::1]:80"),
+            Some("[2001:db8::1]:80".parse().unwrap())
+        );
+        for bad in [
+            "example.com:443",
+            "10.1.2.3:0",
+            "[fe80::1%25eth0]:80",
+            "u@10.1.2.3:80",
+        ] {
+            assert_eq!(target(bad), None, "{bad}");
+        }
+        assert!(
+            http::Request::connect("10.1.2.3").body(()).is_err() || target("10.1.2.3").is_none()
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! components that route to actors. Registers the `directory` readiness check (the debounced
 //! result of a probe loop), the `directory` and `resolver` `/statusz` sections, the resolver's
 //! metrics and `actorgate_directory_up`, and — when `grpc.control_plane_simulator` is on — the
-//! `ateapi.Control` simulator over the static directory.
+//! `ateapi.Control` simulator over the static directory (answering `GetActorEgressPolicy` from
+//! the egress policy files when the egress PEP uses them).
 //!
 //! Without a `directory` in the config nothing of this runs: no resolver, no readiness check
 //! (config validation refuses the components that would need one).
@@ -14,7 +15,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use prometheus_client::metrics::gauge::Gauge;
 use routing_core::directory::ateapi::AteApiDirectory;
-use routing_core::directory::control_service::ControlService;
+use routing_core::directory::control_service::{ControlService, EgressPolicyProvider};
 use routing_core::directory::static_dir::StaticDirectory;
 use routing_core::{ActorDirectory, Resolver, ResolverMetrics};
 use runtime::ProbeHysteresis;
@@ -35,6 +36,11 @@ pub struct Directory {
     pub resolver: Resolver,
     /// The directory's kind (`static`, `ateapi`), for the start-up line.
     pub kind: &'static str,
+    /// The directory itself (the egress PEP's actor liveness checks).
+    pub directory: Arc<dyn ActorDirectory>,
+    /// The ate-api-server client, when the directory is `ateapi` (the egress PEP's
+    /// `GetActorEgressPolicy` source shares its connection).
+    pub ateapi: Option<Arc<AteApiDirectory>>,
 }
 
 /// Result of the latest directory health probe.
@@ -71,42 +77,52 @@ impl ProbeState {
 
 /// Builds the directory and resolver from `loaded.directory` (taken), when there is one.
 /// Without one, only the `/statusz` section `directory` (`{"kind": "none"}`) is registered: no
-/// readiness check, nothing to wait for.
-pub fn start(w: &mut Wiring, loaded: &mut Loaded) -> Result<Option<Directory>> {
+/// readiness check, nothing to wait for. `egress_policies` answers the simulator's
+/// `GetActorEgressPolicy` (NOT_FOUND for every actor without it).
+pub fn start(
+    w: &mut Wiring,
+    loaded: &mut Loaded,
+    egress_policies: Option<Arc<dyn EgressPolicyProvider>>,
+) -> Result<Option<Directory>> {
     let Some(settings) = loaded.directory.take() else {
         w.health
             .register_section(CHECK, || serde_json::json!({"kind": "none"}))?;
         return Ok(None);
     };
-    let (directory, static_directory): (Arc<dyn ActorDirectory>, Option<StaticDirectory>) =
-        match settings {
-            DirectorySettings::Static {
-                loader,
-                watch,
-                initial,
-            } => {
-                tracing::info!(actors = initial.len(), source = %watch.display(), "static directory loaded");
-                let d = StaticDirectory::new(loader)
-                    .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', "; ")))?;
-                match d.watch(&watch) {
-                    Ok(handle) => w.keep(handle),
-                    Err(e) => {
-                        tracing::warn!(error = %e, file = %watch.display(), "cannot watch the static directory; edits need a restart")
-                    }
+    let (directory, static_directory, ateapi): (
+        Arc<dyn ActorDirectory>,
+        Option<StaticDirectory>,
+        Option<Arc<AteApiDirectory>>,
+    ) = match settings {
+        DirectorySettings::Static {
+            loader,
+            watch,
+            initial,
+        } => {
+            tracing::info!(actors = initial.len(), source = %watch.display(), "static directory loaded");
+            let d = StaticDirectory::new(loader)
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', "; ")))?;
+            match d.watch(&watch) {
+                Ok(handle) => w.keep(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %watch.display(), "cannot watch the static directory; edits need a restart")
                 }
-                (Arc::new(d.clone()), Some(d))
             }
-            DirectorySettings::AteApi {
-                settings: s,
-                worker_address_family,
-            } => {
-                tracing::info!(address = %s.address, tls = ?s.tls, ?worker_address_family, "using ate-api-server");
-                let d = AteApiDirectory::new(&s)
+            (Arc::new(d.clone()), Some(d), None)
+        }
+        DirectorySettings::AteApi {
+            settings: s,
+            worker_address_family,
+        } => {
+            tracing::info!(address = %s.address, tls = ?s.tls, ?worker_address_family, "using ate-api-server");
+            let d = Arc::new(
+                AteApiDirectory::new(&s)
                     .context("directory.ateapi")?
-                    .with_worker_address_family(worker_address_family);
-                (Arc::new(d), None)
-            }
-        };
+                    .with_worker_address_family(worker_address_family),
+            );
+            (d.clone(), None, Some(d))
+        }
+    };
     let kind = directory.kind();
     let resolver = Resolver::new(
         directory.clone(),
@@ -145,7 +161,7 @@ pub fn start(w: &mut Wiring, loaded: &mut Loaded) -> Result<Option<Directory>> {
     w.health
         .register_section("resolver", move || serde_json::json!(r.status()))?;
     w.background(probe_directory(
-        directory,
+        directory.clone(),
         probe,
         up,
         loaded.config.admin.readiness.clone(),
@@ -154,9 +170,18 @@ pub fn start(w: &mut Wiring, loaded: &mut Loaded) -> Result<Option<Directory>> {
     if loaded.config.grpc.control_plane_simulator
         && let Some(d) = static_directory
     {
-        w.grpc.add(ControlService::new(d).into_server());
+        let mut control = ControlService::new(d);
+        if let Some(p) = egress_policies {
+            control = control.with_egress_policy(p);
+        }
+        w.grpc.add(control.into_server());
     }
-    Ok(Some(Directory { resolver, kind }))
+    Ok(Some(Directory {
+        resolver,
+        kind,
+        directory,
+        ateapi,
+    }))
 }
 
 /// Probes the directory now and every `readiness.interval`, feeding the gauge (the latest

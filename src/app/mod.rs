@@ -20,6 +20,7 @@
 //! | [`extproc`] | the ExtProc dispatcher over the direction handlers | — |
 //! | [`grpc`] | the gRPC server and its health service | `grpc` |
 //! | [`echo`] | the embedded echo worker | `echo_worker` |
+//! | [`egress`] | the egress PEP (tunnels, policy, guard, audit) | `egress` |
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics`, `/statusz` | `admin` |
 //!
 //! Shutdown ([`RunningApp::shutdown`]): readiness turns 503 and every gRPC health service
@@ -31,6 +32,7 @@
 pub mod admin;
 pub mod directory;
 pub mod echo;
+pub mod egress;
 pub mod extproc;
 pub mod grpc;
 pub mod ingress;
@@ -152,7 +154,13 @@ impl App {
 /// Starts the components in order; returns the gRPC health service's handle, when it runs.
 async fn start_components(w: &mut Wiring, mut loaded: Loaded) -> Result<Option<grpc::GrpcHealth>> {
     let started = Instant::now();
-    let directory = directory::start(w, &mut loaded)?;
+    // The egress policy files first: the simulator answers GetActorEgressPolicy from them.
+    let egress_files = egress::load_files(&loaded)?;
+    let simulator_policies = egress_files
+        .as_ref()
+        .filter(|_| loaded.config.grpc.control_plane_simulator)
+        .map(egress::EgressFiles::provider);
+    let directory = directory::start(w, &mut loaded, simulator_policies)?;
     if let Some(d) = &directory {
         ingress::start(w, &loaded, &d.resolver).await?;
         resolve::start(w, &loaded, &d.resolver).await?;
@@ -161,6 +169,8 @@ async fn start_components(w: &mut Wiring, mut loaded: Loaded) -> Result<Option<g
     let grpc_health = grpc::start(w, &loaded).await?;
     echo::start(w, &loaded).await?;
     let admin_listener = admin::bind(w, &loaded, started).await?;
+    // After admin and gRPC are bound: the PEP guards their addresses.
+    egress::start(w, &loaded, directory.as_ref(), egress_files).await?;
     register_summary(w, &loaded)?;
     admin::serve(w, admin_listener);
     // Plain addresses (`admin=127.0.0.1:9090`); a listener that is off is left out.
@@ -171,6 +181,7 @@ async fn start_components(w: &mut Wiring, mut loaded: Loaded) -> Result<Option<g
         http = addr("ingress_http"),
         https = addr("ingress_https"),
         resolve = addr("ingress_resolve"),
+        egress = addr("egress"),
         directory = directory.as_ref().map_or("none", |d| d.kind),
         "actorgate started"
     );
@@ -189,6 +200,7 @@ fn register_summary(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         "grpc_listen": listen("grpc"),
         "ingress_http_listen": listen("ingress_http"),
         "ingress_https_listen": listen("ingress_https"),
+        "egress_listen": listen("egress"),
         "ingress_upstream": c.ingress.upstream,
         "grpc_tls": loaded.grpc_tls.as_ref().map(|t| format!("{:?}", t.client_auth)),
         "control_plane_simulator": c.grpc.control_plane_simulator,
@@ -226,7 +238,8 @@ impl std::fmt::Debug for RunningApp {
 
 impl RunningApp {
     /// Every listener's bound address by listener name (`admin`, `grpc`, `ingress_http`,
-    /// `ingress_https`, `ingress_resolve`, `echo_worker`): the ports the system chose for port 0.
+    /// `ingress_https`, `ingress_resolve`, `echo_worker`, `egress`): the ports the system chose
+    /// for port 0.
     pub fn addresses(&self) -> &BTreeMap<String, SocketAddr> {
         &self.addresses
     }

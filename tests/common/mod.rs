@@ -13,6 +13,8 @@
 //! * Envoy ([`Envoy`]), on port 0 too, its ports read back from its admin.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
@@ -978,4 +980,54 @@ fn stream_of<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway started by a command of the test's (e.g. inside a network namespace).
+
+impl Gateway {
+    /// [`Gateway::start`] with `program` as the command (e.g. [`netns::TestNetns::command`] of
+    /// the binary, to run it inside a namespace); `serve --config <config>` is appended. The
+    /// `/healthz` polls run where the caller runs: inside the namespace when called from
+    /// [`netns::TestNetns::run`]. Fails with the log if the process exits first or nothing
+    /// answers within 30 s.
+    pub async fn start_command(mut program: Command, config: &Path) -> Self {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("actorgate.log");
+        let child = program
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn actorgate");
+        let mut gw = Self {
+            child: Some(child),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            log,
+            listeners: HashMap::new(),
+            _log_dir: log_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("actorgate exited early ({status}):\n{}", gw.log_text());
+            }
+            if let Some(&admin) = listening_addresses(&gw.log_text()).get("admin")
+                && get(admin, "/healthz").await.is_ok()
+            {
+                gw.admin = admin;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "actorgate did not start (no `listening` line for admin, or no /healthz answer):\n{}",
+                gw.log_text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        gw.listeners = listening_addresses(&gw.log_text());
+        gw
+    }
 }

@@ -497,6 +497,26 @@ impl AteApiDirectory {
         self
     }
 
+    /// The actor's upstream egress policy (`GetActorEgressPolicy`, DESIGN §9), over the same
+    /// channel, TLS material, bearer token and RPC deadline as `GetActor`. `Ok(None)` when the
+    /// server answers NOT_FOUND (the actor has no policy: deny all). Other answers are errors
+    /// as for the directory's RPCs (a transport failure is UNAVAILABLE and shows in
+    /// [`ActorDirectory::connection`]).
+    pub fn egress_policy(&self, actor: &ActorRef) -> DirFuture<Option<proto::EgressPolicy>> {
+        let mut client = self.client.clone();
+        let req = self.request(proto::GetActorEgressPolicyRequest {
+            actor: Some(object_ref(actor)),
+        });
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            match conn.observe(client.get_actor_egress_policy(req).await) {
+                Ok(resp) => Ok(Some(resp.into_inner())),
+                Err(e) if e.code == tonic::Code::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(self.rpc_timeout);

@@ -2,9 +2,15 @@
 //! included) can be developed against the embedded static directory. Answers are in upstream
 //! v0.4's shapes (DESIGN §9, see [`record_to_proto`]); requests of both shapes are accepted
 //! (a v0.4 `ResumeActorRequest` has no `boot`, which reads as `false`).
+//!
+//! `GetActorEgressPolicy` is answered through an [`EgressPolicyProvider`] set with
+//! [`ControlService::with_egress_policy`] (actorgate's egress PEP serves its policy files this
+//! way); without one, every actor has no policy (NOT_FOUND). `MintActorJWT` is UNIMPLEMENTED.
 
-use super::ActorDirectory;
+use std::sync::Arc;
+
 use super::convert::record_to_proto;
+use super::{ActorDirectory, ActorRecord};
 use crate::actor_ref::ActorRef;
 use crate::proto;
 use crate::proto::control_server::{Control, ControlServer};
@@ -12,15 +18,40 @@ use crate::proto::control_server::{Control, ControlServer};
 /// Largest page a client may ask for.
 const MAX_PAGE_SIZE: i32 = 1000;
 
+/// Where the simulator's `GetActorEgressPolicy` answers come from (DESIGN §7.2 "Sources": the
+/// `files` policies, reduced to what upstream's `EgressPolicy` can express).
+pub trait EgressPolicyProvider: Send + Sync + 'static {
+    /// The egress policy of actor `atespace/name` in upstream's shape, or `None` when it has
+    /// none (the simulator then answers NOT_FOUND, which upstream reads as "deny all").
+    fn egress_policy(&self, atespace: &str, name: &str) -> Option<proto::EgressPolicy>;
+
+    /// The same, given the directory's record of the actor (its template, for policies
+    /// selected by template). The simulator calls this one; the default ignores the template.
+    fn egress_policy_for(&self, record: &ActorRecord) -> Option<proto::EgressPolicy> {
+        self.egress_policy(record.actor.atespace(), record.actor.name())
+    }
+}
+
 /// The `ateapi.Control` service over a directory.
 pub struct ControlService<D> {
     directory: D,
+    egress: Option<Arc<dyn EgressPolicyProvider>>,
 }
 
 impl<D: ActorDirectory> ControlService<D> {
     /// Wraps a directory; add the result to a tonic server with `into_server()`.
     pub fn new(directory: D) -> Self {
-        Self { directory }
+        Self {
+            directory,
+            egress: None,
+        }
+    }
+
+    /// Serves `GetActorEgressPolicy` from `provider` for the directory's actors (an actor the
+    /// directory does not know is NOT_FOUND, as is an actor the provider has no policy for).
+    pub fn with_egress_policy(mut self, provider: Arc<dyn EgressPolicyProvider>) -> Self {
+        self.egress = Some(provider);
+        self
     }
 
     /// The tonic service for this directory.
@@ -81,5 +112,134 @@ impl<D: ActorDirectory> Control for ControlService<D> {
             actors: page.actors.iter().map(record_to_proto).collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    async fn get_actor_egress_policy(
+        &self,
+        request: tonic::Request<proto::GetActorEgressPolicyRequest>,
+    ) -> Result<tonic::Response<proto::EgressPolicy>, tonic::Status> {
+        let actor = actor_arg(request.into_inner().actor)?;
+        let Some(provider) = &self.egress else {
+            return Err(tonic::Status::not_found(format!(
+                "actor {actor} has no egress policy"
+            )));
+        };
+        let rec = self.directory.get(&actor).await?;
+        match provider.egress_policy_for(&rec) {
+            Some(policy) => Ok(tonic::Response::new(policy)),
+            None => Err(tonic::Status::not_found(format!(
+                "actor {actor} has no egress policy"
+            ))),
+        }
+    }
+
+    async fn mint_actor_jwt(
+        &self,
+        _request: tonic::Request<proto::MintActorJwtRequest>,
+    ) -> Result<tonic::Response<proto::MintActorJwtResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "MintActorJWT is not served by actorgate's control-plane simulator",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::static_dir::{StaticActorSpec, StaticDirectory, StaticDirectorySpec};
+    use super::*;
+
+    /// Answers for `team-a/web` only, naming the template it was asked with.
+    struct Provider;
+
+    impl EgressPolicyProvider for Provider {
+        fn egress_policy(&self, atespace: &str, name: &str) -> Option<proto::EgressPolicy> {
+            (atespace == "team-a" && name == "web").then(|| proto::EgressPolicy {
+                metadata: Some(proto::ResourceMetadata {
+                    atespace: atespace.into(),
+                    name: "default".into(),
+                    ..Default::default()
+                }),
+                rules: Vec::new(),
+            })
+        }
+
+        fn egress_policy_for(&self, record: &ActorRecord) -> Option<proto::EgressPolicy> {
+            let mut p = self.egress_policy(record.actor.atespace(), record.actor.name())?;
+            if let (Some(m), Some(t)) = (p.metadata.as_mut(), &record.template) {
+                m.uid = format!("{}/{}", t.namespace, t.name);
+            }
+            Some(p)
+        }
+    }
+
+    fn directory() -> StaticDirectory {
+        let actor = |name: &str| StaticActorSpec {
+            atespace: "team-a".into(),
+            name: name.into(),
+            uid: None,
+            template: Some("templates/agent".into()),
+            state: Default::default(),
+            endpoint: "127.0.0.1:8080".into(),
+        };
+        let spec = StaticDirectorySpec {
+            actors: vec![actor("web"), actor("db")],
+            ..Default::default()
+        };
+        StaticDirectory::from_spec(spec.validate("directory").expect("valid spec"))
+    }
+
+    fn ask(ns: &str, name: &str) -> tonic::Request<proto::GetActorEgressPolicyRequest> {
+        tonic::Request::new(proto::GetActorEgressPolicyRequest {
+            actor: Some(proto::ObjectRef {
+                atespace: ns.into(),
+                name: name.into(),
+            }),
+        })
+    }
+
+    #[tokio::test]
+    async fn egress_policy_comes_from_the_provider() {
+        let svc = ControlService::new(directory()).with_egress_policy(Arc::new(Provider));
+        let p = svc
+            .get_actor_egress_policy(ask("team-a", "web"))
+            .await
+            .expect("policy")
+            .into_inner();
+        let meta = p.metadata.expect("metadata");
+        assert_eq!(meta.atespace, "team-a");
+        assert_eq!(
+            meta.uid, "templates/agent",
+            "the record (template) reaches the provider"
+        );
+        // Known actor without a policy, unknown actor: NOT_FOUND.
+        for (ns, name) in [("team-a", "db"), ("team-a", "ghost")] {
+            let e = svc
+                .get_actor_egress_policy(ask(ns, name))
+                .await
+                .expect_err("no policy");
+            assert_eq!(e.code(), tonic::Code::NotFound, "{ns}/{name}: {e:?}");
+        }
+        let e = svc
+            .get_actor_egress_policy(tonic::Request::new(proto::GetActorEgressPolicyRequest {
+                actor: None,
+            }))
+            .await
+            .expect_err("no actor");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn without_a_provider_every_actor_has_no_policy_and_jwt_is_unimplemented() {
+        let svc = ControlService::new(directory());
+        let e = svc
+            .get_actor_egress_policy(ask("team-a", "web"))
+            .await
+            .expect_err("no provider");
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = svc
+            .mint_actor_jwt(tonic::Request::new(proto::MintActorJwtRequest::default()))
+            .await
+            .expect_err("unimplemented");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
     }
 }

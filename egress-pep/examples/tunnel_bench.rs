@@ -1,0 +1,329 @@
+//! Load generator and sink for `bench/egress.sh`: the same client and the same sink for every
+//! target (actorgate's PEP, Envoy terminating CONNECT), so only the PEP differs.
+//!
+//! ```text
+//! tunnel_bench sink   LISTEN                       # first byte 'e' → echo, anything else → discard
+//! tunnel_bench bulk   PEP SNI CERTS TARGET SECS h1|h2        # one tunnel, upload for SECS → Gbit/s
+//! tunnel_bench setup  PEP SNI CERTS TARGET SECS h1|h2 CONC   # new tunnels/s, 1-byte echo each, p50/p99
+//! tunnel_bench hold   PEP SNI CERTS TARGET COUNT h1|h2       # open COUNT idle tunnels, print "held N", wait for stdin EOF
+//! ```
+//!
+//! `CERTS` is a directory with `ca.crt`, `client.crt`, `client.key`. `h1` is what upstream atunnel
+//! sends (a new TLS connection without ALPN and one HTTP/1.1 CONNECT per tunnel); `h2` opens
+//! CONNECT streams (RFC 9113 §8.5) over shared connections (one per worker for `setup`, up to 100
+//! streams per connection for `hold`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::env::var("BENCH_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match args.first().map(String::as_str) {
+            Some("sink") => sink(args[1].parse()?).await,
+            Some("bulk") => {
+                let c = Client::new(&args)?;
+                bulk(&c, args[5].parse()?).await
+            }
+            Some("setup") => {
+                let c = Client::new(&args)?;
+                setup(Arc::new(c), args[5].parse()?, args[7].parse()?).await
+            }
+            Some("hold") => {
+                let c = Client::new(&args)?;
+                hold(&c, args[5].parse()?).await
+            }
+            _ => Err("usage: tunnel_bench sink|bulk|setup|hold …".into()),
+        }
+    })
+}
+
+/// Echo (first byte `e`) or discard, counting nothing: the sink must cost the same for all.
+async fn sink(listen: SocketAddr) -> Result<(), Error> {
+    let l = TcpListener::bind(listen).await?;
+    loop {
+        let (mut s, _) = l.accept().await?;
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let Ok(n) = s.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            if buf[0] == b'e' {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            } else {
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+struct Client {
+    pep: SocketAddr,
+    sni: ServerName<'static>,
+    target: String,
+    h2: bool,
+    tls: TlsConnector,
+}
+
+impl Client {
+    fn new(args: &[String]) -> Result<Self, Error> {
+        let pep: SocketAddr = args[1].parse()?;
+        let sni = ServerName::try_from(args[2].clone())?;
+        let dir = Path::new(&args[3]);
+        let h2 = match args[6].as_str() {
+            "h1" => false,
+            "h2" => true,
+            other => return Err(format!("protocol {other:?}: h1 or h2").into()),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("ca.crt"))? {
+            roots.add(c?)?;
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(dir.join("client.crt"))?.collect::<Result<_, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(dir.join("client.key"))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        // Like atunnel: no resumption across tunnels would be unfair to nobody, but upstream's Go
+        // client does resume; keep rustls's default session cache for every target alike.
+        if h2 {
+            cfg.alpn_protocols = vec![b"h2".to_vec()];
+        }
+        Ok(Client {
+            pep,
+            sni,
+            target: args[4].clone(),
+            h2,
+            tls: TlsConnector::from(Arc::new(cfg)),
+        })
+    }
+
+    async fn tls(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+        let tcp = TcpStream::connect(self.pep).await?;
+        tcp.set_nodelay(true)?;
+        Ok(self.tls.connect(self.sni.clone(), tcp).await?)
+    }
+
+    /// One HTTP/1.1 CONNECT on a new TLS connection, exactly as atunnel writes it.
+    async fn h1_tunnel(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+        let mut s = self.tls().await?;
+        let req = format!(
+            "CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nUser-Agent: Go-http-client/1.1\r\n\r\n",
+            t = self.target
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut head = Vec::with_capacity(256);
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).await? == 0 || head.len() > 8192 {
+                return Err("CONNECT answer truncated".into());
+            }
+            head.push(b[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 200") {
+            return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)).into());
+        }
+        Ok(s)
+    }
+
+    async fn h2_conn(&self) -> Result<http2::SendRequest<Empty<Bytes>>, Error> {
+        let s = self.tls().await?;
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake(TokioIo::new(s))
+            .await?;
+        tokio::spawn(conn);
+        Ok(send)
+    }
+
+    async fn h2_tunnel(
+        &self,
+        send: &mut http2::SendRequest<Empty<Bytes>>,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, Error> {
+        send.ready().await?;
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(self.target.as_str())
+            .body(Empty::new())?;
+        let resp = send.send_request(req).await?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("CONNECT refused: {}", resp.status()).into());
+        }
+        Ok(TokioIo::new(hyper::upgrade::on(resp).await?))
+    }
+}
+
+async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), Error> {
+    s.write_all(b"e").await?;
+    s.flush().await?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    Ok(())
+}
+
+async fn bulk(c: &Client, secs: u64) -> Result<(), Error> {
+    let chunk = vec![0u8; 256 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut sent: u64 = 0;
+    let start = Instant::now();
+    if c.h2 {
+        let mut send = c.h2_conn().await?;
+        let mut t = c.h2_tunnel(&mut send).await?;
+        while Instant::now() < deadline {
+            t.write_all(&chunk).await?;
+            sent += chunk.len() as u64;
+        }
+        t.shutdown().await?;
+    } else {
+        let mut t = c.h1_tunnel().await?;
+        while Instant::now() < deadline {
+            t.write_all(&chunk).await?;
+            sent += chunk.len() as u64;
+        }
+        t.shutdown().await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "bytes {sent} seconds {secs:.3} gbps {:.3}",
+        sent as f64 * 8.0 / secs / 1e9
+    );
+    Ok(())
+}
+
+async fn setup(c: Arc<Client>, secs: u64, conc: usize) -> Result<(), Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..conc {
+        let c = c.clone();
+        let stop = stop.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut send = None;
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r: Result<(), Error> = async {
+                    if c.h2 {
+                        if send.is_none() {
+                            send = Some(c.h2_conn().await?);
+                        }
+                        let Some(s) = send.as_mut() else {
+                            unreachable!()
+                        };
+                        let mut t = c.h2_tunnel(s).await?;
+                        echo_once(&mut t).await?;
+                        t.shutdown().await?;
+                    } else {
+                        let mut t = c.h1_tunnel().await?;
+                        echo_once(&mut t).await?;
+                        let _ = t.shutdown().await;
+                    }
+                    Ok(())
+                }
+                .await;
+                match r {
+                    Ok(()) => lat.push(t0.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        send = None;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "tunnels {} seconds {elapsed:.3} per_sec {:.0} p50_ms {:.3} p99_ms {:.3} errors {}",
+        all.len(),
+        all.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99),
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn hold(c: &Client, count: usize) -> Result<(), Error> {
+    let mut h1 = Vec::new();
+    let mut h2 = Vec::new();
+    let mut conns = Vec::new();
+    for i in 0..count {
+        if c.h2 {
+            if i % 100 == 0 {
+                conns.push(c.h2_conn().await?);
+            }
+            let Some(send) = conns.last_mut() else {
+                unreachable!()
+            };
+            let mut t = c.h2_tunnel(send).await?;
+            echo_once(&mut t).await?;
+            h2.push(t);
+        } else {
+            let mut t = c.h1_tunnel().await?;
+            echo_once(&mut t).await?;
+            h1.push(t);
+        }
+    }
+    println!("held {count}");
+    // Keep them open until the script closes stdin.
+    let mut stdin = tokio::io::stdin();
+    let mut b = [0u8; 1];
+    let _ = stdin.read(&mut b).await;
+    drop((h1, h2, conns));
+    Ok(())
+}

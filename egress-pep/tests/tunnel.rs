@@ -1,0 +1,965 @@
+//! The tunnel server over real mTLS on loopback (DESIGN §7.1): an upstream-atunnel-like HTTP/1.1
+//! client and h2 CONNECT streams carry bytes to a loopback destination; identity, liveness and
+//! policy refusals answer 403/503 with the reason only in audit records and metrics; limits close
+//! and count. Destinations are on 127.0.0.0/8, which the guard's exempt list opens for the tests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use egress_pep::audit::{AuditRecord, AuditSink};
+use egress_pep::classify::ClassifyLimits;
+use egress_pep::cleartext::CleartextLimits;
+use egress_pep::decision::{Reason, Verdict};
+use egress_pep::forward::Dialer;
+use egress_pep::guard::{Guard, GuardSettings};
+use egress_pep::metrics::{EgressMetrics, Limit};
+use egress_pep::policy::model::{self, HostRule, Mode, Ports, Rule, RuleSpec, TcpRule};
+use egress_pep::policy::{CompiledPolicy, PolicySource, PolicyUnavailable};
+use egress_pep::resolve::{PepResolver, ResolverSettings};
+use egress_pep::subject::Subject;
+use egress_pep::tunnel::{ASSERTION_HEADER, IdentitySettings, Pep, PepParts, TunnelLimits};
+use futures_util::future::BoxFuture;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use identity::ActorIdentity;
+use identity::assertion::{AssertionMinter, AssertionVerifier};
+use identity::testing::{TD, TestKey, TestPki, YEAR, verifier_for, write_jwks};
+use identity::tls::{
+    ClientAuth, ClientTlsFiles, ReloadableServerConfig, ServerIdentity, ServerTlsFiles,
+};
+use parking_lot::Mutex;
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, SanType};
+use routing_core::directory::ateapi::AteApiDirectory;
+use routing_core::proto::ActorState;
+use routing_core::testing::{FakeControlPlane, Method as CpMethod, Step};
+use runtime::drain::Drain;
+use runtime::listener::BoundListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+const BOUND: Duration = Duration::from_secs(30);
+const ACTOR: &str = "demo/bot";
+
+async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(BOUND, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: nothing within {BOUND:?}"),
+    }
+}
+
+/// Polls `cond` (a counter the PEP bumps after the client already saw the effect) for at most
+/// the bound.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    routing_core::testing::wait_until(what, BOUND, &mut cond).await;
+}
+
+/// A policy source with one swappable answer for every actor.
+struct TestPolicy {
+    answer: Mutex<Result<Option<Arc<CompiledPolicy>>, PolicyUnavailable>>,
+    asked: AtomicUsize,
+}
+
+impl TestPolicy {
+    fn new(policy: model::Policy) -> Arc<Self> {
+        Arc::new(Self {
+            answer: Mutex::new(Ok(Some(Arc::new(
+                CompiledPolicy::compile(&policy).unwrap(),
+            )))),
+            asked: AtomicUsize::new(0),
+        })
+    }
+    fn set(&self, answer: Result<Option<model::Policy>, PolicyUnavailable>) {
+        *self.answer.lock() =
+            answer.map(|p| p.map(|p| Arc::new(CompiledPolicy::compile(&p).unwrap())));
+    }
+}
+
+impl PolicySource for TestPolicy {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+    fn policy_for(
+        &self,
+        _subject: &Subject,
+    ) -> BoxFuture<'static, Result<Option<Arc<CompiledPolicy>>, PolicyUnavailable>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let a = self.answer.lock().clone();
+        Box::pin(async move { a })
+    }
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "test"})
+    }
+}
+
+/// `tcp` 127.0.0.1/32 all ports, `tls_passthrough` allowed.test all ports.
+fn loopback_policy() -> model::Policy {
+    model::Policy {
+        name: "test".into(),
+        mode: Mode::Enforce,
+        rules: vec![
+            Rule {
+                spec: RuleSpec::Tcp(TcpRule {
+                    cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+                    ports: Ports::All,
+                }),
+                mode: None,
+            },
+            Rule {
+                spec: RuleSpec::TlsPassthrough(HostRule {
+                    hostnames: vec!["allowed.test".parse().unwrap()],
+                    ports: Ports::All,
+                    methods: vec![],
+                    path_prefixes: vec![],
+                    allow_private: false,
+                    effects: vec![],
+                }),
+                mode: None,
+            },
+        ],
+    }
+}
+
+/// A TCP echo server counting connections.
+struct Echo {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn echo_on(addr: &str) -> Echo {
+    let l = TcpListener::bind(addr).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Echo { addr, accepted }
+}
+
+struct Harness {
+    pki: TestPki,
+    pep_addr: SocketAddr,
+    pep: Arc<Pep>,
+    metrics: EgressMetrics,
+    audit: Arc<AuditSink>,
+    cp: FakeControlPlane,
+    policy: Arc<TestPolicy>,
+    echo: Echo,
+    key: TestKey,
+    drain: Drain,
+}
+
+struct Options {
+    limits: TunnelLimits,
+    legacy: bool,
+    agents: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            limits: TunnelLimits {
+                max_header_bytes: 8 * 1024,
+                ..TunnelLimits::default()
+            },
+            legacy: false,
+            agents: vec![identity::spiffe::component_uri(TD, "ate-system", "atunnel")],
+        }
+    }
+}
+
+impl Harness {
+    async fn start() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    async fn with(opts: Options) -> Self {
+        let pki = TestPki::new();
+        let (cert, key) = pki.localhost_server("pep");
+        let tls = ReloadableServerConfig::server(ServerTlsFiles {
+            cert_file: cert,
+            key_file: key,
+            client_ca_file: Some(pki.ca_file()),
+            client_auth: ClientAuth::Required,
+            client_trust_domain: None,
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        })
+        .unwrap();
+        let cp = FakeControlPlane::start().await;
+        cp.add_actor(ACTOR, ActorState::Running, "10.0.0.1", Duration::ZERO);
+        let directory = Arc::new(AteApiDirectory::new(&cp.plaintext_settings()).unwrap());
+        let echo = echo_on("127.0.0.1:0").await;
+        let listener = BoundListener::bind("egress.listen", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .with_tls(tls.clone());
+        let pep_addr = listener.local_addr();
+        let resolver = PepResolver::new(&ResolverSettings {
+            static_entries: HashMap::from([(
+                "allowed.test".to_owned(),
+                vec!["127.0.0.1".parse().unwrap()],
+            )]),
+            use_system: false,
+            ..ResolverSettings::default()
+        })
+        .unwrap();
+        let guard = Guard::new(
+            &GuardSettings {
+                exempt: vec!["127.0.0.0/8".parse().unwrap()],
+                ..GuardSettings::default()
+            },
+            vec![pep_addr],
+        );
+        let dialer = Dialer::new(Arc::new(resolver), Arc::new(guard), Duration::from_secs(2));
+        let key = TestKey::new(jsonwebtoken::Algorithm::ES256, "k1");
+        let jwks = pki.path("jwks.json");
+        write_jwks(&jwks, &[&key]);
+        let verifier =
+            AssertionVerifier::new(verifier_for(&jwks, Duration::from_secs(60)).await, 1000);
+        let metrics = EgressMetrics::unregistered();
+        let audit = Arc::new(AuditSink::new(None).unwrap());
+        let policy = TestPolicy::new(loopback_policy());
+        let pep = Pep::new(PepParts {
+            tls,
+            directory,
+            policy: policy.clone(),
+            dialer: Arc::new(dialer),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            identity: IdentitySettings {
+                spiffe: identity::spiffe::SpiffeOptions {
+                    accept_legacy_actor: opts.legacy,
+                },
+                agents: opts.agents,
+                assertion: Some(Arc::new(verifier)),
+                ..IdentitySettings::default()
+            },
+            limits: opts.limits,
+            classify: ClassifyLimits {
+                peek_timeout: Duration::from_millis(200),
+                ..ClassifyLimits::default()
+            },
+            cleartext: CleartextLimits::default(),
+            actor_host_suffixes: vec!["actors.local".into()],
+        });
+        let drain = Drain::new();
+        tokio::spawn(pep.clone().serve(listener, drain.signal()));
+        Self {
+            pki,
+            pep_addr,
+            pep,
+            metrics,
+            audit,
+            cp,
+            policy,
+            echo,
+            key,
+            drain,
+        }
+    }
+
+    /// Writes a certificate signed by this PKI's CA from `params`; returns (cert, key) paths.
+    fn cert(
+        &self,
+        stem: &str,
+        params: CertificateParams,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let issued = self.pki.ca.sign(params, YEAR).unwrap();
+        self.pki.write(stem, &issued)
+    }
+
+    fn actor_cert(&self, atespace: &str, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let a = ActorIdentity::new(atespace, name, None).unwrap();
+        let issued = self.pki.ca.issue_actor(TD, &a, false, YEAR).unwrap();
+        self.pki.write(&format!("{atespace}.{name}"), &issued)
+    }
+
+    fn uri_cert(&self, stem: &str, uris: &[String]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI(u.clone().try_into().unwrap()))
+            .collect();
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.cert(stem, p)
+    }
+
+    fn agent_cert(&self, sa: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let issued = self
+            .pki
+            .ca
+            .issue_component(TD, "ate-system", sa, &[], &[], YEAR)
+            .unwrap();
+        self.pki.write(&format!("agent-{sa}"), &issued)
+    }
+
+    /// A TLS connection to the PEP as `cert`, offering `alpn`, SNI `localhost`.
+    async fn tls(
+        &self,
+        cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let cfg = identity::tls::client_config(&ClientTlsFiles {
+            ca_file: self.pki.ca_file(),
+            cert_file: cert.map(|c| c.0.clone()),
+            key_file: cert.map(|c| c.1.clone()),
+            server_identity: ServerIdentity::Hostname,
+            alpn: alpn.iter().map(|a| a.to_vec()).collect(),
+        })
+        .unwrap();
+        let tcp = TcpStream::connect(self.pep_addr).await?;
+        let mut tls = TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        // TLS 1.3: a refused client certificate shows on the first read, not in connect.
+        tls.flush().await?;
+        Ok(tls)
+    }
+
+    /// What upstream atunnel does: new TLS connection, no ALPN, `CONNECT ip:port HTTP/1.1`,
+    /// `Host` the same, a Go `User-Agent`, nothing else. Returns the status (0: the connection
+    /// closed or failed before an answer), the body and the stream.
+    async fn atunnel(
+        &self,
+        cert: &(std::path::PathBuf, std::path::PathBuf),
+        target: &str,
+        extra: &str,
+    ) -> (u16, String, Option<TlsStream<TcpStream>>) {
+        let mut tls = match self.tls(Some(cert), &[]).await {
+            Ok(t) => t,
+            Err(_) => return (0, String::new(), None),
+        };
+        let head = format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: Go-http-client/1.1\r\n{extra}\r\n"
+        );
+        if tls.write_all(head.as_bytes()).await.is_err() {
+            return (0, String::new(), None);
+        }
+        let (status, body) = read_response(&mut tls).await;
+        (status, body, Some(tls))
+    }
+
+    fn last_tunnel(&self) -> AuditRecord {
+        self.audit
+            .recent()
+            .into_iter()
+            .rev()
+            .find(|r| r.kind == egress_pep::audit::RecordKind::Tunnel)
+            .expect("a tunnel record")
+    }
+
+    fn assertion(&self, dst: &str) -> String {
+        AssertionMinter::new(
+            self.key.signer(),
+            identity::testing::AUDIENCE,
+            Duration::from_secs(30),
+        )
+        .mint(&actor(), dst.parse().unwrap())
+        .unwrap()
+    }
+}
+
+fn actor() -> ActorIdentity {
+    ActorIdentity::new("demo", "bot", None).unwrap()
+}
+
+/// Reads an HTTP/1.1 response head (and a short body by content-length); status 0 when the
+/// connection ends first.
+async fn read_response<IO: AsyncRead + Unpin>(io: &mut IO) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match within("response head", io.read(&mut byte)).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => return (0, String::new()),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if len > 0 {
+        let _ = within("response body", io.read_exact(&mut body)).await;
+    }
+    assert!(
+        len == 0
+            || head
+                .to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+        "{head}"
+    );
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+/// Sends `data` through `io` to the echo server and checks it comes back intact.
+async fn echo_through<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO, data: Vec<u8>) {
+    let (mut r, mut w) = tokio::io::split(io);
+    let expected = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::with_capacity(expected.len());
+    within("echoed bytes", r.read_to_end(&mut got))
+        .await
+        .unwrap();
+    within("writer", writer).await.unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "echoed bytes differ");
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn atunnel_like_client_gets_200_and_its_bytes_arrive() {
+    let h = Harness::start().await;
+    let cert = h.actor_cert("demo", "bot");
+    let target = h.echo.addr.to_string();
+    let (status, _, tls) = h.atunnel(&cert, &target, "").await;
+    assert_eq!(status, 200);
+    echo_through(tls.unwrap(), pattern(200_000, 1)).await;
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 1);
+    eventually("tunnel record", || {
+        h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 1
+    })
+    .await;
+    let r = h.last_tunnel();
+    assert_eq!(r.verdict, Verdict::Allow);
+    assert_eq!(r.dst, Some(h.echo.addr));
+    assert_eq!(r.actor.as_ref().unwrap().uid.as_deref(), Some("uid-bot"));
+    assert_eq!(r.rule.as_ref().unwrap().index, 0);
+    assert_eq!((r.bytes_up, r.bytes_down), (200_000, 200_000));
+    assert_eq!(h.metrics.active_tunnels(), 0);
+    // The liveness answer is cached: a second tunnel makes no second GetActor.
+    let (status, _, _) = h.atunnel(&cert, &target, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(h.cp.calls(CpMethod::GetActor, ACTOR), 1);
+}
+
+#[tokio::test]
+async fn tls_sni_decides_and_the_pep_dials_the_names_own_address() {
+    let h = Harness::start().await;
+    let cert = h.actor_cert("demo", "bot");
+    // The actor dialed 127.0.0.2 (same port); its SNI names allowed.test = 127.0.0.1.
+    let decoy = echo_on(&format!("127.0.0.2:{}", h.echo.addr.port())).await;
+    let target = decoy.addr.to_string();
+    let (status, _, tls) = h.atunnel(&cert, &target, "").await;
+    assert_eq!(status, 200);
+    let mut tls = tls.unwrap();
+    // A ClientHello for allowed.test, written by hand-rolled rustls client over the tunnel: the
+    // echo server sends the bytes back, which is not a ServerHello, so only the first bytes are
+    // checked.
+    let hello = client_hello("allowed.test").await;
+    tls.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    within("hello echoed", tls.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, hello);
+    drop(tls);
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        decoy.accepted.load(Ordering::SeqCst),
+        0,
+        "the dialed IP got no connection"
+    );
+    eventually("tunnel record", || {
+        h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 1
+    })
+    .await;
+    let r = h.last_tunnel();
+    assert_eq!(r.sni.as_deref(), Some("allowed.test"));
+    assert!(r.dst_mismatch);
+
+    // An SNI no rule allows: the tunnel closes with no byte sent back, counted and audited.
+    let (status, _, tls) = h.atunnel(&cert, &target, "").await;
+    assert_eq!(status, 200);
+    let mut tls = tls.unwrap();
+    tls.write_all(&client_hello("denied.test").await)
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = within("denied tunnel closes", tls.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    eventually("deny record", || {
+        h.metrics.tunnels(Verdict::Deny, Reason::NoMatchingRule) == 1
+    })
+    .await;
+    // An actor host name: actor forwarding is not configured.
+    let (_, _, tls) = h.atunnel(&cert, &target, "").await;
+    let mut tls = tls.unwrap();
+    tls.write_all(&client_hello("peer.demo.actors.local").await)
+        .await
+        .unwrap();
+    let _ = within("actor tunnel closes", tls.read_to_end(&mut Vec::new())).await;
+    eventually("actor record", || {
+        h.metrics
+            .tunnels(Verdict::Deny, Reason::ActorForwardingNotConfigured)
+            == 1
+    })
+    .await;
+}
+
+/// The first flight of a rustls client for `sni` (captured from an in-memory connection).
+async fn client_hello(sni: &str) -> Vec<u8> {
+    let cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut conn = tokio_rustls::rustls::ClientConnection::new(
+        Arc::new(cfg),
+        ServerName::try_from(sni.to_owned()).unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn h2_carries_many_tunnels_on_one_connection() {
+    let h = Harness::start().await;
+    let cert = h.actor_cert("demo", "bot");
+    let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..100u8 {
+        let mut send = send.clone();
+        let target = h.echo.addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::connect(target)
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+            echo_through(io, pattern(1 << 20, i)).await;
+        }));
+    }
+    for t in tasks {
+        within("h2 tunnel", t).await.unwrap();
+    }
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 100);
+    eventually("100 records", || {
+        h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 100
+    })
+    .await;
+    // A refusal on one stream leaves the others alone: a name target is 403.
+    let mut send = send.clone();
+    let resp = send
+        .send_request(
+            http::Request::connect("example.com:443")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(h.last_tunnel().reason, Reason::BadTarget);
+}
+
+#[tokio::test]
+async fn connect_answers_for_targets_methods_and_policy() {
+    let h = Harness::start().await;
+    let cert = h.actor_cert("demo", "bot");
+    let (s, body, _) = h.atunnel(&cert, "example.com:443", "").await;
+    assert_eq!((s, body.as_str()), (403, "egress denied"));
+    assert_eq!(h.last_tunnel().reason, Reason::BadTarget);
+    // Not CONNECT: 405.
+    let mut tls = h.tls(Some(&cert), &[]).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut tls).await.0, 405);
+    let target = h.echo.addr.to_string();
+    // No policy → 403; policy source down → 503.
+    h.policy.set(Ok(None));
+    let (s, _, _) = h.atunnel(&cert, &target, "").await;
+    assert_eq!(s, 403);
+    assert_eq!(h.last_tunnel().reason, Reason::NoPolicy);
+    h.policy.set(Err(PolicyUnavailable("down".into())));
+    let (s, body, _) = h.atunnel(&cert, &target, "").await;
+    assert_eq!((s, body.as_str()), (503, "egress unavailable"));
+    assert_eq!(h.last_tunnel().reason, Reason::ControlPlaneUnavailable);
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 0);
+}
+
+/// Refused in the TLS handshake or answered 403; either way no tunnel and no destination
+/// connection.
+async fn refused_in_handshake(
+    h: &Harness,
+    cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) {
+    let target = h.echo.addr.to_string();
+    let outcome = match h.tls(cert, &[]).await {
+        Err(_) => 0,
+        Ok(mut tls) => {
+            let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+            match tls.write_all(head.as_bytes()).await {
+                Err(_) => 0,
+                Ok(()) => read_response(&mut tls).await.0,
+            }
+        }
+    };
+    assert_eq!(outcome, 0, "the handshake should have failed");
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn certificates_refused_in_the_handshake() {
+    let h = Harness::start().await;
+    // No client certificate.
+    refused_in_handshake(&h, None).await;
+    // Another CA.
+    let other = TestPki::new();
+    let issued = other.ca.issue_actor(TD, &actor(), false, YEAR).unwrap();
+    refused_in_handshake(&h, Some(&other.write("stranger", &issued))).await;
+    // A CA certificate as leaf.
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.subject_alt_names = vec![SanType::URI(
+        identity::spiffe::actor_uri(TD, "demo", "bot")
+            .try_into()
+            .unwrap(),
+    )];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    refused_in_handshake(&h, Some(&h.cert("ca-leaf", p))).await;
+    // No client-auth EKU.
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::URI(
+        identity::spiffe::actor_uri(TD, "demo", "bot")
+            .try_into()
+            .unwrap(),
+    )];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    refused_in_handshake(&h, Some(&h.cert("server-eku", p))).await;
+    assert_eq!(h.cp.calls(CpMethod::GetActor, ACTOR), 0);
+}
+
+/// A CONNECT answered `status`, with `reason` audited and counted as an identity failure.
+async fn refused_with(
+    h: &Harness,
+    cert: &(std::path::PathBuf, std::path::PathBuf),
+    extra: &str,
+    status: u16,
+    reason: Reason,
+) {
+    let before = h.metrics.identity_failures(reason);
+    let accepted = h.echo.accepted.load(Ordering::SeqCst);
+    let target = h.echo.addr.to_string();
+    let (s, body, _) = h.atunnel(cert, &target, extra).await;
+    let want = if status == 503 {
+        "egress unavailable"
+    } else {
+        "egress denied"
+    };
+    assert_eq!((s, body.as_str()), (status, want), "{reason:?}");
+    assert_eq!(h.last_tunnel().reason, reason);
+    assert_eq!(
+        h.metrics.identity_failures(reason),
+        before + 1,
+        "{reason:?}"
+    );
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), accepted);
+}
+
+#[tokio::test]
+async fn certificate_identities_refused_by_the_pep() {
+    let h = Harness::start().await;
+    let two = h.uri_cert(
+        "two-uris",
+        &[
+            identity::spiffe::actor_uri(TD, "demo", "bot"),
+            "https://example.com/x".into(),
+        ],
+    );
+    refused_with(&h, &two, "", 403, Reason::IdentityInvalid).await;
+    let bad_path = h.uri_cert("bad-path", &[format!("spiffe://{TD}/ateom-for-actor/demo")]);
+    refused_with(&h, &bad_path, "", 403, Reason::IdentityInvalid).await;
+    let legacy = h.uri_cert(
+        "legacy",
+        &[format!("spiffe://{TD}/atespace/demo/actor/bot")],
+    );
+    refused_with(&h, &legacy, "", 403, Reason::IdentityInvalid).await;
+    let stranger = h.agent_cert("stranger");
+    refused_with(&h, &stranger, "", 403, Reason::ComponentNotAllowed).await;
+    assert_eq!(h.cp.calls(CpMethod::GetActor, ACTOR), 0);
+
+    // With legacy ids configured the older spelling opens a tunnel.
+    let h = Harness::with(Options {
+        legacy: true,
+        ..Options::default()
+    })
+    .await;
+    let legacy = h.uri_cert(
+        "legacy",
+        &[format!("spiffe://{TD}/atespace/demo/actor/bot")],
+    );
+    let (s, _, _) = h.atunnel(&legacy, &h.echo.addr.to_string(), "").await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn liveness_refusals() {
+    let h = Harness::start().await;
+    let ghost = h.actor_cert("demo", "ghost");
+    refused_with(&h, &ghost, "", 403, Reason::ActorNotFound).await;
+    h.cp.add_actor(
+        "demo/sleepy",
+        ActorState::Suspended,
+        "10.0.0.2",
+        Duration::ZERO,
+    );
+    let sleepy = h.actor_cert("demo", "sleepy");
+    refused_with(&h, &sleepy, "", 403, Reason::ActorNotRunning).await;
+    let bot = h.actor_cert("demo", "bot");
+    h.cp.script(
+        CpMethod::GetActor,
+        ACTOR,
+        [Step::Fail(tonic::Code::Unavailable, "down".into())],
+    );
+    refused_with(&h, &bot, "", 503, Reason::ControlPlaneUnavailable).await;
+    // Errors are not cached: the next CONNECT asks again and passes.
+    let (s, _, _) = h.atunnel(&bot, &h.echo.addr.to_string(), "").await;
+    assert_eq!(s, 200);
+    assert_eq!(h.cp.calls(CpMethod::GetActor, ACTOR), 2);
+}
+
+#[tokio::test]
+async fn agents_need_a_valid_assertion_for_the_target() {
+    let h = Harness::start().await;
+    let agent = h.agent_cert("atunnel");
+    let target = h.echo.addr.to_string();
+    let good = h.assertion(&target);
+    let (s, _, tls) = h
+        .atunnel(&agent, &target, &format!("{ASSERTION_HEADER}: {good}\r\n"))
+        .await;
+    assert_eq!(s, 200);
+    echo_through(tls.unwrap(), pattern(1000, 7)).await;
+    eventually("agent tunnel", || {
+        h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 1
+    })
+    .await;
+    assert_eq!(
+        h.last_tunnel().identity,
+        Some(egress_pep::subject::IdentityKind::Assertion)
+    );
+    // Replayed jti.
+    refused_with(
+        &h,
+        &agent,
+        &format!("{ASSERTION_HEADER}: {good}\r\n"),
+        403,
+        Reason::AssertionReplayed,
+    )
+    .await;
+    // Missing.
+    refused_with(&h, &agent, "", 403, Reason::AssertionInvalid).await;
+    // Wrong dst.
+    let other = h.assertion("127.0.0.1:1");
+    refused_with(
+        &h,
+        &agent,
+        &format!("{ASSERTION_HEADER}: {other}\r\n"),
+        403,
+        Reason::AssertionInvalid,
+    )
+    .await;
+    // Expired, wrong audience.
+    let signer = h.key.signer();
+    let mut claims = signer.claims(
+        &actor(),
+        identity::testing::AUDIENCE,
+        Duration::from_secs(30),
+    );
+    claims.dst = Some(target.clone());
+    let mut expired = claims.clone();
+    expired.iat -= 120;
+    expired.nbf = expired.iat;
+    expired.exp = expired.iat + 30;
+    expired.jti = "expired".into();
+    let expired = signer.sign(&expired).unwrap();
+    refused_with(
+        &h,
+        &agent,
+        &format!("{ASSERTION_HEADER}: {expired}\r\n"),
+        403,
+        Reason::AssertionInvalid,
+    )
+    .await;
+    let mut wrong_aud = claims.clone();
+    wrong_aud.aud = identity::token::Audience::One("someone-else".into());
+    wrong_aud.jti = "aud".into();
+    let wrong_aud = signer.sign(&wrong_aud).unwrap();
+    refused_with(
+        &h,
+        &agent,
+        &format!("{ASSERTION_HEADER}: {wrong_aud}\r\n"),
+        403,
+        Reason::AssertionInvalid,
+    )
+    .await;
+    // An actor certificate's identity is never replaced by a header.
+    let bot = h.actor_cert("demo", "bot");
+    let (s, _, _) = h
+        .atunnel(&bot, &target, &format!("{ASSERTION_HEADER}: garbage\r\n"))
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn limits_close_and_count() {
+    let h = Harness::with(Options {
+        limits: TunnelLimits {
+            header_read_timeout: Duration::from_millis(300),
+            max_header_bytes: 8 * 1024,
+            max_streams_per_connection: 2,
+            idle_timeout: Duration::from_millis(300),
+            ..TunnelLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let cert = h.actor_cert("demo", "bot");
+    // Slow CONNECT header: closed.
+    let mut tls = h.tls(Some(&cert), &[]).await.unwrap();
+    tls.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = within("slow header closes", tls.read_to_end(&mut rest)).await;
+    eventually("slow_header", || h.metrics.limits(Limit::SlowHeader) == 1).await;
+    // Oversized header: 431.
+    let big = format!("X-Pad: {}\r\n", "a".repeat(10_000));
+    let (s, _, _) = h.atunnel(&cert, &h.echo.addr.to_string(), &big).await;
+    assert_eq!(s, 431);
+    eventually("oversized_header", || {
+        h.metrics.limits(Limit::OversizedHeader) == 1
+    })
+    .await;
+    // Idle tunnel: opaque bytes, then silence.
+    let (s, _, tls) = h.atunnel(&cert, &h.echo.addr.to_string(), "").await;
+    assert_eq!(s, 200);
+    let mut tls = tls.unwrap();
+    tls.write_all(b"\x00ping").await.unwrap();
+    let mut back = [0u8; 5];
+    within("ping echoed", tls.read_exact(&mut back))
+        .await
+        .unwrap();
+    let _ = within("idle tunnel closes", tls.read_to_end(&mut Vec::new())).await;
+    eventually("idle", || h.metrics.limits(Limit::Idle) == 1).await;
+    // Too many streams: a client that ignores SETTINGS opens 3 streams at once; the third is
+    // refused.
+    let mut tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    let target = h.echo.addr.to_string();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    for id in [1u32, 3, 5] {
+        let mut block = vec![0x02, 7];
+        block.extend(b"CONNECT");
+        block.push(0x01);
+        block.push(target.len() as u8);
+        block.extend(target.as_bytes());
+        out.extend(frame(0x1, 0x4, id, &block));
+    }
+    tls.write_all(&out).await.unwrap();
+    let refused = within("RST_STREAM on stream 5", async {
+        loop {
+            let mut head = [0u8; 9];
+            tls.read_exact(&mut head).await.unwrap();
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            tls.read_exact(&mut payload).await.unwrap();
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if head[3] == 0x3 && stream == 5 {
+                break u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused, 7, "REFUSED_STREAM");
+    eventually("too_many_streams", || {
+        h.metrics.limits(Limit::TooManyStreams) == 1
+    })
+    .await;
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn draining_refuses_new_connects_and_status_reports() {
+    let h = Harness::start().await;
+    let cert = h.actor_cert("demo", "bot");
+    let target = h.echo.addr.to_string();
+    // An h2 connection open before the drain.
+    let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::connect(target.clone())
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let open = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let status = h.pep.status();
+    assert_eq!(status["active_tunnels"], 1);
+    assert_eq!(status["policy"]["source"], "test");
+    h.drain.start();
+    // The open tunnel still carries bytes.
+    echo_through(open, pattern(10_000, 3)).await;
+    // New connections are refused (the listener closed).
+    eventually("listener closed", || {
+        std::net::TcpStream::connect(h.pep_addr).is_err()
+    })
+    .await;
+    let _ = (&h.policy, &h.pki);
+}

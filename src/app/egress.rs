@@ -1,0 +1,202 @@
+//! The egress PEP (`egress`, DESIGN §7): the tunnel listener (mTLS, HTTP/1.1 and h2 CONNECT)
+//! over [`egress_pep::tunnel::Pep`], with its policy source (`files`, watched; or `ateapi` over
+//! the directory's ate-api-server connection), resolver, guard, dialer, audit sink and metrics.
+//! Tunnels hold the drain. Registers the `egress` `/statusz` section and the PEP's metrics.
+//!
+//! The `files` source is loaded before the directory ([`load_files`]) so the `ateapi.Control`
+//! simulator can answer `GetActorEgressPolicy` from it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use egress_pep::config::{EgressSettings, PolicySourceSettings};
+use egress_pep::policy::PolicySource;
+use egress_pep::policy::ateapi::AteapiPolicySource;
+use egress_pep::policy::files::FilesSource;
+use egress_pep::policy::upstream::FilesEgressPolicies;
+use routing_core::directory::control_service::EgressPolicyProvider;
+
+use super::Wiring;
+use super::directory::Directory;
+use crate::config::Loaded;
+
+/// How often the DNS cache gauge is refreshed.
+const DNS_GAUGE_EVERY: Duration = Duration::from_secs(10);
+
+/// The egress policy files, loaded before the other components start.
+pub struct EgressFiles {
+    files: Arc<FilesSource>,
+}
+
+impl EgressFiles {
+    /// The simulator's `GetActorEgressPolicy` answers from these files.
+    pub fn provider(&self) -> Arc<dyn EgressPolicyProvider> {
+        Arc::new(FilesEgressPolicies::new(self.files.clone()))
+    }
+}
+
+/// Loads `egress.policy.files` when the PEP is on with the `files` source; a file problem is an
+/// error naming the file and field (one line each).
+pub fn load_files(loaded: &Loaded) -> Result<Option<EgressFiles>> {
+    let Some(PolicySourceSettings::Files(paths)) = loaded.egress.as_ref().map(|e| &e.policy) else {
+        return Ok(None);
+    };
+    let files = FilesSource::load(paths.clone())
+        .map_err(|e| anyhow!("egress.policy.files: {}", e.to_string().replace('\n', "; ")))?;
+    Ok(Some(EgressFiles { files }))
+}
+
+/// Binds `egress.listen` and serves tunnels, when the PEP is on. `directory` is the gateway's
+/// directory (required by config validation); `files` what [`load_files`] returned. Call it
+/// after the admin and gRPC listeners are bound: their addresses are guarded.
+pub async fn start(
+    w: &mut Wiring,
+    loaded: &Loaded,
+    directory: Option<&Directory>,
+    files: Option<EgressFiles>,
+) -> Result<()> {
+    let Some(settings) = &loaded.egress else {
+        return Ok(());
+    };
+    let directory =
+        directory.ok_or_else(|| anyhow!("egress: the PEP needs a directory (config check)"))?;
+    let metrics = egress_pep::metrics::EgressMetrics::new(&mut w.registry);
+
+    let policy: Arc<dyn PolicySource> = match (&settings.policy, files) {
+        (PolicySourceSettings::Files(_), Some(f)) => {
+            // The watch lives as long as the source.
+            if let Err(e) = f.files.watch() {
+                tracing::warn!(error = %e, "cannot watch the egress policy files; edits need a restart")
+            }
+            let (m, files) = (metrics.clone(), f.files.clone());
+            // The reload state as a metric: 0 after a broken edit, 1 once an edit applies.
+            let mut attempts = files.reloader().attempts();
+            w.background(async move {
+                while attempts.changed().await.is_ok() {
+                    m.set_policy_reload_ok(files.reloader().status().last_error.is_none());
+                }
+            });
+            f.files
+        }
+        (PolicySourceSettings::Files(_), None) => {
+            return Err(anyhow!("egress.policy.files: not loaded"));
+        }
+        (PolicySourceSettings::Ateapi { ttl, max_entries }, _) => {
+            let client = directory.ateapi.clone().ok_or_else(|| {
+                anyhow!("egress.policy.source: ateapi needs directory.ateapi (config check)")
+            })?;
+            Arc::new(AteapiPolicySource::new(client, *ttl, *max_entries))
+        }
+    };
+
+    let listener = w.bind("egress", "egress.listen", settings.listen).await?;
+    let tls = identity::tls::ReloadableServerConfig::server(settings.tls.clone())
+        .context("egress.tls")?;
+    match tls.watch() {
+        Ok(handle) => w.keep(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the egress TLS files; rotation needs a restart")
+        }
+    }
+
+    // The PEP's own control surfaces are guarded: its tunnel listener, admin and gRPC.
+    let own: Vec<SocketAddr> = ["egress", "admin", "grpc"]
+        .iter()
+        .filter_map(|name| w.addresses.get(*name).copied())
+        .collect();
+    let guard = Arc::new(egress_pep::guard::Guard::new(
+        &settings.guard_settings(),
+        own,
+    ));
+    let resolver = Arc::new(
+        egress_pep::resolve::PepResolver::new(&settings.resolver_settings())
+            .context("egress.resolver")?,
+    );
+    let dialer = Arc::new(egress_pep::forward::Dialer::new(
+        resolver.clone(),
+        guard,
+        settings.limits.connect_timeout,
+    ));
+    let audit = Arc::new(
+        egress_pep::audit::AuditSink::new(settings.audit_file.clone())
+            .context("egress.audit.file")?,
+    );
+    let identity = identity_settings(settings).await?;
+
+    let pep = egress_pep::tunnel::Pep::new(egress_pep::tunnel::PepParts {
+        tls: tls.clone(),
+        directory: directory.directory.clone(),
+        policy: policy.clone(),
+        dialer,
+        audit,
+        metrics: metrics.clone(),
+        identity,
+        limits: settings.tunnel_limits(),
+        classify: settings.classify_limits(),
+        cleartext: settings.cleartext_limits(),
+        actor_host_suffixes: vec![loaded.config.routing.host_suffix.clone()],
+    });
+    let p = pep.clone();
+    w.health.register_section("egress", move || p.status())?;
+
+    let m = metrics.clone();
+    w.background(async move {
+        let mut tick = tokio::time::interval(DNS_GAUGE_EVERY);
+        loop {
+            tick.tick().await;
+            m.set_dns_cache_entries(resolver.cache_entries());
+        }
+    });
+    tracing::info!(
+        policy = policy.kind(),
+        trust_domain = %settings.trust_domain,
+        "egress PEP serving"
+    );
+    tokio::spawn(pep.serve(listener.with_tls(tls), w.drain.signal()));
+    Ok(())
+}
+
+/// How tunnels prove their actor: certificate options and, with `agents.allow`, the assertion
+/// verifier over the agents' JWKS file (watched for rotation).
+async fn identity_settings(s: &EgressSettings) -> Result<egress_pep::tunnel::IdentitySettings> {
+    let assertion = match &s.assertion {
+        None => None,
+        Some(a) => {
+            let keys = identity::jwks::KeySet::load(
+                identity::jwks::JwksSource::File(a.jwks_file.clone()),
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "egress.agents.assertion.jwks_file {}",
+                    a.jwks_file.display()
+                )
+            })?;
+            let verifier = identity::Verifier::new(
+                keys,
+                identity::VerifierSettings {
+                    issuers: a.issuers.clone(),
+                    audience: a.audience.clone(),
+                    leeway: a.leeway,
+                    max_lifetime: identity::assertion::MAX_ASSERTION_LIFETIME,
+                },
+            );
+            Some(Arc::new(identity::assertion::AssertionVerifier::new(
+                verifier,
+                a.replay_capacity,
+            )))
+        }
+    };
+    Ok(egress_pep::tunnel::IdentitySettings {
+        trust_domain: s.trust_domain.clone(),
+        spiffe: identity::spiffe::SpiffeOptions {
+            accept_legacy_actor: s.accept_legacy_actor_ids,
+        },
+        accept_actor_identity_extension: s.accept_actor_identity_extension,
+        agents: s.agents.clone(),
+        assertion,
+    })
+}
