@@ -46,7 +46,11 @@ PORT_SINK=18280 PORT_PEP=18281 PORT_ENVOY=18282 PORT_ENVOY_RBAC=18283 PORT_ADMIN
 PORT_ENVOY_ADMIN=18291 PORT_ENVOY_RBAC_ADMIN=18292
 
 log() { echo "bench: $*" >&2; }
-ulimit -n 65536 2>/dev/null || log "WARNING: could not raise the open-file limit; the 10,000-tunnel hold may fail"
+# Open files: every held h1 tunnel costs the PEP two descriptors (actor side, sink side). Raise the
+# soft limit to the hard one; where the hard limit is too low for 10,000 h1 tunnels (containers
+# without CAP_SYS_RESOURCE), the h1 hold is capped below it and the table says so.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+FD_LIMIT=$(ulimit -n)
 
 # --- tools -------------------------------------------------------------------------------------
 VENV=${ENVOY_VENV:-$TARGET_DIR/envoy-venv}
@@ -105,7 +109,20 @@ egress:
   policy: {source: files, files: [$WORK/policy.yaml]}
   limits: {idle_timeout: 300s}
 EOF
-"$AG" serve --config "$WORK/actorgate.yaml" 2>"$WORK/actorgate.log" & pids+=($!); PID_PEP=$!
+# Each PEP can be (re)started fresh: the idle-tunnel measurement wants a process that has not
+# served anything yet (freed memory would be reused and hide what tunnels cost).
+start_actorgate() {
+  "$AG" serve --config "$WORK/actorgate.yaml" 2>>"$WORK/actorgate.log" & pids+=($!); PID_PEP=$!
+}
+start_envoy() {
+  "$ENVOY" -c "$WORK/envoy.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
+    --base-id $((RANDOM % 10000 + 100)) 2>>"$WORK/envoy.log" & pids+=($!); PID_ENVOY=$!
+}
+start_envoy_rbac() {
+  "$ENVOY" -c "$WORK/envoy-rbac.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
+    --base-id $((RANDOM % 10000 + 20000)) 2>>"$WORK/envoy-rbac.log" & pids+=($!); PID_ENVOY_RBAC=$!
+}
+start_actorgate
 
 envoy_config() { # port admin_port rbac(yes|no)
   cat <<EOF
@@ -182,16 +199,27 @@ EOF
 }
 envoy_config $PORT_ENVOY $PORT_ENVOY_ADMIN no >"$WORK/envoy.yaml"
 envoy_config $PORT_ENVOY_RBAC $PORT_ENVOY_RBAC_ADMIN yes >"$WORK/envoy-rbac.yaml"
-"$ENVOY" -c "$WORK/envoy.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
-  --base-id $((RANDOM % 10000 + 100)) 2>"$WORK/envoy.log" & pids+=($!); PID_ENVOY=$!
-"$ENVOY" -c "$WORK/envoy-rbac.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
-  --base-id $((RANDOM % 10000 + 20000)) 2>"$WORK/envoy-rbac.log" & pids+=($!); PID_ENVOY_RBAC=$!
+start_envoy
+start_envoy_rbac
 
 declare -A PORT=([actorgate-h1]=$PORT_PEP [actorgate-h2]=$PORT_PEP [envoy]=$PORT_ENVOY [envoy-h2]=$PORT_ENVOY
   [envoy+rbac]=$PORT_ENVOY_RBAC [envoy+rbac-h2]=$PORT_ENVOY_RBAC)
 declare -A PROTO=([actorgate-h1]=h1 [actorgate-h2]=h2 [envoy]=h1 [envoy-h2]=h2 [envoy+rbac]=h1 [envoy+rbac-h2]=h2)
-declare -A PID=([actorgate-h1]=$PID_PEP [actorgate-h2]=$PID_PEP [envoy]=$PID_ENVOY [envoy-h2]=$PID_ENVOY
-  [envoy+rbac]=$PID_ENVOY_RBAC [envoy+rbac-h2]=$PID_ENVOY_RBAC)
+declare -A PID
+set_pids() {
+  PID=([actorgate-h1]=$PID_PEP [actorgate-h2]=$PID_PEP [envoy]=$PID_ENVOY [envoy-h2]=$PID_ENVOY
+    [envoy+rbac]=$PID_ENVOY_RBAC [envoy+rbac-h2]=$PID_ENVOY_RBAC)
+}
+set_pids
+declare -A STARTER=([actorgate-h1]=start_actorgate [actorgate-h2]=start_actorgate [envoy]=start_envoy
+  [envoy-h2]=start_envoy [envoy+rbac]=start_envoy_rbac [envoy+rbac-h2]=start_envoy_rbac)
+restart() { # target: stop its process, start a fresh one, wait until its port accepts
+  local old=${PID[$1]}
+  kill "$old" 2>/dev/null || true; wait "$old" 2>/dev/null || true
+  ${STARTER[$1]}; set_pids
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$1]}") 2>/dev/null && break; sleep 0.1; done
+  sleep 0.5
+}
 TARGETS=(actorgate-h1 actorgate-h2 envoy envoy-h2 envoy+rbac envoy+rbac-h2)
 
 for t in "${TARGETS[@]}"; do
@@ -214,6 +242,44 @@ declare -A SUM
 add() { SUM[$1]=$(awk -v a="${SUM[$1]:-0}" -v b="$2" 'BEGIN {print a + b}'); }
 mean() { awk -v s="${SUM[$1]:-0}" -v n="$ROUNDS" 'BEGIN {printf "%.3f", s / n}'; }
 
+# Idle tunnels first, while every PEP is fresh (a process that already served the load rounds
+# reuses freed memory, which would hide what tunnels cost): resident memory before and while
+# holding N tunnels, once per target.
+declare -A MEM
+for n in $HOLD; do
+  for t in "${TARGETS[@]}"; do
+    restart "$t"
+    p=${PID[$t]}
+    want=$n
+    if [ "${PROTO[$t]}" = h1 ] && [ $((2 * n + 2000)) -gt "$FD_LIMIT" ]; then
+      want=$(( (FD_LIMIT - 2000) / 2 ))
+      log "$t: open-file limit $FD_LIMIT allows $want h1 tunnels, not $n"
+    fi
+    r0=$(rss_kib "$p")
+    fifo="$WORK/hold.$$"; rm -f "$fifo"; mkfifo "$fifo"
+    "$TB" hold 127.0.0.1:${PORT[$t]} localhost "$CLIENT" 127.0.0.1:$PORT_SINK "$want" ${PROTO[$t]} <"$fifo" >"$WORK/hold.out" 2>"$WORK/hold.err" &
+    hp=$!
+    exec 9>"$fifo"
+    for _ in $(seq 1 1200); do grep -q held "$WORK/hold.out" && break; kill -0 $hp 2>/dev/null || break; sleep 0.1; done
+    if grep -q held "$WORK/hold.out"; then
+      sleep 1
+      r1=$(rss_kib "$p")
+      MEM[$t,$n]=$(awk -v a="$r0" -v b="$r1" -v n="$want" 'BEGIN {printf "%.1f", (b - a) / n}')
+      [ "$want" = "$n" ] || MEM[$t,$n]="${MEM[$t,$n]}@$want"
+    else
+      MEM[$t,$n]=nan
+      log "WARNING $t: could not hold $n tunnels: $(tail -1 "$WORK/hold.err")"
+    fi
+    log "$t holding $n: ${MEM[$t,$n]} KiB/tunnel"
+    exec 9>&-
+    wait $hp 2>/dev/null || true
+    rm -f "$fifo"
+    sleep 2
+  done
+done
+
+for t in actorgate-h1 envoy envoy+rbac; do restart "$t"; done
+
 for round in $(seq 1 "$ROUNDS"); do
   order=("${TARGETS[@]:$((round % ${#TARGETS[@]}))}" "${TARGETS[@]:0:$((round % ${#TARGETS[@]}))}")
   for t in "${order[@]}"; do
@@ -235,33 +301,6 @@ for round in $(seq 1 "$ROUNDS"); do
     cpu_t=$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$n" 'BEGIN {printf "%.1f", c / t / n * 1e6}')
     log "round $round $t setup: $rate tunnels/s p50 ${p50}ms p99 ${p99}ms, $cpu_t CPU-us/tunnel"
     add "$t,rate" "$rate"; add "$t,p50" "$p50"; add "$t,p99" "$p99"; add "$t,cpu_t" "$cpu_t"
-  done
-done
-
-# Idle tunnels: resident memory of the PEP before and while holding N tunnels (once per target).
-declare -A MEM
-for n in $HOLD; do
-  for t in "${TARGETS[@]}"; do
-    p=${PID[$t]}
-    r0=$(rss_kib "$p")
-    fifo="$WORK/hold.$$"; rm -f "$fifo"; mkfifo "$fifo"
-    "$TB" hold 127.0.0.1:${PORT[$t]} localhost "$CLIENT" 127.0.0.1:$PORT_SINK "$n" ${PROTO[$t]} <"$fifo" >"$WORK/hold.out" 2>"$WORK/hold.err" &
-    hp=$!
-    exec 9>"$fifo"
-    for _ in $(seq 1 1200); do grep -q held "$WORK/hold.out" && break; kill -0 $hp 2>/dev/null || break; sleep 0.1; done
-    if grep -q held "$WORK/hold.out"; then
-      sleep 1
-      r1=$(rss_kib "$p")
-      MEM[$t,$n]=$(awk -v a="$r0" -v b="$r1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) / n}')
-    else
-      MEM[$t,$n]=nan
-      log "WARNING $t: could not hold $n tunnels: $(tail -1 "$WORK/hold.err")"
-    fi
-    log "$t holding $n: ${MEM[$t,$n]} KiB/tunnel"
-    exec 9>&-
-    wait $hp 2>/dev/null || true
-    rm -f "$fifo"
-    sleep 2
   done
 done
 
@@ -291,7 +330,7 @@ echo "  tunnels/s   actorgate-h2 / envoy+rbac     $(ratio actorgate-h2,rate envo
 echo "  tunnels/s   actorgate-h2 / envoy+rbac-h2  $(ratio actorgate-h2,rate envoy+rbac-h2,rate)"
 echo "  p99 setup   actorgate-h1 / envoy+rbac     $(ratio actorgate-h1,p99 envoy+rbac,p99)"
 echo
-echo "resident memory per idle tunnel (KiB; RSS delta / tunnels) [bar: <= 20 KiB, 10,000 held]:"
+echo "resident memory per idle tunnel (KiB; RSS delta / tunnels; X@N: only N held, open-file limit $FD_LIMIT) [bar: <= 20 KiB, 10,000 held]:"
 printf '%-16s' target; for n in $HOLD; do printf '%12s' "$n"; done; echo
 for t in "${TARGETS[@]}"; do
   printf '%-16s' "$t"; for n in $HOLD; do printf '%12s' "${MEM[$t,$n]}"; done; echo

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use egress_pep::actor_hosts::ActorHosts;
 use egress_pep::config::PolicySourceSettings;
 use egress_pep::decision::{Decision, Dial, Query, Traffic};
 use egress_pep::policy::PolicySource;
@@ -104,6 +105,9 @@ async fn test(args: TestArgs) -> Result<bool> {
     let mut guard_settings = egress_pep::guard::GuardSettings::default();
     let mut own_listeners: Vec<SocketAddr> = Vec::new();
     let mut static_entries = std::collections::BTreeMap::new();
+    // Names under the routing host suffix are actor hosts, denied before the policy as the PEP
+    // does (egress_pep::actor_hosts).
+    let mut actor_hosts = ActorHosts::default();
 
     let (source, label): (Arc<dyn PolicySource>, String) = match &args.config {
         None => {
@@ -144,9 +148,17 @@ async fn test(args: TestArgs) -> Result<bool> {
             };
             guard_settings = egress.guard_settings();
             static_entries = egress.static_entries.clone();
+            actor_hosts = ActorHosts::new([loaded.config.routing.host_suffix.clone()]);
+            // Every listener of the gateway is guarded, as `serve` does.
             own_listeners.push(egress.listen);
             own_listeners.push(loaded.admin_listen);
             own_listeners.extend(loaded.grpc_listen);
+            own_listeners.extend(loaded.resolve_listen);
+            own_listeners.extend(loaded.echo_worker.as_ref().map(|(a, _)| *a));
+            if let Some(i) = &loaded.ingress {
+                own_listeners.push(i.http_listen);
+                own_listeners.extend(i.https.as_ref().map(|(a, _)| *a));
+            }
             // The directory's record: the template (template selectors) and the UID.
             if let Some((d, _)) = &directory {
                 match tokio::time::timeout(Duration::from_secs(10), d.get(&actor)).await {
@@ -203,16 +215,14 @@ async fn test(args: TestArgs) -> Result<bool> {
         .await
         .map_err(|_| anyhow!("the {label} policy source did not answer within 30s"))?
         .map_err(|e| anyhow!("{e} (the PEP answers 503 egress unavailable)"))?;
-    let (decision, policy_name) = match &policy {
-        None => (Decision::deny(egress_pep::decision::Reason::NoPolicy), None),
-        Some(p) => (
-            p.decide(&Query {
-                dst: args.dst,
-                traffic,
-            }),
-            Some(p.name().clone()),
-        ),
-    };
+    let decision = actor_hosts.decide(
+        policy.as_deref(),
+        &Query {
+            dst: args.dst,
+            traffic,
+        },
+    );
+    let policy_name = policy.as_ref().map(|p| p.name().clone());
     let guard = egress_pep::guard::Guard::new(&guard_settings, own_listeners);
     let mut decision = decision;
     let mut out = render(&decision, policy_name.as_deref(), &label, policy.as_deref());

@@ -201,6 +201,16 @@ async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), E
     Ok(())
 }
 
+/// Half-closes the tunnel and reads until the PEP closes its side (the sink closed after our
+/// EOF), so no tunnel ends in a reset: Envoy counts streams reset early (its premature-reset
+/// protection closes the whole h2 connection), and atunnel ends tunnels this way too.
+async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), Error> {
+    s.shutdown().await?;
+    let mut b = [0u8; 64];
+    while s.read(&mut b).await? != 0 {}
+    Ok(())
+}
+
 async fn bulk(c: &Client, secs: u64) -> Result<(), Error> {
     let chunk = vec![0u8; 256 * 1024];
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -254,19 +264,21 @@ async fn setup(c: Arc<Client>, secs: u64, conc: usize) -> Result<(), Error> {
                         };
                         let mut t = c.h2_tunnel(s).await?;
                         echo_once(&mut t).await?;
-                        t.shutdown().await?;
+                        close_gracefully(&mut t).await?;
                     } else {
                         let mut t = c.h1_tunnel().await?;
                         echo_once(&mut t).await?;
-                        let _ = t.shutdown().await;
+                        close_gracefully(&mut t).await?;
                     }
                     Ok(())
                 }
                 .await;
                 match r {
                     Ok(()) => lat.push(t0.elapsed()),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first failed tunnel: {e}");
+                        }
                         send = None;
                     }
                 }
@@ -302,9 +314,38 @@ async fn hold(c: &Client, count: usize) -> Result<(), Error> {
     let mut h1 = Vec::new();
     let mut h2 = Vec::new();
     let mut conns = Vec::new();
+    // A PEP that stops answering (e.g. at its open-file limit) must not hang the benchmark.
+    let bound = Duration::from_secs(10);
     for i in 0..count {
+        if i.is_multiple_of(1000) {
+            eprintln!("hold: {i} open");
+        }
+        tokio::time::timeout(bound, hold_one(c, i, &mut h1, &mut h2, &mut conns))
+            .await
+            .map_err(|_| format!("tunnel {i}: no answer within {bound:?}"))??;
+    }
+    println!("held {count}");
+    // Keep them open until the script closes stdin.
+    let mut stdin = tokio::io::stdin();
+    let mut b = [0u8; 1];
+    let _ = stdin.read(&mut b).await;
+    drop((h1, h2, conns));
+    Ok(())
+}
+
+type H1Tunnel = tokio_rustls::client::TlsStream<TcpStream>;
+type H2Tunnel = TokioIo<hyper::upgrade::Upgraded>;
+
+async fn hold_one(
+    c: &Client,
+    i: usize,
+    h1: &mut Vec<H1Tunnel>,
+    h2: &mut Vec<H2Tunnel>,
+    conns: &mut Vec<http2::SendRequest<Empty<Bytes>>>,
+) -> Result<(), Error> {
+    {
         if c.h2 {
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 conns.push(c.h2_conn().await?);
             }
             let Some(send) = conns.last_mut() else {
@@ -319,11 +360,5 @@ async fn hold(c: &Client, count: usize) -> Result<(), Error> {
             h1.push(t);
         }
     }
-    println!("held {count}");
-    // Keep them open until the script closes stdin.
-    let mut stdin = tokio::io::stdin();
-    let mut b = [0u8; 1];
-    let _ = stdin.read(&mut b).await;
-    drop((h1, h2, conns));
     Ok(())
 }

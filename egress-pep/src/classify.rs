@@ -38,7 +38,8 @@ pub struct ClassifyLimits {
     /// Default 5 s.
     pub timeout: Duration,
     /// How long to wait for the first byte: nothing by then → [`Classified::Opaque`] (a
-    /// server-first protocol). Default 300 ms.
+    /// server-first protocol). Default 1 s: it starts when the CONNECT is answered, so it also
+    /// covers the agent↔PEP round trip before the actor's first flight arrives.
     pub peek_timeout: Duration,
 }
 
@@ -52,7 +53,7 @@ impl Default for ClassifyLimits {
         ClassifyLimits {
             max_bytes: 16 * 1024 + RECORD_HEADER,
             timeout: Duration::from_secs(5),
-            peek_timeout: Duration::from_millis(300),
+            peek_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -229,8 +230,9 @@ fn parse_client_hello(message: &[u8]) -> Classified {
         TlsExtension::SNI(names) => names
             .iter()
             .find(|(kind, _)| *kind == SNIType::HostName)
-            .and_then(|(_, name)| std::str::from_utf8(name).ok())
-            .map(str::to_owned),
+            // Escaped (`\n`, `\xff`): the SNI reaches logs and audit records, so control bytes
+            // must not forge lines; an escaped name is never a valid authority (denied).
+            .map(|(_, name)| name.escape_ascii().to_string()),
         _ => None,
     });
     Classified::Tls { sni }
@@ -334,6 +336,11 @@ impl<IO: AsyncRead> AsyncRead for Rewind<IO> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Release the classification buffer the prefix was cut from: a long-lived
+                // tunnel must not keep it.
+                *this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.inner.poll_read(cx, buf)

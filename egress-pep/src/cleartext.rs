@@ -2,7 +2,8 @@
 //!
 //! A hyper HTTP/1.1 server runs on the tunnel's IO. Every request is checked for framing and
 //! authority ambiguities (duplicate `Host`, `Host` vs absolute-form mismatch, missing `Host`,
-//! `Content-Length` together with `Transfer-Encoding` → `400`, connection closed), then decided
+//! `Content-Length` together with `Transfer-Encoding`, or framing the scanner could not follow →
+//! `400`, connection closed), then decided
 //! through [`CleartextHooks::decide`] on its authority, method and path. A denied request gets
 //! `403 egress denied` (or `503 egress unavailable` when a dependency failed), `text/plain`, and
 //! the keep-alive connection goes on: the next request is decided on its own.
@@ -11,8 +12,15 @@
 //! [`CleartextHooks::dial`] returns. The upstream sees the request in origin-form with the
 //! actor's original `Host`; hop-by-hop headers are removed both ways. A connection is reused for
 //! later requests to the same destination **within this tunnel only** (never shared with another
-//! tunnel, hence never with another actor). `Upgrade` requests (WebSocket) get a dedicated
-//! upstream connection and, on `101`, both sides are spliced.
+//! tunnel, hence never with another actor); it keeps whether its dial went elsewhere than the
+//! actor's original destination, so every request it carries is audited with that mismatch.
+//! `Upgrade` requests (WebSocket) get a dedicated upstream connection and, on `101`, both sides
+//! are spliced.
+//!
+//! The framing scanner follows the request stream byte for byte as hyper does (chunk sizes,
+//! extensions and trailers without a length limit of its own) and fails closed: a request head
+//! it has no entry for (it stopped following) is answered `400` and the connection closes. It
+//! stops following only after a `101` was sent, never for an `Upgrade` header alone.
 //!
 //! Every request — allowed, denied or malformed — ends in one [`RequestRecord`] passed to
 //! [`CleartextHooks::record`] once its response has been delivered (or abandoned).
@@ -22,7 +30,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -36,13 +44,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::decision::{Decision, Dial, Reason, Verdict};
-use crate::forward::DialRefusal;
+use crate::forward::{DialRefusal, Dialed};
 
 /// Body text of a policy denial (DESIGN §9).
 const DENIED: &str = "egress denied";
@@ -55,8 +62,8 @@ const MAX_UPSTREAMS: usize = 8;
 /// Most request-body bytes read and discarded so that a denied request's connection stays
 /// usable; a longer body closes the connection after the denial.
 const DENY_DRAIN_BYTES: usize = 64 * 1024;
-/// Longest chunk-size line or trailer line the framing scanner follows.
-const MAX_LINE: usize = 4096;
+/// Most chunk-extension bytes in one request body; hyper's limit (it refuses the body beyond).
+const MAX_CHUNK_EXTENSION_BYTES: u64 = 16 * 1024;
 
 /// What the tunnel server provides to the cleartext proxy: the per-request decision (against
 /// the actor's current policy, so a reload applies to open tunnels), the guarded dial and the
@@ -65,8 +72,10 @@ pub trait CleartextHooks: Send + Sync + 'static {
     /// Decides one request: `authority` as sent (`Host` or the absolute-form target's, port
     /// included when written), `method` (`GET`) and `path` without the query.
     fn decide(&self, authority: &str, method: &str, path: &str) -> BoxFuture<'static, Decision>;
-    /// Dials where a passing decision says (through the guard and the PEP's resolver).
-    fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<TcpStream, DialRefusal>>;
+    /// Dials where a passing decision says (through the guard and the PEP's resolver). The
+    /// answer's [`Dialed::dst_mismatch`] stays with the upstream connection and is reported in
+    /// the record of every request it carries.
+    fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<Dialed, DialRefusal>>;
     /// Receives one record per request once its response is done.
     fn record(&self, r: RequestRecord);
 }
@@ -92,6 +101,10 @@ pub struct RequestRecord {
     pub bytes_down: u64,
     /// From the request head's arrival to the end of the response (or of the upgraded stream).
     pub duration: Duration,
+    /// The upstream connection that carried the request was dialled to another address than
+    /// the actor's original destination ([`Dialed::dst_mismatch`] of its dial, also when the
+    /// connection is reused); `false` when nothing was sent upstream.
+    pub dst_mismatch: bool,
 }
 
 /// Bounds of the cleartext proxy.
@@ -132,7 +145,7 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let framing = Arc::new(Mutex::new(VecDeque::new()));
+    let framing = Arc::new(Framing::default());
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     let _cancel_on_drop = cancel.clone().drop_guard();
@@ -171,15 +184,21 @@ type UpBody = Counted<Incoming>;
 struct Proxy {
     hooks: Arc<dyn CleartextHooks>,
     limits: CleartextLimits,
-    /// One entry per request head seen by the framing scanner: `true` when it carried both
-    /// `Content-Length` and `Transfer-Encoding`.
-    framing: Arc<Mutex<VecDeque<bool>>>,
+    /// What the framing scanner saw of each request head.
+    framing: Arc<Framing>,
     /// Reusable upstream connections by destination.
-    upstreams: Mutex<HashMap<String, hyper::client::conn::http1::SendRequest<UpBody>>>,
+    upstreams: Mutex<HashMap<String, Upstream>>,
     /// Upstream connection drivers and upgraded streams.
     tasks: TaskTracker,
     /// Cancelled when [`serve`] returns or is dropped.
     cancel: CancellationToken,
+}
+
+/// An upstream HTTP/1.1 connection of one tunnel.
+struct Upstream {
+    sender: hyper::client::conn::http1::SendRequest<UpBody>,
+    /// Its dial went to another address than the actor's original destination.
+    dst_mismatch: bool,
 }
 
 /// The request's validated target.
@@ -195,8 +214,9 @@ impl Proxy {
         let start = Instant::now();
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
-        let cl_te = self.framing.lock().pop_front().unwrap_or(false);
-        let target = match validate(&req, cl_te) {
+        // No entry: the scanner stopped following the stream (fail closed).
+        let framed = self.framing.heads.lock().pop_front() == Some(HeadFraming::Clear);
+        let target = match validate(&req, framed) {
             Ok(target) => target,
             Err(authority) => {
                 let guard = RecordGuard::new(
@@ -247,24 +267,29 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, body);
 
         let key = dial_key(&dial);
-        let sender = if upgrade {
+        let upstream = if upgrade {
             self.connect(dial, true).await
         } else {
             match self.reusable(&key).await {
-                Some(sender) => Ok(sender),
+                Some(upstream) => Ok(upstream),
                 None => self.connect(dial, false).await,
             }
         };
-        let mut sender = match sender {
-            Ok(sender) => sender,
+        let mut upstream = match upstream {
+            Ok(upstream) => upstream,
             Err(refusal) => {
                 tracing::debug!(detail = %refusal.detail, reason = refusal.reason.as_str(), "cleartext upstream dial refused");
                 return guard.refused_after_dial(refusal.reason);
             }
         };
-        let sent = tokio::time::timeout(self.limits.idle, sender.send_request(upstream_req)).await;
+        guard
+            .dst_mismatch
+            .store(upstream.dst_mismatch, Ordering::Relaxed);
+        let sent =
+            tokio::time::timeout(self.limits.idle, upstream.sender.send_request(upstream_req))
+                .await;
         if !upgrade {
-            self.keep(key, sender);
+            self.keep(key, upstream);
         }
         let mut response = match sent {
             Ok(Ok(response)) => response,
@@ -282,6 +307,8 @@ impl Proxy {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
+            // hyper switches after this 101: what follows is no longer HTTP/1.x.
+            self.framing.switched.store(true, Ordering::Release);
             let cancel = self.cancel.clone();
             let spliced = guard.clone();
             self.tasks.spawn(async move {
@@ -354,43 +381,39 @@ impl Proxy {
     }
 
     /// A kept connection to `key` that is still open and ready.
-    async fn reusable(&self, key: &str) -> Option<hyper::client::conn::http1::SendRequest<UpBody>> {
-        let mut sender = self.upstreams.lock().remove(key)?;
-        if sender.is_closed() {
+    async fn reusable(&self, key: &str) -> Option<Upstream> {
+        let mut upstream = self.upstreams.lock().remove(key)?;
+        if upstream.sender.is_closed() {
             return None;
         }
-        match tokio::time::timeout(self.limits.idle, sender.ready()).await {
-            Ok(Ok(())) => Some(sender),
+        match tokio::time::timeout(self.limits.idle, upstream.sender.ready()).await {
+            Ok(Ok(())) => Some(upstream),
             _ => None,
         }
     }
 
-    /// Keeps `sender` for reuse (bounded: closed entries go first, then an arbitrary one).
-    fn keep(&self, key: String, sender: hyper::client::conn::http1::SendRequest<UpBody>) {
-        if sender.is_closed() {
+    /// Keeps `upstream` for reuse (bounded: closed entries go first, then an arbitrary one).
+    fn keep(&self, key: String, upstream: Upstream) {
+        if upstream.sender.is_closed() {
             return;
         }
         let mut upstreams = self.upstreams.lock();
-        upstreams.retain(|_, s| !s.is_closed());
+        upstreams.retain(|_, u| !u.sender.is_closed());
         if upstreams.len() >= MAX_UPSTREAMS
             && !upstreams.contains_key(&key)
             && let Some(evict) = upstreams.keys().next().cloned()
         {
             upstreams.remove(&evict);
         }
-        upstreams.insert(key, sender);
+        upstreams.insert(key, upstream);
     }
 
     /// Dials and opens a new upstream HTTP/1.1 connection; its driver runs on the tunnel's
     /// task tracker.
-    async fn connect(
-        &self,
-        dial: Dial,
-        upgrades: bool,
-    ) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, DialRefusal> {
-        let stream = self.hooks.dial(dial).await?;
+    async fn connect(&self, dial: Dial, upgrades: bool) -> Result<Upstream, DialRefusal> {
+        let dialed = self.hooks.dial(dial).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(dialed.stream))
             .await
             .map_err(|e| DialRefusal {
                 reason: Reason::DialFailed,
@@ -413,19 +436,23 @@ impl Proxy {
                 tracing::debug!(error = %e, "cleartext upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok(Upstream {
+            sender,
+            dst_mismatch: dialed.dst_mismatch,
+        })
     }
 }
 
-/// Checks the request's framing and authority. `Err` carries the authority for the record.
-fn validate(req: &Request<Incoming>, cl_te: bool) -> Result<Target, String> {
+/// Checks the request's framing (`framed`: the scanner followed its head and found it
+/// unambiguous) and authority. `Err` carries the authority for the record.
+fn validate(req: &Request<Incoming>, framed: bool) -> Result<Target, String> {
     let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
     let host = hosts
         .first()
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
     let shown = host.clone().unwrap_or_default();
-    if cl_te
+    if !framed
         || hosts.len() > 1
         || (hosts.len() == 1 && host.is_none())
         || req.method() == Method::CONNECT
@@ -625,6 +652,8 @@ struct RecordGuard {
     status: AtomicU16,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    /// Whether the upstream connection used was dialled away from the original destination.
+    dst_mismatch: AtomicBool,
     start: Instant,
 }
 
@@ -646,6 +675,7 @@ impl RecordGuard {
             status: AtomicU16::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            dst_mismatch: AtomicBool::new(false),
             start,
         }
     }
@@ -690,6 +720,7 @@ impl Drop for RecordGuard {
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
             duration: self.start.elapsed(),
+            dst_mismatch: self.dst_mismatch.load(Ordering::Relaxed),
         });
     }
 }
@@ -769,7 +800,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<IO> TunnelIo<IO> {
-    fn new(inner: IO, limits: CleartextLimits, framing: Arc<Mutex<VecDeque<bool>>>) -> Self {
+    fn new(inner: IO, limits: CleartextLimits, framing: Arc<Framing>) -> Self {
         let now = Instant::now();
         TunnelIo {
             inner,
@@ -874,195 +905,286 @@ impl<IO: AsyncWrite> AsyncWrite for TunnelIo<IO> {
     }
 }
 
-/// Where the framing scanner is in the request stream.
+/// What the framing scanner found in one request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadFraming {
+    /// At most one of `Content-Length` and `Transfer-Encoding`, in a form hyper accepts; the
+    /// scanner follows the body.
+    Clear,
+    /// Both headers, or framing hyper refuses or the scanner cannot follow: `400`, close.
+    Ambiguous,
+}
+
+/// What the scanner (on the reading side) shares with the request handler.
+#[derive(Debug, Default)]
+struct Framing {
+    /// One entry per request head seen, in stream order; the handler pops one per request and
+    /// answers `400` (and closes) when there is none.
+    heads: Mutex<VecDeque<HeadFraming>>,
+    /// Set by the handler when it sends a `101`: later bytes belong to the upgraded protocol.
+    switched: AtomicBool,
+}
+
+/// Where the framing scanner is in the request stream. The chunked states mirror hyper's
+/// decoder byte for byte, so both agree on where a body ends without a line-length limit.
 #[derive(Debug)]
 enum ScanState {
     /// Collecting a request head.
     Head(Vec<u8>),
-    /// Inside a `Content-Length` body: bytes left.
+    /// Inside a `Content-Length` body: bytes left (never 0).
     Body(u64),
-    /// Collecting a chunk-size line.
-    ChunkSize(Vec<u8>),
-    /// Inside a chunk: bytes left.
+    /// Expecting the first hex digit of a chunk size.
+    ChunkStart,
+    /// Inside a chunk size's hex digits: the size so far.
+    ChunkSize(u64),
+    /// Blanks after a chunk size.
+    ChunkSizeBlank(u64),
+    /// Inside a chunk extension.
+    ChunkExtension(u64),
+    /// `CR` of a chunk-size line seen; `LF` expected.
+    ChunkSizeLf(u64),
+    /// Inside a chunk: bytes left (never 0).
     ChunkData(u64),
-    /// Skipping the CRLF after a chunk's data.
-    ChunkEnd,
-    /// Collecting trailer lines after the last chunk (the buffer holds the current line).
-    Trailers(Vec<u8>),
-    /// Not following any more (after an upgrade or something hyper will reject anyway).
-    Lost,
+    /// After a chunk's data: `CR` expected.
+    ChunkDataCr,
+    /// After a chunk's data: `LF` expected.
+    ChunkDataLf,
+    /// After the last chunk or a trailer line: a trailer line or the final `CRLF`.
+    TrailerStart,
+    /// Inside a trailer line.
+    Trailer,
+    /// `CR` of a trailer line seen; `LF` expected.
+    TrailerLf,
+    /// `CR` of the final `CRLF` seen; `LF` expected.
+    EndLf,
+    /// Not following any more: after a `101`, or after framing hyper refuses (it then ends the
+    /// connection). Later request heads get no entry, hence `400` and close.
+    Stopped,
 }
 
 /// Follows HTTP/1.x request framing over the bytes read from the tunnel and pushes, for every
-/// request head, whether it carried both `Content-Length` and `Transfer-Encoding`.
+/// request head, how it is framed.
 #[derive(Debug)]
 struct Scanner {
     state: ScanState,
-    out: Arc<Mutex<VecDeque<bool>>>,
+    framing: Arc<Framing>,
     max_head: usize,
+    /// Chunk-extension bytes seen in the current body (hyper refuses more than
+    /// [`MAX_CHUNK_EXTENSION_BYTES`]).
+    extension_bytes: u64,
 }
 
 impl Scanner {
-    fn new(out: Arc<Mutex<VecDeque<bool>>>, max_head: usize) -> Self {
+    fn new(framing: Arc<Framing>, max_head: usize) -> Self {
         Scanner {
             state: ScanState::Head(Vec::new()),
-            out,
+            framing,
+            // hyper refuses a head once this many bytes are buffered; the scanner stops later.
             max_head: max_head.saturating_add(1024),
+            extension_bytes: 0,
         }
     }
 
     fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let state = std::mem::replace(&mut self.state, ScanState::Lost);
+        if self.framing.switched.load(Ordering::Acquire) {
+            self.state = ScanState::Stopped;
+        }
+        while !data.is_empty() && !matches!(self.state, ScanState::Stopped) {
+            let state = std::mem::replace(&mut self.state, ScanState::Stopped);
             let (next, used) = self.step(state, data);
             self.state = next;
             data = &data[used..];
-            if matches!(self.state, ScanState::Lost) {
-                return;
-            }
         }
     }
 
-    /// Consumes a prefix of `data`; returns the next state and how much was consumed.
+    /// Consumes a non-empty prefix of `data` (or stops); returns the next state and how much
+    /// was consumed.
     fn step(&mut self, state: ScanState, data: &[u8]) -> (ScanState, usize) {
         match state {
-            ScanState::Lost => (ScanState::Lost, data.len()),
-            ScanState::Head(mut head) => {
-                let mut used = 0;
-                if head.is_empty() {
-                    // Empty lines before a request line are ignored (RFC 9112 §2.2).
-                    used = data
-                        .iter()
-                        .take_while(|b| **b == b'\r' || **b == b'\n')
-                        .count();
-                    if used == data.len() {
-                        return (ScanState::Head(head), used);
-                    }
-                }
-                let search_from = head.len().saturating_sub(3);
-                head.extend_from_slice(&data[used..]);
-                let end = find_head_end(&head[search_from..]).map(|e| e + search_from);
-                let Some(end) = end else {
-                    if head.len() > self.max_head {
-                        return (ScanState::Lost, data.len());
-                    }
-                    return (ScanState::Head(head), data.len());
-                };
-                let consumed = data.len() - (head.len() - end);
-                (self.on_head(&head[..end]), consumed)
-            }
+            ScanState::Stopped => (ScanState::Stopped, data.len()),
+            ScanState::Head(head) => self.head(head, data),
             ScanState::Body(left) => {
                 let n = left.min(data.len() as u64);
-                let left = left - n;
-                let next = if left == 0 {
-                    ScanState::Head(Vec::new())
-                } else {
-                    ScanState::Body(left)
+                let next = match left - n {
+                    0 => ScanState::Head(Vec::new()),
+                    left => ScanState::Body(left),
                 };
                 (next, n as usize)
             }
-            ScanState::ChunkSize(mut line) => match data.iter().position(|b| *b == b'\n') {
-                None => {
-                    line.extend_from_slice(data);
-                    if line.len() > MAX_LINE {
-                        return (ScanState::Lost, data.len());
-                    }
-                    (ScanState::ChunkSize(line), data.len())
-                }
-                Some(pos) => {
-                    line.extend_from_slice(&data[..pos]);
-                    let digits: Vec<u8> = line
-                        .iter()
-                        .copied()
-                        .take_while(u8::is_ascii_hexdigit)
-                        .collect();
-                    let size = std::str::from_utf8(&digits)
-                        .ok()
-                        .and_then(|s| u64::from_str_radix(s, 16).ok());
-                    let next = match size {
-                        None => ScanState::Lost,
-                        Some(0) => ScanState::Trailers(Vec::new()),
-                        Some(n) => ScanState::ChunkData(n),
-                    };
-                    (next, pos + 1)
-                }
-            },
             ScanState::ChunkData(left) => {
                 let n = left.min(data.len() as u64);
-                let left = left - n;
-                let next = if left == 0 {
-                    ScanState::ChunkEnd
-                } else {
-                    ScanState::ChunkData(left)
+                let next = match left - n {
+                    0 => ScanState::ChunkDataCr,
+                    left => ScanState::ChunkData(left),
                 };
                 (next, n as usize)
             }
-            ScanState::ChunkEnd => match data.iter().position(|b| *b == b'\n') {
-                None => (ScanState::ChunkEnd, data.len()),
-                Some(pos) => (ScanState::ChunkSize(Vec::new()), pos + 1),
+            ScanState::Trailer => match data.iter().position(|b| *b == b'\r') {
+                None => (ScanState::Trailer, data.len()),
+                Some(pos) => (ScanState::TrailerLf, pos + 1),
             },
-            ScanState::Trailers(mut line) => match data.iter().position(|b| *b == b'\n') {
-                None => {
-                    line.extend_from_slice(data);
-                    if line.len() > MAX_LINE {
-                        return (ScanState::Lost, data.len());
-                    }
-                    (ScanState::Trailers(line), data.len())
-                }
-                Some(pos) => {
-                    line.extend_from_slice(&data[..pos]);
-                    let blank = line.is_empty() || line == b"\r";
-                    let next = if blank {
-                        ScanState::Head(Vec::new())
-                    } else {
-                        ScanState::Trailers(Vec::new())
-                    };
-                    (next, pos + 1)
-                }
-            },
+            state => (self.chunk_byte(state, data[0]), 1),
         }
     }
 
-    /// Records one complete head and chooses how its body is framed.
+    /// One byte of chunked framing, as hyper's decoder reads it.
+    fn chunk_byte(&mut self, state: ScanState, b: u8) -> ScanState {
+        let digit = (b as char).to_digit(16).map(u64::from);
+        // Another hex digit; an overflowing size is refused by hyper.
+        let more = |size: u64| {
+            digit
+                .and_then(|d| size.checked_mul(16)?.checked_add(d))
+                .map_or(ScanState::Stopped, ScanState::ChunkSize)
+        };
+        match (state, b) {
+            (ScanState::ChunkStart, _) => more(0),
+            (ScanState::ChunkSize(size), _) if digit.is_some() => more(size),
+            (ScanState::ChunkSize(size) | ScanState::ChunkSizeBlank(size), b' ' | b'\t') => {
+                ScanState::ChunkSizeBlank(size)
+            }
+            (ScanState::ChunkSize(size) | ScanState::ChunkSizeBlank(size), b';') => {
+                ScanState::ChunkExtension(size)
+            }
+            (
+                ScanState::ChunkSize(size)
+                | ScanState::ChunkSizeBlank(size)
+                | ScanState::ChunkExtension(size),
+                b'\r',
+            ) => ScanState::ChunkSizeLf(size),
+            (ScanState::ChunkExtension(_), b'\n') => ScanState::Stopped,
+            (ScanState::ChunkExtension(size), _) => {
+                self.extension_bytes += 1;
+                if self.extension_bytes >= MAX_CHUNK_EXTENSION_BYTES {
+                    ScanState::Stopped
+                } else {
+                    ScanState::ChunkExtension(size)
+                }
+            }
+            (ScanState::ChunkSizeLf(0), b'\n') => ScanState::TrailerStart,
+            (ScanState::ChunkSizeLf(size), b'\n') => ScanState::ChunkData(size),
+            (ScanState::ChunkDataCr, b'\r') => ScanState::ChunkDataLf,
+            (ScanState::ChunkDataLf, b'\n') => ScanState::ChunkStart,
+            (ScanState::TrailerStart, b'\r') => ScanState::EndLf,
+            (ScanState::TrailerStart, _) => ScanState::Trailer,
+            (ScanState::TrailerLf, b'\n') => ScanState::TrailerStart,
+            (ScanState::EndLf, b'\n') => ScanState::Head(Vec::new()),
+            _ => ScanState::Stopped,
+        }
+    }
+
+    /// Collects a request head; once complete, records it and moves to its body.
+    fn head(&mut self, mut head: Vec<u8>, data: &[u8]) -> (ScanState, usize) {
+        let mut used = 0;
+        if head.is_empty() {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2).
+            used = data
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            if used == data.len() {
+                return (ScanState::Head(head), used);
+            }
+        }
+        let search_from = head.len().saturating_sub(3);
+        head.extend_from_slice(&data[used..]);
+        let end = find_head_end(&head[search_from..]).map(|e| e + search_from);
+        let Some(end) = end else {
+            if head.len() > self.max_head {
+                self.push(HeadFraming::Ambiguous);
+                return (ScanState::Stopped, data.len());
+            }
+            return (ScanState::Head(head), data.len());
+        };
+        let consumed = data.len() - (head.len() - end);
+        (self.on_head(&head[..end]), consumed)
+    }
+
+    fn push(&self, framing: HeadFraming) {
+        self.framing.heads.lock().push_back(framing);
+    }
+
+    /// Records one complete head and chooses how its body is framed, as hyper does: a
+    /// `Transfer-Encoding` whose last coding is `chunked` (HTTP/1.1 only), else
+    /// `Content-Length` (digits only; repeated headers must agree), else no body. Anything
+    /// hyper refuses, or both headers, is [`HeadFraming::Ambiguous`] and stops the scanner (the
+    /// connection ends with that request).
     fn on_head(&mut self, head: &[u8]) -> ScanState {
         let mut headers = vec![httparse::EMPTY_HEADER; 256];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return ScanState::Lost,
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            self.push(HeadFraming::Ambiguous);
+            return ScanState::Stopped;
         }
+        let http11 = req.version == Some(1);
         let mut content_length: Option<u64> = None;
+        let mut cl_valid = true;
         let mut has_cl = false;
-        let mut te_chunked_last = None;
-        let mut upgrade = req.method == Some("CONNECT");
+        let mut te_chunked = None;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 has_cl = true;
-                content_length = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
+                match (digits(h.value), content_length) {
+                    (Some(n), None) => content_length = Some(n),
+                    (Some(n), Some(prev)) if n == prev => {}
+                    _ => cl_valid = false,
+                }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                te_chunked_last = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
+                te_chunked = Some(http11 && last_coding_is_chunked(h.value));
             }
         }
-        self.out
-            .lock()
-            .push_back(has_cl && te_chunked_last.is_some());
-        if upgrade {
-            return ScanState::Lost;
-        }
-        match (te_chunked_last, content_length) {
-            (Some(true), _) => ScanState::ChunkSize(Vec::new()),
-            (Some(false), _) => ScanState::Lost,
-            (None, Some(0)) => ScanState::Head(Vec::new()),
-            (None, Some(n)) => ScanState::Body(n),
-            (None, None) if has_cl => ScanState::Lost,
-            (None, None) => ScanState::Head(Vec::new()),
+        let framing = match (te_chunked, has_cl) {
+            (Some(_), true) | (Some(false), false) => None,
+            (Some(true), false) => Some(ScanState::ChunkStart),
+            (None, true) if !cl_valid => None,
+            (None, _) => match content_length {
+                None | Some(0) => Some(ScanState::Head(Vec::new())),
+                Some(n) => Some(ScanState::Body(n)),
+            },
+        };
+        match framing {
+            Some(next) => {
+                self.push(HeadFraming::Clear);
+                self.extension_bytes = 0;
+                next
+            }
+            None => {
+                self.push(HeadFraming::Ambiguous);
+                ScanState::Stopped
+            }
         }
     }
+}
+
+/// A `Content-Length` value as hyper reads it: ASCII digits only, no sign, no list, no overflow.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether a `Transfer-Encoding` value's last coding is `chunked` (a value that is not visible
+/// ASCII is not, as in hyper).
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return false;
+    }
+    value
+        .rsplit(',')
+        .next()
+        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// The end (exclusive) of a request head: after `\r\n\r\n` or `\n\n`.
@@ -1086,13 +1208,23 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn scan(chunks: &[&[u8]]) -> Vec<bool> {
-        let out = Arc::new(Mutex::new(VecDeque::new()));
-        let mut scanner = Scanner::new(out.clone(), 8192);
+    use HeadFraming::{Ambiguous, Clear};
+
+    fn scan(chunks: &[&[u8]]) -> Vec<HeadFraming> {
+        let framing = Arc::new(Framing::default());
+        let mut scanner = Scanner::new(framing.clone(), 8192);
         for chunk in chunks {
             scanner.feed(chunk);
         }
-        out.lock().iter().copied().collect()
+        framing.heads.lock().iter().copied().collect()
+    }
+
+    /// Scans `stream` whole and byte by byte; both must agree.
+    fn scan_both(stream: &[u8]) -> Vec<HeadFraming> {
+        let whole = scan(&[stream]);
+        let split: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(scan(&split), whole, "split scan agrees");
+        whole
     }
 
     #[test]
@@ -1100,10 +1232,72 @@ mod tests {
         let stream: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
 GET / HTTP/1.1\r\nHost: a\r\n\r\n\
 POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nGET /\r\n0\r\nT: v\r\n\r\n\
-POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        assert_eq!(scan(&[stream]), vec![false, false, false, true]);
-        let split: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(scan(&split), vec![false, false, false, true]);
+POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        // After the ambiguous head the scanner stops: the last request gets no entry.
+        assert_eq!(scan_both(stream), vec![Clear, Clear, Clear, Ambiguous]);
+    }
+
+    #[test]
+    fn scanner_keeps_following_after_an_upgrade_header() {
+        let stream: &[u8] =
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n\
+POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(scan_both(stream), vec![Clear, Ambiguous]);
+        // After a 101 nothing is followed any more.
+        let framing = Arc::new(Framing::default());
+        let mut scanner = Scanner::new(framing.clone(), 8192);
+        scanner.feed(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n");
+        framing.switched.store(true, Ordering::Release);
+        scanner.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(framing.heads.lock().len(), 1);
+    }
+
+    #[test]
+    fn scanner_follows_long_chunk_lines_as_hyper_does() {
+        let mut stream =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        // 6,000 leading zeros, then a 10,000-byte extension: hyper accepts both.
+        stream.extend(std::iter::repeat_n(b'0', 6000));
+        stream.extend_from_slice(b"5 ;e=");
+        stream.extend(std::iter::repeat_n(b'x', 10_000));
+        stream
+            .extend_from_slice(b"\r\nhello\r\n0\r\nT: v\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(scan_both(&stream), vec![Clear, Clear]);
+        // Past hyper's extension limit hyper refuses the body; the scanner stops following.
+        let mut stream =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+        stream.extend(std::iter::repeat_n(b'x', 20_000));
+        stream.extend_from_slice(b"\r\na\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(scan_both(&stream), vec![Clear]);
+    }
+
+    #[test]
+    fn scanner_reads_content_length_as_hyper_does() {
+        let cases: [(&[u8], Vec<HeadFraming>); 5] = [
+            (b"Content-Length: 5, 5\r\n", vec![Ambiguous]),
+            (b"Content-Length: +5\r\n", vec![Ambiguous]),
+            (
+                b"Content-Length: 5\r\nContent-Length: 6\r\n",
+                vec![Ambiguous],
+            ),
+            (
+                b"Content-Length: 5\r\nContent-Length: 5\r\n",
+                vec![Clear, Clear],
+            ),
+            (b"Transfer-Encoding: gzip\r\n", vec![Ambiguous]),
+        ];
+        for (headers, expected) in cases {
+            let mut stream = b"POST / HTTP/1.1\r\nHost: a\r\n".to_vec();
+            stream.extend_from_slice(headers);
+            stream.extend_from_slice(b"\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                scan_both(&stream),
+                expected,
+                "{}",
+                String::from_utf8_lossy(headers)
+            );
+        }
     }
 
     #[test]

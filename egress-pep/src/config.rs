@@ -275,7 +275,8 @@ impl Default for GuardConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressLimitsConfig {
-    /// A CONNECT's request head must arrive within this (TLS handshake included).
+    /// The tunnel's TLS handshake must finish within this, and then the CONNECT's request head
+    /// (h2: the connection preface and first CONNECT) must arrive within this again.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Largest CONNECT (and cleartext request) head, bytes.
@@ -313,7 +314,7 @@ impl Default for EgressLimitsConfig {
             idle_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
             classify_timeout: Duration::from_secs(5),
-            peek_timeout: Duration::from_millis(300),
+            peek_timeout: Duration::from_secs(1),
             classify_max_bytes: 16 * 1024 + 5,
         }
     }
@@ -431,6 +432,15 @@ impl EgressSettings {
             max_header_bytes: self.limits.max_header_bytes,
             header_timeout: self.limits.header_read_timeout,
             idle: self.limits.idle_timeout,
+        }
+    }
+
+    /// Limits of the tunnel listener: the TLS handshake is bounded by
+    /// `limits.header_read_timeout` (the CONNECT head then gets the same time again).
+    pub fn listener_limits(&self) -> runtime::listener::ListenerLimits {
+        runtime::listener::ListenerLimits {
+            tls_handshake_timeout: self.limits.header_read_timeout,
+            ..runtime::listener::ListenerLimits::default()
         }
     }
 

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -172,7 +173,13 @@ impl Dialer {
         addrs: &[SocketAddr],
     ) -> Result<(TcpStream, SocketAddr), DialRefusal> {
         let mut errors: Vec<String> = Vec::new();
-        for &addr in addrs {
+        if addrs.len() > MAX_DIAL_ATTEMPTS {
+            errors.push(format!(
+                "{} more answers not tried",
+                addrs.len() - MAX_DIAL_ATTEMPTS
+            ));
+        }
+        for &addr in addrs.iter().take(MAX_DIAL_ATTEMPTS) {
             // An IPv4-mapped answer is dialled as the IPv4 address it is.
             let target = SocketAddr::new(addr.ip().to_canonical(), addr.port());
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await {
@@ -194,9 +201,13 @@ impl Dialer {
     }
 }
 
+/// Most answers one dial tries, each with the connect timeout: a name with many unreachable
+/// addresses holds a tunnel at most this many connect timeouts.
+pub const MAX_DIAL_ATTEMPTS: usize = 3;
+
 /// Bytes per direction buffer while bytes are in flight (none is held while a direction waits
 /// for data).
-pub const SPLICE_BUFFER: usize = 32 * 1024;
+pub const SPLICE_BUFFER: usize = 64 * 1024;
 
 /// What a splice moved and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -274,7 +285,9 @@ where
 #[derive(Default)]
 struct Half {
     /// Held only while `pos < cap` or during a read.
-    buf: Option<Box<[u8]>>,
+    buf: Option<BytesMut>,
+    /// A read error that followed bytes still to be written.
+    deferred: Option<io::Error>,
     pos: usize,
     cap: usize,
     read_eof: bool,
@@ -301,12 +314,18 @@ impl Half {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
+            if self.pos == self.cap
+                && let Some(e) = self.deferred.take()
+            {
+                return Poll::Ready(Err(e));
+            }
             if self.pos == self.cap && !self.read_eof {
+                // Not zeroed: `poll_read_buf` reads into the spare capacity.
                 let buf = self
                     .buf
-                    .get_or_insert_with(|| vec![0u8; SPLICE_BUFFER].into_boxed_slice());
-                let mut rb = ReadBuf::new(buf);
-                match r.as_mut().poll_read(cx, &mut rb) {
+                    .get_or_insert_with(|| BytesMut::with_capacity(SPLICE_BUFFER));
+                buf.clear();
+                match tokio_util::io::poll_read_buf(r.as_mut(), cx, buf) {
                     Poll::Pending => {
                         // Nothing in flight: give the buffer back (an idle tunnel holds none).
                         self.buf = None;
@@ -320,16 +339,33 @@ impl Half {
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
+                    Poll::Ready(Ok(0)) => {
                         *progress = true;
-                        if n == 0 {
-                            self.read_eof = true;
-                            self.buf = None;
-                        } else {
-                            self.pos = 0;
-                            self.cap = n;
+                        self.read_eof = true;
+                        self.buf = None;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        *progress = true;
+                        // Batch: take what else is ready now (a TLS stream hands out one record
+                        // per read), so the other side gets fewer, larger writes.
+                        while buf.len() < buf.capacity() {
+                            match tokio_util::io::poll_read_buf(r.as_mut(), cx, buf) {
+                                Poll::Ready(Ok(n)) if n > 0 => {}
+                                Poll::Ready(Ok(_)) => {
+                                    self.read_eof = true;
+                                    break;
+                                }
+                                // Registered for the next wakeup.
+                                Poll::Pending => break,
+                                // Reported once the bytes read before it are written.
+                                Poll::Ready(Err(e)) => {
+                                    self.deferred = Some(e);
+                                    break;
+                                }
+                            }
                         }
+                        self.pos = 0;
+                        self.cap = buf.len();
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! CONNECT streams over h2) carrying the actor's verified identity and the original destination;
 //! the PEP classifies the tunnel's first bytes, decides by policy, audits and forwards.
 //!
+//! * [`actor_hosts`]: names that belong to actors (denied until actor forwarding exists).
 //! * [`decision`]: what a decision is (verdict, reason, deciding rule, where to dial) — the
 //!   vocabulary every other module speaks.
 //! * [`subject`]: the verified actor behind a tunnel.
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod actor_hosts;
 pub mod audit;
 pub mod classify;
 pub mod cleartext;

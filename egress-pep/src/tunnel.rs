@@ -14,6 +14,8 @@
 //! [`cleartext::serve`], which decides every request against the actor's *current* policy (a
 //! reload applies to open tunnels). Every tunnel holds the drain; once draining, new CONNECTs get
 //! 503 and h2 connections a GOAWAY. One audit record per tunnel (and per cleartext request).
+//! An h2 connection must bring its first CONNECT within the header read timeout and is closed
+//! once it has had no open tunnel for the idle timeout.
 
 pub mod identity;
 pub mod liveness;
@@ -22,7 +24,6 @@ mod refused;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,13 +35,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use runtime::drain::DrainSignal;
 use runtime::listener::{BoundListener, Conn, ConnInfo, ServerTlsSource};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::sync::watch;
 
+use crate::actor_hosts::ActorHosts;
 use crate::audit::{AuditActor, AuditRecord, AuditSink, RecordKind};
 use crate::classify::{self, Classified, ClassifyError, ClassifyLimits, Rewind};
 use crate::cleartext::{self, CleartextHooks, CleartextLimits, RequestRecord};
 use crate::decision::{Decision, Dial, Query, Reason, Traffic, Verdict};
-use crate::forward::{DialRefusal, Dialer, SpliceCounters};
+use crate::forward::{DialRefusal, Dialed, Dialer, SpliceCounters};
 use crate::metrics::{ActiveTunnel, EgressMetrics, Limit};
 use crate::policy::{CompiledPolicy, PolicySource};
 use crate::subject::Subject;
@@ -58,8 +60,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bounds of the tunnel server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelLimits {
-    /// Longest time for a CONNECT request's head to arrive (HTTP/1.1, from the connection's
-    /// start); exceeded → the connection closes (counted `slow_header`). Default 10 s.
+    /// Longest time for a CONNECT request's head to arrive once the TLS handshake is done
+    /// (HTTP/1.1: the head; h2: the connection preface and the first CONNECT's HEADERS);
+    /// exceeded → the connection closes (counted `slow_header`). The tunnel listener bounds the
+    /// handshake itself by the same value. Default 10 s.
     pub header_read_timeout: Duration,
     /// Largest CONNECT request head in bytes (HTTP/1.1 head; h2 header list); more → 431
     /// (counted `oversized_header`). Default 16 KiB.
@@ -68,9 +72,11 @@ pub struct TunnelLimits {
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`; streams beyond it are refused, counted
     /// `too_many_streams`). Default 256.
     pub max_streams_per_connection: u32,
-    /// A tunnel with no byte either way for this long is closed (counted `idle`). Default 10 min.
+    /// A tunnel with no byte either way for this long is closed, and so is an h2 connection
+    /// without an open tunnel for this long (both counted `idle`). Default 10 min.
     pub idle_timeout: Duration,
-    /// h2 per-stream flow-control window, bytes: bounds what one tunnel buffers. Default 256 KiB.
+    /// h2 per-stream flow-control window, bytes: bounds what one tunnel buffers (receiving, and
+    /// sending: the per-stream send buffer is capped at the same size). Default 256 KiB.
     pub h2_stream_window: u32,
     /// h2 per-connection flow-control window, bytes. Default 4 MiB.
     pub h2_connection_window: u32,
@@ -135,7 +141,7 @@ pub struct Pep {
     limits: TunnelLimits,
     classify: ClassifyLimits,
     cleartext: CleartextLimits,
-    actor_host_suffixes: Vec<String>,
+    actor_hosts: ActorHosts,
     liveness: liveness::Liveness,
     listeners: parking_lot::Mutex<Vec<SocketAddr>>,
 }
@@ -155,6 +161,34 @@ struct ConnCtx {
     info: Arc<ConnInfo>,
     cert: identity::CertIdentity,
     drain: DrainSignal,
+    /// h2: the number of CONNECT streams open (answered or tunnelling), for the connection's
+    /// first-request deadline and idle timeout. `None` for HTTP/1.1.
+    streams: Option<Arc<watch::Sender<usize>>>,
+}
+
+/// Holds one open CONNECT stream of an h2 connection (see [`ConnCtx::streams`]).
+struct StreamGuard(Arc<watch::Sender<usize>>);
+
+impl StreamGuard {
+    fn open(streams: &Arc<watch::Sender<usize>>) -> Self {
+        streams.send_modify(|n| *n += 1);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Why an h2 connection's timer fired.
+#[derive(Clone, Copy)]
+enum H2Timer {
+    /// No CONNECT arrived within the header read timeout.
+    FirstRequest,
+    /// No CONNECT stream open for the idle timeout.
+    Idle,
 }
 
 /// A tunnel that was answered 200.
@@ -164,6 +198,8 @@ struct Tunnel {
     policy: Arc<CompiledPolicy>,
     started: Instant,
     _active: ActiveTunnel,
+    /// h2: keeps the connection's stream count up while the tunnel runs.
+    _stream: Option<StreamGuard>,
 }
 
 impl Pep {
@@ -185,12 +221,7 @@ impl Pep {
             limits: parts.limits,
             classify: parts.classify,
             cleartext: parts.cleartext,
-            actor_host_suffixes: parts
-                .actor_host_suffixes
-                .iter()
-                .map(|s| s.trim_matches('.').to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            actor_hosts: ActorHosts::new(parts.actor_host_suffixes),
             liveness,
             listeners: parking_lot::Mutex::new(Vec::new()),
         })
@@ -257,7 +288,13 @@ impl Pep {
             .identity
             .read_certificate(info.peer_identity.as_ref().map(|p| p.certificate.as_ref()));
         let h2 = info.alpn.as_deref() == Some(b"h2");
-        let ctx = Arc::new(ConnCtx { info, cert, drain });
+        let (streams, mut streams_rx) = watch::channel(0usize);
+        let ctx = Arc::new(ConnCtx {
+            info,
+            cert,
+            drain,
+            streams: h2.then(|| Arc::new(streams)),
+        });
         let pep = self.clone();
         let svc_ctx = ctx.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -272,17 +309,71 @@ impl Pep {
                 .max_concurrent_streams(self.limits.max_streams_per_connection)
                 .initial_stream_window_size(self.limits.h2_stream_window)
                 .initial_connection_window_size(self.limits.h2_connection_window)
+                .max_send_buf_size(self.limits.h2_stream_window as usize)
                 .max_header_list_size(
                     u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX),
                 );
-            let io = TokioIo::new(refused::CountRefused::new(conn, self.metrics.clone()));
+            let io = TokioIo::new(refused::CountRefused::new(
+                conn,
+                self.metrics.clone(),
+                ctx.drain.clone(),
+            ));
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = ctx.drain.draining() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            // Time bounds: the preface and first CONNECT within the header read timeout, then
+            // no stretch of the idle timeout without an open stream. The drain ends the timers.
+            let accepted = tokio::time::Instant::now();
+            let mut first_seen = false;
+            let mut idle_since = accepted;
+            let mut draining = false;
+            let result = loop {
+                let timer = if draining {
+                    None
+                } else if !first_seen {
+                    Some((
+                        accepted + self.limits.header_read_timeout,
+                        H2Timer::FirstRequest,
+                    ))
+                } else if *streams_rx.borrow() == 0 {
+                    Some((idle_since + self.limits.idle_timeout, H2Timer::Idle))
+                } else {
+                    None
+                };
+                let (at, why) = timer.unwrap_or((accepted, H2Timer::Idle));
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = ctx.drain.draining(), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    changed = streams_rx.changed(), if !draining => {
+                        if changed.is_ok() {
+                            first_seen = true;
+                            if *streams_rx.borrow_and_update() == 0 {
+                                idle_since = tokio::time::Instant::now();
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep_until(at), if timer.is_some() => match why {
+                        H2Timer::FirstRequest => {
+                            self.metrics.limit(Limit::SlowHeader);
+                            tracing::debug!(peer = %ctx.info.peer, "h2 tunnel connection sent no CONNECT in time");
+                            break Ok(());
+                        }
+                        H2Timer::Idle => {
+                            self.metrics.limit(Limit::Idle);
+                            tracing::debug!(peer = %ctx.info.peer, "h2 tunnel connection idle");
+                            // GOAWAY, bounded: a peer that never acknowledges is dropped,
+                            // unless a CONNECT that raced the GOAWAY opened a tunnel (bounded
+                            // by its own idle timeout).
+                            conn.as_mut().graceful_shutdown();
+                            match tokio::time::timeout(CLOSE_TIMEOUT, conn.as_mut()).await {
+                                Ok(r) => break r,
+                                Err(_) if *streams_rx.borrow() > 0 => break conn.as_mut().await,
+                                Err(_) => break Ok(()),
+                            }
+                        }
+                    },
                 }
             };
             if let Err(e) = result {
@@ -317,6 +408,7 @@ impl Pep {
         ctx: Arc<ConnCtx>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
+        let stream = ctx.streams.as_ref().map(StreamGuard::open);
         let mut rec = AuditRecord::new(RecordKind::Tunnel, Verdict::Deny, Reason::BadRequest);
         if req.method() != Method::CONNECT {
             let resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
@@ -383,13 +475,14 @@ impl Pep {
                 return self.refuse(rec, Reason::ControlPlaneUnavailable, &detail, started, &ctx);
             }
         };
-        self.metrics.decision(started.elapsed());
+        self.metrics.connect(started.elapsed());
         let tunnel = Tunnel {
             subject,
             dst,
             policy,
             started,
             _active: self.metrics.open_tunnel(),
+            _stream: stream,
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let pep = self.clone();
@@ -451,7 +544,8 @@ impl Pep {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (class, prefix) = match classify::classify(&mut io, self.classify).await {
+        // Boxed, as the other large steps: the task keeps only what an open tunnel needs.
+        let (class, prefix) = match Box::pin(classify::classify(&mut io, self.classify)).await {
             Ok(c) => c,
             Err(e) => {
                 if matches!(e, ClassifyError::Timeout(..)) {
@@ -471,10 +565,11 @@ impl Pep {
                     pep: self.clone(),
                     subject: t.subject.clone(),
                     dst: t.dst,
-                    mismatch: Arc::new(AtomicBool::new(false)),
                 });
                 let io = Rewind::new(prefix, io);
-                if let Err(e) = cleartext::serve(io, hooks, self.cleartext).await {
+                // Boxed: the cleartext proxy's state is large and only HTTP tunnels need it;
+                // inline it would grow every tunnel's task (idle memory per tunnel).
+                if let Err(e) = Box::pin(cleartext::serve(io, hooks, self.cleartext)).await {
                     if e.is_timeout() {
                         self.metrics.limit(Limit::SlowHeader);
                     } else if is_idle(&e) {
@@ -493,18 +588,26 @@ impl Pep {
                     Some(name) if self.is_actor_host(name) => {
                         Decision::deny(Reason::ActorForwardingNotConfigured)
                     }
-                    _ => t.policy.decide(&Query {
-                        dst: t.dst,
-                        traffic: Traffic::Tls {
-                            sni: sni.as_deref(),
+                    _ => decide(
+                        &self.metrics,
+                        &t.policy,
+                        &Query {
+                            dst: t.dst,
+                            traffic: Traffic::Tls {
+                                sni: sni.as_deref(),
+                            },
                         },
-                    }),
+                    ),
                 }
             }
-            Classified::Opaque => t.policy.decide(&Query {
-                dst: t.dst,
-                traffic: Traffic::Opaque,
-            }),
+            Classified::Opaque => decide(
+                &self.metrics,
+                &t.policy,
+                &Query {
+                    dst: t.dst,
+                    traffic: Traffic::Opaque,
+                },
+            ),
         };
         rec.verdict = decision.verdict;
         rec.reason = decision.reason;
@@ -517,7 +620,8 @@ impl Pep {
                 return;
             }
         };
-        let dialed = self.dialer.dial(&dial, t.dst).await;
+        // Boxed: resolving a name holds a large future only while the dial runs.
+        let dialed = Box::pin(self.dialer.dial(&dial, t.dst)).await;
         self.metrics
             .set_dns_cache_entries(self.dialer.resolver().cache_entries());
         let dialed = match dialed {
@@ -548,20 +652,7 @@ impl Pep {
 
     /// Whether `authority` (a name, port allowed) lies under one of the actor host suffixes.
     fn is_actor_host(&self, authority: &str) -> bool {
-        if self.actor_host_suffixes.is_empty() {
-            return false;
-        }
-        let host = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => authority,
-        };
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        self.actor_host_suffixes.iter().any(|s| {
-            host == *s
-                || (host.len() > s.len()
-                    && host.ends_with(s.as_str())
-                    && host.as_bytes()[host.len() - s.len() - 1] == b'.')
-        })
+        self.actor_hosts.contains(authority)
     }
 }
 
@@ -571,9 +662,6 @@ struct Hooks {
     pep: Arc<Pep>,
     subject: Arc<Subject>,
     dst: SocketAddr,
-    /// Whether the latest dial's address differed from the actor's (requests on one tunnel are
-    /// sequential: the record that follows a dial is that dial's request's).
-    mismatch: Arc<AtomicBool>,
 }
 
 impl CleartextHooks for Hooks {
@@ -586,31 +674,33 @@ impl CleartextHooks for Hooks {
         let policy = self.pep.policy.policy_for(&self.subject);
         let (authority, method, path) = (authority.to_owned(), method.to_owned(), path.to_owned());
         let dst = self.dst;
+        let metrics = self.pep.metrics.clone();
         Box::pin(async move {
             match policy.await {
                 Err(_) => Decision::deny(Reason::ControlPlaneUnavailable),
                 Ok(None) => Decision::deny(Reason::NoPolicy),
-                Ok(Some(p)) => p.decide(&Query {
-                    dst,
-                    traffic: Traffic::Http {
-                        authority: &authority,
-                        method: &method,
-                        path: &path,
+                Ok(Some(p)) => decide(
+                    &metrics,
+                    &p,
+                    &Query {
+                        dst,
+                        traffic: Traffic::Http {
+                            authority: &authority,
+                            method: &method,
+                            path: &path,
+                        },
                     },
-                }),
+                ),
             }
         })
     }
 
-    fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<TcpStream, DialRefusal>> {
+    fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<Dialed, DialRefusal>> {
         let pep = self.pep.clone();
         let dst = self.dst;
-        let mismatch = self.mismatch.clone();
-        Box::pin(async move {
-            let d = pep.dialer.dial(&dial, dst).await?;
-            mismatch.store(d.dst_mismatch, Ordering::Relaxed);
-            Ok(d.stream)
-        })
+        // The mismatch travels with the upstream connection (cleartext keeps it per
+        // connection and reports it in every record of a request it carries).
+        Box::pin(async move { pep.dialer.dial(&dial, dst).await })
     }
 
     fn record(&self, r: RequestRecord) {
@@ -629,12 +719,20 @@ impl CleartextHooks for Hooks {
         rec.method = Some(r.method);
         rec.path = Some(r.path);
         rec.rule = r.decision.rule;
-        rec.dst_mismatch = self.mismatch.swap(false, Ordering::Relaxed);
+        rec.dst_mismatch = r.dst_mismatch;
         rec.bytes_up = r.bytes_up;
         rec.bytes_down = r.bytes_down;
         self.pep.metrics.bytes(r.bytes_up, r.bytes_down);
         self.pep.audit.record(rec.with_duration(r.duration));
     }
+}
+
+/// Decides `query` by `policy`, timed into `actorgate_egress_decision_seconds`.
+fn decide(metrics: &EgressMetrics, policy: &CompiledPolicy, query: &Query<'_>) -> Decision {
+    let started = Instant::now();
+    let decision = policy.decide(query);
+    metrics.decision(started.elapsed());
+    decision
 }
 
 /// Whether a cleartext connection ended on its idle timeout (an I/O error of kind `TimedOut`).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use egress_pep::cleartext::{CleartextHooks, CleartextLimits, RequestRecord, serve};
 use egress_pep::decision::{Decision, Dial, Reason, RuleKind, RuleRef, Verdict};
-use egress_pep::forward::DialRefusal;
+use egress_pep::forward::{DialRefusal, Dialed};
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -141,7 +141,8 @@ impl Upstream {
 
 /// Decides by host: `api.test` and `other.test` allow (GET/POST/upgrade; DELETE → method not
 /// allowed), `audit.test` audits, `down.test` → control plane unavailable, `gone.test` allows
-/// but does not resolve; everything else → no matching rule. Dials only the test's upstreams.
+/// but does not resolve; everything else → no matching rule. Dials only the test's upstreams;
+/// a dial for `other.test` reports a destination mismatch.
 struct Hooks {
     upstreams: HashMap<&'static str, SocketAddr>,
     records: Mutex<Vec<RequestRecord>>,
@@ -222,11 +223,14 @@ impl CleartextHooks for Hooks {
         Box::pin(async move { decision })
     }
 
-    fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<TcpStream, DialRefusal>> {
+    fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<Dialed, DialRefusal>> {
         self.dials.fetch_add(1, Ordering::SeqCst);
-        let addr = match &dial {
-            Dial::Name { host, .. } => self.upstreams.get(&**host).copied(),
-            Dial::Address { .. } => None,
+        let (addr, dst_mismatch) = match &dial {
+            Dial::Name { host, .. } => (
+                self.upstreams.get(&**host).copied(),
+                &**host == "other.test",
+            ),
+            Dial::Address { .. } => (None, false),
         };
         Box::pin(async move {
             let Some(addr) = addr else {
@@ -235,9 +239,14 @@ impl CleartextHooks for Hooks {
                     detail: format!("{dial:?} is not a test upstream"),
                 });
             };
-            TcpStream::connect(addr).await.map_err(|e| DialRefusal {
+            let stream = TcpStream::connect(addr).await.map_err(|e| DialRefusal {
                 reason: Reason::DialFailed,
                 detail: e.to_string(),
+            })?;
+            Ok(Dialed {
+                stream,
+                addr,
+                dst_mismatch,
             })
         })
     }
@@ -518,6 +527,8 @@ async fn denied_request_on_keep_alive_gets_403_for_that_request_only() {
             ("other.test:80", "/c", Verdict::Allow, Reason::Allowed, 200),
         ]
     );
+    let mismatches: Vec<bool> = records.iter().map(|r| r.dst_mismatch).collect();
+    assert_eq!(mismatches, [false, false, false, false, false, true]);
 }
 
 #[tokio::test]
@@ -762,4 +773,100 @@ async fn oversized_headers_are_refused() {
     let response = read_response(&mut actor, &mut pending).await;
     assert_eq!(response.status, 431);
     assert_eq!(hooks.dials.load(Ordering::SeqCst), 0);
+}
+
+/// Sends `first` and reads its response; when it keeps the connection, a CL+TE request on the
+/// same connection must still be refused with 400 and close it, without reaching upstream.
+/// Returns the first status, the hooks and how many connections the `api.test` upstream got.
+async fn then_cl_te_is_still_refused(first: &[u8]) -> (u16, Arc<Hooks>, usize) {
+    let api = upstream("api").await;
+    let other = upstream("other").await;
+    let hooks = Hooks::new(setup_hosts(api.addr, other.addr));
+    let (mut actor, _task) = tunnel(hooks.clone(), CleartextLimits::default()).await;
+    let mut pending = Vec::new();
+    actor.write_all(first).await.expect("write");
+    let response = read_response(&mut actor, &mut pending).await;
+    if response.status == 400
+        || response.headers.get("connection").map(String::as_str) == Some("close")
+    {
+        assert!(closed(&mut actor).await, "closed after {}", response.status);
+        return (
+            response.status,
+            hooks,
+            api.connections.load(Ordering::SeqCst),
+        );
+    }
+    let dials = hooks.dials.load(Ordering::SeqCst);
+    actor
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\
+Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let refused = read_response(&mut actor, &mut pending).await;
+    assert_eq!(
+        (refused.status, refused.body.as_slice()),
+        (400, &b"bad request"[..]),
+        "CL+TE after {:?}",
+        String::from_utf8_lossy(&first[..first.len().min(80)])
+    );
+    assert!(closed(&mut actor).await, "connection closed after the 400");
+    assert_eq!(
+        hooks.dials.load(Ordering::SeqCst),
+        dials,
+        "nothing more dialled"
+    );
+    (
+        response.status,
+        hooks,
+        api.connections.load(Ordering::SeqCst),
+    )
+}
+
+#[tokio::test]
+async fn denied_upgrade_does_not_switch_framing_checks_off() {
+    let (status, hooks, _) = then_cl_te_is_still_refused(
+        b"GET /ws HTTP/1.1\r\nHost: evil.test\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 403, "the upgrade itself is denied, connection kept");
+    let records = hooks.records(2).await;
+    assert_eq!(records[1].decision.reason, Reason::BadRequest);
+    // An Upgrade header without `Connection: upgrade` on an allowed host is a plain request.
+    let (status, _, connections) =
+        then_cl_te_is_still_refused(b"GET / HTTP/1.1\r\nHost: api.test\r\nUpgrade: x\r\n\r\n")
+            .await;
+    assert_eq!((status, connections), (200, 1));
+}
+
+#[tokio::test]
+async fn listed_content_length_is_refused_or_framed_consistently() {
+    let (status, hooks, connections) = then_cl_te_is_still_refused(
+        b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5, 5\r\n\r\nhello",
+    )
+    .await;
+    // hyper refuses a listed Content-Length (400, close) before the proxy sees it; were it
+    // accepted, the body would be framed as 5 bytes and the CL+TE request refused above.
+    assert!(status == 400 || status == 200, "{status}");
+    if status == 400 {
+        assert_eq!(hooks.dials.load(Ordering::SeqCst), 0);
+        assert_eq!(connections, 0);
+    }
+}
+
+#[tokio::test]
+async fn long_chunk_size_lines_are_followed_like_hyper() {
+    // A chunk-size line of 10 KiB (leading zeros and an extension; hyper accepts up to 16 KiB of
+    // extensions), then a CL+TE request: still 400.
+    let mut first =
+        b"POST /up HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    first.extend(std::iter::repeat_n(b'0', 4096));
+    first.extend_from_slice(b"5;ext=");
+    first.extend(std::iter::repeat_n(b'x', 6000));
+    first.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    let (status, hooks, _) = then_cl_te_is_still_refused(&first).await;
+    assert_eq!(status, 200);
+    let records = hooks.records(2).await;
+    assert_eq!(records[0].bytes_up, 5);
 }

@@ -308,6 +308,8 @@ policies:
         "/public/./x",
         "/admin/../public/x",
         "/public/%61",
+        "/public/a;x=1/b",
+        "/public/.;/x",
     ];
     for path in allowed {
         let d = http(&p, "10.0.0.1:80", "api.example.com", "GET", path);
@@ -333,6 +335,10 @@ policies:
         "/public\\..\\admin",
         "/public/..%5cadmin",
         "/v1/items/%2e%2e/%2e%2e/secret",
+        "/public/..;/admin",
+        "/public/..;x=1/admin",
+        "/public/.;/..;/admin",
+        "/public;x/a",
         "public/x",
         "*",
     ];

@@ -963,3 +963,208 @@ async fn draining_refuses_new_connects_and_status_reports() {
     .await;
     let _ = (&h.policy, &h.pki);
 }
+
+#[tokio::test]
+async fn client_certificate_without_any_eku_is_refused_by_the_pep() {
+    let h = Harness::start().await;
+    // No extended-key-usage extension at all (rcgen writes none for an empty list): the TLS
+    // handshake accepts such a certificate, the PEP's leaf check does not.
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::URI(
+        identity::spiffe::actor_uri(TD, "demo", "bot")
+            .try_into()
+            .unwrap(),
+    )];
+    assert!(p.extended_key_usages.is_empty());
+    let no_eku = h.cert("no-eku", p);
+    refused_with(&h, &no_eku, "", 403, Reason::IdentityInvalid).await;
+    assert_eq!(h.last_tunnel().verdict, Verdict::Deny);
+    assert_eq!(h.cp.calls(CpMethod::GetActor, ACTOR), 0);
+}
+
+#[tokio::test]
+async fn h2_connections_without_a_connect_close_after_the_header_read_timeout() {
+    let timeout = Duration::from_millis(300);
+    let h = Harness::with(Options {
+        limits: TunnelLimits {
+            header_read_timeout: timeout,
+            ..Options::default().limits
+        },
+        ..Options::default()
+    })
+    .await;
+    let cert = h.actor_cert("demo", "bot");
+    // TLS with ALPN h2, then nothing at all (not even the preface).
+    let mut tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let opened = std::time::Instant::now();
+    let _ = within(
+        "silent h2 connection closes",
+        tls.read_to_end(&mut Vec::new()),
+    )
+    .await;
+    assert!(opened.elapsed() >= timeout / 2, "closed before the timeout");
+    eventually("slow_header 1", || h.metrics.limits(Limit::SlowHeader) == 1).await;
+    // The preface and SETTINGS, then no CONNECT.
+    let mut tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    tls.write_all(&out).await.unwrap();
+    let _ = within(
+        "h2 connection without a CONNECT closes",
+        tls.read_to_end(&mut Vec::new()),
+    )
+    .await;
+    eventually("slow_header 2", || h.metrics.limits(Limit::SlowHeader) == 2).await;
+    assert_eq!(h.metrics.tunnels(Verdict::Allow, Reason::Allowed), 0);
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn h2_connection_closes_once_idle_after_its_last_tunnel() {
+    let idle = Duration::from_millis(500);
+    let h = Harness::with(Options {
+        limits: TunnelLimits {
+            idle_timeout: idle,
+            ..Options::default().limits
+        },
+        ..Options::default()
+    })
+    .await;
+    let cert = h.actor_cert("demo", "bot");
+    let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = within(
+        "CONNECT",
+        send.send_request(
+            http::Request::connect(h.echo.addr.to_string())
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut io = TokioIo::new(within("upgrade", hyper::upgrade::on(resp)).await.unwrap());
+    // An open tunnel with traffic keeps the connection past the idle timeout (pacing, not
+    // synchronisation: the tunnel spans 4 × 200 ms > 500 ms).
+    for _ in 0..4 {
+        io.write_all(b"\x00ping").await.unwrap();
+        let mut back = [0u8; 5];
+        within("ping echoed", io.read_exact(&mut back))
+            .await
+            .unwrap();
+        assert_eq!(&back, b"\x00ping");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!conn.is_finished(), "closed with a tunnel open");
+    assert_eq!(h.metrics.limits(Limit::Idle), 0);
+    // The last tunnel ends; the connection then closes after the idle timeout.
+    io.shutdown().await.unwrap();
+    within("tunnel end", io.read_to_end(&mut Vec::new()))
+        .await
+        .unwrap();
+    let last_closed = std::time::Instant::now();
+    let _ = within("idle h2 connection closes", conn).await.unwrap();
+    assert!(
+        last_closed.elapsed() >= idle / 2,
+        "closed {:?} after the last tunnel",
+        last_closed.elapsed()
+    );
+    eventually("idle", || h.metrics.limits(Limit::Idle) == 1).await;
+    eventually("tunnel record", || {
+        h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 1
+    })
+    .await;
+}
+
+/// An HTTP/1.1 server answering `ok` (`text/plain`), counting connections and requests.
+async fn counting_http(addr: &str) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind(addr).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        http::Response::builder()
+                            .header("content-type", "text/plain")
+                            .body(http_body_util::Full::new(Bytes::from_static(b"ok")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    (addr, connections, requests)
+}
+
+#[tokio::test]
+async fn cleartext_mismatch_is_audited_for_every_request_on_a_reused_upstream() {
+    let h = Harness::start().await;
+    h.policy.set(Ok(Some(model::Policy {
+        name: "http".into(),
+        mode: Mode::Enforce,
+        rules: vec![Rule {
+            spec: RuleSpec::Http(HostRule {
+                hostnames: vec!["allowed.test".parse().unwrap()],
+                ports: Ports::All,
+                methods: vec![],
+                path_prefixes: vec![],
+                allow_private: false,
+                effects: vec![],
+            }),
+            mode: None,
+        }],
+    })));
+    // The server for allowed.test (static entry 127.0.0.1); the actor dials 127.0.0.2 instead.
+    let (server, connections, requests) = counting_http("127.0.0.1:0").await;
+    let decoy = echo_on(&format!("127.0.0.2:{}", server.port())).await;
+    let cert = h.actor_cert("demo", "bot");
+    let (status, _, tls) = h.atunnel(&cert, &decoy.addr.to_string(), "").await;
+    assert_eq!(status, 200);
+    let mut tls = tls.unwrap();
+    for path in ["/one", "/two"] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+        tls.write_all(head.as_bytes()).await.unwrap();
+        assert_eq!(
+            read_response(&mut tls).await,
+            (200, "ok".to_owned()),
+            "{path}"
+        );
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one kept upstream connection"
+    );
+    assert_eq!(
+        decoy.accepted.load(Ordering::SeqCst),
+        0,
+        "the dialed IP got no connection"
+    );
+    let requests = || {
+        h.audit
+            .recent()
+            .into_iter()
+            .filter(|r| r.kind == egress_pep::audit::RecordKind::Request)
+            .collect::<Vec<_>>()
+    };
+    eventually("two request records", || requests().len() == 2).await;
+    for r in requests() {
+        assert_eq!(r.verdict, Verdict::Allow, "{r:?}");
+        assert!(r.dst_mismatch, "{:?}: mismatch recorded", r.path);
+    }
+}

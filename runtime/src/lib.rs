@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`drain`] | start draining, wait for held work up to a deadline, then force and count the rest |
 //! | [`listener`] | one accept loop (plain TCP or TLS) with limits; connections carry [`listener::ConnInfo`] |
+//! | [`read_ahead`] | a lazily allocated read-ahead buffer under TLS (fewer reads of the socket) |
 //! | [`http`] | serving hyper on a listener, graceful on drain and on idle connections |
 //! | [`reload`] | debounced file watch: reload on change, keep the previous value on a bad file |
 //! | [`health`] | readiness checks and `/statusz` sections registered by components |
@@ -20,6 +21,7 @@ pub mod drain;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod read_ahead;
 pub mod reload;
 
 pub use drain::{Drain, DrainGuard, DrainReport, DrainSignal};

@@ -37,6 +37,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::server::TlsStream;
+
+use crate::read_ahead::ReadAhead;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
@@ -416,7 +418,8 @@ async fn establish(
             hold: None,
         });
     };
-    let result = tokio::time::timeout(handshake_timeout, acceptor.accept(a.tcp)).await;
+    let result =
+        tokio::time::timeout(handshake_timeout, acceptor.accept(ReadAhead::new(a.tcp))).await;
     drop(handshake);
     let stream = match result {
         Ok(Ok(s)) => s,
@@ -521,7 +524,8 @@ impl Drop for Slot {
 
 enum Io {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over a read-ahead buffer (rustls reads the socket 4 KiB at a time otherwise).
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
 }
 
 /// Holds the drain for a connection handed to another server (see

@@ -101,11 +101,10 @@ pub async fn start(
         }
     }
 
-    // The PEP's own control surfaces are guarded: its tunnel listener, admin and gRPC.
-    let own: Vec<SocketAddr> = ["egress", "admin", "grpc"]
-        .iter()
-        .filter_map(|name| w.addresses.get(*name).copied())
-        .collect();
+    // Every listener of this process is guarded (the tunnel listener, admin, gRPC, ingress, the
+    // resolve endpoint, the echo worker): a broad `tcp` rule must not loop back into the gateway;
+    // only a rule naming the address reaches one (DESIGN §7.2).
+    let own: Vec<SocketAddr> = w.addresses.values().copied().collect();
     let guard = Arc::new(egress_pep::guard::Guard::new(
         &settings.guard_settings(),
         own,
@@ -154,7 +153,10 @@ pub async fn start(
         trust_domain = %settings.trust_domain,
         "egress PEP serving"
     );
-    tokio::spawn(pep.serve(listener.with_tls(tls), w.drain.signal()));
+    let listener = listener
+        .with_tls(tls)
+        .with_limits(settings.listener_limits());
+    tokio::spawn(pep.serve(listener, w.drain.signal()));
     Ok(())
 }
 

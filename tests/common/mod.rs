@@ -204,43 +204,7 @@ impl Gateway {
     /// Fails with the log if the process exits first or nothing answers within 30 s. The lines
     /// are logged at `info`: test configs keep the default log level.
     pub async fn start(config: &Path) -> Self {
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("actorgate.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_actorgate"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn actorgate");
-        let mut gw = Self {
-            child: Some(child),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            log,
-            listeners: HashMap::new(),
-            _log_dir: log_dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("actorgate exited early ({status}):\n{}", gw.log_text());
-            }
-            if let Some(&admin) = listening_addresses(&gw.log_text()).get("admin")
-                && get(admin, "/healthz").await.is_ok()
-            {
-                gw.admin = admin;
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "actorgate did not start (no `listening` line for admin, or no /healthz answer):\n{}",
-                gw.log_text()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        gw.listeners = listening_addresses(&gw.log_text());
-        gw
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_actorgate")), config).await
     }
 
     /// Writes `body` as the config in `dir` ([`write_config`]), starts the gateway and waits

@@ -533,6 +533,15 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, [u8]>> {
     let decoded: Vec<u8> = percent_decode(bytes);
     let mut out: Vec<u8> = Vec::with_capacity(decoded.len());
     for seg in decoded.split(|&b| b == b'/') {
+        // A segment's path parameters (`..;x`, RFC 3986 §3.3 sub-delims, honoured by servlet
+        // containers) do not hide a dot-segment: `/v1/..;/admin` is `/admin`. Other segments
+        // keep their parameters, so `/v1;x` is not under `/v1` (ambiguous → no match).
+        let base = seg.split(|&b| b == b';').next().unwrap_or(seg);
+        let seg = if base == b"." || base == b".." {
+            base
+        } else {
+            seg
+        };
         match seg {
             b"" | b"." => {}
             b".." => {
@@ -554,9 +563,10 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, [u8]>> {
     Some(Cow::Owned(out))
 }
 
-/// Whether the path has percent-escapes, backslashes, `//`, or `.`/`..` segments.
+/// Whether the path has percent-escapes, backslashes, path parameters (`;`), `//`, or `.`/`..`
+/// segments.
 fn needs_rewrite(bytes: &[u8]) -> bool {
-    if bytes.iter().any(|&b| b == b'%' || b == b'\\') {
+    if bytes.iter().any(|&b| b == b'%' || b == b'\\' || b == b';') {
         return true;
     }
     has_bad_segment(&bytes[1..])

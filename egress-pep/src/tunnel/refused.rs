@@ -3,6 +3,9 @@
 //! beyond it before hyper (and so the PEP) sees the request; this wrapper is how such refusals
 //! are still counted (`actorgate_egress_limits_total{limit="too_many_streams"}`).
 //!
+//! Streams refused because the connection is closing are not a limit: once the server has written
+//! a GOAWAY (drain, idle connection) or the drain has started, refusals are no longer counted.
+//!
 //! The server side of an h2 connection writes only frames (9-byte header, payload), so a small
 //! state machine over the written bytes finds them without buffering anything but a header.
 
@@ -12,10 +15,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use runtime::drain::DrainSignal;
+
 use crate::metrics::{EgressMetrics, Limit};
 
 /// RST_STREAM frame type.
 const RST_STREAM: u8 = 0x3;
+/// GOAWAY frame type.
+const GOAWAY: u8 = 0x7;
 /// REFUSED_STREAM error code.
 const REFUSED_STREAM: u32 = 0x7;
 
@@ -29,10 +36,13 @@ struct Frames {
     skip: usize,
     /// Collecting an RST_STREAM payload: its error code so far and bytes seen.
     rst: Option<(u32, usize)>,
+    /// Whether a GOAWAY frame header has been written: the connection is closing.
+    goaway: bool,
 }
 
 impl Frames {
-    /// Feeds written bytes; returns how many REFUSED_STREAM resets they completed.
+    /// Feeds written bytes; returns how many REFUSED_STREAM resets they completed before any
+    /// GOAWAY (refusals after one are the shutdown's, not the stream limit's).
     fn feed(&mut self, mut buf: &[u8]) -> u64 {
         let mut refused = 0;
         while !buf.is_empty() {
@@ -44,7 +54,7 @@ impl Frames {
                     buf = &buf[1..];
                 }
                 if *seen == 4 {
-                    if *code == REFUSED_STREAM {
+                    if *code == REFUSED_STREAM && !self.goaway {
                         refused += 1;
                     }
                     self.rst = None;
@@ -69,6 +79,8 @@ impl Frames {
                 self.skip = len;
                 if self.header[3] == RST_STREAM && len == 4 {
                     self.rst = Some((0, 0));
+                } else if self.header[3] == GOAWAY {
+                    self.goaway = true;
                 }
             }
         }
@@ -81,20 +93,27 @@ pub struct CountRefused<IO> {
     inner: IO,
     frames: Frames,
     metrics: EgressMetrics,
+    drain: DrainSignal,
 }
 
 impl<IO> CountRefused<IO> {
-    /// Wraps the server side of an h2 connection.
-    pub fn new(inner: IO, metrics: EgressMetrics) -> Self {
+    /// Wraps the server side of an h2 connection; refusals while `drain` is draining are not
+    /// counted.
+    pub fn new(inner: IO, metrics: EgressMetrics, drain: DrainSignal) -> Self {
         Self {
             inner,
             frames: Frames::default(),
             metrics,
+            drain,
         }
     }
 
     fn count(&mut self, written: &[u8]) {
-        for _ in 0..self.frames.feed(written) {
+        let refused = self.frames.feed(written);
+        if refused == 0 || self.drain.is_draining() {
+            return;
+        }
+        for _ in 0..refused {
             self.metrics.limit(Limit::TooManyStreams);
         }
     }
@@ -180,6 +199,18 @@ mod tests {
             let mut f = Frames::default();
             let n: u64 = bytes.chunks(chunk).map(|c| f.feed(c)).sum();
             assert_eq!(n, 2, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn refusals_after_a_goaway_are_not_counted() {
+        let mut bytes = frame(0x3, 1, &7u32.to_be_bytes());
+        bytes.extend(frame(0x7, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        bytes.extend(frame(0x3, 3, &7u32.to_be_bytes()));
+        for chunk in 1..bytes.len() {
+            let mut f = Frames::default();
+            let n: u64 = bytes.chunks(chunk).map(|c| f.feed(c)).sum();
+            assert_eq!(n, 1, "chunk size {chunk}");
         }
     }
 }

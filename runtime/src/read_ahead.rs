@@ -1,0 +1,155 @@
+//! A read-ahead buffer under TLS: rustls reads the socket at most 4 KiB at a time (its
+//! deframer's read size), which costs one `recvmsg` per 4 KiB of a bulk transfer. [`ReadAhead`]
+//! reads up to [`READ_AHEAD`] bytes per system call and serves rustls's small reads from memory.
+//!
+//! The buffer exists only while bytes wait in it or the peer keeps sending: it is allocated on
+//! the first read and freed when the socket has nothing more to give, so an idle connection
+//! holds no buffer (thousands of idle tunnels stay cheap). Writes pass straight through.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes one read from the socket asks for (four TLS records of 16 KiB plus framing).
+pub const READ_AHEAD: usize = 64 * 1024 + 256;
+
+/// An IO whose reads go through a lazily allocated read-ahead buffer (see the module docs).
+#[derive(Debug)]
+pub struct ReadAhead<IO> {
+    inner: IO,
+    /// Bytes read from `inner` and not yet handed out: `buf[pos..end]`.
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl<IO> ReadAhead<IO> {
+    /// Wraps `inner`; no buffer is allocated until the first read.
+    pub fn new(inner: IO) -> Self {
+        ReadAhead {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// The wrapped IO.
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+
+    /// The wrapped IO, mutably (reading from it directly would skip buffered bytes).
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.inner
+    }
+
+    /// Bytes buffered and not yet read.
+    pub fn buffered(&self) -> usize {
+        self.end - self.pos
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos == this.end {
+            // A caller that asks for at least as much as we would read gains nothing from the
+            // buffer: read straight into its memory.
+            if out.remaining() >= READ_AHEAD {
+                this.buf = Vec::new();
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            if this.buf.is_empty() {
+                this.buf = vec![0; READ_AHEAD];
+            }
+            let mut rb = ReadBuf::new(&mut this.buf);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    this.pos = 0;
+                    this.end = rb.filled().len();
+                    if this.end == 0 {
+                        // End of stream: nothing more will be buffered.
+                        this.buf = Vec::new();
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing more to read for now: an idle connection holds no buffer.
+                    this.buf = Vec::new();
+                    return Poll::Pending;
+                }
+            }
+        }
+        let n = out.remaining().min(this.end - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_large_read_and_idle_frees_the_buffer() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut r = ReadAhead::new(b);
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        a.write_all(&data).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while got.len() < data.len() {
+            let n = r.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, data);
+        // Nothing more to read: the next read is pending and the buffer is freed.
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut chunk)).await;
+        assert!(pending.is_err());
+        assert_eq!((r.buffered(), r.buf.capacity()), (0, 0));
+        drop(a);
+        assert_eq!(r.read(&mut chunk).await.unwrap(), 0);
+    }
+}
