@@ -195,6 +195,10 @@ EOF
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 2s
     original_dst_lb_config: {use_http_header: true, http_header_name: ":authority"}
+    # Envoy's default circuit breakers allow 1,024 upstream connections per cluster: lifted, so
+    # Envoy can hold as many tunnels as actorgate (which has no such default).
+    circuit_breakers:
+      thresholds: [{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000}]
 EOF
 }
 envoy_config $PORT_ENVOY $PORT_ENVOY_ADMIN no >"$WORK/envoy.yaml"

@@ -10,19 +10,24 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes one read from the socket asks for (four TLS records of 16 KiB plus framing).
+/// Most bytes one read from the socket asks for (four TLS records of 16 KiB plus framing).
 pub const READ_AHEAD: usize = 64 * 1024 + 256;
+
+/// What a buffer starts with: one TLS record. Handshakes and small exchanges never need more;
+/// a read that fills the buffer doubles it, up to [`READ_AHEAD`].
+const FIRST_READ: usize = 16 * 1024 + 256;
 
 /// An IO whose reads go through a lazily allocated read-ahead buffer (see the module docs).
 #[derive(Debug)]
 pub struct ReadAhead<IO> {
     inner: IO,
-    /// Bytes read from `inner` and not yet handed out: `buf[pos..end]`.
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
+    /// Bytes read from `inner` and not yet handed out (`buf[..]`, consumed from the front).
+    buf: BytesMut,
+    /// How much the next fill asks for (grows while reads fill the buffer).
+    want: usize,
 }
 
 impl<IO> ReadAhead<IO> {
@@ -30,9 +35,8 @@ impl<IO> ReadAhead<IO> {
     pub fn new(inner: IO) -> Self {
         ReadAhead {
             inner,
-            buf: Vec::new(),
-            pos: 0,
-            end: 0,
+            buf: BytesMut::new(),
+            want: FIRST_READ,
         }
     }
 
@@ -48,7 +52,7 @@ impl<IO> ReadAhead<IO> {
 
     /// Bytes buffered and not yet read.
     pub fn buffered(&self) -> usize {
-        self.end - self.pos
+        self.buf.len()
     }
 }
 
@@ -59,38 +63,38 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pos == this.end {
+        if this.buf.is_empty() {
             // A caller that asks for at least as much as we would read gains nothing from the
             // buffer: read straight into its memory.
-            if out.remaining() >= READ_AHEAD {
-                this.buf = Vec::new();
+            if out.remaining() >= this.want {
+                this.buf = BytesMut::new();
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
-            if this.buf.is_empty() {
-                this.buf = vec![0; READ_AHEAD];
-            }
-            let mut rb = ReadBuf::new(&mut this.buf);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    this.pos = 0;
-                    this.end = rb.filled().len();
-                    if this.end == 0 {
-                        // End of stream: nothing more will be buffered.
-                        this.buf = Vec::new();
-                        return Poll::Ready(Ok(()));
+            // Not zeroed: `poll_read_buf` reads into the spare capacity; an emptied buffer is
+            // reclaimed from the front by `reserve`.
+            this.buf.reserve(this.want);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => {
+                    // End of stream: nothing more will be buffered.
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    if n >= this.want && this.want < READ_AHEAD {
+                        this.want = (this.want * 2).min(READ_AHEAD);
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     // Nothing more to read for now: an idle connection holds no buffer.
-                    this.buf = Vec::new();
+                    this.buf = BytesMut::new();
                     return Poll::Pending;
                 }
             }
         }
-        let n = out.remaining().min(this.end - this.pos);
-        out.put_slice(&this.buf[this.pos..this.pos + n]);
-        this.pos += n;
+        let n = out.remaining().min(this.buf.len());
+        out.put_slice(&this.buf[..n]);
+        this.buf.advance(n);
         Poll::Ready(Ok(()))
     }
 }
@@ -149,6 +153,7 @@ mod tests {
             tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut chunk)).await;
         assert!(pending.is_err());
         assert_eq!((r.buffered(), r.buf.capacity()), (0, 0));
+        assert_eq!(r.want, READ_AHEAD, "full reads grow the buffer");
         drop(a);
         assert_eq!(r.read(&mut chunk).await.unwrap(), 0);
     }
