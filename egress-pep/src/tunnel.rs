@@ -584,25 +584,18 @@ impl Pep {
             }
             Classified::Tls { sni } => {
                 rec.sni = sni.clone();
-                match sni {
-                    Some(name) if self.is_actor_host(name) => {
-                        Decision::deny(Reason::ActorForwardingNotConfigured)
-                    }
-                    _ => decide(
-                        &self.metrics,
-                        &t.policy,
-                        &Query {
-                            dst: t.dst,
-                            traffic: Traffic::Tls {
-                                sni: sni.as_deref(),
-                            },
+                self.decide(
+                    Some(&t.policy),
+                    &Query {
+                        dst: t.dst,
+                        traffic: Traffic::Tls {
+                            sni: sni.as_deref(),
                         },
-                    ),
-                }
+                    },
+                )
             }
-            Classified::Opaque => decide(
-                &self.metrics,
-                &t.policy,
+            Classified::Opaque => self.decide(
+                Some(&t.policy),
                 &Query {
                     dst: t.dst,
                     traffic: Traffic::Opaque,
@@ -650,9 +643,13 @@ impl Pep {
         self.finish(rec.with_duration(t.started.elapsed()));
     }
 
-    /// Whether `authority` (a name, port allowed) lies under one of the actor host suffixes.
-    fn is_actor_host(&self, authority: &str) -> bool {
-        self.actor_hosts.contains(authority)
+    /// Decides `query` as `actorgate policy test` does ([`ActorHosts::decide`]: actor hosts
+    /// first, then `policy`; `None` = no policy), timed into `actorgate_egress_decision_seconds`.
+    fn decide(&self, policy: Option<&CompiledPolicy>, query: &Query<'_>) -> Decision {
+        let started = Instant::now();
+        let decision = self.actor_hosts.decide(policy, query);
+        self.metrics.decision(started.elapsed());
+        decision
     }
 }
 
@@ -666,32 +663,26 @@ struct Hooks {
 
 impl CleartextHooks for Hooks {
     fn decide(&self, authority: &str, method: &str, path: &str) -> BoxFuture<'static, Decision> {
-        if self.pep.is_actor_host(authority) {
-            return Box::pin(std::future::ready(Decision::deny(
-                Reason::ActorForwardingNotConfigured,
-            )));
-        }
+        // The actor's current policy per request: a reload applies to open tunnels too.
         let policy = self.pep.policy.policy_for(&self.subject);
         let (authority, method, path) = (authority.to_owned(), method.to_owned(), path.to_owned());
         let dst = self.dst;
-        let metrics = self.pep.metrics.clone();
+        let pep = self.pep.clone();
         Box::pin(async move {
-            match policy.await {
-                Err(_) => Decision::deny(Reason::ControlPlaneUnavailable),
-                Ok(None) => Decision::deny(Reason::NoPolicy),
-                Ok(Some(p)) => decide(
-                    &metrics,
-                    &p,
-                    &Query {
-                        dst,
-                        traffic: Traffic::Http {
-                            authority: &authority,
-                            method: &method,
-                            path: &path,
-                        },
+            let Ok(policy) = policy.await else {
+                return Decision::deny(Reason::ControlPlaneUnavailable);
+            };
+            pep.decide(
+                policy.as_deref(),
+                &Query {
+                    dst,
+                    traffic: Traffic::Http {
+                        authority: &authority,
+                        method: &method,
+                        path: &path,
                     },
-                ),
-            }
+                },
+            )
         })
     }
 
@@ -725,14 +716,6 @@ impl CleartextHooks for Hooks {
         self.pep.metrics.bytes(r.bytes_up, r.bytes_down);
         self.pep.audit.record(rec.with_duration(r.duration));
     }
-}
-
-/// Decides `query` by `policy`, timed into `actorgate_egress_decision_seconds`.
-fn decide(metrics: &EgressMetrics, policy: &CompiledPolicy, query: &Query<'_>) -> Decision {
-    let started = Instant::now();
-    let decision = policy.decide(query);
-    metrics.decision(started.elapsed());
-    decision
 }
 
 /// Whether a cleartext connection ended on its idle timeout (an I/O error of kind `TimedOut`).
