@@ -5,6 +5,7 @@
 //! for one actor against a config's egress policy source; `dev-ca`, `token` and `echo-worker`
 //! are development tools.
 
+mod allocator;
 mod devtools;
 mod policy;
 
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
         },
         Command::EchoWorker { listen, name } => report(echo_worker(listen, name)),
         Command::Serve { config } => {
+            allocator::tune();
             let loaded = match config::load(&config) {
                 Ok(l) => l,
                 Err(e) => return config_failed(&config, &e),

@@ -301,6 +301,11 @@ pub struct EgressLimitsConfig {
     pub peek_timeout: Duration,
     /// Largest first flight classified, bytes (a ClientHello may span several records).
     pub classify_max_bytes: usize,
+    /// The most a streaming tunnel buffers per direction, bytes: the read-ahead under the
+    /// tunnel's TLS and each splice direction start small and double while reads keep filling
+    /// them, up to this (an idle tunnel holds none). Bulk transfers cost less CPU per byte with
+    /// larger batches; memory is bounded by this per busy tunnel.
+    pub stream_buffer_bytes: usize,
 }
 
 impl Default for EgressLimitsConfig {
@@ -316,6 +321,7 @@ impl Default for EgressLimitsConfig {
             classify_timeout: Duration::from_secs(5),
             peek_timeout: Duration::from_secs(1),
             classify_max_bytes: 16 * 1024 + 5,
+            stream_buffer_bytes: crate::forward::DEFAULT_SPLICE_BUFFER_MAX,
         }
     }
 }
@@ -440,6 +446,8 @@ impl EgressSettings {
     pub fn listener_limits(&self) -> runtime::listener::ListenerLimits {
         runtime::listener::ListenerLimits {
             tls_handshake_timeout: self.limits.header_read_timeout,
+            // Room for the TLS framing of a full buffer of records.
+            read_ahead_bytes: self.limits.stream_buffer_bytes + 256,
             ..runtime::listener::ListenerLimits::default()
         }
     }
@@ -454,6 +462,7 @@ impl EgressSettings {
             idle_timeout: self.limits.idle_timeout,
             h2_stream_window: self.limits.stream_window,
             h2_connection_window: self.limits.connection_window,
+            stream_buffer_bytes: self.limits.stream_buffer_bytes,
             liveness_ttl: self.liveness_ttl,
             liveness_capacity: self.liveness_max_entries,
         }
@@ -797,6 +806,18 @@ impl EgressConfig {
             errs.push(
                 "limits.classify_max_bytes",
                 format!("{} is out of range (517 to 65541)", l.classify_max_bytes),
+            );
+        }
+        if !(crate::forward::SPLICE_BUFFER_START..=64 * 1024 * 1024)
+            .contains(&l.stream_buffer_bytes)
+        {
+            errs.push(
+                "limits.stream_buffer_bytes",
+                format!(
+                    "{} is out of range ({} to 67108864)",
+                    l.stream_buffer_bytes,
+                    crate::forward::SPLICE_BUFFER_START
+                ),
             );
         }
         let audit_file = self

@@ -8,8 +8,10 @@
 //!   connection is never shared between tunnels, let alone actors.
 //! * [`splice`]: a bidirectional copy with correct half-close (EOF one way shuts down the write
 //!   side of the other, the other direction keeps running), an idle timeout, and per-direction
-//!   buffers of [`SPLICE_BUFFER`] bytes that are only held while bytes are in flight (an idle
-//!   tunnel holds none).
+//!   buffers that are only held while bytes are in flight (an idle tunnel holds none). A buffer
+//!   starts at [`SPLICE_BUFFER_START`] and doubles while reads keep filling it, up to
+//!   [`SpliceLimits::max_buffer`]: a bulk stream then moves a lot per wakeup and per system
+//!   call, which is what a byte costs least with, and an interactive one stays small.
 
 use std::future::Future;
 use std::io;
@@ -205,9 +207,31 @@ impl Dialer {
 /// addresses holds a tunnel at most this many connect timeouts.
 pub const MAX_DIAL_ATTEMPTS: usize = 3;
 
-/// Bytes per direction buffer while bytes are in flight (none is held while a direction waits
-/// for data).
-pub const SPLICE_BUFFER: usize = 64 * 1024;
+/// What a direction's buffer starts with, bytes (none is held while a direction waits for data).
+pub const SPLICE_BUFFER_START: usize = 64 * 1024;
+
+/// The default most a direction's buffer grows to, bytes (Envoy's default per-connection buffer
+/// limit is the same 1 MiB).
+pub const DEFAULT_SPLICE_BUFFER_MAX: usize = 1024 * 1024;
+
+/// Bounds of one [`splice_counted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceLimits {
+    /// No byte either way this long ends the splice (`idle_timeout` in its stats).
+    pub idle: Duration,
+    /// The most a direction's buffer grows to, bytes (at least [`SPLICE_BUFFER_START`]).
+    pub max_buffer: usize,
+}
+
+impl SpliceLimits {
+    /// `idle` with the default buffer bound ([`DEFAULT_SPLICE_BUFFER_MAX`]).
+    pub fn with_idle(idle: Duration) -> Self {
+        SpliceLimits {
+            idle,
+            max_buffer: DEFAULT_SPLICE_BUFFER_MAX,
+        }
+    }
+}
 
 /// What a splice moved and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -253,39 +277,42 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let counters = SpliceCounters::new();
-    splice_counted(a, b, idle, &counters).await
+    splice_counted(a, b, SpliceLimits::with_idle(idle), &counters).await
 }
 
-/// As [`splice`], publishing the byte counts in `counters` (fresh ones: the counts add up) as
-/// they move.
+/// As [`splice`] with `limits`, publishing the byte counts in `counters` (fresh ones: the counts
+/// add up) as they move.
 pub async fn splice_counted<A, B>(
     mut a: A,
     mut b: B,
-    idle: Duration,
+    limits: SpliceLimits,
     counters: &SpliceCounters,
 ) -> io::Result<SpliceStats>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let max = limits.max_buffer.max(SPLICE_BUFFER_START);
     let mut splice = Splice {
         a: &mut a,
         b: &mut b,
-        up: Half::default(),
-        down: Half::default(),
-        idle,
+        up: Half::new(max),
+        down: Half::new(max),
+        idle: limits.idle,
         last_activity: Instant::now(),
-        timer: Box::pin(tokio::time::sleep(idle)),
+        timer: Box::pin(tokio::time::sleep(limits.idle)),
         counters,
     };
     std::future::poll_fn(|cx| splice.poll(cx)).await
 }
 
 /// One direction of a splice.
-#[derive(Default)]
 struct Half {
     /// Held only while `pos < cap` or during a read.
     buf: Option<BytesMut>,
+    /// Capacity of the next buffer: doubles while batches fill it, up to `max`.
+    want: usize,
+    max: usize,
     /// A read error that followed bytes still to be written.
     deferred: Option<io::Error>,
     pos: usize,
@@ -296,6 +323,20 @@ struct Half {
 }
 
 impl Half {
+    fn new(max: usize) -> Self {
+        Half {
+            buf: None,
+            want: SPLICE_BUFFER_START,
+            max,
+            deferred: None,
+            pos: 0,
+            cap: 0,
+            read_eof: false,
+            need_flush: false,
+            done: false,
+        }
+    }
+
     /// Moves bytes from `r` to `w` until it would block or finishes; `moved` counts bytes
     /// written, `progress` is set when anything happened (bytes, EOF).
     fn poll_copy<R, W>(
@@ -323,8 +364,10 @@ impl Half {
                 // Not zeroed: `poll_read_buf` reads into the spare capacity.
                 let buf = self
                     .buf
-                    .get_or_insert_with(|| BytesMut::with_capacity(SPLICE_BUFFER));
+                    .get_or_insert_with(|| BytesMut::with_capacity(self.want));
                 buf.clear();
+                // Grown since the buffer was taken: nothing in it, so nothing is copied.
+                buf.reserve(self.want);
                 match tokio_util::io::poll_read_buf(r.as_mut(), cx, buf) {
                     Poll::Pending => {
                         // Nothing in flight: give the buffer back (an idle tunnel holds none).
@@ -363,6 +406,10 @@ impl Half {
                                     break;
                                 }
                             }
+                        }
+                        if buf.len() >= self.want && self.want < self.max {
+                            // Full batch: the stream is bulk, take more per wakeup next time.
+                            self.want = (self.want * 2).min(self.max);
                         }
                         self.pos = 0;
                         self.cap = buf.len();
@@ -467,5 +514,58 @@ where
             down: self.counters.down(),
             idle_timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A bulk stream doubles its direction's buffer up to the bound and no further, the bytes
+    /// arrive intact, and with nothing in flight the buffer is released (an idle tunnel holds
+    /// none); the quiet direction never grows.
+    #[tokio::test]
+    async fn bulk_grows_the_buffer_to_the_bound_and_a_drained_direction_releases_it() {
+        const MAX: usize = 256 * 1024;
+        let (mut client, mut a) = tokio::io::duplex(8 << 20);
+        let (mut b, mut server) = tokio::io::duplex(8 << 20);
+        let data: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+        client.write_all(&data).await.expect("write");
+
+        let counters = SpliceCounters::new();
+        let idle = Duration::from_secs(10);
+        let mut splice = Splice {
+            a: &mut a,
+            b: &mut b,
+            up: Half::new(MAX),
+            down: Half::new(MAX),
+            idle,
+            last_activity: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(idle)),
+            counters: &counters,
+        };
+        std::future::poll_fn(|cx| match splice.poll(cx) {
+            Poll::Ready(r) => panic!("splice ended early: {r:?}"),
+            Poll::Pending if counters.up() == data.len() as u64 => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        assert_eq!(
+            splice.up.want, MAX,
+            "full batches grow the buffer to the bound"
+        );
+        assert!(
+            splice.up.buf.is_none(),
+            "a drained direction holds no buffer"
+        );
+        assert_eq!(
+            splice.down.want, SPLICE_BUFFER_START,
+            "the quiet direction stays small"
+        );
+
+        let mut got = vec![0u8; data.len()];
+        server.read_exact(&mut got).await.expect("read");
+        assert!(got == data, "bytes arrive intact and in order");
     }
 }

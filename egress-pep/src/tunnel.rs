@@ -80,6 +80,9 @@ pub struct TunnelLimits {
     pub h2_stream_window: u32,
     /// h2 per-connection flow-control window, bytes. Default 4 MiB.
     pub h2_connection_window: u32,
+    /// The most a splice buffers per direction, bytes (buffers grow to it while a stream is
+    /// bulk; see [`crate::forward::SpliceLimits`]). Default 1 MiB.
+    pub stream_buffer_bytes: usize,
     /// How long a `GetActor` answer (RUNNING or NOT_FOUND) is reused per actor. Default 2 s.
     pub liveness_ttl: Duration,
     /// Most actors whose liveness is cached. Default 100,000.
@@ -95,6 +98,7 @@ impl Default for TunnelLimits {
             idle_timeout: Duration::from_secs(600),
             h2_stream_window: 256 * 1024,
             h2_connection_window: 4 * 1024 * 1024,
+            stream_buffer_bytes: crate::forward::DEFAULT_SPLICE_BUFFER_MAX,
             liveness_ttl: liveness::DEFAULT_TTL,
             liveness_capacity: liveness::DEFAULT_CAPACITY,
         }
@@ -631,9 +635,11 @@ impl Pep {
         rec.dst_mismatch = dialed.dst_mismatch;
         let counters = SpliceCounters::new();
         let io = Rewind::new(prefix, io);
-        match crate::forward::splice_counted(io, dialed.stream, self.limits.idle_timeout, &counters)
-            .await
-        {
+        let limits = crate::forward::SpliceLimits {
+            idle: self.limits.idle_timeout,
+            max_buffer: self.limits.stream_buffer_bytes,
+        };
+        match crate::forward::splice_counted(io, dialed.stream, limits, &counters).await {
             Ok(stats) if stats.idle_timeout => self.metrics.limit(Limit::Idle),
             Ok(_) => {}
             Err(e) => tracing::debug!(dst = %t.dst, error = %e, "tunnel splice ended"),

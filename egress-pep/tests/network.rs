@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use egress_pep::decision::{Dial, Reason};
-use egress_pep::forward::{Dialer, SpliceCounters, splice, splice_counted};
+use egress_pep::forward::{Dialer, SpliceCounters, SpliceLimits, splice, splice_counted};
 use egress_pep::guard::{Guard, GuardSettings};
 use egress_pep::resolve::{PepResolver, ResolveError, ResolverSettings};
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -528,7 +528,9 @@ async fn splice_idle_timeout_closes_and_counts() {
     let counters = Arc::new(SpliceCounters::new());
     let c2 = counters.clone();
     let idle = Duration::from_millis(300);
-    let task = tokio::spawn(async move { splice_counted(pep_a, pep_b, idle, &c2).await });
+    let task = tokio::spawn(async move {
+        splice_counted(pep_a, pep_b, SpliceLimits::with_idle(idle), &c2).await
+    });
     client.write_all(b"hello").await.expect("write");
     let mut buf = [0u8; 5];
     within("server reads", server.read_exact(&mut buf))

@@ -83,6 +83,10 @@ pub struct ListenerLimits {
     /// Most TLS handshakes in progress at once; past it the listener stops accepting until one
     /// ends (a bounded number of silent clients cannot use up memory or CPU).
     pub max_concurrent_handshakes: usize,
+    /// Most bytes one read under TLS asks the socket for, bytes: the per-connection read-ahead
+    /// ([`crate::read_ahead`]) grows to it while reads keep filling it and is freed when the
+    /// socket drains.
+    pub read_ahead_bytes: usize,
 }
 
 impl Default for ListenerLimits {
@@ -91,6 +95,7 @@ impl Default for ListenerLimits {
             max_connections: 65_536,
             tls_handshake_timeout: Duration::from_secs(10),
             max_concurrent_handshakes: 1024,
+            read_ahead_bytes: crate::read_ahead::READ_AHEAD,
         }
     }
 }
@@ -370,11 +375,12 @@ impl BoundListener {
             let deliver = deliver.clone();
             let name = name.clone();
             let handshake_timeout = limits.tls_handshake_timeout;
+            let read_ahead = limits.read_ahead_bytes;
             tokio::spawn(async move {
                 let established = tokio::select! {
                     biased;
                     _ = guard.forced() => None,
-                    c = establish(Accepted { tcp, peer, local, name, slot }, acceptor, handshake, handshake_timeout) => c,
+                    c = establish(Accepted { tcp, peer, local, name, slot }, acceptor, handshake, handshake_timeout, read_ahead) => c,
                 };
                 if let Some(conn) = established {
                     deliver(conn, guard).await;
@@ -402,6 +408,7 @@ async fn establish(
     acceptor: Option<TlsAcceptor>,
     handshake: Option<OwnedSemaphorePermit>,
     handshake_timeout: Duration,
+    read_ahead: usize,
 ) -> Option<Conn> {
     let Some(acceptor) = acceptor else {
         return Some(Conn {
@@ -418,8 +425,11 @@ async fn establish(
             hold: None,
         });
     };
-    let result =
-        tokio::time::timeout(handshake_timeout, acceptor.accept(ReadAhead::new(a.tcp))).await;
+    let result = tokio::time::timeout(
+        handshake_timeout,
+        acceptor.accept(ReadAhead::with_max(a.tcp, read_ahead)),
+    )
+    .await;
     drop(handshake);
     let stream = match result {
         Ok(Ok(s)) => s,
