@@ -256,7 +256,7 @@ fn egress_problems_are_one_line_each_with_their_path() {
         dir.path(),
         "admin: {listen: '127.0.0.1:0'}\n\
          egress:\n  trust_domain: 'Not A Domain'\n  guard: {private: ['10.0.0.1/8']}\n\
-         \x20 resolver: {static: {'svc.local': ['nope']}}\n  limits: {peek_timeout: 1m}\n",
+         \x20 resolver: {static: {'svc.local': ['nope']}}\n  limits: {peek_timeout: 1m, stream_buffer_bytes: 1000}\n",
     );
     assert_eq!(code, Some(2), "{stderr}");
     for want in [
@@ -266,6 +266,7 @@ fn egress_problems_are_one_line_each_with_their_path() {
         "check.yaml: egress.guard.private[0]: \"10.0.0.1/8\" has host bits set",
         "check.yaml: egress.resolver.static.svc.local[0]: invalid IP address \"nope\"",
         "check.yaml: egress.limits.peek_timeout: 1m is above classify_timeout (5s)",
+        "check.yaml: egress.limits.stream_buffer_bytes: 1000 is out of range (65536 to 67108864)",
         "check.yaml: directory: is required by egress",
     ] {
         assert!(

@@ -301,10 +301,11 @@ pub struct EgressLimitsConfig {
     pub peek_timeout: Duration,
     /// Largest first flight classified, bytes (a ClientHello may span several records).
     pub classify_max_bytes: usize,
-    /// The most a streaming tunnel buffers per direction, bytes: the read-ahead under the
-    /// tunnel's TLS and each splice direction start small and double while reads keep filling
-    /// them, up to this (an idle tunnel holds none). Bulk transfers cost less CPU per byte with
-    /// larger batches; memory is bounded by this per busy tunnel.
+    /// How far a busy tunnel's buffers grow, bytes: the read-ahead under the tunnel's TLS and
+    /// each splice direction (h2 tunnels: up to `stream_window`) start small and double while
+    /// reads keep filling them (bulk transfers cost less CPU per byte with larger batches);
+    /// buffers exist only while bytes are in flight. A busy HTTP/1.1 tunnel holds at most about
+    /// three times this. Default 1 MiB; 64 KiB to 64 MiB.
     pub stream_buffer_bytes: usize,
 }
 
@@ -446,7 +447,7 @@ impl EgressSettings {
     pub fn listener_limits(&self) -> runtime::listener::ListenerLimits {
         runtime::listener::ListenerLimits {
             tls_handshake_timeout: self.limits.header_read_timeout,
-            // Room for the TLS framing of a full buffer of records.
+            // As the default (64 KiB + 256): a little over a whole number of records.
             read_ahead_bytes: self.limits.stream_buffer_bytes + 256,
             ..runtime::listener::ListenerLimits::default()
         }

@@ -11,7 +11,9 @@
 //!   buffers that are only held while bytes are in flight (an idle tunnel holds none). A buffer
 //!   starts at [`SPLICE_BUFFER_START`] and doubles while reads keep filling it, up to
 //!   [`SpliceLimits::max_buffer`]: a bulk stream then moves a lot per wakeup and per system
-//!   call, which is what a byte costs least with, and an interactive one stays small.
+//!   call, which is what a byte costs least with. The size reached is kept for the direction's
+//!   later bursts (allocations are not zeroed, so a large one costs no more than a small one);
+//!   memory is held only while bytes are in flight.
 
 use std::future::Future;
 use std::io;
@@ -366,8 +368,11 @@ impl Half {
                     .buf
                     .get_or_insert_with(|| BytesMut::with_capacity(self.want));
                 buf.clear();
-                // Grown since the buffer was taken: nothing in it, so nothing is copied.
-                buf.reserve(self.want);
+                if buf.capacity() < self.want {
+                    // Grown since the buffer was taken: a fresh allocation of exactly `want`
+                    // (`reserve` could double it past `max`, and would copy stale bytes).
+                    *buf = BytesMut::with_capacity(self.want);
+                }
                 match tokio_util::io::poll_read_buf(r.as_mut(), cx, buf) {
                     Poll::Pending => {
                         // Nothing in flight: give the buffer back (an idle tunnel holds none).
@@ -445,6 +450,8 @@ impl Half {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
                 self.done = true;
+                // A finished direction holds no buffer while the other one runs on.
+                self.buf = None;
                 *progress = true;
             }
         }
@@ -523,13 +530,16 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A bulk stream doubles its direction's buffer up to the bound and no further, the bytes
-    /// arrive intact, and with nothing in flight the buffer is released (an idle tunnel holds
-    /// none); the quiet direction never grows.
+    /// arrive intact, with nothing in flight the buffer is released (an idle tunnel holds none),
+    /// the quiet direction never grows, and a finished direction holds nothing.
     #[tokio::test]
     async fn bulk_grows_the_buffer_to_the_bound_and_a_drained_direction_releases_it() {
-        const MAX: usize = 256 * 1024;
+        // Not 64 KiB times a power of two: doubling must stop at the bound, not pass it.
+        const MAX: usize = 200 * 1000;
         let (mut client, mut a) = tokio::io::duplex(8 << 20);
-        let (mut b, mut server) = tokio::io::duplex(8 << 20);
+        // A small upstream pipe: writes block with bytes in flight, so the buffers a direction
+        // holds are seen between polls.
+        let (mut b, mut server) = tokio::io::duplex(100_000);
         let data: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
         client.write_all(&data).await.expect("write");
 
@@ -545,27 +555,67 @@ mod tests {
             timer: Box::pin(tokio::time::sleep(idle)),
             counters: &counters,
         };
-        std::future::poll_fn(|cx| match splice.poll(cx) {
-            Poll::Ready(r) => panic!("splice ended early: {r:?}"),
-            Poll::Pending if counters.up() == data.len() as u64 => Poll::Ready(()),
-            Poll::Pending => Poll::Pending,
-        })
-        .await;
-        assert_eq!(
-            splice.up.want, MAX,
-            "full batches grow the buffer to the bound"
+        let mut biggest = 0;
+        let mut moved = 0u64;
+        for (round, len) in [(0, data.len()), (1, 3 * MAX), (2, 3 * MAX)] {
+            if round > 0 {
+                client.write_all(&data[..len]).await.expect("write");
+            }
+            moved += len as u64;
+            let drive = std::future::poll_fn(|cx| {
+                let r = splice.poll(cx);
+                biggest = biggest.max(splice.up.buf.as_ref().map_or(0, BytesMut::capacity));
+                match r {
+                    Poll::Ready(r) => panic!("splice ended early: {r:?}"),
+                    Poll::Pending if counters.up() == moved => Poll::Ready(()),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            let mut got = vec![0u8; len];
+            let (_, read) = tokio::join!(drive, server.read_exact(&mut got));
+            read.expect("read");
+            assert!(got == data[..len], "bytes arrive intact and in order");
+            assert_eq!(
+                splice.up.want, MAX,
+                "full batches grow the buffer to the bound"
+            );
+            assert!(
+                splice.up.buf.is_none(),
+                "a drained direction holds no buffer"
+            );
+        }
+        assert!(
+            biggest > SPLICE_BUFFER_START,
+            "held buffers were observed ({biggest})"
         );
         assert!(
-            splice.up.buf.is_none(),
-            "a drained direction holds no buffer"
+            biggest <= MAX,
+            "a buffer of {biggest} bytes passed the bound {MAX}"
         );
         assert_eq!(
             splice.down.want, SPLICE_BUFFER_START,
             "the quiet direction stays small"
         );
 
-        let mut got = vec![0u8; data.len()];
-        server.read_exact(&mut got).await.expect("read");
-        assert!(got == data, "bytes arrive intact and in order");
+        // The actor finishes its side: the up direction ends (EOF passed on) holding nothing,
+        // while the down direction keeps running.
+        client.write_all(&data[..100_000]).await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        std::future::poll_fn(|cx| match splice.poll(cx) {
+            Poll::Ready(r) => panic!("splice ended early: {r:?}"),
+            Poll::Pending if splice.up.done => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        assert!(
+            splice.up.buf.is_none(),
+            "a finished direction holds no buffer"
+        );
+        let mut rest = Vec::new();
+        server
+            .read_to_end(&mut rest)
+            .await
+            .expect("EOF reaches the upstream");
+        assert!(rest == data[..100_000], "the last bytes arrive before EOF");
     }
 }

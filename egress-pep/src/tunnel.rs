@@ -75,13 +75,15 @@ pub struct TunnelLimits {
     /// A tunnel with no byte either way for this long is closed, and so is an h2 connection
     /// without an open tunnel for this long (both counted `idle`). Default 10 min.
     pub idle_timeout: Duration,
-    /// h2 per-stream flow-control window, bytes: bounds what one tunnel buffers (receiving, and
-    /// sending: the per-stream send buffer is capped at the same size). Default 256 KiB.
+    /// h2 per-stream flow-control window, bytes: bounds what one tunnel buffers (receiving;
+    /// sending: the per-stream send buffer is capped at the same size; each splice direction
+    /// too). Default 256 KiB.
     pub h2_stream_window: u32,
     /// h2 per-connection flow-control window, bytes. Default 4 MiB.
     pub h2_connection_window: u32,
-    /// The most a splice buffers per direction, bytes (buffers grow to it while a stream is
-    /// bulk; see [`crate::forward::SpliceLimits`]). Default 1 MiB.
+    /// The most an HTTP/1.1 tunnel's splice buffers per direction, bytes (buffers grow to it
+    /// while a stream is bulk; see [`crate::forward::SpliceLimits`]); an h2 tunnel's is capped
+    /// at `h2_stream_window`. Default 1 MiB.
     pub stream_buffer_bytes: usize,
     /// How long a `GetActor` answer (RUNNING or NOT_FOUND) is reused per actor. Default 2 s.
     pub liveness_ttl: Duration,
@@ -202,8 +204,9 @@ struct Tunnel {
     policy: Arc<CompiledPolicy>,
     started: Instant,
     _active: ActiveTunnel,
-    /// h2: keeps the connection's stream count up while the tunnel runs.
-    _stream: Option<StreamGuard>,
+    /// h2: keeps the connection's stream count up while the tunnel runs (`Some` marks an h2
+    /// tunnel).
+    stream: Option<StreamGuard>,
 }
 
 impl Pep {
@@ -486,7 +489,7 @@ impl Pep {
             policy,
             started,
             _active: self.metrics.open_tunnel(),
-            _stream: stream,
+            stream,
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let pep = self.clone();
@@ -637,7 +640,16 @@ impl Pep {
         let io = Rewind::new(prefix, io);
         let limits = crate::forward::SpliceLimits {
             idle: self.limits.idle_timeout,
-            max_buffer: self.limits.stream_buffer_bytes,
+            // An h2 stream moves at most its window per round trip: a larger splice buffer
+            // would only hold bytes the window does not let through (and there are many
+            // streams per connection).
+            max_buffer: if t.stream.is_some() {
+                self.limits
+                    .stream_buffer_bytes
+                    .min(self.limits.h2_stream_window as usize)
+            } else {
+                self.limits.stream_buffer_bytes
+            },
         };
         match crate::forward::splice_counted(io, dialed.stream, limits, &counters).await {
             Ok(stats) if stats.idle_timeout => self.metrics.limit(Limit::Idle),

@@ -84,8 +84,9 @@ pub struct ListenerLimits {
     /// ends (a bounded number of silent clients cannot use up memory or CPU).
     pub max_concurrent_handshakes: usize,
     /// Most bytes one read under TLS asks the socket for, bytes: the per-connection read-ahead
-    /// ([`crate::read_ahead`]) grows to it while reads keep filling it and is freed when the
-    /// socket drains.
+    /// ([`crate::read_ahead`]) starts at one TLS record (16 KiB + 256, also the floor of this
+    /// setting), grows to it while reads keep filling it and is freed when the socket drains.
+    /// Default [`crate::read_ahead::READ_AHEAD`] (64 KiB + 256).
     pub read_ahead_bytes: usize,
 }
 

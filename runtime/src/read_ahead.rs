@@ -180,7 +180,7 @@ mod tests {
         let pending =
             tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut chunk)).await;
         assert!(pending.is_err());
-        assert_eq!((r.buffered(), r.buf.capacity()), (0, 0));
+        assert_eq!((r.buffered(), r.buf.capacity(), r.allocated), (0, 0, 0));
         assert_eq!(r.want, READ_AHEAD, "full reads grow the buffer");
         drop(a);
         assert_eq!(r.read(&mut chunk).await.unwrap(), 0);
@@ -202,11 +202,16 @@ mod tests {
             if n == 0 {
                 break;
             }
-            biggest = biggest.max(r.buf.capacity());
+            biggest = biggest.max(r.allocated);
             got.extend_from_slice(&chunk[..n]);
         }
         assert!(got == data, "bytes intact and in order");
         assert_eq!(r.want, MAX, "full reads grow the buffer to the bound");
         assert!(biggest > READ_AHEAD && biggest <= MAX, "{biggest}");
+        assert_eq!(
+            (r.allocated, r.buf.capacity()),
+            (0, 0),
+            "EOF frees the buffer"
+        );
     }
 }
