@@ -32,7 +32,8 @@ pub const TRIM_THRESHOLD: usize = 32 * 1024 * 1024;
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        let tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+        let tunables = tunables.to_string_lossy();
         let set_by_operator = |tunable: &str, variable: &str| {
             tunables.contains(tunable) || std::env::var_os(variable).is_some()
         };

@@ -272,7 +272,8 @@ impl SpliceCounters {
 /// Copies bytes both ways between `a` and `b` until both directions reached EOF (each EOF
 /// shuts down the write side of the other stream; the other direction keeps running), or no
 /// byte moved either way for `idle` (then `idle_timeout` is set and the streams are dropped by
-/// the caller). An I/O error in either direction ends the splice with that error.
+/// the caller). An I/O error in either direction ends the splice with that error. Buffers grow
+/// up to [`DEFAULT_SPLICE_BUFFER_MAX`]; [`splice_counted`] takes other bounds.
 pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> io::Result<SpliceStats>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -370,7 +371,7 @@ impl Half {
                 buf.clear();
                 if buf.capacity() < self.want {
                     // Grown since the buffer was taken: a fresh allocation of exactly `want`
-                    // (`reserve` could double it past `max`, and would copy stale bytes).
+                    // (`reserve` could double it past `max`).
                     *buf = BytesMut::with_capacity(self.want);
                 }
                 match tokio_util::io::poll_read_buf(r.as_mut(), cx, buf) {

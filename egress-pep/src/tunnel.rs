@@ -91,6 +91,24 @@ pub struct TunnelLimits {
     pub liveness_capacity: u64,
 }
 
+impl TunnelLimits {
+    /// Bounds of a tunnel's splice: the idle timeout, and buffers up to `stream_buffer_bytes`,
+    /// for an h2 tunnel (`h2`) at most `h2_stream_window`: an h2 stream moves at most its window
+    /// per round trip, so a larger buffer would only hold bytes the window does not let through
+    /// (and there are many streams per connection).
+    pub fn splice_limits(&self, h2: bool) -> crate::forward::SpliceLimits {
+        let max_buffer = if h2 {
+            self.stream_buffer_bytes.min(self.h2_stream_window as usize)
+        } else {
+            self.stream_buffer_bytes
+        };
+        crate::forward::SpliceLimits {
+            idle: self.idle_timeout,
+            max_buffer,
+        }
+    }
+}
+
 impl Default for TunnelLimits {
     fn default() -> Self {
         Self {
@@ -638,19 +656,7 @@ impl Pep {
         rec.dst_mismatch = dialed.dst_mismatch;
         let counters = SpliceCounters::new();
         let io = Rewind::new(prefix, io);
-        let limits = crate::forward::SpliceLimits {
-            idle: self.limits.idle_timeout,
-            // An h2 stream moves at most its window per round trip: a larger splice buffer
-            // would only hold bytes the window does not let through (and there are many
-            // streams per connection).
-            max_buffer: if t.stream.is_some() {
-                self.limits
-                    .stream_buffer_bytes
-                    .min(self.limits.h2_stream_window as usize)
-            } else {
-                self.limits.stream_buffer_bytes
-            },
-        };
+        let limits = self.limits.splice_limits(t.stream.is_some());
         match crate::forward::splice_counted(io, dialed.stream, limits, &counters).await {
             Ok(stats) if stats.idle_timeout => self.metrics.limit(Limit::Idle),
             Ok(_) => {}
@@ -778,7 +784,30 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use super::connect_target;
+    use super::{TunnelLimits, connect_target};
+    use std::time::Duration;
+
+    #[test]
+    fn h2_tunnels_splice_with_at_most_their_stream_window() {
+        let limits = TunnelLimits {
+            stream_buffer_bytes: 1 << 20,
+            h2_stream_window: 256 * 1024,
+            idle_timeout: Duration::from_secs(7),
+            ..TunnelLimits::default()
+        };
+        let h1 = limits.splice_limits(false);
+        let h2 = limits.splice_limits(true);
+        assert_eq!((h1.max_buffer, h1.idle), (1 << 20, Duration::from_secs(7)));
+        assert_eq!(
+            (h2.max_buffer, h2.idle),
+            (256 * 1024, Duration::from_secs(7))
+        );
+        let small = TunnelLimits {
+            stream_buffer_bytes: 128 * 1024,
+            ..limits
+        };
+        assert_eq!(small.splice_limits(true).max_buffer, 128 * 1024);
+    }
 
     #[test]
     fn connect_targets_must_be_ip_literals_with_ports() {

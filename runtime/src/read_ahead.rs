@@ -203,6 +203,11 @@ mod tests {
                 break;
             }
             biggest = biggest.max(r.allocated);
+            assert!(
+                r.buf.capacity() <= MAX,
+                "{} past the bound",
+                r.buf.capacity()
+            );
             got.extend_from_slice(&chunk[..n]);
         }
         assert!(got == data, "bytes intact and in order");
