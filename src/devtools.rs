@@ -31,6 +31,20 @@ pub enum DevCaCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Create the egress interception CA (intercept-ca.crt, intercept-ca.key): the PEP signs the
+    /// leaves of intercepted names with it, so actors must trust it (docs/egress.md). Separate
+    /// from the development CA: trusting it lets the PEP speak for any name.
+    InterceptCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "actorgate egress interception CA")]
+        name: String,
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Replace an existing interception CA in the directory.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write every certificate the egress demo (deploy/local/egress.yaml) expects, in one go:
     /// the CA (ca.crt, ca.key; an existing one in the directory is reused), the PEP's server
     /// certificate (pep.crt, pep.key: DNS localhost, IP 127.0.0.1 and ::1) and an actor
@@ -252,6 +266,26 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
             ca.write_dir(&dir)
                 .with_context(|| format!("--dir {}", dir.display()))?;
             wrote(&[dir.join("ca.crt"), dir.join("ca.key")]);
+        }
+        DevCaCommand::InterceptCa {
+            dir,
+            name,
+            days,
+            force,
+        } => {
+            if dir.join("intercept-ca.key").exists() && !force {
+                bail!(
+                    "{} already holds an interception CA (intercept-ca.key); pass --force to replace it",
+                    dir.display()
+                );
+            }
+            if days == 0 || days > 36500 {
+                bail!("--days must be between 1 and 36500");
+            }
+            let ca = DevCa::generate(&name, Duration::from_secs(days * DAY))?;
+            ca.write_named(&dir, "intercept-ca")
+                .with_context(|| format!("--dir {}", dir.display()))?;
+            wrote(&[dir.join("intercept-ca.crt"), dir.join("intercept-ca.key")]);
         }
         DevCaCommand::EgressDemo {
             dir,

@@ -276,3 +276,27 @@ fn token_keygen_mint_and_verify_round_trip() {
     ]);
     assert!(String::from_utf8_lossy(&mismatch.stderr).contains("does not match the destination"));
 }
+
+#[test]
+fn dev_ca_intercept_ca_writes_a_ca_the_pep_minter_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["dev-ca", "intercept-ca", "--dir", s(dir.path())]);
+    assert!(dir.path().join("intercept-ca.crt").exists());
+    let again = actorgate(&["dev-ca", "intercept-ca", "--dir", s(dir.path())]);
+    assert_eq!(again.status.code(), Some(1), "not overwritten");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("intercept-ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is private");
+    }
+    let ca = egress_pep::intercept_ca::InterceptCa::load(
+        &dir.path().join("intercept-ca.crt"),
+        &dir.path().join("intercept-ca.key"),
+    );
+    assert!(ca.is_ok(), "{ca:?}");
+}

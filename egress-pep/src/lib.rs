@@ -14,6 +14,7 @@
 //! * [`forward`]: dialling by name or address through the guard, splicing bytes.
 //! * [`classify`]: TLS ClientHello / HTTP/1.x / opaque from a tunnel's first bytes.
 //! * [`cleartext`]: cleartext HTTP proxied and decided per request.
+//! * [`intercept_ca`]: the interception CA and the leaf certificates minted with it.
 //! * [`tunnel`]: the tunnel server (h1 and h2 CONNECT over mTLS), identity and liveness.
 //! * [`audit`]: one record per tunnel and per readable request, to the log and a JSON-lines file.
 //! * [`metrics`]: Prometheus metrics of the PEP.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod decision;
 pub mod forward;
 pub mod guard;
+pub mod intercept_ca;
 pub mod metrics;
 pub mod policy;
 pub mod resolve;

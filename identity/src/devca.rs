@@ -153,12 +153,19 @@ impl DevCa {
 
     /// Writes `ca.crt` and `ca.key` (0600) into `dir`, creating it.
     pub fn write_dir(&self, dir: &Path) -> Result<(), DevCaError> {
+        self.write_named(dir, "ca")
+    }
+
+    /// Writes the CA as `<stem>.crt` and `<stem>.key` (mode 0600) into `dir` (created if
+    /// missing), each atomically: for a second CA beside the first (the egress interception
+    /// CA).
+    pub fn write_named(&self, dir: &Path, stem: &str) -> Result<(), DevCaError> {
         std::fs::create_dir_all(dir).map_err(|source| DevCaError::Write {
             path: dir.display().to_string(),
             source,
         })?;
-        write_file(&dir.join("ca.crt"), &self.cert_pem, false)?;
-        write_file(&dir.join("ca.key"), &self.key_pem, true)
+        write_file(&dir.join(format!("{stem}.crt")), &self.cert_pem, false)?;
+        write_file(&dir.join(format!("{stem}.key")), &self.key_pem, true)
     }
 
     /// The CA certificate (PEM), the trust anchor to give peers.

@@ -1,0 +1,172 @@
+//! The interception CA and its leaf minter (issue 12): leaves for the SNI (DNS or IP SAN),
+//! signed by the CA, server-auth, within the configured lifetime; one mint for many concurrent
+//! first requests; a rotated CA on disk applies to the next leaf; a broken CA is refused with
+//! the reason and keeps the previous one.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use egress_pep::intercept_ca::{InterceptCa, InterceptCaError, LeafMinter, MinterSettings};
+use identity::devca::DevCa;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn write_ca(dir: &Path, cn: &str) -> DevCa {
+    let ca = DevCa::generate(cn, Duration::from_secs(3600)).expect("CA");
+    ca.write_dir(dir).expect("write CA");
+    ca
+}
+
+fn files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (dir.join("ca.crt"), dir.join("ca.key"))
+}
+
+/// Verifies `leaf` as a server certificate for `name` against `ca_pem` only.
+fn verify(leaf: &CertifiedKey, ca_pem: &str, name: &str) -> Result<(), rustls::Error> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), identity::tls::provider())
+            .build()
+            .expect("verifier");
+    let name = ServerName::try_from(name.to_owned()).expect("server name");
+    verifier
+        .verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &name, &[], UnixTime::now())
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_leaf_is_for_the_sni_signed_by_the_ca_and_short_lived() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_ca(dir.path(), "interception test CA");
+    let (c, k) = files(dir.path());
+    let settings = MinterSettings {
+        lifetime: Duration::from_secs(600),
+        ..MinterSettings::default()
+    };
+    let minter = LeafMinter::new(c, k, settings).expect("minter");
+
+    let leaf = minter.leaf("API.Example.com.").await.expect("leaf");
+    verify(&leaf, ca.cert_pem(), "api.example.com").expect("chains to the CA for the SNI");
+    let other = verify(&leaf, ca.cert_pem(), "other.example.com");
+    assert!(other.is_err(), "the leaf covers only its name: {other:?}");
+    assert_eq!(leaf.cert.len(), 2, "leaf and CA are sent");
+
+    let (_, parsed) = X509Certificate::from_der(leaf.cert[0].as_ref()).unwrap();
+    let not_after = parsed.validity().not_after.timestamp();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        not_after <= now + 600 && not_after > now + 590,
+        "expires within the lifetime: {} s from now",
+        not_after - now
+    );
+    let eku = parsed.extended_key_usage().unwrap().expect("EKU").value;
+    assert!(eku.server_auth && !eku.client_auth, "server-auth only");
+    assert!(!parsed.is_ca());
+
+    // An IP-literal SNI gets an IP SAN.
+    let ip = minter.leaf("127.0.0.9").await.expect("ip leaf");
+    verify(&ip, ca.cert_pem(), "127.0.0.9").expect("IP SAN");
+    // Each name its own key.
+    assert_ne!(
+        leaf.cert[0].as_ref(),
+        ip.cert[0].as_ref(),
+        "different certificates"
+    );
+    let key = |k: &CertifiedKey| {
+        let (_, p) = X509Certificate::from_der(k.cert[0].as_ref()).unwrap();
+        p.public_key().subject_public_key.data.to_vec()
+    };
+    assert_ne!(key(&leaf), key(&ip), "a key per leaf");
+
+    // Cached: the same leaf again, nothing minted.
+    let again = minter.leaf("api.example.com").await.expect("leaf");
+    assert!(Arc::ptr_eq(&leaf, &again));
+    assert_eq!(minter.minted(), 2);
+
+    // A name no certificate can carry.
+    for name in ["bad name!", "", "*.example.com", "a..b"] {
+        let bad = minter.leaf(name).await;
+        assert!(
+            matches!(bad, Err(InterceptCaError::BadName(_))),
+            "{name:?}: {bad:?}"
+        );
+    }
+    assert_eq!(minter.minted(), 2, "refusals mint nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_first_requests_mint_one_leaf() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ca(dir.path(), "interception test CA");
+    let (c, k) = files(dir.path());
+    let minter = Arc::new(LeafMinter::new(c, k, MinterSettings::default()).expect("minter"));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let m = minter.clone();
+            tokio::spawn(async move { m.leaf("new.example.com").await.expect("leaf") })
+        })
+        .collect();
+    let mut leaves = Vec::new();
+    for t in tasks {
+        leaves.push(t.await.unwrap());
+    }
+    assert_eq!(minter.minted(), 1, "one mint for 200 concurrent callers");
+    assert!(leaves.iter().all(|l| Arc::ptr_eq(l, &leaves[0])));
+}
+
+#[tokio::test]
+async fn a_rotated_ca_signs_the_next_leaves_and_a_broken_one_is_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write_ca(dir.path(), "old CA");
+    let (c, k) = files(dir.path());
+    let minter = LeafMinter::new(c.clone(), k.clone(), MinterSettings::default()).expect("minter");
+    let before = minter.leaf("svc.example.com").await.expect("leaf");
+    verify(&before, old.cert_pem(), "svc.example.com").expect("old CA");
+
+    let new = write_ca(dir.path(), "new CA");
+    minter.reload().expect("reload");
+    let after = minter.leaf("svc.example.com").await.expect("leaf");
+    verify(&after, new.cert_pem(), "svc.example.com").expect("chains to the new CA");
+    assert!(verify(&after, old.cert_pem(), "svc.example.com").is_err());
+    assert_eq!(
+        minter.minted(),
+        2,
+        "the rotated CA mints anew for a cached name"
+    );
+
+    // A key that does not belong to the certificate: refused, the new CA stays.
+    let stranger = DevCa::generate("stranger", Duration::from_secs(3600)).unwrap();
+    let stranger_dir = tempfile::tempdir().unwrap();
+    stranger.write_dir(stranger_dir.path()).unwrap();
+    std::fs::copy(stranger_dir.path().join("ca.key"), &k).unwrap();
+    let err = minter.reload().expect_err("mismatched key refused");
+    assert!(err.contains("does not belong"), "{err}");
+    assert!(minter.status().last_error.is_some(), "shows in status");
+    let still = minter.leaf("other.example.com").await.expect("leaf");
+    verify(&still, new.cert_pem(), "other.example.com").expect("previous CA kept");
+}
+
+#[test]
+fn a_certificate_that_is_not_a_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_ca(dir.path(), "CA");
+    let server = ca
+        .issue_server(&["pep.local".to_owned()], &[], Duration::from_secs(3600))
+        .expect("server cert");
+    let err = InterceptCa::from_pem(&server.cert_pem, &server.key_pem).expect_err("not a CA");
+    assert!(err.to_string().contains("not a CA"), "{err}");
+    let missing = InterceptCa::load(&dir.path().join("nope.crt"), &dir.path().join("ca.key"))
+        .expect_err("missing file");
+    assert!(missing.to_string().contains("nope.crt"), "{missing}");
+}
