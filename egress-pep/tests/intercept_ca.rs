@@ -170,3 +170,94 @@ fn a_certificate_that_is_not_a_ca_is_refused() {
         .expect_err("missing file");
     assert!(missing.to_string().contains("nope.crt"), "{missing}");
 }
+
+/// A rustls client trusting only `ca_pem`, offering `alpn`.
+fn client(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn the_pep_terminates_with_the_leaf_for_the_sni_and_agrees_on_alpn() {
+    use egress_pep::intercept_tls::{TerminateError, Terminator};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_ca(dir.path(), "interception test CA");
+    let (c, k) = files(dir.path());
+    let minter = Arc::new(LeafMinter::new(c, k, MinterSettings::default()).expect("minter"));
+    let terminator = Arc::new(Terminator::new(minter.clone()));
+
+    for (alpn, want_h2) in [
+        (&[b"h2".as_slice(), b"http/1.1"][..], true),
+        (&[b"http/1.1".as_slice()][..], false),
+        (&[][..], false),
+    ] {
+        let (actor, pep) = tokio::io::duplex(64 * 1024);
+        let t = terminator.clone();
+        let server = tokio::spawn(async move {
+            let mut done = t
+                .terminate(pep, Duration::from_secs(5))
+                .await
+                .expect("terminate");
+            let mut buf = [0u8; 5];
+            done.stream.read_exact(&mut buf).await.unwrap();
+            done.stream.write_all(b"world").await.unwrap();
+            done.stream.flush().await.unwrap();
+            (done.sni, done.h2, buf)
+        });
+        let name = ServerName::try_from("API.example.com").unwrap();
+        let mut tls = client(ca.cert_pem(), alpn)
+            .connect(name, actor)
+            .await
+            .expect("the actor trusts the leaf");
+        tls.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tls.read_exact(&mut back).await.unwrap();
+        let (sni, h2, got) = server.await.unwrap();
+        assert_eq!(
+            (sni.as_str(), h2, &got, &back),
+            ("api.example.com", want_h2, b"hello", b"world")
+        );
+        let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        assert_eq!(
+            negotiated.as_deref() == Some(b"h2".as_slice()),
+            want_h2,
+            "{alpn:?}"
+        );
+    }
+    assert_eq!(
+        minter.minted(),
+        1,
+        "one leaf for the name across connections"
+    );
+
+    // No SNI (rustls sends none for an IP address): refused before any leaf is minted.
+    let (actor, pep) = tokio::io::duplex(64 * 1024);
+    let t = terminator.clone();
+    let server =
+        tokio::spawn(async move { t.terminate(pep, Duration::from_secs(5)).await.map(|_| ()) });
+    let ip = ServerName::try_from("127.0.0.1").unwrap();
+    let refused = client(ca.cert_pem(), &[]).connect(ip, actor).await;
+    assert!(refused.is_err(), "the actor's handshake fails");
+    assert!(matches!(server.await.unwrap(), Err(TerminateError::NoSni)));
+    assert_eq!(minter.minted(), 1);
+
+    // Silence: the handshake deadline holds.
+    let (_actor, pep) = tokio::io::duplex(1024);
+    let r = terminator
+        .terminate(pep, Duration::from_millis(100))
+        .await
+        .map(|_| ());
+    assert!(matches!(r, Err(TerminateError::Timeout)), "{r:?}");
+}

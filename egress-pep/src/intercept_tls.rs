@@ -1,0 +1,126 @@
+//! Terminating an actor's TLS for an intercepted name (DESIGN §7.2, `https` rules; issue 12):
+//! the ClientHello's SNI selects a leaf from the [`LeafMinter`], the handshake completes with
+//! ALPN `h2` or `http/1.1` (whichever the actor offers first of those), and the decrypted stream
+//! is what requests are then read from and decided on. A ClientHello without SNI is refused:
+//! there is no name to speak for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::intercept_ca::{InterceptCaError, LeafMinter};
+
+/// ALPN offered to actors, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Why a termination failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminateError {
+    /// The ClientHello named no server (SNI absent): nothing to mint a leaf for.
+    #[error("ClientHello without SNI")]
+    NoSni,
+    /// No leaf for the name.
+    #[error(transparent)]
+    Leaf(#[from] InterceptCaError),
+    /// The handshake failed (the actor does not trust the interception CA, spoke no TLS, went
+    /// away).
+    #[error("TLS handshake with the actor: {0}")]
+    Handshake(std::io::Error),
+    /// The handshake did not finish in time.
+    #[error("TLS handshake with the actor timed out")]
+    Timeout,
+}
+
+/// A terminated actor connection.
+pub struct Terminated<IO> {
+    /// The decrypted stream.
+    pub stream: TlsStream<IO>,
+    /// The SNI the leaf was minted for (lowercase, no trailing dot).
+    pub sni: String,
+    /// `true` when the actor and the PEP agreed on ALPN `h2`.
+    pub h2: bool,
+}
+
+/// Terminates actor TLS with leaves from one minter.
+pub struct Terminator {
+    minter: Arc<LeafMinter>,
+}
+
+impl Terminator {
+    /// Terminates with leaves from `minter`.
+    pub fn new(minter: Arc<LeafMinter>) -> Self {
+        Self { minter }
+    }
+
+    /// Reads the ClientHello from `io`, mints (or reuses) the leaf for its SNI and completes the
+    /// handshake, all within `timeout`.
+    ///
+    /// # Errors
+    /// See [`TerminateError`]; `io` is dropped (closed) with the error.
+    pub async fn terminate<IO>(
+        &self,
+        io: IO,
+        timeout: Duration,
+    ) -> Result<Terminated<IO>, TerminateError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio::time::timeout(timeout, self.handshake(io))
+            .await
+            .unwrap_or(Err(TerminateError::Timeout))
+    }
+
+    async fn handshake<IO>(&self, io: IO) -> Result<Terminated<IO>, TerminateError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), io)
+            .await
+            .map_err(TerminateError::Handshake)?;
+        let sni = sni_of(&start.client_hello()).ok_or(TerminateError::NoSni)?;
+        let leaf = self.minter.leaf(&sni).await?;
+        let config = server_config(leaf).map_err(|e| {
+            TerminateError::Handshake(std::io::Error::other(format!("TLS config: {e}")))
+        })?;
+        let stream = start
+            .into_stream(Arc::new(config))
+            .await
+            .map_err(TerminateError::Handshake)?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        Ok(Terminated { stream, sni, h2 })
+    }
+}
+
+/// The SNI, lowercase without a trailing dot; `None` when absent or empty.
+fn sni_of(hello: &ClientHello<'_>) -> Option<String> {
+    let name = hello
+        .server_name()?
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// A server config presenting `leaf`, TLS 1.2 and 1.3, ALPN [`ALPN`], no client certificate.
+fn server_config(leaf: Arc<CertifiedKey>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(identity::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Leaf(leaf)));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Always the one leaf minted for this connection's SNI.
+#[derive(Debug)]
+struct Leaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Leaf {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
