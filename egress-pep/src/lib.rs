@@ -16,6 +16,7 @@
 //! * [`cleartext`]: cleartext HTTP proxied and decided per request.
 //! * [`intercept_ca`]: the interception CA and the leaf certificates minted with it.
 //! * [`intercept_tls`]: terminating an actor's TLS with the leaf for its SNI.
+//! * [`intercept_upstream`]: re-originating TLS to the authorised name, verified.
 //! * [`tunnel`]: the tunnel server (h1 and h2 CONNECT over mTLS), identity and liveness.
 //! * [`audit`]: one record per tunnel and per readable request, to the log and a JSON-lines file.
 //! * [`metrics`]: Prometheus metrics of the PEP.
@@ -33,6 +34,7 @@ pub mod forward;
 pub mod guard;
 pub mod intercept_ca;
 pub mod intercept_tls;
+pub mod intercept_upstream;
 pub mod metrics;
 pub mod policy;
 pub mod resolve;

@@ -1,7 +1,9 @@
-//! The interception CA and its leaf minter (issue 12): leaves for the SNI (DNS or IP SAN),
-//! signed by the CA, server-auth, within the configured lifetime; one mint for many concurrent
-//! first requests; a rotated CA on disk applies to the next leaf; a broken CA is refused with
-//! the reason and keeps the previous one.
+//! Interception building blocks (issue 12), with real TLS: the interception CA and its leaf
+//! minter (leaves for the SNI, DNS or IP SAN, signed by the CA, server-auth, within the
+//! lifetime; one mint for many concurrent first requests; a rotated CA on disk applies to the
+//! next leaf; a broken CA is refused with the reason and keeps the previous one), terminating an
+//! actor's TLS with that leaf (ALPN, no SNI refused, deadline), and re-originated TLS verified
+//! against system and extra roots (invalid certificates told apart).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -260,4 +262,116 @@ async fn the_pep_terminates_with_the_leaf_for_the_sni_and_agrees_on_alpn() {
         .await
         .map(|_| ());
     assert!(matches!(r, Err(TerminateError::Timeout)), "{r:?}");
+}
+
+/// A TLS server on loopback presenting a certificate for `upstream.test` from `ca`; answers
+/// each connection's first 5 bytes with "pong!" and reports the ALPN it agreed.
+async fn upstream_server(
+    ca: &DevCa,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Option<Vec<u8>>>,
+) {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let issued = ca
+        .issue_server(
+            &["upstream.test".to_owned()],
+            &[],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.ok()?;
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let mut buf = [0u8; 5];
+        tls.read_exact(&mut buf).await.ok()?;
+        tls.write_all(b"pong!").await.ok()?;
+        tls.flush().await.ok()?;
+        alpn
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn re_originated_tls_verifies_the_name_against_system_and_extra_roots() {
+    use egress_pep::intercept_upstream::{UpstreamAlpn, UpstreamTls, UpstreamTlsError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = write_ca(&dir.path().join("trusted"), "upstream test CA");
+    let untrusted = DevCa::generate("unknown CA", Duration::from_secs(3600)).unwrap();
+    let tls = UpstreamTls::new(true, &[dir.path().join("trusted/ca.crt")]).expect("roots");
+    assert!(tls.roots() > 1, "system roots and the extra CA");
+
+    for (alpn, want) in [
+        (UpstreamAlpn::H2, b"h2".as_slice()),
+        (UpstreamAlpn::Http1, b"http/1.1"),
+    ] {
+        let (addr, server) = upstream_server(&trusted).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = tls
+            .connect(tcp, "upstream.test", alpn)
+            .await
+            .expect("verified");
+        s.write_all(b"ping!").await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong!");
+        assert_eq!(
+            server.await.unwrap().as_deref(),
+            Some(want),
+            "only {alpn:?} offered"
+        );
+    }
+
+    // A server whose certificate comes from a CA nobody listed.
+    let (addr, _server) = upstream_server(&untrusted).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = tls.connect(tcp, "upstream.test", UpstreamAlpn::Http1).await;
+    assert!(
+        matches!(r, Err(UpstreamTlsError::CertificateInvalid(_))),
+        "{:?}",
+        r.err()
+    );
+
+    // The right CA, the wrong name.
+    let (addr, _server) = upstream_server(&trusted).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = tls.connect(tcp, "other.test", UpstreamAlpn::Http1).await;
+    assert!(
+        matches!(r, Err(UpstreamTlsError::CertificateInvalid(_))),
+        "{:?}",
+        r.err()
+    );
+
+    // Config mistakes name the file.
+    let missing = UpstreamTls::new(false, &[dir.path().join("nope.pem")])
+        .err()
+        .expect("missing");
+    assert!(missing.to_string().contains("nope.pem"), "{missing}");
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let empty = UpstreamTls::new(false, &[dir.path().join("empty.pem")])
+        .err()
+        .expect("empty");
+    assert!(empty.to_string().contains("no certificate"), "{empty}");
+    assert!(matches!(
+        UpstreamTls::new(false, &[]),
+        Err(UpstreamTlsError::NoRoots)
+    ));
 }
