@@ -231,6 +231,33 @@ fn actor(s: &str, uid: Option<String>) -> Result<ActorIdentity> {
     Ok(ActorIdentity { uid, ..a })
 }
 
+/// Creates a CA named `name` as `<stem>.crt`/`<stem>.key` in `dir`; an existing key is kept
+/// unless `force` (`what` names it in the refusal).
+fn create_ca(
+    dir: &Path,
+    stem: &str,
+    what: &str,
+    name: &str,
+    days: u64,
+    force: bool,
+) -> Result<()> {
+    let key = dir.join(format!("{stem}.key"));
+    if key.exists() && !force {
+        bail!(
+            "{} already holds {what} ({stem}.key); pass --force to replace it",
+            dir.display()
+        );
+    }
+    if days == 0 || days > 36500 {
+        bail!("--days must be between 1 and 36500");
+    }
+    let ca = DevCa::generate(name, Duration::from_secs(days * DAY))?;
+    ca.write_named(dir, stem)
+        .with_context(|| format!("--dir {}", dir.display()))?;
+    wrote(&[dir.join(format!("{stem}.crt")), key]);
+    Ok(())
+}
+
 fn wrote(paths: &[PathBuf]) {
     for p in paths {
         eprintln!("wrote {}", p.display());
@@ -252,41 +279,20 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
             name,
             days,
             force,
-        } => {
-            if dir.join("ca.key").exists() && !force {
-                bail!(
-                    "{} already holds a CA (ca.key); pass --force to replace it",
-                    dir.display()
-                );
-            }
-            if days == 0 || days > 36500 {
-                bail!("--days must be between 1 and 36500");
-            }
-            let ca = DevCa::generate(&name, Duration::from_secs(days * DAY))?;
-            ca.write_dir(&dir)
-                .with_context(|| format!("--dir {}", dir.display()))?;
-            wrote(&[dir.join("ca.crt"), dir.join("ca.key")]);
-        }
+        } => create_ca(&dir, "ca", "a CA", &name, days, force)?,
         DevCaCommand::InterceptCa {
             dir,
             name,
             days,
             force,
-        } => {
-            if dir.join("intercept-ca.key").exists() && !force {
-                bail!(
-                    "{} already holds an interception CA (intercept-ca.key); pass --force to replace it",
-                    dir.display()
-                );
-            }
-            if days == 0 || days > 36500 {
-                bail!("--days must be between 1 and 36500");
-            }
-            let ca = DevCa::generate(&name, Duration::from_secs(days * DAY))?;
-            ca.write_named(&dir, "intercept-ca")
-                .with_context(|| format!("--dir {}", dir.display()))?;
-            wrote(&[dir.join("intercept-ca.crt"), dir.join("intercept-ca.key")]);
-        }
+        } => create_ca(
+            &dir,
+            "intercept-ca",
+            "an interception CA",
+            &name,
+            days,
+            force,
+        )?,
         DevCaCommand::EgressDemo {
             dir,
             actor: a,
