@@ -37,8 +37,10 @@ pub enum DevCaCommand {
     InterceptCa {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, default_value = "actorgate egress interception CA")]
-        name: String,
+        /// Subject CN; default "actorgate egress interception CA <UTC creation time>", so CAs
+        /// of a rotation overlap differ by name.
+        #[arg(long)]
+        name: Option<String>,
         #[arg(long, default_value_t = 365)]
         days: u64,
         /// Replace an existing interception CA in the directory.
@@ -233,14 +235,7 @@ fn actor(s: &str, uid: Option<String>) -> Result<ActorIdentity> {
 
 /// Creates a CA named `name` as `<stem>.crt`/`<stem>.key` in `dir`; an existing key is kept
 /// unless `force` (`what` names it in the refusal).
-fn create_ca(
-    dir: &Path,
-    stem: &str,
-    what: &str,
-    name: &str,
-    days: u64,
-    force: bool,
-) -> Result<()> {
+fn create_ca(dir: &Path, stem: &str, what: &str, name: &str, days: u64, force: bool) -> Result<()> {
     let key = dir.join(format!("{stem}.key"));
     if key.exists() && !force {
         bail!(
@@ -285,14 +280,28 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
             name,
             days,
             force,
-        } => create_ca(
-            &dir,
-            "intercept-ca",
-            "an interception CA",
-            &name,
-            days,
-            force,
-        )?,
+        } => {
+            let name = name.unwrap_or_else(|| {
+                let now = time::OffsetDateTime::now_utc();
+                format!(
+                    "actorgate egress interception CA {:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                    now.year(),
+                    u8::from(now.month()),
+                    now.day(),
+                    now.hour(),
+                    now.minute(),
+                    now.second()
+                )
+            });
+            create_ca(
+                &dir,
+                "intercept-ca",
+                "an interception CA",
+                &name,
+                days,
+                force,
+            )?
+        }
         DevCaCommand::EgressDemo {
             dir,
             actor: a,

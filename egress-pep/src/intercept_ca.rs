@@ -46,9 +46,12 @@ pub enum InterceptCaError {
     /// A name no certificate can carry (empty, not a DNS name or IP address).
     #[error("cannot mint a certificate for {0:?}")]
     BadName(String),
-    /// Key generation or signing failed.
+    /// Key generation or signing failed, or the CA has expired.
     #[error("minting a leaf: {0}")]
     Mint(String),
+    /// [`MinterSettings`] out of bounds.
+    #[error("interception leaf settings: {0}")]
+    Settings(String),
 }
 
 /// The interception CA: what leaves are signed with.
@@ -91,15 +94,24 @@ impl InterceptCa {
         if !is_ca {
             return Err(bad("the certificate is not a CA (basic constraints)".into()));
         }
-        if let Ok(Some(ku)) = parsed.key_usage()
-            && !ku.value.key_cert_sign()
-        {
-            return Err(bad(
-                "the certificate may not sign certificates (key usage)".into()
-            ));
+        match parsed.key_usage() {
+            Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+                return Err(bad(
+                    "the certificate may not sign certificates (key usage)".into()
+                ));
+            }
+            Err(e) => return Err(bad(format!("key usage extension does not parse: {e}"))),
+            _ => {}
+        }
+        let now = OffsetDateTime::now_utc();
+        let not_before = parsed.validity().not_before.to_datetime();
+        if not_before > now {
+            return Err(bad(format!(
+                "the certificate is not valid before {not_before}"
+            )));
         }
         let not_after = parsed.validity().not_after.to_datetime();
-        if not_after <= OffsetDateTime::now_utc() {
+        if not_after <= now {
             return Err(bad(format!("the certificate expired at {not_after}")));
         }
         let key = KeyPair::from_pem(key_pem).map_err(|e| bad(format!("key: {e}")))?;
@@ -139,24 +151,57 @@ impl InterceptCa {
     }
 }
 
+/// The one certificate of a CA file. More than one is refused: leaves are sent with their CA
+/// only, so a CA under another root would give actors an incomplete chain.
 fn first_certificate(pem: &str) -> Result<CertificateDer<'static>, InterceptCaError> {
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .ok_or_else(|| InterceptCaError::BadCa("no certificate in the CA file".into()))?
-        .map_err(|e| InterceptCaError::BadCa(format!("CA certificate PEM: {e}")))
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| InterceptCaError::BadCa(format!("CA certificate PEM: {e}")))?;
+    match <[_; 1]>::try_from(certs) {
+        Ok([cert]) => Ok(cert),
+        Err(v) if v.is_empty() => Err(InterceptCaError::BadCa(
+            "no certificate in the CA file".into(),
+        )),
+        Err(v) => Err(InterceptCaError::BadCa(format!(
+            "{} certificates in the CA file; give the interception CA alone (a self-signed root)",
+            v.len()
+        ))),
+    }
 }
 
 /// How leaves are minted and kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinterSettings {
-    /// A leaf's validity (from five minutes before it was minted, for slow clocks). Default
-    /// 15 minutes.
+    /// How long a leaf is valid after it is minted (its validity starts five minutes earlier,
+    /// for slow clocks; it never outlives the CA). 1 minute to 7 days; default 15 minutes.
     pub lifetime: Duration,
-    /// A cached leaf is replaced once less than this of its lifetime remains. Default 5 minutes.
+    /// A cached leaf is replaced once less than this of its lifetime remains; below `lifetime`.
+    /// Default 5 minutes.
     pub renew_before: Duration,
-    /// Most names whose leaf is cached. Default 10,000.
+    /// Most names whose leaf is cached, at least 1. Default 10,000.
     pub max_entries: u64,
+}
+
+impl MinterSettings {
+    /// Checks the bounds documented on the fields.
+    ///
+    /// # Errors
+    /// [`InterceptCaError::Settings`] saying which bound is broken.
+    pub fn validate(&self) -> Result<(), InterceptCaError> {
+        let bad = |s: &str| Err(InterceptCaError::Settings(s.to_owned()));
+        if !(Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600)).contains(&self.lifetime)
+        {
+            return bad("lifetime must be between 1 minute and 7 days");
+        }
+        if self.renew_before >= self.lifetime {
+            return bad("renew_before must be below lifetime");
+        }
+        if self.max_entries == 0 {
+            return bad("max_entries must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 impl Default for MinterSettings {
@@ -189,6 +234,7 @@ impl LeafMinter {
         key_file: PathBuf,
         settings: MinterSettings,
     ) -> Result<Self, InterceptCaError> {
+        settings.validate()?;
         let ca = Arc::new(ArcSwap::from_pointee(InterceptCa::load(
             &cert_file, &key_file,
         )?));
@@ -288,16 +334,28 @@ fn mint(
             SanType::DnsName(name.to_owned().try_into().map_err(|_| bad())?)
         }
     };
+    let now = OffsetDateTime::now_utc();
+    if ca.not_after <= now {
+        return Err(InterceptCaError::Mint(format!(
+            "the interception CA expired at {}",
+            ca.not_after
+        )));
+    }
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
+    // X.520 bounds a common name to 64 characters; the SAN carries the name either way.
+    if name.len() <= 64 {
+        dn.push(DnType::CommonName, name);
+    }
     params.distinguished_name = dn;
     params.subject_alt_names = vec![san];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let now = OffsetDateTime::now_utc();
+    // Lets clients that trust two interception CAs (a rotation overlap) find the right issuer.
+    params.use_authority_key_identifier_extension = true;
     params.not_before = now - time::Duration::minutes(5);
-    let lifetime = time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64);
+    // `lifetime` is bounded by `MinterSettings::validate`.
+    let lifetime = time::Duration::seconds(lifetime.as_secs().min(7 * 24 * 3600) as i64);
     params.not_after = (now + lifetime).min(ca.not_after);
     let key = KeyPair::generate().map_err(|e| InterceptCaError::Mint(e.to_string()))?;
     let cert = params

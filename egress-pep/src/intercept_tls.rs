@@ -1,6 +1,6 @@
 //! Terminating an actor's TLS for an intercepted name (DESIGN §7.2, `https` rules; issue 12):
 //! the ClientHello's SNI selects a leaf from the [`LeafMinter`], the handshake completes with
-//! ALPN `h2` or `http/1.1` (whichever the actor offers first of those), and the decrypted stream
+//! ALPN `h2` or `http/1.1` when the actor offers it, else `http/1.1` (the PEP's order decides), and the decrypted stream
 //! is what requests are then read from and decided on. A ClientHello without SNI is refused:
 //! there is no name to speak for.
 

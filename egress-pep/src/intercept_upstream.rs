@@ -39,6 +39,15 @@ pub enum UpstreamTlsError {
     /// away).
     #[error("upstream TLS handshake: {0}")]
     Handshake(io::Error),
+    /// [`UpstreamAlpn::H2`] was asked for and the server did not agree to `h2`.
+    #[error("the upstream does not speak h2")]
+    NoH2,
+    /// The handshake did not finish within the deadline.
+    #[error("upstream TLS handshake timed out")]
+    Timeout,
+    /// The TLS client configuration could not be built.
+    #[error("upstream TLS configuration: {0}")]
+    Config(String),
 }
 
 /// The application protocols offered upstream.
@@ -69,7 +78,7 @@ impl UpstreamTls {
         if system_roots {
             let found = rustls_native_certs::load_native_certs();
             if !found.errors.is_empty() {
-                tracing::debug!(
+                tracing::warn!(
                     errors = found.errors.len(),
                     "some system root stores were unreadable"
                 );
@@ -99,7 +108,7 @@ impl UpstreamTls {
         let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, UpstreamTlsError> {
             let mut c = ClientConfig::builder_with_provider(identity::tls::provider())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| UpstreamTlsError::Handshake(io::Error::other(e)))?
+                .map_err(|e| UpstreamTlsError::Config(e.to_string()))?
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
             c.alpn_protocols = vec![alpn.to_vec()];
@@ -117,16 +126,19 @@ impl UpstreamTls {
         self.roots
     }
 
-    /// TLS over `io` to `name` (SNI and the name verified), offering `alpn`.
+    /// TLS over `io` to `name` (SNI and the name verified), offering `alpn`, within `timeout`.
+    /// With [`UpstreamAlpn::H2`] the server must agree to `h2`.
     ///
     /// # Errors
-    /// [`UpstreamTlsError::BadName`], [`UpstreamTlsError::CertificateInvalid`] or
+    /// [`UpstreamTlsError::BadName`], [`UpstreamTlsError::CertificateInvalid`],
+    /// [`UpstreamTlsError::NoH2`], [`UpstreamTlsError::Timeout`] or
     /// [`UpstreamTlsError::Handshake`].
     pub async fn connect<IO>(
         &self,
         io: IO,
         name: &str,
         alpn: UpstreamAlpn,
+        timeout: std::time::Duration,
     ) -> Result<TlsStream<IO>, UpstreamTlsError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -137,10 +149,16 @@ impl UpstreamTls {
             UpstreamAlpn::H2 => self.h2.clone(),
             UpstreamAlpn::Http1 => self.http1.clone(),
         };
-        tokio_rustls::TlsConnector::from(config)
-            .connect(server, io)
+        let connect = tokio_rustls::TlsConnector::from(config).connect(server, io);
+        let stream = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(classify)
+            .map_err(|_| UpstreamTlsError::Timeout)?
+            .map_err(classify)?;
+        if alpn == UpstreamAlpn::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice())
+        {
+            return Err(UpstreamTlsError::NoH2);
+        }
+        Ok(stream)
     }
 }
 
@@ -152,6 +170,9 @@ fn classify(e: io::Error) -> UpstreamTlsError {
     {
         Some(rustls::Error::InvalidCertificate(why)) => {
             UpstreamTlsError::CertificateInvalid(format!("{why:?}"))
+        }
+        Some(rustls::Error::NoCertificatesPresented) => {
+            UpstreamTlsError::CertificateInvalid("no certificate presented".into())
         }
         _ => UpstreamTlsError::Handshake(e),
     }

@@ -17,6 +17,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+const BOUND: Duration = Duration::from_secs(5);
+
 fn write_ca(dir: &Path, cn: &str) -> DevCa {
     let ca = DevCa::generate(cn, Duration::from_secs(3600)).expect("CA");
     ca.write_dir(dir).expect("write CA");
@@ -317,7 +319,12 @@ async fn re_originated_tls_verifies_the_name_against_system_and_extra_roots() {
     let trusted = write_ca(&dir.path().join("trusted"), "upstream test CA");
     let untrusted = DevCa::generate("unknown CA", Duration::from_secs(3600)).unwrap();
     let tls = UpstreamTls::new(true, &[dir.path().join("trusted/ca.crt")]).expect("roots");
-    assert!(tls.roots() > 1, "system roots and the extra CA");
+    let extra_only = UpstreamTls::new(false, &[dir.path().join("trusted/ca.crt")]).expect("roots");
+    assert_eq!(extra_only.roots(), 1);
+    assert!(
+        tls.roots() >= extra_only.roots(),
+        "system roots and the extra CA"
+    );
 
     for (alpn, want) in [
         (UpstreamAlpn::H2, b"h2".as_slice()),
@@ -326,7 +333,7 @@ async fn re_originated_tls_verifies_the_name_against_system_and_extra_roots() {
         let (addr, server) = upstream_server(&trusted).await;
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut s = tls
-            .connect(tcp, "upstream.test", alpn)
+            .connect(tcp, "upstream.test", alpn, BOUND)
             .await
             .expect("verified");
         s.write_all(b"ping!").await.unwrap();
@@ -344,10 +351,42 @@ async fn re_originated_tls_verifies_the_name_against_system_and_extra_roots() {
     for (ca, name) in [(&untrusted, "upstream.test"), (&trusted, "other.test")] {
         let (addr, _server) = upstream_server(ca).await;
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let r = tls.connect(tcp, name, UpstreamAlpn::Http1).await;
+        let r = tls.connect(tcp, name, UpstreamAlpn::Http1, BOUND).await;
         let invalid = matches!(r, Err(UpstreamTlsError::CertificateInvalid(_)));
         assert!(invalid, "{name}: {:?}", r.err());
     }
+
+    // A server that speaks no TLS: a handshake failure, not a certificate one.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = plain.accept().await.unwrap();
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+    });
+    let tcp = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
+    let r = tls
+        .connect(tcp, "upstream.test", UpstreamAlpn::Http1, BOUND)
+        .await;
+    assert!(
+        matches!(r, Err(UpstreamTlsError::Handshake(_))),
+        "{:?}",
+        r.err()
+    );
+
+    // A server that never answers: the deadline holds.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(silent.local_addr().unwrap())
+        .await
+        .unwrap();
+    let r = tls
+        .connect(
+            tcp,
+            "upstream.test",
+            UpstreamAlpn::Http1,
+            Duration::from_millis(200),
+        )
+        .await;
+    assert!(matches!(r, Err(UpstreamTlsError::Timeout)), "{:?}", r.err());
 
     // Config mistakes name the file.
     let missing = UpstreamTls::new(false, &[dir.path().join("nope.pem")])
@@ -363,4 +402,82 @@ async fn re_originated_tls_verifies_the_name_against_system_and_extra_roots() {
         UpstreamTls::new(false, &[]),
         Err(UpstreamTlsError::NoRoots)
     ));
+}
+
+#[test]
+fn minter_settings_and_ca_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_ca(dir.path(), "CA");
+    let (c, k) = files(dir.path());
+    for (settings, want) in [
+        (
+            MinterSettings {
+                lifetime: Duration::from_secs(10),
+                ..MinterSettings::default()
+            },
+            "lifetime",
+        ),
+        (
+            MinterSettings {
+                lifetime: Duration::from_secs(30 * 24 * 3600),
+                ..MinterSettings::default()
+            },
+            "lifetime",
+        ),
+        (
+            MinterSettings {
+                renew_before: Duration::from_secs(15 * 60),
+                ..MinterSettings::default()
+            },
+            "renew_before",
+        ),
+        (
+            MinterSettings {
+                max_entries: 0,
+                ..MinterSettings::default()
+            },
+            "max_entries",
+        ),
+    ] {
+        let err = LeafMinter::new(c.clone(), k.clone(), settings)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+    // A CA file with a second certificate (a chain) is refused: leaves carry their CA only.
+    let other = DevCa::generate("other", Duration::from_secs(3600)).unwrap();
+    let chain = format!("{}{}", ca.cert_pem(), other.cert_pem());
+    let key = std::fs::read_to_string(&k).unwrap();
+    let err = InterceptCa::from_pem(&chain, &key).expect_err("two certificates");
+    assert!(err.to_string().contains("2 certificates"), "{err}");
+}
+
+#[tokio::test]
+async fn leaves_name_their_issuer_key_for_rotation_overlaps() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ca(dir.path(), "CA");
+    let (c, k) = files(dir.path());
+    let minter = LeafMinter::new(c, k, MinterSettings::default()).expect("minter");
+    let leaf = minter.leaf("svc.example.com").await.expect("leaf");
+    let (_, parsed) = X509Certificate::from_der(leaf.cert[0].as_ref()).unwrap();
+    let (_, ca) = X509Certificate::from_der(leaf.cert[1].as_ref()).unwrap();
+    let aki = parsed
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("authority key identifier");
+    let ski = ca
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .expect("CA subject key identifier");
+    assert_eq!(aki, ski, "the leaf's AKI is its CA's SKI");
 }
