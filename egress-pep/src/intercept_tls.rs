@@ -49,12 +49,21 @@ pub struct Terminated<IO> {
 /// Terminates actor TLS with leaves from one minter.
 pub struct Terminator {
     minter: Arc<LeafMinter>,
+    /// TLS 1.3 sessions of all terminations: one bounded store, so an actor's next connection
+    /// to a name resumes (no full handshake) and no connection carries a store of its own.
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
 }
+
+/// Sessions kept for resumption across all terminated connections.
+pub const SESSION_CACHE_ENTRIES: usize = 4096;
 
 impl Terminator {
     /// Terminates with leaves from `minter`.
     pub fn new(minter: Arc<LeafMinter>) -> Self {
-        Self { minter }
+        Self {
+            minter,
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+        }
     }
 
     /// Reads the ClientHello from `io`, mints (or reuses) the leaf for its SNI and completes the
@@ -84,7 +93,7 @@ impl Terminator {
             .map_err(TerminateError::Handshake)?;
         let sni = sni_of(&start.client_hello()).ok_or(TerminateError::NoSni)?;
         let leaf = self.minter.leaf(&sni).await?;
-        let config = server_config(leaf).map_err(|e| {
+        let config = server_config(leaf, self.sessions.clone()).map_err(|e| {
             TerminateError::Handshake(std::io::Error::other(format!("TLS config: {e}")))
         })?;
         let stream = start
@@ -105,13 +114,18 @@ fn sni_of(hello: &ClientHello<'_>) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// A server config presenting `leaf`, TLS 1.2 and 1.3, ALPN [`ALPN`], no client certificate.
-fn server_config(leaf: Arc<CertifiedKey>) -> Result<rustls::ServerConfig, rustls::Error> {
+/// A server config presenting `leaf`, TLS 1.2 and 1.3, ALPN [`ALPN`], no client certificate,
+/// sessions kept in `sessions` (rustls checks on resumption that the SNI is the same).
+fn server_config(
+    leaf: Arc<CertifiedKey>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(identity::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Leaf(leaf)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.session_storage = sessions;
     Ok(config)
 }
 

@@ -481,3 +481,44 @@ async fn leaves_name_their_issuer_key_for_rotation_overlaps() {
         .expect("CA subject key identifier");
     assert_eq!(aki, ski, "the leaf's AKI is its CA's SKI");
 }
+
+#[tokio::test]
+async fn an_actors_next_connection_to_a_name_resumes_its_session() {
+    use egress_pep::intercept_tls::Terminator;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_ca(dir.path(), "interception test CA");
+    let (c, k) = files(dir.path());
+    let minter = Arc::new(LeafMinter::new(c, k, MinterSettings::default()).expect("minter"));
+    let terminator = Arc::new(Terminator::new(minter));
+    let connector = client(ca.cert_pem(), &[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let (actor, pep) = tokio::io::duplex(64 * 1024);
+        let t = terminator.clone();
+        let server = tokio::spawn(async move {
+            let mut done = t.terminate(pep, BOUND).await.expect("terminate");
+            done.stream.write_all(b"hi").await.unwrap();
+            done.stream.flush().await.unwrap();
+            let mut rest = Vec::new();
+            let _ = done.stream.read_to_end(&mut rest).await;
+        });
+        let name = ServerName::try_from("svc.example.com").unwrap();
+        let mut tls = connector.connect(name, actor).await.expect("handshake");
+        // Reading takes in the session tickets sent after the handshake.
+        let mut hi = [0u8; 2];
+        tls.read_exact(&mut hi).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        tls.shutdown().await.unwrap();
+        drop(tls);
+        server.await.unwrap();
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}
