@@ -181,6 +181,9 @@ pub struct MinterSettings {
     pub renew_before: Duration,
     /// Most names whose leaf is cached, at least 1. Default 10,000.
     pub max_entries: u64,
+    /// Most leaves minted at once (each is a key generation and a signature, run off the
+    /// async workers); more wait. At least 1; default 4.
+    pub max_concurrent_mints: usize,
 }
 
 impl MinterSettings {
@@ -197,6 +200,9 @@ impl MinterSettings {
         if self.renew_before >= self.lifetime {
             return bad("renew_before must be below lifetime");
         }
+        if self.max_concurrent_mints == 0 {
+            return bad("max_concurrent_mints must be at least 1");
+        }
         if self.max_entries == 0 {
             return bad("max_entries must be at least 1");
         }
@@ -210,6 +216,7 @@ impl Default for MinterSettings {
             lifetime: Duration::from_secs(15 * 60),
             renew_before: Duration::from_secs(5 * 60),
             max_entries: 10_000,
+            max_concurrent_mints: 4,
         }
     }
 }
@@ -221,6 +228,7 @@ pub struct LeafMinter {
     cache: moka::future::Cache<(u64, String), Arc<CertifiedKey>>,
     settings: MinterSettings,
     minted: AtomicU64,
+    mints: Arc<tokio::sync::Semaphore>,
 }
 
 impl LeafMinter {
@@ -259,6 +267,7 @@ impl LeafMinter {
             cache,
             settings,
             minted: AtomicU64::new(0),
+            mints: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_mints)),
         })
     }
 
@@ -275,7 +284,16 @@ impl LeafMinter {
         let loaded = self
             .cache
             .try_get_with_by_ref(&key, async {
-                let leaf = mint(&ca, &key.1, self.settings.lifetime)?;
+                let _permit = self
+                    .mints
+                    .acquire()
+                    .await
+                    .map_err(|_| InterceptCaError::Mint("minter closed".into()))?;
+                let (ca, name, lifetime) = (ca.clone(), key.1.clone(), self.settings.lifetime);
+                // Key generation and signing are CPU work: off the async workers.
+                let leaf = tokio::task::spawn_blocking(move || mint(&ca, &name, lifetime))
+                    .await
+                    .map_err(|e| InterceptCaError::Mint(format!("minting task: {e}")))??;
                 self.minted.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, InterceptCaError>(Arc::new(leaf))
             })

@@ -438,6 +438,13 @@ fn minter_settings_and_ca_files_are_checked() {
             },
             "max_entries",
         ),
+        (
+            MinterSettings {
+                max_concurrent_mints: 0,
+                ..MinterSettings::default()
+            },
+            "max_concurrent_mints",
+        ),
     ] {
         let err = LeafMinter::new(c.clone(), k.clone(), settings)
             .err()
@@ -521,4 +528,28 @@ async fn an_actors_next_connection_to_a_name_resumes_its_session() {
             Some(rustls::HandshakeKind::Resumed)
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_names_at_once_are_all_minted_under_the_mint_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_ca(dir.path(), "CA");
+    let (c, k) = files(dir.path());
+    let settings = MinterSettings {
+        max_concurrent_mints: 1,
+        ..MinterSettings::default()
+    };
+    let minter = Arc::new(LeafMinter::new(c, k, settings).expect("minter"));
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let m = minter.clone();
+            tokio::spawn(async move { (i, m.leaf(&format!("n{i}.example.com")).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (i, leaf) = t.await.unwrap();
+        let leaf = leaf.expect("leaf");
+        verify(&leaf, ca.cert_pem(), &format!("n{i}.example.com")).expect("its own name");
+    }
+    assert_eq!(minter.minted(), 50);
 }
