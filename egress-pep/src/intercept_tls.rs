@@ -24,6 +24,9 @@ pub enum TerminateError {
     /// The ClientHello named no server (SNI absent): nothing to mint a leaf for.
     #[error("ClientHello without SNI")]
     NoSni,
+    /// rustls read another SNI from the ClientHello than the one policy decided on.
+    #[error("the ClientHello's SNI is not the one decided on")]
+    SniMismatch,
     /// No leaf for the name.
     #[error(transparent)]
     Leaf(#[from] InterceptCaError),
@@ -67,24 +70,31 @@ impl Terminator {
     }
 
     /// Reads the ClientHello from `io`, mints (or reuses) the leaf for its SNI and completes the
-    /// handshake, all within `timeout`.
+    /// handshake, all within `timeout`. `decided` is the SNI the policy decided on (read from the
+    /// same ClientHello by the classifier); when given, rustls's reading of the SNI must agree
+    /// (case and a trailing dot aside), so the leaf is never for a name policy did not see.
     ///
     /// # Errors
     /// See [`TerminateError`]; `io` is dropped (closed) with the error.
     pub async fn terminate<IO>(
         &self,
         io: IO,
+        decided: Option<&str>,
         timeout: Duration,
     ) -> Result<Terminated<IO>, TerminateError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        tokio::time::timeout(timeout, self.handshake(io))
+        tokio::time::timeout(timeout, self.handshake(io, decided))
             .await
             .unwrap_or(Err(TerminateError::Timeout))
     }
 
-    async fn handshake<IO>(&self, io: IO) -> Result<Terminated<IO>, TerminateError>
+    async fn handshake<IO>(
+        &self,
+        io: IO,
+        decided: Option<&str>,
+    ) -> Result<Terminated<IO>, TerminateError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -92,6 +102,11 @@ impl Terminator {
             .await
             .map_err(TerminateError::Handshake)?;
         let sni = sni_of(&start.client_hello()).ok_or(TerminateError::NoSni)?;
+        if let Some(decided) = decided
+            && !decided.trim_end_matches('.').eq_ignore_ascii_case(&sni)
+        {
+            return Err(TerminateError::SniMismatch);
+        }
         let leaf = self.minter.leaf(&sni).await?;
         let config = server_config(leaf, self.sessions.clone()).map_err(|e| {
             TerminateError::Handshake(std::io::Error::other(format!("TLS config: {e}")))

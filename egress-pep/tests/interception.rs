@@ -211,7 +211,7 @@ async fn the_pep_terminates_with_the_leaf_for_the_sni_and_agrees_on_alpn() {
         let t = terminator.clone();
         let server = tokio::spawn(async move {
             let mut done = t
-                .terminate(pep, Duration::from_secs(5))
+                .terminate(pep, Some("api.example.com."), Duration::from_secs(5))
                 .await
                 .expect("terminate");
             let mut buf = [0u8; 5];
@@ -249,18 +249,42 @@ async fn the_pep_terminates_with_the_leaf_for_the_sni_and_agrees_on_alpn() {
     // No SNI (rustls sends none for an IP address): refused before any leaf is minted.
     let (actor, pep) = tokio::io::duplex(64 * 1024);
     let t = terminator.clone();
-    let server =
-        tokio::spawn(async move { t.terminate(pep, Duration::from_secs(5)).await.map(|_| ()) });
+    let server = tokio::spawn(async move {
+        t.terminate(pep, None, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    });
     let ip = ServerName::try_from("127.0.0.1").unwrap();
     let refused = client(ca.cert_pem(), &[]).connect(ip, actor).await;
     assert!(refused.is_err(), "the actor's handshake fails");
     assert!(matches!(server.await.unwrap(), Err(TerminateError::NoSni)));
     assert_eq!(minter.minted(), 1);
 
+    // rustls reads another SNI than the one policy decided on: refused, nothing minted.
+    let (actor, pep) = tokio::io::duplex(64 * 1024);
+    let t = terminator.clone();
+    let server = tokio::spawn(async move {
+        t.terminate(pep, Some("api.example.com"), Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    });
+    let other = ServerName::try_from("other.example.com").unwrap();
+    assert!(
+        client(ca.cert_pem(), &[])
+            .connect(other, actor)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(TerminateError::SniMismatch)
+    ));
+    assert_eq!(minter.minted(), 1);
+
     // Silence: the handshake deadline holds.
     let (_actor, pep) = tokio::io::duplex(1024);
     let r = terminator
-        .terminate(pep, Duration::from_millis(100))
+        .terminate(pep, None, Duration::from_millis(100))
         .await
         .map(|_| ());
     assert!(matches!(r, Err(TerminateError::Timeout)), "{r:?}");
@@ -505,7 +529,7 @@ async fn an_actors_next_connection_to_a_name_resumes_its_session() {
         let (actor, pep) = tokio::io::duplex(64 * 1024);
         let t = terminator.clone();
         let server = tokio::spawn(async move {
-            let mut done = t.terminate(pep, BOUND).await.expect("terminate");
+            let mut done = t.terminate(pep, None, BOUND).await.expect("terminate");
             done.stream.write_all(b"hi").await.unwrap();
             done.stream.flush().await.unwrap();
             let mut rest = Vec::new();
