@@ -246,21 +246,32 @@ impl LeafMinter {
         let ca = Arc::new(ArcSwap::from_pointee(InterceptCa::load(
             &cert_file, &key_file,
         )?));
+        // Entries live until renewal is due; the key carries the CA generation, so a rotated
+        // CA is never answered from a leaf of the old one.
+        let ttl = settings.lifetime.saturating_sub(settings.renew_before);
+        let cache: moka::future::Cache<(u64, String), Arc<CertifiedKey>> =
+            moka::future::Cache::builder()
+                .max_capacity(settings.max_entries)
+                .time_to_live(ttl.max(Duration::from_secs(1)))
+                .build();
         let installed = ca.clone();
+        let old_leaves = cache.clone();
         let (c, k) = (cert_file.clone(), key_file.clone());
         let reloader = Reloader::new(
             "interception CA",
             [cert_file, key_file],
             move || InterceptCa::load(&c, &k),
-            move |new| installed.store(Arc::new(new)),
+            move |new| {
+                // Files rewritten with the same CA: keep its leaves.
+                if installed.load().cert == new.cert {
+                    return;
+                }
+                installed.store(Arc::new(new));
+                // Leaves of the old CA are never served again (their keys name its
+                // generation); free them now rather than at their expiry.
+                old_leaves.invalidate_all();
+            },
         );
-        // Entries live until renewal is due; the key carries the CA generation, so a rotated
-        // CA is never answered from a leaf of the old one.
-        let ttl = settings.lifetime.saturating_sub(settings.renew_before);
-        let cache = moka::future::Cache::builder()
-            .max_capacity(settings.max_entries)
-            .time_to_live(ttl.max(Duration::from_secs(1)))
-            .build();
         Ok(Self {
             ca,
             reloader,

@@ -138,6 +138,13 @@ async fn a_rotated_ca_signs_the_next_leaves_and_a_broken_one_is_kept_out() {
     let before = minter.leaf("svc.example.com").await.expect("leaf");
     verify(&before, old.cert_pem(), "svc.example.com").expect("old CA");
 
+    // The same CA written again: nothing changes, the cached leaf is kept.
+    old.write_dir(dir.path()).unwrap();
+    minter.reload().expect("reload");
+    let same = minter.leaf("svc.example.com").await.expect("leaf");
+    assert!(Arc::ptr_eq(&before, &same), "unchanged CA keeps its leaves");
+    assert_eq!(minter.minted(), 1);
+
     let new = write_ca(dir.path(), "new CA");
     minter.reload().expect("reload");
     let after = minter.leaf("svc.example.com").await.expect("leaf");
