@@ -30,8 +30,15 @@ pub enum TerminateError {
     /// No leaf for the name.
     #[error(transparent)]
     Leaf(#[from] InterceptCaError),
-    /// The handshake failed (the actor does not trust the interception CA, spoke no TLS, went
-    /// away).
+    /// The actor refused the leaf (its alert says it does not trust the interception CA: the
+    /// actor's image or sandbox lacks it, or the client pins certificates).
+    #[error("the actor does not trust the interception CA")]
+    CaNotTrusted,
+    /// The actor offered ALPN protocols and none is HTTP (`h2`, `http/1.1`): nothing the PEP
+    /// can read requests from.
+    #[error("the actor offered no HTTP ALPN protocol")]
+    NotHttp,
+    /// Any other handshake failure (no TLS, the actor went away).
     #[error("TLS handshake with the actor: {0}")]
     Handshake(std::io::Error),
     /// The handshake did not finish in time.
@@ -114,9 +121,21 @@ impl Terminator {
         let stream = start
             .into_stream(Arc::new(config))
             .await
-            .map_err(TerminateError::Handshake)?;
+            .map_err(classify)?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         Ok(Terminated { stream, sni, h2 })
+    }
+}
+
+/// A handshake error: the actor's distrust and a non-HTTP ALPN apart from the rest.
+fn classify(e: std::io::Error) -> TerminateError {
+    use rustls::AlertDescription as A;
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(
+            A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied,
+        )) => TerminateError::CaNotTrusted,
+        Some(rustls::Error::NoApplicationProtocol) => TerminateError::NotHttp,
+        _ => TerminateError::Handshake(e),
     }
 }
 

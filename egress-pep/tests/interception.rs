@@ -288,6 +288,29 @@ async fn the_pep_terminates_with_the_leaf_for_the_sni_and_agrees_on_alpn() {
     ));
     assert_eq!(minter.minted(), 1);
 
+    // An actor that does not trust the interception CA, and one that offers no HTTP ALPN.
+    let stranger = DevCa::generate("stranger", Duration::from_secs(3600)).unwrap();
+    for (trusts, alpn, want) in [
+        (stranger.cert_pem(), &[b"h2".as_slice()][..], "CaNotTrusted"),
+        (ca.cert_pem(), &[b"imap".as_slice()][..], "NotHttp"),
+    ] {
+        let (actor, pep) = tokio::io::duplex(64 * 1024);
+        let t = terminator.clone();
+        let server = tokio::spawn(async move {
+            t.terminate(pep, None, Duration::from_secs(5))
+                .await
+                .map(|_| ())
+        });
+        let name = ServerName::try_from("api.example.com").unwrap();
+        let _ = client(trusts, alpn).connect(name, actor).await;
+        let got = server.await.unwrap();
+        let ok = match want {
+            "CaNotTrusted" => matches!(got, Err(TerminateError::CaNotTrusted)),
+            _ => matches!(got, Err(TerminateError::NotHttp)),
+        };
+        assert!(ok, "{want}: {got:?}");
+    }
+
     // Silence: the handshake deadline holds.
     let (_actor, pep) = tokio::io::duplex(1024);
     let r = terminator
