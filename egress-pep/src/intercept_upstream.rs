@@ -153,13 +153,28 @@ impl UpstreamTls {
         let stream = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| UpstreamTlsError::Timeout)?
-            .map_err(classify)?;
+            .map_err(|e| match classify(e) {
+                UpstreamTlsError::Handshake(e) if alpn == UpstreamAlpn::H2 && refused_alpn(&e) => {
+                    UpstreamTlsError::NoH2
+                }
+                other => other,
+            })?;
         if alpn == UpstreamAlpn::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice())
         {
             return Err(UpstreamTlsError::NoH2);
         }
         Ok(stream)
     }
+}
+
+/// The server answered our ALPN offer with `no_application_protocol` (RFC 7301 §3.2).
+fn refused_alpn(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    )
 }
 
 /// A handshake error: certificate problems apart from the rest.

@@ -328,6 +328,17 @@ async fn upstream_server(
     std::net::SocketAddr,
     tokio::task::JoinHandle<Option<Vec<u8>>>,
 ) {
+    upstream_server_alpn(ca, &[b"h2", b"http/1.1"]).await
+}
+
+/// As [`upstream_server`], agreeing only to `alpn`.
+async fn upstream_server_alpn(
+    ca: &DevCa,
+    alpn: &[&[u8]],
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Option<Vec<u8>>>,
+) {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let issued = ca
@@ -347,7 +358,7 @@ async fn upstream_server(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -408,6 +419,21 @@ async fn re_originated_tls_verifies_the_name_against_system_and_extra_roots() {
         let r = tls.connect(tcp, name, UpstreamAlpn::Http1, BOUND).await;
         let invalid = matches!(r, Err(UpstreamTlsError::CertificateInvalid(_)));
         assert!(invalid, "{name}: {:?}", r.err());
+    }
+
+    // h2 asked for, the server knows only http/1.1 (it refuses the offer) or no ALPN at all
+    // (it completes without one): NoH2 either way, never an h2 preface to an HTTP/1.1 server.
+    for alpn in [&[b"http/1.1".as_slice()][..], &[][..]] {
+        let (addr, _server) = upstream_server_alpn(&trusted, alpn).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let r = tls
+            .connect(tcp, "upstream.test", UpstreamAlpn::H2, BOUND)
+            .await;
+        assert!(
+            matches!(r, Err(UpstreamTlsError::NoH2)),
+            "{alpn:?}: {:?}",
+            r.err()
+        );
     }
 
     // A server that speaks no TLS: a handshake failure, not a certificate one.
