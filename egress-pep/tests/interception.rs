@@ -611,7 +611,7 @@ async fn an_actors_next_connection_to_a_name_resumes_its_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_names_at_once_are_all_minted_under_the_mint_bound() {
+async fn many_names_at_once_are_all_minted_with_a_mint_bound_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let ca = write_ca(dir.path(), "CA");
     let (c, k) = files(dir.path());
