@@ -59,8 +59,9 @@ pub struct TestArgs {
     /// The original destination the actor dialed, ip:port.
     #[arg(long)]
     dst: SocketAddr,
-    /// The traffic is a TLS ClientHello with this SNI.
-    #[arg(long, conflicts_with_all = ["host", "tls"])]
+    /// The traffic is a TLS ClientHello with this SNI; with `--host`, a request inside the
+    /// intercepted connection for this SNI (decided against `https` rules).
+    #[arg(long, conflicts_with = "tls")]
     sni: Option<String>,
     /// The traffic is a TLS ClientHello without SNI.
     #[arg(long)]
@@ -74,6 +75,10 @@ pub struct TestArgs {
     /// The cleartext request's path (no query).
     #[arg(long, default_value = "/", requires = "host")]
     path: String,
+    /// Decide as a PEP with interception configured (with `--config`: whether the config has
+    /// `egress.interception`).
+    #[arg(long, conflicts_with = "config")]
+    interception: bool,
 }
 
 /// Runs `actorgate policy test`: `Ok(true)` when the traffic passes; an error (bad config or
@@ -108,6 +113,7 @@ async fn test(args: TestArgs) -> Result<bool> {
     // Names under the routing host suffix are actor hosts, denied before the policy as the PEP
     // does (egress_pep::actor_hosts).
     let mut actor_hosts = ActorHosts::default();
+    let mut interception = args.interception;
 
     let (source, label): (Arc<dyn PolicySource>, String) = match &args.config {
         None => {
@@ -149,6 +155,7 @@ async fn test(args: TestArgs) -> Result<bool> {
             guard_settings = egress.guard_settings();
             static_entries = egress.static_entries.clone();
             actor_hosts = ActorHosts::new([loaded.config.routing.host_suffix.clone()]);
+            interception = egress.interception.is_some();
             // Every listener of the gateway is guarded, as `serve` does.
             own_listeners.push(egress.listen);
             own_listeners.push(loaded.admin_listen);
@@ -202,8 +209,19 @@ async fn test(args: TestArgs) -> Result<bool> {
         kind: IdentityKind::Certificate,
     };
     let traffic = match (&args.sni, args.tls, &args.host) {
-        (Some(sni), _, _) => Traffic::Tls { sni: Some(sni) },
-        (None, true, _) => Traffic::Tls { sni: None },
+        (Some(_), _, Some(host)) => Traffic::Https {
+            authority: host,
+            method: &args.method,
+            path: &args.path,
+        },
+        (Some(sni), _, None) => Traffic::Tls {
+            sni: Some(sni),
+            interception,
+        },
+        (None, true, _) => Traffic::Tls {
+            sni: None,
+            interception,
+        },
         (None, false, Some(host)) => Traffic::Http {
             authority: host,
             method: &args.method,

@@ -75,6 +75,7 @@ impl Case {
         let traffic = match self.kind {
             0..=2 => Traffic::Tls {
                 sni: Some(&self.name),
+                interception: false,
             },
             3 => Traffic::Http {
                 authority: &self.name,

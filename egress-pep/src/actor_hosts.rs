@@ -50,8 +50,8 @@ impl ActorHosts {
     /// then the policy decides; no policy → `no_policy`.
     pub fn decide(&self, policy: Option<&CompiledPolicy>, query: &Query<'_>) -> Decision {
         let name = match query.traffic {
-            Traffic::Tls { sni } => sni,
-            Traffic::Http { authority, .. } => Some(authority),
+            Traffic::Tls { sni, .. } => sni,
+            Traffic::Http { authority, .. } | Traffic::Https { authority, .. } => Some(authority),
             Traffic::Opaque => None,
         };
         if name.is_some_and(|n| self.contains(n)) {
@@ -87,6 +87,7 @@ mod tests {
         let q = Query {
             dst,
             traffic: Traffic::Tls {
+                interception: false,
                 sni: Some("a.b.actors.example.dev"),
             },
         };
@@ -97,6 +98,7 @@ mod tests {
         let q = Query {
             dst,
             traffic: Traffic::Tls {
+                interception: false,
                 sni: Some("example.org"),
             },
         };

@@ -82,6 +82,10 @@ pub struct AuditRecord {
     /// The deciding rule, when one decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleRef>,
+    /// The HTTP status the actor received (requests; `101` for an upgrade); absent when no
+    /// response was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// Allow, deny or audit.
     pub verdict: Verdict,
     /// The reason code.
@@ -111,6 +115,7 @@ impl AuditRecord {
             method: None,
             path: None,
             rule: None,
+            status: None,
             verdict,
             reason,
             dst_mismatch: false,
@@ -235,6 +240,7 @@ impl AuditSink {
             method = r.method.as_deref().unwrap_or(""),
             path = r.path.as_deref().unwrap_or(""),
             rule = rule.as_deref().unwrap_or(""),
+            status = r.status.unwrap_or(0),
             verdict = r.verdict.as_str(),
             reason = r.reason.as_str(),
             dst_mismatch = r.dst_mismatch,

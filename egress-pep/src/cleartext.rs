@@ -50,6 +50,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::decision::{Decision, Dial, Reason, Verdict};
 use crate::forward::{DialRefusal, Dialed};
+use crate::intercept_upstream::{UpstreamAlpn, UpstreamTlsError};
 
 /// Body text of a policy denial (DESIGN §9).
 const DENIED: &str = "egress denied";
@@ -57,8 +58,14 @@ const DENIED: &str = "egress denied";
 const UNAVAILABLE: &str = "egress unavailable";
 /// Body text of a malformed request.
 const BAD_REQUEST: &str = "bad request";
+/// The body of a `502` for a re-originated TLS connection that failed.
+const UPSTREAM_TLS_FAILED: &str = "egress upstream TLS failed";
+/// The body of a `421` for an intercepted request whose authority the leaf does not cover.
+const MISDIRECTED: &str = "misdirected request";
 /// Most upstream connections one tunnel keeps open for reuse.
 const MAX_UPSTREAMS: usize = 8;
+/// Most concurrent streams of an intercepted h2 connection from an actor.
+const MAX_H2_STREAMS: u32 = 100;
 /// Most request-body bytes read and discarded so that a denied request's connection stays
 /// usable; a longer body closes the connection after the denial.
 const DENY_DRAIN_BYTES: usize = 64 * 1024;
@@ -145,6 +152,46 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve_proxy(io, hooks, limits, Origin::Cleartext).await
+}
+
+/// Where a proxied connection's requests come from and how they reach their upstreams.
+#[derive(Clone)]
+pub(crate) enum Origin {
+    /// Cleartext HTTP/1.x from the tunnel; upstreams are plain TCP.
+    Cleartext,
+    /// Requests decrypted from an intercepted TLS connection; upstreams are re-originated TLS.
+    Intercepted(Arc<InterceptedOrigin>),
+}
+
+/// One intercepted connection's terms (see `crate::intercepted`).
+pub(crate) struct InterceptedOrigin {
+    /// The SNI the connection's leaf was minted for (lowercase, no trailing dot): a request for
+    /// another name is misdirected (`421`).
+    pub sni: Arc<str>,
+    /// The actor and the PEP agreed on `h2` (else HTTP/1.1).
+    pub h2: bool,
+    /// Trust and ALPN of re-originated TLS.
+    pub upstream_tls: Arc<crate::intercept_upstream::UpstreamTls>,
+    /// Bound of a re-originated TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Set when the ClientHello itself was denied and intercepted only to answer readably:
+    /// every request gets this decision (a denial) and nothing is dialled (DESIGN §7.2).
+    pub refuse_all: Option<Decision>,
+}
+
+/// Serves HTTP (HTTP/1.x, or h2 for an intercepted connection that agreed on it) on a tunnel's
+/// decrypted or cleartext IO; see [`serve`].
+pub(crate) async fn serve_proxy<IO>(
+    io: IO,
+    hooks: Arc<dyn CleartextHooks>,
+    limits: CleartextLimits,
+    origin: Origin,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let h2 = matches!(&origin, Origin::Intercepted(o) if o.h2);
     let framing = Arc::new(Framing::default());
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
@@ -156,20 +203,32 @@ where
         upstreams: Mutex::new(HashMap::new()),
         tasks: tasks.clone(),
         cancel: cancel.clone(),
+        origin,
     });
-    let io = TunnelIo::new(io, limits, framing);
+    // h2 frames are not HTTP/1.x: the framing scanner only follows HTTP/1.x streams (h2
+    // framing is the h2 server's, which refuses ambiguity itself).
+    let io = TunnelIo::new(io, limits, framing, !h2);
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req).await) }
     });
-    let result = hyper::server::conn::http1::Builder::new()
-        .half_close(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_header_size(limits.max_header_bytes)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await;
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(TokioIo::new(io), service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_header_size(limits.max_header_bytes)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+            .await
+    };
     tasks.close();
     tasks.wait().await;
     result
@@ -192,13 +251,31 @@ struct Proxy {
     tasks: TaskTracker,
     /// Cancelled when [`serve`] returns or is dropped.
     cancel: CancellationToken,
+    /// Cleartext or intercepted.
+    origin: Origin,
 }
 
-/// An upstream HTTP/1.1 connection of one tunnel.
+/// An upstream connection of one tunnel.
 struct Upstream {
-    sender: hyper::client::conn::http1::SendRequest<UpBody>,
+    sender: Sender,
     /// Its dial went to another address than the actor's original destination.
     dst_mismatch: bool,
+}
+
+/// An upstream connection's request sender: HTTP/1.1 (one request at a time, taken out of the
+/// pool while in use) or h2 (shared by the tunnel's concurrent requests).
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<UpBody>),
+    H2(hyper::client::conn::http2::SendRequest<UpBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
 }
 
 /// The request's validated target.
@@ -208,29 +285,52 @@ struct Target {
     host: HeaderValue,
 }
 
+/// Which protocol a request needs upstream (intercepted connections; cleartext is HTTP/1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// HTTP/1.1 (HTTP/1.x actors, upgrades).
+    Http1,
+    /// h2 (gRPC: trailers end to end).
+    H2,
+    /// h2 when the server offers it, else HTTP/1.1 (other h2 requests).
+    Either,
+}
+
 impl Proxy {
     /// Handles one request; never fails (errors become responses).
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
-        // No entry: the scanner stopped following the stream (fail closed).
-        let framed = self.framing.heads.lock().pop_front() == Some(HeadFraming::Clear);
-        let target = match validate(&req, framed) {
+        let intercepted = match &self.origin {
+            Origin::Cleartext => None,
+            Origin::Intercepted(o) => Some(o.clone()),
+        };
+        // No entry: the scanner stopped following the stream (fail closed). h2 requests have no
+        // HTTP/1.x framing to follow.
+        let framed = req.version() == Version::HTTP_2
+            || self.framing.heads.lock().pop_front() == Some(HeadFraming::Clear);
+        let target = match validate(&req, framed, intercepted.is_some()) {
             Ok(target) => target,
-            Err(authority) => {
+            Err((authority, reason)) => {
                 let guard = RecordGuard::new(
                     &self.hooks,
                     authority,
                     method,
                     path,
-                    Decision::deny(Reason::BadRequest),
+                    Decision::deny(reason),
                     start,
                 );
-                return guard.local(StatusCode::BAD_REQUEST, BAD_REQUEST, true);
+                if reason == Reason::BadRequest {
+                    return guard.local(StatusCode::BAD_REQUEST, BAD_REQUEST, true);
+                }
+                return self.refuse(req, guard).await;
             }
         };
-        let decision = self.hooks.decide(&target.authority, &method, &path).await;
+        let decision = match intercepted.as_ref().and_then(|o| o.refuse_all.clone()) {
+            Some(refused) => refused,
+            None => self.hooks.decide(&target.authority, &method, &path).await,
+        };
         let mut guard = RecordGuard::new(
             &self.hooks,
             target.authority.clone(),
@@ -247,11 +347,52 @@ impl Proxy {
             }
             (false, _) => return self.refuse(req, guard).await,
         };
+        if let Some(o) = &intercepted
+            && !covers(&o.sni, &target.authority)
+        {
+            // The leaf the actor verified is for another name (RFC 9110 §15.5.20).
+            let d = guard.decision.get_mut();
+            *d = Decision {
+                verdict: Verdict::Deny,
+                reason: Reason::NotCoveredByCertificate,
+                rule: d.rule.take(),
+                dial: None,
+            };
+            return self.refuse(req, guard).await;
+        }
 
         let upgrade = wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let want = match (&intercepted, req.version()) {
+            (None, _) => Want::Http1,
+            (Some(_), Version::HTTP_2) if is_grpc(req.headers()) => Want::H2,
+            (Some(_), Version::HTTP_2) => Want::Either,
+            (Some(_), _) => Want::Http1,
+        };
+        let key = dial_key(&dial, want);
+        let upstream = if upgrade {
+            self.connect(dial, want, true).await
+        } else {
+            match self.reusable(&key).await {
+                Some(upstream) => Ok(upstream),
+                None => self.connect(dial, want, false).await,
+            }
+        };
+        let guard = Arc::new(guard);
+        let mut upstream = match upstream {
+            Ok(upstream) => upstream,
+            Err(refusal) => {
+                tracing::debug!(detail = %refusal.detail, reason = refusal.reason.as_str(), "upstream dial refused");
+                return guard.refused_after_dial(refusal.reason);
+            }
+        };
+        guard
+            .dst_mismatch
+            .store(upstream.dst_mismatch, Ordering::Relaxed);
+
         let (mut parts, body) = req.into_parts();
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+        let trailers = te_trailers(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         if let (true, Some(value)) = (upgrade, upgrade_value) {
             parts.headers.insert(header::UPGRADE, value);
@@ -259,42 +400,39 @@ impl Proxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        parts.headers.insert(header::HOST, target.host);
-        parts.uri = origin_form(&parts.uri);
-        parts.version = Version::HTTP_11;
-        let guard = Arc::new(guard);
         let body = Counted::new(body, guard.clone(), Direction::Up);
-        let upstream_req = Request::from_parts(parts, body);
-
-        let key = dial_key(&dial);
-        let upstream = if upgrade {
-            self.connect(dial, true).await
-        } else {
-            match self.reusable(&key).await {
-                Some(upstream) => Ok(upstream),
-                None => self.connect(dial, false).await,
+        let sent = match &mut upstream.sender {
+            Sender::H1(sender) => {
+                parts.headers.insert(header::HOST, target.host);
+                parts.uri = origin_form(&parts.uri);
+                parts.version = Version::HTTP_11;
+                let sent = sender.send_request(Request::from_parts(parts, body));
+                tokio::time::timeout(self.limits.idle, sent).await
+            }
+            Sender::H2(sender) => {
+                // h2 carries the authority in `:authority`, from the absolute URI.
+                parts.headers.remove(header::HOST);
+                if trailers {
+                    parts
+                        .headers
+                        .insert(header::TE, HeaderValue::from_static("trailers"));
+                }
+                parts.uri = match absolute_https(&target.authority, &parts.uri) {
+                    Some(uri) => uri,
+                    None => return guard.status_only(StatusCode::BAD_REQUEST, BAD_REQUEST),
+                };
+                parts.version = Version::HTTP_2;
+                let sent = sender.send_request(Request::from_parts(parts, body));
+                tokio::time::timeout(self.limits.idle, sent).await
             }
         };
-        let mut upstream = match upstream {
-            Ok(upstream) => upstream,
-            Err(refusal) => {
-                tracing::debug!(detail = %refusal.detail, reason = refusal.reason.as_str(), "cleartext upstream dial refused");
-                return guard.refused_after_dial(refusal.reason);
-            }
-        };
-        guard
-            .dst_mismatch
-            .store(upstream.dst_mismatch, Ordering::Relaxed);
-        let sent =
-            tokio::time::timeout(self.limits.idle, upstream.sender.send_request(upstream_req))
-                .await;
         if !upgrade {
             self.keep(key, upstream);
         }
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cleartext upstream request failed");
+                tracing::debug!(error = %e, "upstream request failed");
                 return guard.status_only(StatusCode::BAD_GATEWAY, UNAVAILABLE);
             }
             Err(_) => return guard.status_only(StatusCode::GATEWAY_TIMEOUT, UNAVAILABLE),
@@ -341,7 +479,8 @@ impl Proxy {
     /// Answers a refused request (403 or 503 by reason) and keeps the connection usable when the
     /// request body can be discarded cheaply.
     async fn refuse(&self, req: Request<Incoming>, guard: RecordGuard) -> Response<RespBody> {
-        let close = !self.discard_body(req).await;
+        // h2: an unread body only resets its own stream; the connection goes on.
+        let close = req.version() != Version::HTTP_2 && !self.discard_body(req).await;
         let reason = guard.decision.lock().reason;
         let (status, text) = denial(reason);
         guard.local(status, text, close)
@@ -380,13 +519,32 @@ impl Proxy {
             .unwrap_or(false)
     }
 
-    /// A kept connection to `key` that is still open and ready.
+    /// A kept connection to `key` that is still open and ready: an HTTP/1.1 one is taken out
+    /// of the pool, an h2 one is shared.
     async fn reusable(&self, key: &str) -> Option<Upstream> {
-        let mut upstream = self.upstreams.lock().remove(key)?;
+        let taken = {
+            let mut upstreams = self.upstreams.lock();
+            match upstreams.get(key) {
+                Some(Upstream {
+                    sender: Sender::H2(sender),
+                    dst_mismatch,
+                }) if !sender.is_closed() => Some(Upstream {
+                    sender: Sender::H2(sender.clone()),
+                    dst_mismatch: *dst_mismatch,
+                }),
+                Some(_) => upstreams.remove(key),
+                None => None,
+            }
+        };
+        let mut upstream = taken?;
         if upstream.sender.is_closed() {
             return None;
         }
-        match tokio::time::timeout(self.limits.idle, upstream.sender.ready()).await {
+        let ready = match &mut upstream.sender {
+            Sender::H1(s) => tokio::time::timeout(self.limits.idle, s.ready()).await,
+            Sender::H2(s) => tokio::time::timeout(self.limits.idle, s.ready()).await,
+        };
+        match ready {
             Ok(Ok(())) => Some(upstream),
             _ => None,
         }
@@ -408,12 +566,83 @@ impl Proxy {
         upstreams.insert(key, upstream);
     }
 
-    /// Dials and opens a new upstream HTTP/1.1 connection; its driver runs on the tunnel's
-    /// task tracker.
-    async fn connect(&self, dial: Dial, upgrades: bool) -> Result<Upstream, DialRefusal> {
+    /// Dials and opens a new upstream connection (TLS to the authorised name first when
+    /// intercepted); its driver runs on the tunnel's task tracker.
+    async fn connect(
+        &self,
+        dial: Dial,
+        want: Want,
+        upgrades: bool,
+    ) -> Result<Upstream, DialRefusal> {
+        let tls_name = match &dial {
+            Dial::Name { host, .. } => host.to_string(),
+            Dial::Address { addr, .. } => addr.ip().to_string(),
+        };
         let dialed = self.hooks.dial(dial).await?;
+        let Origin::Intercepted(origin) = &self.origin else {
+            let sender = self.http1(TokioIo::new(dialed.stream), upgrades).await?;
+            return Ok(Upstream {
+                sender: Sender::H1(sender),
+                dst_mismatch: dialed.dst_mismatch,
+            });
+        };
+        let alpn = match want {
+            Want::Http1 => UpstreamAlpn::Http1,
+            Want::H2 => UpstreamAlpn::H2,
+            Want::Either => UpstreamAlpn::H2OrHttp1,
+        };
+        let tls = origin
+            .upstream_tls
+            .connect(dialed.stream, &tls_name, alpn, origin.handshake_timeout)
+            .await
+            .map_err(|e| DialRefusal {
+                reason: match e {
+                    UpstreamTlsError::CertificateInvalid(_) => Reason::UpstreamCertificateInvalid,
+                    _ => Reason::UpstreamTlsFailed,
+                },
+                detail: e.to_string(),
+            })?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        let sender = if h2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| DialRefusal {
+                        reason: Reason::UpstreamTlsFailed,
+                        detail: format!("h2 handshake: {e}"),
+                    })?;
+            let cancel = self.cancel.clone();
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    r = conn => if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream h2 connection ended");
+                    }
+                }
+            });
+            Sender::H2(sender)
+        } else {
+            Sender::H1(self.http1(TokioIo::new(tls), upgrades).await?)
+        };
+        Ok(Upstream {
+            sender,
+            dst_mismatch: dialed.dst_mismatch,
+        })
+    }
+
+    /// An HTTP/1.1 client connection over `io`, driven on the tunnel's task tracker.
+    async fn http1<T>(
+        &self,
+        io: T,
+        upgrades: bool,
+    ) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, DialRefusal>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+    {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(dialed.stream))
+            .handshake(io)
             .await
             .map_err(|e| DialRefusal {
                 reason: Reason::DialFailed,
@@ -433,19 +662,24 @@ impl Proxy {
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(error = %e, "cleartext upstream connection ended");
+                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
             }
         });
-        Ok(Upstream {
-            sender,
-            dst_mismatch: dialed.dst_mismatch,
-        })
+        Ok(sender)
     }
 }
 
 /// Checks the request's framing (`framed`: the scanner followed its head and found it
-/// unambiguous) and authority. `Err` carries the authority for the record.
-fn validate(req: &Request<Incoming>, framed: bool) -> Result<Target, String> {
+/// unambiguous, or h2) and authority. `intercepted`: the request came out of intercepted TLS
+/// (absolute-form must be `https`, default port 443, and an `:authority`/`Host` disagreement is
+/// [`Reason::AuthorityMismatch`]). `Err` carries the authority for the record and the reason:
+/// [`Reason::BadRequest`] for malformed requests.
+fn validate(
+    req: &Request<Incoming>,
+    framed: bool,
+    intercepted: bool,
+) -> Result<Target, (String, Reason)> {
+    let bad = |a: String| (a, Reason::BadRequest);
     let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
     let host = hosts
         .first()
@@ -457,35 +691,43 @@ fn validate(req: &Request<Incoming>, framed: bool) -> Result<Target, String> {
         || (hosts.len() == 1 && host.is_none())
         || req.method() == Method::CONNECT
     {
-        return Err(shown);
+        return Err(bad(shown));
     }
+    let default_port = if intercepted { "443" } else { "80" };
     let uri = req.uri();
-    if let Some(scheme) = uri.scheme() {
+    if let Some(uri_scheme) = uri.scheme() {
         let Some(uri_authority) = uri.authority() else {
-            return Err(shown);
+            return Err(bad(shown));
         };
-        if scheme != &http::uri::Scheme::HTTP || uri_authority.as_str().contains('@') {
-            return Err(shown);
+        // Inside intercepted TLS the scheme does not change what is dialled (some h2 clients
+        // on a connection they set up themselves send `:scheme: http`); cleartext is `http`.
+        let scheme_ok = uri_scheme == &http::uri::Scheme::HTTP
+            || (intercepted && uri_scheme == &http::uri::Scheme::HTTPS);
+        if !scheme_ok || uri_authority.as_str().contains('@') {
+            return Err(bad(shown));
         }
         return match (hosts.first(), host) {
             (Some(value), Some(host)) => {
-                if same_authority(&host, uri_authority.as_str()) {
+                if same_authority(&host, uri_authority.as_str(), default_port) {
                     Ok(Target {
                         authority: host,
                         host: (*value).clone(),
                     })
+                } else if intercepted {
+                    Err((host, Reason::AuthorityMismatch))
                 } else {
-                    Err(host)
+                    Err(bad(host))
                 }
             }
-            // HTTP/1.0 may omit Host; HTTP/1.1 must send it (RFC 9112 §3.2).
-            _ if req.version() == Version::HTTP_11 => Err(uri_authority.to_string()),
+            // HTTP/1.0 may omit Host; HTTP/1.1 must send it (RFC 9112 §3.2); h2 sends
+            // `:authority` instead (RFC 9113 §8.3.1).
+            _ if req.version() == Version::HTTP_11 => Err(bad(uri_authority.to_string())),
             _ => match HeaderValue::from_str(uri_authority.as_str()) {
                 Ok(value) => Ok(Target {
                     authority: uri_authority.to_string(),
                     host: value,
                 }),
-                Err(_) => Err(uri_authority.to_string()),
+                Err(_) => Err(bad(uri_authority.to_string())),
             },
         };
     }
@@ -494,24 +736,65 @@ fn validate(req: &Request<Incoming>, framed: bool) -> Result<Target, String> {
             authority: host,
             host: (*value).clone(),
         }),
-        _ => Err(shown),
+        _ => Err(bad(shown)),
     }
 }
 
 /// Whether two authorities name the same host and port (ASCII case-insensitive; a missing
-/// port equals `:80`).
-fn same_authority(a: &str, b: &str) -> bool {
+/// port equals `default_port`).
+fn same_authority(a: &str, b: &str, default_port: &str) -> bool {
     fn split(s: &str) -> (&str, &str) {
         match s.rsplit_once(':') {
             Some((host, port)) if !port.contains(']') => (host, port),
-            _ => (s, "80"),
+            _ => (s, ""),
         }
     }
     let (ah, ap) = split(a);
     let (bh, bp) = split(b);
-    let ap = if ap.is_empty() { "80" } else { ap };
-    let bp = if bp.is_empty() { "80" } else { bp };
+    let ap = if ap.is_empty() { default_port } else { ap };
+    let bp = if bp.is_empty() { default_port } else { bp };
     ah.eq_ignore_ascii_case(bh) && ap == bp
+}
+
+/// Whether `authority`'s host (port ignored, case and one trailing dot aside) is `sni`, the
+/// name an intercepted connection's leaf was minted for.
+fn covers(sni: &str, authority: &str) -> bool {
+    match crate::policy::hostname::normalize_authority_ref(authority) {
+        Ok(crate::policy::hostname::AuthorityRef::Name(name)) => *name == *sni,
+        _ => false,
+    }
+}
+
+/// Whether the request is gRPC (`content-type: application/grpc…`): it needs h2 upstream.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() >= 16 && v[..16].eq_ignore_ascii_case("application/grpc"))
+}
+
+/// Whether the request says `TE: trailers` (the one `TE` h2 allows, RFC 9113 §8.2.2).
+fn te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// `https://<authority><path?query>` for an h2 upstream request.
+fn absolute_https(authority: &str, uri: &Uri) -> Option<Uri> {
+    let pq = uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    Uri::builder()
+        .scheme(http::uri::Scheme::HTTPS)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .ok()
 }
 
 /// Whether the request asks for a protocol upgrade (HTTP/1.1, `Upgrade` and
@@ -565,27 +848,27 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// The reuse key of an upstream destination.
-fn dial_key(dial: &Dial) -> String {
+/// The reuse key of an upstream destination and the protocol it needs.
+fn dial_key(dial: &Dial, want: Want) -> String {
     match dial {
         Dial::Name {
             host,
             port,
             allow_private,
-        } => format!("name {host}:{port} {allow_private}"),
-        Dial::Address { addr, tcp_rule } => format!("addr {addr} {tcp_rule:?}"),
+        } => format!("name {host}:{port} {allow_private} {want:?}"),
+        Dial::Address { addr, tcp_rule } => format!("addr {addr} {tcp_rule:?} {want:?}"),
     }
 }
 
 /// The status and body of a denial by `reason`.
 fn denial(reason: Reason) -> (StatusCode, &'static str) {
     let status = reason.status();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        (status, UNAVAILABLE)
-    } else if status == StatusCode::BAD_REQUEST {
-        (status, BAD_REQUEST)
-    } else {
-        (StatusCode::FORBIDDEN, DENIED)
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => (status, UNAVAILABLE),
+        StatusCode::BAD_REQUEST => (status, BAD_REQUEST),
+        StatusCode::BAD_GATEWAY => (status, UPSTREAM_TLS_FAILED),
+        StatusCode::MISDIRECTED_REQUEST => (status, MISDIRECTED),
+        _ => (StatusCode::FORBIDDEN, DENIED),
     }
 }
 
@@ -796,11 +1079,13 @@ pin_project_lite::pin_project! {
         last: Instant,
         sleep: Pin<Box<Sleep>>,
         scanner: Scanner,
+        // Whether `scanner` follows the reads (HTTP/1.x only).
+        scan: bool,
     }
 }
 
 impl<IO> TunnelIo<IO> {
-    fn new(inner: IO, limits: CleartextLimits, framing: Arc<Framing>) -> Self {
+    fn new(inner: IO, limits: CleartextLimits, framing: Arc<Framing>, scan: bool) -> Self {
         let now = Instant::now();
         TunnelIo {
             inner,
@@ -808,6 +1093,7 @@ impl<IO> TunnelIo<IO> {
             last: now,
             sleep: Box::pin(tokio::time::sleep_until(now + limits.idle)),
             scanner: Scanner::new(framing, limits.max_header_bytes),
+            scan,
         }
     }
 }
@@ -845,7 +1131,9 @@ impl<IO: AsyncRead> AsyncRead for TunnelIo<IO> {
                 let read = &buf.filled()[before..];
                 if !read.is_empty() {
                     *this.last = Instant::now();
-                    this.scanner.feed(read);
+                    if *this.scan {
+                        this.scanner.feed(read);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -1302,9 +1590,9 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
 
     #[test]
     fn authorities_compare_with_default_port() {
-        assert!(same_authority("Example.com", "example.com:80"));
-        assert!(same_authority("[::1]:8080", "[::1]:8080"));
-        assert!(!same_authority("a.example", "b.example"));
-        assert!(!same_authority("a.example:81", "a.example"));
+        assert!(same_authority("Example.com", "example.com:80", "80"));
+        assert!(same_authority("[::1]:8080", "[::1]:8080", "80"));
+        assert!(!same_authority("a.example", "b.example", "80"));
+        assert!(!same_authority("a.example:81", "a.example", "80"));
     }
 }

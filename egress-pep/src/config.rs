@@ -66,6 +66,10 @@ pub struct EgressConfig {
     pub limits: EgressLimitsConfig,
     /// The decision audit stream.
     pub audit: AuditConfig,
+    /// TLS interception for `https` rules (DESIGN §7.2); absent: `https` rules deny with
+    /// `interception not configured`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interception: Option<InterceptionConfig>,
 }
 
 impl Default for EgressConfig {
@@ -84,8 +88,103 @@ impl Default for EgressConfig {
             guard: GuardConfig::default(),
             limits: EgressLimitsConfig::default(),
             audit: AuditConfig::default(),
+            interception: None,
         }
     }
+}
+
+/// `egress.interception`: the interception CA (reloaded when its files change), the leaves it
+/// mints, and the trust of re-originated TLS (DESIGN §7.2 `https` rules).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptionConfig {
+    /// The interception CA's certificate (PEM, exactly one; `actorgate dev-ca intercept-ca`
+    /// writes one). Actors must trust it.
+    pub ca_cert_file: PathBuf,
+    /// The CA's private key (PEM).
+    pub ca_key_file: PathBuf,
+    /// Lifetime of a minted leaf (clamped to the CA's `notAfter`). Default 15m; 1m to 7d.
+    #[serde(default = "default_leaf_lifetime", with = "humantime_serde")]
+    pub leaf_lifetime: Duration,
+    /// A cached leaf is replaced this long before it expires. Default 5m; below
+    /// `leaf_lifetime`.
+    #[serde(default = "default_renew_before", with = "humantime_serde")]
+    pub renew_before: Duration,
+    /// Leaves cached at most (one per name). Default 10000.
+    #[serde(default = "default_max_leaves")]
+    pub max_leaves: u64,
+    /// Leaves minted at the same time at most (key generation runs off the request path).
+    /// Default 4.
+    #[serde(default = "default_max_concurrent_mints")]
+    pub max_concurrent_mints: usize,
+    /// The TLS handshake with the actor must finish within this. Default 10s.
+    #[serde(default = "default_intercept_handshake", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A ClientHello no rule allows is intercepted too and every request answered
+    /// `403 egress denied` (no upstream contacted), so the agent sees why; `false` closes the
+    /// connection instead. Default true (DESIGN §7.2).
+    #[serde(default = "yes")]
+    pub readable_denials: bool,
+    /// Trust of the re-originated TLS connections.
+    #[serde(default)]
+    pub upstream: UpstreamTrustConfig,
+}
+
+/// `egress.interception.upstream`: the roots re-originated TLS is verified against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTrustConfig {
+    /// Trust the operating system's root store. Default true.
+    pub system_roots: bool,
+    /// Further CA certificates (PEM files, relative to the config file) to trust.
+    pub extra_ca_files: Vec<PathBuf>,
+}
+
+impl Default for UpstreamTrustConfig {
+    fn default() -> Self {
+        Self {
+            system_roots: true,
+            extra_ca_files: Vec::new(),
+        }
+    }
+}
+
+fn default_leaf_lifetime() -> Duration {
+    crate::intercept_ca::MinterSettings::default().lifetime
+}
+fn default_renew_before() -> Duration {
+    crate::intercept_ca::MinterSettings::default().renew_before
+}
+fn default_max_leaves() -> u64 {
+    crate::intercept_ca::MinterSettings::default().max_entries
+}
+fn default_max_concurrent_mints() -> usize {
+    crate::intercept_ca::MinterSettings::default().max_concurrent_mints
+}
+fn default_intercept_handshake() -> Duration {
+    Duration::from_secs(10)
+}
+fn yes() -> bool {
+    true
+}
+
+/// A valid `egress.interception` section, paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptionSettings {
+    /// The CA certificate file.
+    pub ca_cert_file: PathBuf,
+    /// The CA key file.
+    pub ca_key_file: PathBuf,
+    /// Leaf lifetime, renewal and cache bounds.
+    pub minter: crate::intercept_ca::MinterSettings,
+    /// The actor handshake's deadline.
+    pub handshake_timeout: Duration,
+    /// Whether denied ClientHellos are intercepted to answer `403` readably.
+    pub readable_denials: bool,
+    /// Trust the system roots upstream.
+    pub system_roots: bool,
+    /// Extra upstream CA files (resolved).
+    pub extra_ca_files: Vec<PathBuf>,
 }
 
 /// `egress.tls`: the tunnel listener's TLS (reloaded on change).
@@ -405,6 +504,8 @@ pub struct EgressSettings {
     pub limits: EgressLimitsConfig,
     /// The audit file (resolved), if any.
     pub audit_file: Option<PathBuf>,
+    /// Interception, when configured.
+    pub interception: Option<InterceptionSettings>,
 }
 
 impl EgressSettings {
@@ -500,6 +601,86 @@ fn cidrs(errs: &mut FieldErrors, field: &str, list: &[String]) -> Vec<IpNet> {
         }
     }
     out
+}
+
+/// Validates `egress.interception` (field paths relative to the section).
+fn interception_settings(
+    errs: &mut FieldErrors,
+    base: &Path,
+    i: &InterceptionConfig,
+) -> InterceptionSettings {
+    let ca_cert_file = existing_file(errs, "interception.ca_cert_file", base, &i.ca_cert_file);
+    let ca_key_file = existing_file(errs, "interception.ca_key_file", base, &i.ca_key_file);
+    check_duration(
+        errs,
+        "interception.leaf_lifetime",
+        i.leaf_lifetime,
+        Duration::from_secs(60),
+        Duration::from_secs(7 * 86_400),
+    );
+    if i.renew_before >= i.leaf_lifetime {
+        errs.push(
+            "interception.renew_before",
+            format!(
+                "{} is not below leaf_lifetime ({})",
+                humantime::format_duration(i.renew_before),
+                humantime::format_duration(i.leaf_lifetime)
+            ),
+        );
+    }
+    if !(1..=10_000_000).contains(&i.max_leaves) {
+        errs.push(
+            "interception.max_leaves",
+            format!("{} is out of range (1 to 10000000)", i.max_leaves),
+        );
+    }
+    if !(1..=256).contains(&i.max_concurrent_mints) {
+        errs.push(
+            "interception.max_concurrent_mints",
+            format!("{} is out of range (1 to 256)", i.max_concurrent_mints),
+        );
+    }
+    check_duration(
+        errs,
+        "interception.handshake_timeout",
+        i.handshake_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(120),
+    );
+    let extra_ca_files: Vec<PathBuf> = i
+        .upstream
+        .extra_ca_files
+        .iter()
+        .enumerate()
+        .map(|(n, f)| {
+            existing_file(
+                errs,
+                &item("interception.upstream.extra_ca_files", n),
+                base,
+                f,
+            )
+        })
+        .collect();
+    if !i.upstream.system_roots && extra_ca_files.is_empty() {
+        errs.push(
+            "interception.upstream",
+            "trusts nothing: set system_roots: true or name extra_ca_files",
+        );
+    }
+    InterceptionSettings {
+        ca_cert_file,
+        ca_key_file,
+        minter: crate::intercept_ca::MinterSettings {
+            lifetime: i.leaf_lifetime,
+            renew_before: i.renew_before,
+            max_entries: i.max_leaves,
+            max_concurrent_mints: i.max_concurrent_mints,
+        },
+        handshake_timeout: i.handshake_timeout,
+        readable_denials: i.readable_denials,
+        system_roots: i.upstream.system_roots,
+        extra_ca_files,
+    }
 }
 
 fn is_static_name(name: &str) -> bool {
@@ -826,6 +1007,10 @@ impl EgressConfig {
             .file
             .as_ref()
             .map(|f| identity::config::resolve_path(base, f));
+        let interception = self
+            .interception
+            .as_ref()
+            .map(|i| interception_settings(&mut errs, base, i));
 
         match (errs.is_empty(), listen, tls) {
             (true, Some(listen), Some(tls)) => Ok(EgressSettings {
@@ -847,6 +1032,7 @@ impl EgressConfig {
                 exempt,
                 limits: l.clone(),
                 audit_file,
+                interception,
             }),
             _ => Err(errs),
         }

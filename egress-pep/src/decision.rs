@@ -15,6 +15,11 @@ pub enum Traffic<'a> {
     Tls {
         /// The SNI, not yet normalised.
         sni: Option<&'a str>,
+        /// Whether the PEP can intercept (`egress.interception` is configured): then an `https`
+        /// rule allows the ClientHello (the connection is terminated and every request inside
+        /// is decided as [`Traffic::Https`]); without it an `https` rule denies with
+        /// [`Reason::InterceptionNotConfigured`] (DESIGN §7.2).
+        interception: bool,
     },
     /// One cleartext HTTP/1.x request (decided per request).
     Http {
@@ -24,6 +29,17 @@ pub enum Traffic<'a> {
         /// The request method (`GET`).
         method: &'a str,
         /// The request path without the query (`/v1/items`), as sent.
+        path: &'a str,
+    },
+    /// One request decrypted inside an intercepted TLS connection (decided per request against
+    /// `https` rules only, DESIGN §7.2).
+    Https {
+        /// The request's authority (`:authority`, or `Host`), not yet normalised; its port is
+        /// ignored (the dialed port is the original destination's).
+        authority: &'a str,
+        /// The request method (`GET`).
+        method: &'a str,
+        /// The request path without the query, as sent.
         path: &'a str,
     },
     /// Anything else: unknown bytes, or nothing before the peek timeout (server-first protocols).
@@ -125,6 +141,25 @@ pub enum Reason {
     Unclassified,
     /// A cleartext HTTP tunnel: not decided as a whole, each request is (tunnel records only).
     PerRequest,
+    /// A TLS tunnel the PEP intercepted: its requests are decided one by one (tunnel records
+    /// only; each request has its own record).
+    Intercepted,
+    /// An intercepted request's authority is not the name the connection's leaf certificate
+    /// was minted for (`421 Misdirected Request`, RFC 9110 §15.5.20).
+    NotCoveredByCertificate,
+    /// An intercepted request's `:authority` and `Host` disagree (DESIGN §7.2).
+    AuthorityMismatch,
+    /// The re-originated TLS connection's server certificate did not verify against the
+    /// upstream roots (`502`).
+    UpstreamCertificateInvalid,
+    /// The re-originated TLS handshake failed for another reason, or the server refused the
+    /// protocol the request needs (`502`).
+    UpstreamTlsFailed,
+    /// An intercepted connection that does not carry HTTP (the actor offered no HTTP ALPN).
+    NotHttp,
+    /// The TLS handshake with the actor failed (it does not trust the interception CA, timed
+    /// out, or no leaf could be minted).
+    InterceptHandshakeFailed,
 }
 
 impl Reason {
@@ -157,6 +192,13 @@ impl Reason {
             Reason::Draining => "draining",
             Reason::Unclassified => "unclassified",
             Reason::PerRequest => "per_request",
+            Reason::Intercepted => "intercepted",
+            Reason::NotCoveredByCertificate => "not_covered_by_certificate",
+            Reason::AuthorityMismatch => "authority_mismatch",
+            Reason::UpstreamCertificateInvalid => "upstream_certificate_invalid",
+            Reason::UpstreamTlsFailed => "upstream_tls_failed",
+            Reason::NotHttp => "not_http",
+            Reason::InterceptHandshakeFailed => "intercept_handshake_failed",
         }
     }
 
@@ -190,12 +232,23 @@ impl Reason {
             Reason::Draining => "draining",
             Reason::Unclassified => "first bytes did not classify within the limits",
             Reason::PerRequest => "cleartext HTTP, decided per request",
+            Reason::Intercepted => "intercepted TLS, decided per request",
+            Reason::NotCoveredByCertificate => {
+                "authority not covered by the connection's certificate"
+            }
+            Reason::AuthorityMismatch => ":authority and Host disagree",
+            Reason::UpstreamCertificateInvalid => "upstream certificate invalid",
+            Reason::UpstreamTlsFailed => "upstream TLS handshake failed",
+            Reason::NotHttp => "intercepted connection is not HTTP",
+            Reason::InterceptHandshakeFailed => "TLS handshake with the actor failed",
         }
     }
 
     /// The HTTP status the actor sees when this reason refuses a CONNECT or a readable request:
-    /// 503 for a dependency that did not answer, 400 for a malformed cleartext request, 403
-    /// otherwise (DESIGN §7.1, §9 denial bodies).
+    /// 503 for a dependency that did not answer, 400 for a malformed cleartext request, 502 for
+    /// a re-originated TLS connection that failed, 421 for an intercepted request whose
+    /// authority the connection's certificate does not cover, 403 otherwise (DESIGN §7.1, §9
+    /// denial bodies).
     pub fn status(self) -> http::StatusCode {
         match self {
             Reason::ControlPlaneUnavailable
@@ -203,6 +256,10 @@ impl Reason {
             | Reason::DialFailed
             | Reason::Draining => http::StatusCode::SERVICE_UNAVAILABLE,
             Reason::BadRequest => http::StatusCode::BAD_REQUEST,
+            Reason::UpstreamCertificateInvalid | Reason::UpstreamTlsFailed => {
+                http::StatusCode::BAD_GATEWAY
+            }
+            Reason::NotCoveredByCertificate => http::StatusCode::MISDIRECTED_REQUEST,
             _ => http::StatusCode::FORBIDDEN,
         }
     }

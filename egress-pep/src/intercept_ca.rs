@@ -145,6 +145,11 @@ impl InterceptCa {
         Self::from_pem(&read(cert_file)?, &read(key_file)?)
     }
 
+    /// When the CA certificate expires (leaves are clamped to it).
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
     /// The CA certificate (DER), sent after each leaf.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert

@@ -57,12 +57,16 @@ pub enum UpstreamAlpn {
     H2,
     /// `http/1.1` only (HTTP/1.x actors, WebSocket upgrades).
     Http1,
+    /// `h2`, else `http/1.1`: an h2 actor's requests that do not need h2 end to end reach
+    /// servers without h2 too (the caller reads the agreed protocol from the connection).
+    H2OrHttp1,
 }
 
 /// TLS client configs for re-origination, one per [`UpstreamAlpn`].
 pub struct UpstreamTls {
     h2: Arc<ClientConfig>,
     http1: Arc<ClientConfig>,
+    either: Arc<ClientConfig>,
     roots: usize,
 }
 
@@ -105,18 +109,19 @@ impl UpstreamTls {
         }
         let count = roots.len();
         let roots = Arc::new(roots);
-        let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, UpstreamTlsError> {
+        let config = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, UpstreamTlsError> {
             let mut c = ClientConfig::builder_with_provider(identity::tls::provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| UpstreamTlsError::Config(e.to_string()))?
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
-            c.alpn_protocols = vec![alpn.to_vec()];
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(c))
         };
         Ok(Self {
-            h2: config(b"h2")?,
-            http1: config(b"http/1.1")?,
+            h2: config(&[b"h2"])?,
+            http1: config(&[b"http/1.1"])?,
+            either: config(&[b"h2", b"http/1.1"])?,
             roots: count,
         })
     }
@@ -148,6 +153,7 @@ impl UpstreamTls {
         let config = match alpn {
             UpstreamAlpn::H2 => self.h2.clone(),
             UpstreamAlpn::Http1 => self.http1.clone(),
+            UpstreamAlpn::H2OrHttp1 => self.either.clone(),
         };
         let connect = tokio_rustls::TlsConnector::from(config).connect(server, io);
         let stream = tokio::time::timeout(timeout, connect)

@@ -35,6 +35,7 @@ pub mod guard;
 pub mod intercept_ca;
 pub mod intercept_tls;
 pub mod intercept_upstream;
+pub mod intercepted;
 pub mod metrics;
 pub mod policy;
 pub mod resolve;

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the PEP (DESIGN §7.2 "Audit"): tunnels and cleartext requests by verdict
 //! and reason, active tunnels, bytes each way, the time to answer a CONNECT, policy decision
 //! latency, identity failures by reason,
-//! limits that closed something, the policy source's reload state and the DNS cache size. Every
+//! limits that closed something, the policy source's reload state, the DNS cache size, and for
+//! interception: requests by verdict, upstream TLS failures, leaves minted and cached. Every
 //! label is a fixed, low-cardinality code ([`Verdict::as_str`], [`Reason::as_str`],
 //! [`Limit::as_str`]): never an actor, a name or an address.
 
@@ -57,6 +58,11 @@ struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictOnly {
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -85,6 +91,12 @@ pub struct EgressMetrics {
     limits: Family<LimitLabels, Counter>,
     policy_reload_ok: Gauge,
     dns_cache_entries: Gauge,
+    intercepted_requests: Family<VerdictOnly, Counter>,
+    upstream_tls_failures: Family<ReasonLabels, Counter>,
+    leaves_minted: Counter,
+    /// The minter's count last copied into `leaves_minted`.
+    leaves_minted_seen: Arc<AtomicU64>,
+    leaf_cache_entries: Gauge,
     /// Decisions observed (for tests and `/statusz`, without reading the histogram).
     decisions: Arc<AtomicU64>,
 }
@@ -151,6 +163,26 @@ impl EgressMetrics {
             "Names in the PEP resolver's cache",
             m.dns_cache_entries.clone(),
         );
+        registry.register(
+            "actorgate_egress_intercepted_requests",
+            "Requests inside intercepted TLS connections by verdict (also in requests_total with their reason)",
+            m.intercepted_requests.clone(),
+        );
+        registry.register(
+            "actorgate_egress_upstream_tls_failures",
+            "Re-originated TLS connections that failed, by reason (upstream_certificate_invalid, upstream_tls_failed)",
+            m.upstream_tls_failures.clone(),
+        );
+        registry.register(
+            "actorgate_egress_intercept_leaves_minted",
+            "Leaf certificates minted by the interception CA",
+            m.leaves_minted.clone(),
+        );
+        registry.register(
+            "actorgate_egress_intercept_leaf_cache_entries",
+            "Leaf certificates cached (one per name)",
+            m.leaf_cache_entries.clone(),
+        );
         m
     }
 
@@ -171,6 +203,11 @@ impl EgressMetrics {
             limits: Family::default(),
             policy_reload_ok,
             dns_cache_entries: Gauge::default(),
+            intercepted_requests: Family::default(),
+            upstream_tls_failures: Family::default(),
+            leaves_minted: Counter::default(),
+            leaves_minted_seen: Arc::new(AtomicU64::new(0)),
+            leaf_cache_entries: Gauge::default(),
             decisions: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -299,6 +336,46 @@ impl EgressMetrics {
         self.policy_reload_ok.set(i64::from(ok));
     }
 
+    /// Counts one request inside an intercepted connection (it is counted in
+    /// [`EgressMetrics::request`] too).
+    pub fn intercepted_request(&self, verdict: Verdict) {
+        self.intercepted_requests
+            .get_or_create(&VerdictOnly {
+                verdict: verdict.as_str(),
+            })
+            .inc();
+    }
+
+    /// Intercepted requests counted with this verdict so far.
+    pub fn intercepted_requests(&self, verdict: Verdict) -> u64 {
+        self.intercepted_requests
+            .get_or_create(&VerdictOnly {
+                verdict: verdict.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts a re-originated TLS connection that failed (`reason`:
+    /// [`Reason::UpstreamCertificateInvalid`] or [`Reason::UpstreamTlsFailed`]).
+    pub fn upstream_tls_failure(&self, reason: Reason) {
+        self.upstream_tls_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Copies the leaf minter's counts: `minted` since start (the counter advances by what is
+    /// new) and `cached` now.
+    pub fn set_interception_leaves(&self, minted: u64, cached: u64) {
+        let before = self.leaves_minted_seen.fetch_max(minted, Ordering::Relaxed);
+        if minted > before {
+            self.leaves_minted.inc_by(minted - before);
+        }
+        self.leaf_cache_entries
+            .set(i64::try_from(cached).unwrap_or(i64::MAX));
+    }
+
     /// Sets the number of names in the resolver's cache.
     pub fn set_dns_cache_entries(&self, entries: u64) {
         self.dns_cache_entries
@@ -333,6 +410,11 @@ mod tests {
         m.bytes(3, 4);
         m.decision(Duration::from_micros(3));
         m.connect(Duration::from_millis(2));
+        m.intercepted_request(Verdict::Deny);
+        m.upstream_tls_failure(Reason::UpstreamCertificateInvalid);
+        m.set_interception_leaves(2, 1);
+        m.set_interception_leaves(3, 2);
+        m.set_interception_leaves(1, 2);
         let t = m.open_tunnel();
         assert_eq!(m.active_tunnels(), 1);
         let mut out = String::new();
@@ -349,6 +431,10 @@ mod tests {
             "actorgate_egress_connect_seconds_count 1",
             "actorgate_egress_policy_reload_ok 1",
             "actorgate_egress_dns_cache_entries 0",
+            "actorgate_egress_intercepted_requests_total{verdict=\"deny\"} 1",
+            "actorgate_egress_upstream_tls_failures_total{reason=\"upstream_certificate_invalid\"} 1",
+            "actorgate_egress_intercept_leaves_minted_total 3",
+            "actorgate_egress_intercept_leaf_cache_entries 2",
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }

@@ -41,8 +41,9 @@ use crate::actor_hosts::ActorHosts;
 use crate::audit::{AuditActor, AuditRecord, AuditSink, RecordKind};
 use crate::classify::{self, Classified, ClassifyError, ClassifyLimits, Rewind};
 use crate::cleartext::{self, CleartextHooks, CleartextLimits, RequestRecord};
-use crate::decision::{Decision, Dial, Query, Reason, Traffic, Verdict};
+use crate::decision::{Decision, Dial, Query, Reason, RuleKind, Traffic, Verdict};
 use crate::forward::{DialRefusal, Dialed, Dialer, SpliceCounters};
+use crate::intercepted::Interception;
 use crate::metrics::{ActiveTunnel, EgressMetrics, Limit};
 use crate::policy::{CompiledPolicy, PolicySource};
 use crate::subject::Subject;
@@ -151,6 +152,9 @@ pub struct PepParts {
     /// DNS suffixes that name actors (e.g. `actors.local`): an SNI or authority under one is
     /// actor-to-actor traffic, denied until actor forwarding is configured (DESIGN §7.4).
     pub actor_host_suffixes: Vec<String>,
+    /// TLS interception for `https` rules; `None`: they deny with `interception not
+    /// configured` (DESIGN §7.2).
+    pub interception: Option<Interception>,
 }
 
 /// The egress PEP: the tunnel server and everything a tunnel needs.
@@ -168,6 +172,7 @@ pub struct Pep {
     actor_hosts: ActorHosts,
     liveness: liveness::Liveness,
     listeners: parking_lot::Mutex<Vec<SocketAddr>>,
+    interception: Option<Interception>,
 }
 
 impl std::fmt::Debug for Pep {
@@ -249,6 +254,7 @@ impl Pep {
             actor_hosts: ActorHosts::new(parts.actor_host_suffixes),
             liveness,
             listeners: parking_lot::Mutex::new(Vec::new()),
+            interception: parts.interception,
         })
     }
 
@@ -303,6 +309,10 @@ impl Pep {
                 "agents": self.identity.agents,
             },
             "audit": self.audit.status(),
+            "interception": self.interception.as_ref().map(|i| {
+                self.observe_minter(i);
+                i.status()
+            }),
         })
     }
 
@@ -590,6 +600,7 @@ impl Pep {
                     pep: self.clone(),
                     subject: t.subject.clone(),
                     dst: t.dst,
+                    sni: None,
                 });
                 let io = Rewind::new(prefix, io);
                 // Boxed: the cleartext proxy's state is large and only HTTP tunnels need it;
@@ -609,15 +620,28 @@ impl Pep {
             }
             Classified::Tls { sni } => {
                 rec.sni = sni.clone();
-                self.decide(
+                let decision = self.decide(
                     Some(&t.policy),
                     &Query {
                         dst: t.dst,
                         traffic: Traffic::Tls {
                             sni: sni.as_deref(),
+                            interception: self.interception.is_some(),
                         },
                     },
-                )
+                );
+                if let (Some(interception), Some(sni)) = (&self.interception, sni.as_deref()) {
+                    let https = decision.verdict.passes()
+                        && decision.rule.as_ref().map(|r| r.kind) == Some(RuleKind::Https);
+                    let readable = !decision.verdict.passes() && interception.readable_denials();
+                    if https || readable {
+                        let io = Rewind::new(prefix, io);
+                        self.intercept(io, interception, sni, decision, t, rec)
+                            .await;
+                        return;
+                    }
+                }
+                decision
             }
             Classified::Opaque => self.decide(
                 Some(&t.policy),
@@ -667,6 +691,52 @@ impl Pep {
         self.finish(rec.with_duration(t.started.elapsed()));
     }
 
+    /// An intercepted tunnel (`decision`: the ClientHello's; a denial is answered readably to
+    /// every request): terminate, serve its requests, record the tunnel.
+    async fn intercept<IO>(
+        self: &Arc<Self>,
+        io: IO,
+        interception: &Interception,
+        sni: &str,
+        decision: Decision,
+        t: Tunnel,
+        mut rec: AuditRecord,
+    ) where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let passes = decision.verdict.passes();
+        rec.verdict = decision.verdict;
+        rec.reason = if passes {
+            Reason::Intercepted
+        } else {
+            decision.reason
+        };
+        rec.rule = decision.rule.clone();
+        let hooks = Arc::new(Hooks {
+            pep: self.clone(),
+            subject: t.subject.clone(),
+            dst: t.dst,
+            sni: Some(sni.to_owned()),
+        });
+        let refuse_all = (!passes).then_some(decision);
+        // Boxed: the proxy's state is large and only intercepted tunnels need it.
+        let served = Box::pin(interception.serve(io, sni, hooks, self.cleartext, refuse_all)).await;
+        self.observe_minter(interception);
+        if let Err(refusal) = served {
+            tracing::debug!(dst = %t.dst, reason = refusal.reason.as_str(), detail = %refusal.detail, "interception refused");
+            rec.verdict = Verdict::Deny;
+            rec.reason = refusal.reason;
+        }
+        self.finish(rec.with_duration(t.started.elapsed()));
+    }
+
+    /// Copies the minter's counts into the metrics.
+    fn observe_minter(&self, interception: &Interception) {
+        let minter = interception.minter();
+        self.metrics
+            .set_interception_leaves(minter.minted(), minter.cached());
+    }
+
     /// Decides `query` as `actorgate policy test` does ([`ActorHosts::decide`]: actor hosts
     /// first, then `policy`; `None` = no policy), timed into `actorgate_egress_decision_seconds`.
     fn decide(&self, policy: Option<&CompiledPolicy>, query: &Query<'_>) -> Decision {
@@ -683,6 +753,9 @@ struct Hooks {
     pep: Arc<Pep>,
     subject: Arc<Subject>,
     dst: SocketAddr,
+    /// The intercepted connection's SNI (its requests are decided against `https` rules);
+    /// `None` for cleartext.
+    sni: Option<String>,
 }
 
 impl CleartextHooks for Hooks {
@@ -692,21 +765,26 @@ impl CleartextHooks for Hooks {
         let (authority, method, path) = (authority.to_owned(), method.to_owned(), path.to_owned());
         let dst = self.dst;
         let pep = self.pep.clone();
+        let intercepted = self.sni.is_some();
         Box::pin(async move {
             let Ok(policy) = policy.await else {
                 return Decision::deny(Reason::ControlPlaneUnavailable);
             };
-            pep.decide(
-                policy.as_deref(),
-                &Query {
-                    dst,
-                    traffic: Traffic::Http {
-                        authority: &authority,
-                        method: &method,
-                        path: &path,
-                    },
-                },
-            )
+            let (authority, method, path) = (&authority[..], &method[..], &path[..]);
+            let traffic = if intercepted {
+                Traffic::Https {
+                    authority,
+                    method,
+                    path,
+                }
+            } else {
+                Traffic::Http {
+                    authority,
+                    method,
+                    path,
+                }
+            };
+            pep.decide(policy.as_deref(), &Query { dst, traffic })
         })
     }
 
@@ -722,6 +800,15 @@ impl CleartextHooks for Hooks {
         self.pep
             .metrics
             .request(r.decision.verdict, r.decision.reason);
+        if self.sni.is_some() {
+            self.pep.metrics.intercepted_request(r.decision.verdict);
+            if matches!(
+                r.decision.reason,
+                Reason::UpstreamCertificateInvalid | Reason::UpstreamTlsFailed
+            ) {
+                self.pep.metrics.upstream_tls_failure(r.decision.reason);
+            }
+        }
         let mut rec = AuditRecord::new(RecordKind::Request, r.decision.verdict, r.decision.reason);
         rec.actor = Some(AuditActor {
             atespace: self.subject.actor.atespace.clone(),
@@ -734,6 +821,8 @@ impl CleartextHooks for Hooks {
         rec.method = Some(r.method);
         rec.path = Some(r.path);
         rec.rule = r.decision.rule;
+        rec.sni = self.sni.clone();
+        rec.status = (r.status != 0).then_some(r.status);
         rec.dst_mismatch = r.dst_mismatch;
         rec.bytes_up = r.bytes_up;
         rec.bytes_down = r.bytes_down;

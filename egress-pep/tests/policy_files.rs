@@ -27,7 +27,10 @@ fn addr(s: &str) -> SocketAddr {
 fn tls(p: &CompiledPolicy, dst: &str, sni: Option<&str>) -> Decision {
     p.decide(&Query {
         dst: addr(dst),
-        traffic: Traffic::Tls { sni },
+        traffic: Traffic::Tls {
+            sni,
+            interception: false,
+        },
     })
 }
 

@@ -255,6 +255,7 @@ impl Harness {
             },
             cleartext: CleartextLimits::default(),
             actor_host_suffixes: vec!["actors.local".into()],
+            interception: None,
         });
         let drain = Drain::new();
         tokio::spawn(pep.clone().serve(listener, drain.signal()));

@@ -13,7 +13,10 @@
 //! `*` is the only pattern matching an IP-literal authority; the `Host` port is ignored (the
 //! dialed port counts); a malformed authority is denied; no policy and an empty policy deny.
 //! Where upstream intercepts (`https`), actorgate without interception denies with
-//! `interception not configured` naming the same rule.
+//! `interception not configured` naming the same rule, and with interception allows by that
+//! rule (the PEP then terminates); every case runs both ways. Requests decrypted inside an
+//! intercepted connection are decided against `https` rules alone, by their authority (issue
+//! 12).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -383,7 +386,8 @@ fn subject(name: &str) -> Subject {
 enum Up {
     /// Allowed by rule `n` (`http` or `tls_passthrough`).
     Allow(usize),
-    /// Intercepted by `https` rule `n` (actorgate without interception: denied, same rule).
+    /// Intercepted by `https` rule `n` (actorgate without interception: denied, same rule;
+    /// with interception: allowed by that rule).
     Intercept(usize),
     /// Denied (no rule), optionally with the reason actorgate must give.
     Deny(Option<Reason>),
@@ -393,6 +397,8 @@ enum Up {
 enum T {
     Http(&'static str),
     Tls(Option<&'static str>),
+    /// A request inside an intercepted connection, by its authority.
+    Https(&'static str),
     Opaque,
 }
 
@@ -816,6 +822,70 @@ fn matrix() -> Vec<Case> {
             "wildcard https on all ports",
         ),
         c("sni", Tls(Some("other.test")), 443, Intercept(0), "* https"),
+        // Requests inside intercepted connections: `https` rules alone, by authority.
+        c(
+            "sni",
+            Https("b.example.com"),
+            443,
+            Allow(3),
+            "a request: exact https",
+        ),
+        c(
+            "sni",
+            Https("a.example.com"),
+            443,
+            Allow(2),
+            "a request: the exact passthrough rule is not an https rule; the wildcard decides",
+        ),
+        c(
+            "sni",
+            Https("other.test:8443"),
+            443,
+            Allow(0),
+            "a request: * https, the Host port ignored",
+        ),
+        c(
+            "sni",
+            Https("10.1.2.3"),
+            443,
+            Allow(0),
+            "a request: * matches an IP literal",
+        ),
+        c(
+            "sni",
+            Https("x.example.org"),
+            443,
+            Allow(0),
+            "a request: passthrough wildcards do not decide requests, * https does",
+        ),
+        c(
+            "basic",
+            Https("intercept.example.com"),
+            443,
+            Allow(3),
+            "a request: exact https on its default port",
+        ),
+        c(
+            "basic",
+            Https("secure.example.com"),
+            443,
+            Deny(Some(Reason::NoMatchingRule)),
+            "a request: passthrough rules never decide requests",
+        ),
+        c(
+            "basic",
+            Https("api.example.com"),
+            443,
+            Deny(Some(Reason::NoMatchingRule)),
+            "a request: http rules never decide intercepted requests",
+        ),
+        c(
+            "basic",
+            Https("intercept.example.com"),
+            8443,
+            Deny(Some(Reason::NoMatchingRule)),
+            "a request: the dialed port counts",
+        ),
         c(
             "sni",
             Tls(Some("a.example.com")),
@@ -877,9 +947,19 @@ fn matrix() -> Vec<Case> {
     ]
 }
 
-fn check(case: &Case, d: &Decision) -> Result<(), String> {
+fn check(case: &Case, d: &Decision, interception: bool) -> Result<(), String> {
     let rule = d.rule.as_ref().map(|r| (r.index, r.kind));
     match case.up {
+        Up::Intercept(n) if interception => {
+            if d.verdict != Verdict::Allow || rule != Some((n, RuleKind::Https)) {
+                return Err(format!("want allow (intercept) by https rule {n}"));
+            }
+            match (case.traffic, &d.dial) {
+                (T::Tls(Some(a)), Some(Dial::Name { host, port, .. }))
+                    if **host == *a && *port == case.port => {}
+                _ => return Err("an intercepted name is dialled by name".into()),
+            }
+        }
         Up::Allow(n) => {
             if d.verdict != Verdict::Allow || rule.map(|r| r.0) != Some(n) {
                 return Err(format!("want allow by rule {n}"));
@@ -888,7 +968,7 @@ fn check(case: &Case, d: &Decision) -> Result<(), String> {
                 return Err("allowed without a dial".into());
             };
             match (case.traffic, dial) {
-                (T::Http(a) | T::Tls(Some(a)), Dial::Name { host, port, .. }) => {
+                (T::Http(a) | T::Https(a) | T::Tls(Some(a)), Dial::Name { host, port, .. }) => {
                     let want = a
                         .rsplit_once(':')
                         .filter(|(h, _)| !h.contains(':') && !h.starts_with('['))
@@ -899,7 +979,7 @@ fn check(case: &Case, d: &Decision) -> Result<(), String> {
                         return Err(format!("want dial by name {want}:{}", case.port));
                     }
                 }
-                (T::Http(_), Dial::Address { addr, .. }) => {
+                (T::Http(_) | T::Https(_), Dial::Address { addr, .. }) => {
                     if addr.port() != case.port {
                         return Err("IP-literal authority must dial the dialed port".into());
                     }
@@ -942,7 +1022,10 @@ async fn hand_encoded_upstream_policies_decide_as_upstream() {
     assert!(cases.len() >= 40, "the matrix has {} cases", cases.len());
     let dst_ip = "198.51.100.7";
     let mut failures = Vec::new();
-    for case in &cases {
+    for (interception, case) in [false, true]
+        .into_iter()
+        .flat_map(|i| cases.iter().map(move |c| (i, c)))
+    {
         let compiled = tokio::time::timeout(WAIT, source.policy_for(&subject(case.actor)))
             .await
             .unwrap_or_else(|_| panic!("policy lookup for {} timed out", case.actor))
@@ -954,16 +1037,21 @@ async fn hand_encoded_upstream_policies_decide_as_upstream() {
                 method: "GET",
                 path: "/",
             },
-            T::Tls(sni) => Traffic::Tls { sni },
+            T::Tls(sni) => Traffic::Tls { sni, interception },
+            T::Https(authority) => Traffic::Https {
+                authority,
+                method: "GET",
+                path: "/",
+            },
             T::Opaque => Traffic::Opaque,
         };
         let d = match &compiled {
             Some(p) => p.decide(&Query { dst, traffic }),
             None => Decision::deny(Reason::NoPolicy),
         };
-        if let Err(want) = check(case, &d) {
+        if let Err(want) = check(case, &d, interception) {
             failures.push(format!(
-                "{} {:?} port {} ({}): {want}; got {:?} {} rule {:?}",
+                "interception {interception}: {} {:?} port {} ({}): {want}; got {:?} {} rule {:?}",
                 case.actor,
                 case.traffic,
                 case.port,

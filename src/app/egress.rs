@@ -123,6 +123,7 @@ pub async fn start(
             .context("egress.audit.file")?,
     );
     let identity = identity_settings(settings).await?;
+    let interception = interception(w, settings)?;
 
     let pep = egress_pep::tunnel::Pep::new(egress_pep::tunnel::PepParts {
         tls: tls.clone(),
@@ -136,6 +137,7 @@ pub async fn start(
         classify: settings.classify_limits(),
         cleartext: settings.cleartext_limits(),
         actor_host_suffixes: vec![loaded.config.routing.host_suffix.clone()],
+        interception,
     });
     let p = pep.clone();
     w.health.register_section("egress", move || p.status())?;
@@ -158,6 +160,43 @@ pub async fn start(
         .with_limits(settings.listener_limits());
     tokio::spawn(pep.serve(listener, w.drain.signal()));
     Ok(())
+}
+
+/// The interception CA (its files watched: a rotated CA signs the next leaves without a
+/// restart) and the trust of re-originated TLS, when `egress.interception` is set.
+fn interception(
+    w: &mut Wiring,
+    s: &EgressSettings,
+) -> Result<Option<egress_pep::intercepted::Interception>> {
+    let Some(i) = &s.interception else {
+        return Ok(None);
+    };
+    let minter = egress_pep::intercept_ca::LeafMinter::new(
+        i.ca_cert_file.clone(),
+        i.ca_key_file.clone(),
+        i.minter,
+    )
+    .map_err(|e| anyhow!("egress.interception.ca_cert_file: {e}"))?;
+    match minter.reloader().watch(Duration::from_millis(200)) {
+        Ok(handle) => w.keep(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the interception CA files; rotation needs a restart")
+        }
+    }
+    let upstream =
+        egress_pep::intercept_upstream::UpstreamTls::new(i.system_roots, &i.extra_ca_files)
+            .map_err(|e| anyhow!("egress.interception.upstream: {e}"))?;
+    tracing::info!(
+        roots = upstream.roots(),
+        leaf_lifetime = %humantime::format_duration(i.minter.lifetime),
+        "egress interception configured"
+    );
+    Ok(Some(egress_pep::intercepted::Interception::new(
+        Arc::new(minter),
+        Arc::new(upstream),
+        i.handshake_timeout,
+        i.readable_denials,
+    )))
 }
 
 /// How tunnels prove their actor: certificate options and, with `agents.allow`, the assertion

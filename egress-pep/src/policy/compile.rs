@@ -222,6 +222,8 @@ pub struct CompiledPolicy {
     rules: Vec<RuleInfo>,
     http: HostMatcher,
     sni: HostMatcher,
+    /// `https` rules alone: the authorities of intercepted requests.
+    https: HostMatcher,
     tcp: TcpMatcher,
     policy_audit: bool,
     /// Set for [`CompiledPolicy::deny_all`]: every decision is this denial.
@@ -248,6 +250,7 @@ impl CompiledPolicy {
             rules: Vec::with_capacity(policy.rules.len()),
             http: HostMatcher::default(),
             sni: HostMatcher::default(),
+            https: HostMatcher::default(),
             tcp: TcpMatcher::default(),
             policy_audit: policy.mode == Mode::Audit,
             deny_all: None,
@@ -285,6 +288,11 @@ impl CompiledPolicy {
                     for pattern in &h.hostnames {
                         matcher.add(pattern, &h.ports, idx);
                     }
+                    if matches!(rule.spec, RuleSpec::Https(_)) {
+                        for pattern in &h.hostnames {
+                            compiled.https.add(pattern, &h.ports, idx);
+                        }
+                    }
                 }
                 RuleSpec::Tcp(t) => {
                     for cidr in &t.cidrs {
@@ -312,6 +320,7 @@ impl CompiledPolicy {
             rules: Vec::new(),
             http: HostMatcher::default(),
             sni: HostMatcher::default(),
+            https: HostMatcher::default(),
             tcp: TcpMatcher::default(),
             policy_audit: false,
             deny_all: Some(reason),
@@ -345,10 +354,14 @@ impl CompiledPolicy {
 
     /// Decides `query` (DESIGN §7.2 precedence; see the module docs).
     ///
-    /// * TLS with SNI: `https`/`tls_passthrough` rules by SNI; a matching `https` rule denies
-    ///   with [`Reason::InterceptionNotConfigured`]; a `tls_passthrough` rule allows with
-    ///   [`Dial::Name`] (or [`Dial::Address`] for `*` on an IP-literal SNI). No SNI →
-    ///   [`Reason::NoSni`] unless a `tcp` rule allows the destination.
+    /// * TLS with SNI: `https`/`tls_passthrough` rules by SNI; a matching `https` rule allows
+    ///   (the caller intercepts: the rule's kind is [`RuleKind::Https`]) when `interception`,
+    ///   else denies with [`Reason::InterceptionNotConfigured`]; a `tls_passthrough` rule
+    ///   allows with [`Dial::Name`] (or [`Dial::Address`] for `*` on an IP-literal SNI). No
+    ///   SNI → [`Reason::NoSni`] unless a `tcp` rule allows the destination.
+    /// * HTTPS (a request inside an intercepted connection): `https` rules alone by authority
+    ///   (its port ignored), then the rule's methods and path prefixes as for HTTP; `tcp` rules
+    ///   never decide a request.
     /// * HTTP: `http` rules by authority (its port ignored), then the rule's methods and path
     ///   prefixes (paths normalised: percent-decoding, `\` as `/`, `.`/`..`/`//` resolved;
     ///   a prefix matches on a segment boundary).
@@ -362,8 +375,11 @@ impl CompiledPolicy {
         }
         let port = query.dst.port();
         match query.traffic {
-            Traffic::Tls { sni: None } => self.decide_tcp(query.dst, Reason::NoSni),
-            Traffic::Tls { sni: Some(sni) } => {
+            Traffic::Tls { sni: None, .. } => self.decide_tcp(query.dst, Reason::NoSni),
+            Traffic::Tls {
+                sni: Some(sni),
+                interception,
+            } => {
                 let Ok(authority) = hostname::normalize_authority_ref(sni) else {
                     return self.decide_tcp(query.dst, Reason::InvalidAuthority);
                 };
@@ -372,7 +388,7 @@ impl CompiledPolicy {
                 };
                 let info = &self.rules[m.idx as usize];
                 let dial = self.dial_for(&m, info, &authority, query.dst);
-                if info.kind == RuleKind::Https {
+                if info.kind == RuleKind::Https && !interception {
                     self.refuse(
                         Reason::InterceptionNotConfigured,
                         Some(m.idx),
@@ -387,11 +403,24 @@ impl CompiledPolicy {
                 authority,
                 method,
                 path,
+            }
+            | Traffic::Https {
+                authority,
+                method,
+                path,
             } => {
+                let https = matches!(query.traffic, Traffic::Https { .. });
                 let Ok(authority) = hostname::normalize_authority_ref(authority) else {
+                    if https {
+                        return self.refuse_request(None, query.dst);
+                    }
                     return self.decide_tcp(query.dst, Reason::InvalidAuthority);
                 };
-                let Some(m) = self.http.lookup(&authority, port) else {
+                let matcher = if https { &self.https } else { &self.http };
+                let Some(m) = matcher.lookup(&authority, port) else {
+                    if https {
+                        return self.refuse_request(Some(&authority), query.dst);
+                    }
                     return self.decide_tcp_named(query.dst, &authority);
                 };
                 let info = &self.rules[m.idx as usize];
@@ -424,6 +453,26 @@ impl CompiledPolicy {
                 addr: dst,
                 tcp_rule: None,
             },
+        };
+        self.refuse(Reason::NoMatchingRule, None, self.policy_audit, dial)
+    }
+
+    /// An intercepted request no `https` rule allows (`None`: its authority is invalid): default
+    /// deny, or in an audit-mode policy the would-be denial with a dial by name as for
+    /// cleartext; `tcp` rules never decide a request.
+    fn refuse_request(&self, authority: Option<&AuthorityRef<'_>>, dst: SocketAddr) -> Decision {
+        let dial = match authority {
+            Some(AuthorityRef::Name(n)) => Dial::Name {
+                host: Arc::from(n.as_ref()),
+                port: dst.port(),
+                allow_private: false,
+            },
+            Some(AuthorityRef::Ip(_)) => Dial::Address {
+                addr: dst,
+                tcp_rule: None,
+            },
+            // Nothing usable to dial or verify a certificate against: denied in audit mode too.
+            None => return Decision::deny(Reason::InvalidAuthority),
         };
         self.refuse(Reason::NoMatchingRule, None, self.policy_audit, dial)
     }
