@@ -32,6 +32,17 @@
 # (decision p50/p99 at 10, 1,000 and 10,000 rules).
 # Bars (issue 11): CPU/GiB <= 0.75x Envoy's; tunnels/s >= 1.3x envoy+rbac (h1) and >= 2x with h2;
 # <= 20 KiB per idle tunnel with 10,000 held; decision p50 <= 1 us at 10,000 rules.
+#
+# Interception (issue 12), same run: intercepted HTTPS requests/s and p99 through actorgate's PEP
+# (an `https` rule for origin.bench, leaves minted by its interception CA, re-originated TLS
+# verified against the origin's CA) versus Envoy 1.40 as the same man-in-the-middle (CONNECT
+# terminated over mTLS, the tunnel handed to an internal listener that terminates TLS with a fixed
+# leaf for origin.bench from the same interception CA, routes by domain, and re-originates TLS to
+# the origin with the protocol the actor spoke). Same client (tunnel_bench https: one
+# atunnel-style tunnel per connection, TLS inside), same origin (nginx over TLS 1.3, h1 + h2,
+# `GET /` -> 6 bytes), alternating: HTTP/1.1 keep-alive (CONC connections), h2 (CONC streams over
+# CONC/8 connections), and new intercepted connections/s (leaf cached; one request each).
+# Bars: requests/s >= 1.2x Envoy's and p99 <= Envoy's, for both protocols.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +55,8 @@ WORK=${WORK:-$(mktemp -d /tmp/actorgate-egress-bench.XXXXXX)}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 PORT_SINK=18280 PORT_PEP=18281 PORT_ENVOY=18282 PORT_ENVOY_RBAC=18283 PORT_ADMIN=18290
 PORT_ENVOY_ADMIN=18291 PORT_ENVOY_RBAC_ADMIN=18292
+PORT_ORIGIN=18284 PORT_ENVOY_MITM=18285 PORT_ENVOY_MITM_ADMIN=18293
+ORIGIN_NAME=origin.bench
 
 log() { echo "bench: $*" >&2; }
 # Open files: every held h1 tunnel costs the PEP two descriptors (actor side, sink side). Raise the
@@ -72,6 +85,12 @@ mkdir -p "$CLIENT"
 cp "$PKI/ca.crt" "$CLIENT/ca.crt"
 cp "$PKI/bench.client.crt" "$CLIENT/client.crt"
 cp "$PKI/bench.client.key" "$CLIENT/client.key"
+# Interception: the origin's own CA and certificate; the interception CA (actorgate mints from
+# it; Envoy's fixed leaf for the name comes from it too, so the client trusts one CA for both).
+"$AG" dev-ca init --dir "$WORK/origin" >/dev/null
+"$AG" dev-ca server --ca-dir "$WORK/origin" --name origin --dns $ORIGIN_NAME >/dev/null
+"$AG" dev-ca init --dir "$WORK/intercept" >/dev/null
+"$AG" dev-ca server --ca-dir "$WORK/intercept" --name leaf --dns $ORIGIN_NAME >/dev/null
 
 # --- processes ---------------------------------------------------------------------------------
 pids=()
@@ -86,6 +105,7 @@ policies:
   selector: {atespace: bench}
   rules:
   - tcp: {cidrs: [127.0.0.1/32], ports: [$PORT_SINK]}
+  - https: {hostnames: [$ORIGIN_NAME], ports: [$PORT_ORIGIN]}
 EOF
 cat >"$WORK/actorgate.yaml" <<EOF
 logging: {level: warn}
@@ -101,6 +121,12 @@ egress:
   tls: {cert_file: $PKI/pep.crt, key_file: $PKI/pep.key, client_ca_file: $PKI/ca.crt}
   policy: {source: files, files: [$WORK/policy.yaml]}
   limits: {idle_timeout: 300s}
+  resolver: {system: false, static: {$ORIGIN_NAME: [127.0.0.1]}}
+  guard: {exempt: [127.0.0.1/32]}
+  interception:
+    ca_cert_file: $WORK/intercept/ca.crt
+    ca_key_file: $WORK/intercept/ca.key
+    upstream: {system_roots: false, extra_ca_files: [$WORK/origin/ca.crt]}
 EOF
 # Each PEP can be (re)started fresh: the idle-tunnel measurement wants a process that has not
 # served anything yet (freed memory would be reused and hide what tunnels cost).
@@ -194,6 +220,161 @@ EOF
       thresholds: [{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000}]
 EOF
 }
+# Envoy as the man-in-the-middle: CONNECT over mTLS (as above, no RBAC) → an internal listener
+# that terminates TLS with the fixed leaf and proxies HTTP to the origin over TLS (domain routing
+# as the policy; the upstream protocol follows the downstream one, as actorgate's does).
+envoy_mitm_config() {
+  cat <<EOF
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: $PORT_ENVOY_MITM_ADMIN}}}
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+static_resources:
+  listeners:
+  - name: connect
+    address: {socket_address: {address: 127.0.0.1, port_value: $PORT_ENVOY_MITM}}
+    per_connection_buffer_limit_bytes: 1048576
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: ["h2", "http/1.1"]
+            tls_params: {tls_minimum_protocol_version: TLSv1_3}
+            tls_certificates:
+            - certificate_chain: {filename: $PKI/pep.crt}
+              private_key: {filename: $PKI/pep.key}
+            validation_context:
+              trusted_ca: {filename: $PKI/ca.crt}
+              match_typed_subject_alt_names:
+              - san_type: URI
+                matcher: {prefix: "spiffe://substrate-actor.local/"}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: connect
+          codec_type: AUTO
+          http2_protocol_options: {allow_connect: true}
+          upgrade_configs: [{upgrade_type: CONNECT}]
+          route_config:
+            name: connect_routes
+            virtual_hosts:
+            - name: connect
+              domains: ["*"]
+              routes:
+              - match: {connect_matcher: {}}
+                route:
+                  cluster: mitm
+                  timeout: 0s
+                  upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: mitm_tls
+    internal_listener: {}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: ["h2", "http/1.1"]
+            tls_params: {tls_minimum_protocol_version: TLSv1_3}
+            tls_certificates:
+            - certificate_chain: {filename: $WORK/intercept/leaf.crt}
+              private_key: {filename: $WORK/intercept/leaf.key}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: mitm
+          codec_type: AUTO
+          route_config:
+            name: mitm_routes
+            virtual_hosts:
+            - name: origin
+              domains: ["$ORIGIN_NAME", "$ORIGIN_NAME:$PORT_ORIGIN"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: origin}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: mitm
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: mitm
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {envoy_internal_address: {server_listener_name: mitm_tls}}}
+    circuit_breakers:
+      thresholds: [{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000}]
+  - name: origin
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: origin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $PORT_ORIGIN}}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: $ORIGIN_NAME
+        common_tls_context:
+          # Envoy's client default stops at TLS 1.2; the origin (and actorgate) speak 1.3.
+          tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}
+          validation_context:
+            trusted_ca: {filename: $WORK/origin/ca.crt}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {exact: $ORIGIN_NAME}
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config: {http_protocol_options: {}, http2_protocol_options: {}}
+    circuit_breakers:
+      thresholds: [{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000}]
+EOF
+}
+envoy_mitm_config >"$WORK/envoy-mitm.yaml"
+"$ENVOY" -c "$WORK/envoy-mitm.yaml" --concurrency "$CORES" --log-level error --disable-hot-restart \
+  --base-id $((RANDOM % 10000 + 40000)) 2>>"$WORK/envoy-mitm.log" & pids+=($!); PID_ENVOY_MITM=$!
+
+# The origin: nginx over TLS 1.3, HTTP/1.1 and h2 (ALPN) on one port.
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+user root;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log error;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-tmp;
+  keepalive_requests 1000000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$PORT_ORIGIN ssl http2;
+    ssl_certificate $WORK/origin/origin.crt;
+    ssl_certificate_key $WORK/origin/origin.key;
+    ssl_protocols TLSv1.3;
+    http2_max_concurrent_streams 1024;
+    location / { return 200 "hello\n"; }
+  }
+}
+EOF
+mkdir -p "$WORK/nginx-tmp"
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>>"$WORK/nginx-error.log" & pids+=($!)
+
 envoy_config $PORT_ENVOY $PORT_ENVOY_ADMIN no >"$WORK/envoy.yaml"
 envoy_config $PORT_ENVOY_RBAC $PORT_ENVOY_RBAC_ADMIN yes >"$WORK/envoy-rbac.yaml"
 start_envoy
@@ -227,6 +408,22 @@ for t in "${TARGETS[@]}"; do
     sleep 0.2
   done
   [ -n "$ok" ] || { log "$t does not open tunnels; logs in $WORK"; tail -5 "$WORK"/*.log >&2; exit 1; }
+done
+
+# The man-in-the-middle targets answer an intercepted request before the rounds start.
+declare -A MITM_PORT=([actorgate-mitm]=$PORT_PEP [envoy-mitm]=$PORT_ENVOY_MITM)
+MITM_TARGETS=(actorgate-mitm envoy-mitm)
+mitm() { # target mode(https|https-conns) proto secs conc
+  "$TB" "$2" 127.0.0.1:${MITM_PORT[$1]} localhost "$CLIENT" 127.0.0.1:$PORT_ORIGIN "$4" "$3" "$5" \
+    "$ORIGIN_NAME:$PORT_ORIGIN" "$WORK/intercept/ca.crt"
+}
+for t in "${MITM_TARGETS[@]}"; do
+  ok=
+  for _ in $(seq 1 100); do
+    if mitm "$t" https h1 1 1 2>"$WORK/mitm-check.err" | grep -q 'errors 0'; then ok=1; break; fi
+    sleep 0.2
+  done
+  [ -n "$ok" ] || { log "$t does not answer intercepted requests ($(head -1 "$WORK/mitm-check.err")); logs in $WORK"; tail -5 "$WORK"/*.log >&2; exit 1; }
 done
 
 # --- load --------------------------------------------------------------------------------------
@@ -301,6 +498,29 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# Interception: requests/s and p99 (h1 keep-alive, h2), new intercepted connections/s; PEP CPU
+# per request. The PEP processes keep serving from the rounds above (leaf cached, as for Envoy's
+# fixed leaf).
+declare -A PID_MITM=([actorgate-mitm]=$PID_PEP [envoy-mitm]=$PID_ENVOY_MITM)
+for round in $(seq 1 "$ROUNDS"); do
+  order=("${MITM_TARGETS[@]:$((round % 2))}" "${MITM_TARGETS[@]:0:$((round % 2))}")
+  for t in "${order[@]}"; do
+    p=${PID_MITM[$t]}
+    for kind in h1 h2 conns; do
+      if [ $kind = conns ]; then mode=https-conns proto=h1; else mode=https proto=$kind; fi
+      c0=$(cpu_ticks "$p")
+      out=$(mitm "$t" $mode $proto "$DURATION" "$CONC" 2>>"$WORK/mitm.err")
+      c1=$(cpu_ticks "$p")
+      n=$(field requests <<<"$out") rate=$(field per_sec <<<"$out") p50=$(field p50_ms <<<"$out") p99=$(field p99_ms <<<"$out")
+      errs=$(field errors <<<"$out")
+      [ "$errs" = 0 ] || log "WARNING $t $kind: $errs failed requests"
+      cpu_r=$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$n" 'BEGIN {printf "%.1f", (n > 0) ? c / t / n * 1e6 : 0}')
+      log "round $round $t $kind: $rate/s p50 ${p50}ms p99 ${p99}ms, $cpu_r CPU-us each"
+      add "$t,$kind,rate" "$rate"; add "$t,$kind,p50" "$p50"; add "$t,$kind,p99" "$p99"; add "$t,$kind,cpu" "$cpu_r"
+    done
+  done
+done
+
 # Policy micro-benchmark (decision latency, p50/p99).
 log "policy micro-benchmark"
 # The first table of egress-pep/benches/policy.rs (single decisions, p50/p99); criterion's
@@ -332,6 +552,21 @@ printf '%-16s' target; for n in $HOLD; do printf '%12s' "$n"; done; echo
 for t in "${TARGETS[@]}"; do
   printf '%-16s' "$t"; for n in $HOLD; do printf '%12s' "${MEM[$t,$n]}"; done; echo
 done
+echo
+echo "interception: intercepted HTTPS through the PEP vs Envoy as the same man-in-the-middle ($CONC concurrent; h2 over $(( CONC / 8 > 0 ? CONC / 8 : 1 )) connections; conns: a new connection per request, leaf cached)"
+printf '%-16s %-6s %12s %10s %10s %12s\n' target load "per second" "p50 ms" "p99 ms" "PEP CPU-us"
+for kind in h1 h2 conns; do
+  for t in "${MITM_TARGETS[@]}"; do
+    printf '%-16s %-6s %12.0f %10.3f %10.3f %12.1f\n' "$t" "$kind" "$(mean "$t,$kind,rate")" \
+      "$(mean "$t,$kind,p50")" "$(mean "$t,$kind,p99")" "$(mean "$t,$kind,cpu")"
+  done
+done
+echo "ratios (bars in brackets):"
+echo "  requests/s  h1 actorgate / envoy   $(ratio actorgate-mitm,h1,rate envoy-mitm,h1,rate)   [>= 1.2]"
+echo "  p99         h1 actorgate / envoy   $(ratio actorgate-mitm,h1,p99 envoy-mitm,h1,p99)   [<= 1.0]"
+echo "  requests/s  h2 actorgate / envoy   $(ratio actorgate-mitm,h2,rate envoy-mitm,h2,rate)   [>= 1.2]"
+echo "  p99         h2 actorgate / envoy   $(ratio actorgate-mitm,h2,p99 envoy-mitm,h2,p99)   [<= 1.0]"
+echo "  conns/s     actorgate / envoy      $(ratio actorgate-mitm,conns,rate envoy-mitm,conns,rate)"
 echo
 echo "policy decision latency [bar: p50 <= 1 us at 10,000 rules]:"
 echo "$POLICY_OUT"

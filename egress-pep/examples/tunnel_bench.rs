@@ -6,7 +6,14 @@
 //! tunnel_bench bulk   PEP SNI CERTS TARGET SECS h1|h2        # one tunnel, upload for SECS → Gbit/s
 //! tunnel_bench setup  PEP SNI CERTS TARGET SECS h1|h2 CONC   # new tunnels/s, 1-byte echo each, p50/p99
 //! tunnel_bench hold   PEP SNI CERTS TARGET COUNT h1|h2       # open COUNT idle tunnels, print "held N", wait for stdin EOF
+//! tunnel_bench https  PEP SNI CERTS TARGET SECS h1|h2 CONC NAME CA   # intercepted HTTPS requests/s, p50/p99
+//! tunnel_bench https-conns PEP SNI CERTS TARGET SECS h1 CONC NAME CA # new intercepted connections/s
 //! ```
+//!
+//! `https`: CONC keep-alive HTTP/1.1 connections (`h1`), or CONC streams over CONC/8 (at least
+//! one) h2 connections (`h2`), each inside its own tunnel (one atunnel-style HTTP/1.1 CONNECT
+//! per connection), TLS to NAME trusting only the CA file CA, `GET /` in a loop.
+//! `https-conns`: each iteration opens a tunnel, TLS to NAME, one HTTP/1.1 `GET /`, closes.
 //!
 //! `CERTS` is a directory with `ca.crt`, `client.crt`, `client.key`. `h1` is what upstream atunnel
 //! sends (a new TLS connection without ALPN and one HTTP/1.1 CONNECT per tunnel); `h2` opens
@@ -56,6 +63,21 @@ fn main() -> Result<(), Error> {
             Some("hold") => {
                 let c = Client::new(&args)?;
                 hold(&c, args[5].parse()?).await
+            }
+            Some(mode @ ("https" | "https-conns")) => {
+                // The tunnel is always what atunnel sends; the protocol argument is the inner one.
+                let mut tunnel_args = args.clone();
+                tunnel_args[6] = "h1".into();
+                let c = Arc::new(Client::new(&tunnel_args)?);
+                let inner = Arc::new(Inner::new(&args[6], &args[8], Path::new(&args[9]))?);
+                https(
+                    c,
+                    inner,
+                    args[5].parse()?,
+                    args[7].parse()?,
+                    mode == "https-conns",
+                )
+                .await
             }
             _ => Err("usage: tunnel_bench sink|bulk|setup|hold …".into()),
         }
@@ -301,6 +323,177 @@ async fn setup(c: Arc<Client>, secs: u64, conc: usize) -> Result<(), Error> {
     };
     println!(
         "tunnels {} seconds {elapsed:.3} per_sec {:.0} p50_ms {:.3} p99_ms {:.3} errors {}",
+        all.len(),
+        all.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99),
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// The actor's TLS inside a tunnel: SNI, ALPN and the only trusted CA.
+struct Inner {
+    name: String,
+    sni: ServerName<'static>,
+    h2: bool,
+    tls: TlsConnector,
+}
+
+type InnerTls = tokio_rustls::client::TlsStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl Inner {
+    fn new(proto: &str, name: &str, ca: &Path) -> Result<Self, Error> {
+        let h2 = match proto {
+            "h1" => false,
+            "h2" => true,
+            other => return Err(format!("protocol {other:?}: h1 or h2").into()),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca)? {
+            roots.add(c?)?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        Ok(Inner {
+            name: name.to_owned(),
+            sni: ServerName::try_from(name.split(':').next().unwrap_or(name).to_owned())?,
+            h2,
+            tls: TlsConnector::from(Arc::new(cfg)),
+        })
+    }
+
+    async fn connect(&self, c: &Client) -> Result<InnerTls, Error> {
+        let tunnel = c.h1_tunnel().await?;
+        Ok(self.tls.connect(self.sni.clone(), tunnel).await?)
+    }
+
+    fn request(&self) -> Result<http::Request<Empty<Bytes>>, Error> {
+        Ok(if self.h2 {
+            http::Request::get(format!("https://{}/", self.name)).body(Empty::new())?
+        } else {
+            http::Request::get("/")
+                .header(http::header::HOST, self.name.as_str())
+                .body(Empty::new())?
+        })
+    }
+}
+
+/// A request's whole response; an error unless 200.
+async fn fetch<F>(sent: F) -> Result<(), Error>
+where
+    F: std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+{
+    use http_body_util::BodyExt;
+    let resp = sent.await?;
+    let status = resp.status();
+    resp.into_body().collect().await?;
+    if status != http::StatusCode::OK {
+        return Err(format!("status {status}").into());
+    }
+    Ok(())
+}
+
+/// An HTTP/1.1 client over a new intercepted connection.
+async fn h1_client(
+    c: &Client,
+    inner: &Inner,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, Error> {
+    let tls = inner.connect(c).await?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+async fn https(
+    c: Arc<Client>,
+    inner: Arc<Inner>,
+    secs: u64,
+    conc: usize,
+    new_conns: bool,
+) -> Result<(), Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let fail = |errors: &AtomicU64, e: Error| {
+        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!("first failed request: {e}");
+        }
+    };
+    // h2: shared connections, CONC/8 of them.
+    let mut h2_conns = Vec::new();
+    if inner.h2 && !new_conns {
+        for _ in 0..(conc / 8).max(1) {
+            let tls = inner.connect(&c).await?;
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(tls))
+                .await?;
+            tokio::spawn(conn);
+            h2_conns.push(send);
+        }
+    }
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for i in 0..conc {
+        let (c, inner, stop, errors) = (c.clone(), inner.clone(), stop.clone(), errors.clone());
+        let mut h2 = h2_conns.get(i % h2_conns.len().max(1)).cloned();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut h1 = None;
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r: Result<(), Error> = async {
+                    if new_conns {
+                        let mut send = h1_client(&c, &inner).await?;
+                        return fetch(send.send_request(inner.request()?)).await;
+                    }
+                    if let Some(send) = h2.as_mut() {
+                        send.ready().await?;
+                        return fetch(send.send_request(inner.request()?)).await;
+                    }
+                    if h1.is_none() {
+                        h1 = Some(h1_client(&c, &inner).await?);
+                    }
+                    let Some(send) = h1.as_mut() else {
+                        unreachable!()
+                    };
+                    send.ready().await?;
+                    fetch(send.send_request(inner.request()?)).await
+                }
+                .await;
+                match r {
+                    Ok(()) => lat.push(t0.elapsed()),
+                    Err(e) => {
+                        fail(&errors, e);
+                        h1 = None;
+                        if h2.is_some() {
+                            // A broken shared connection ends this worker.
+                            break;
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "requests {} seconds {elapsed:.3} per_sec {:.0} p50_ms {:.3} p99_ms {:.3} errors {}",
         all.len(),
         all.len() as f64 / elapsed,
         pct(0.50),
