@@ -250,6 +250,39 @@ async fn cleartext_keep_alive_requests_are_decided_one_by_one() {
     assert_eq!(rec["actor"]["name"], "hello", "{rec}");
 }
 
+/// Upstream connections are kept per actor: an actor's later tunnels reuse the connection its
+/// earlier tunnel opened (no new dial), and another actor never gets it.
+#[tokio::test]
+async fn upstream_connections_are_reused_across_an_actors_tunnels_and_never_shared() {
+    let up = http_upstream("127.0.0.1:0", "api").await;
+    let port = up.addr.port();
+    let policy = format!(
+        "policies:
+- name: demo
+  selector: {{atespace: demo}}
+  rules:
+  - http: {{hostnames: [api.test], ports: [{port}]}}
+"
+    );
+    let pep = Pep::start(&policy, "api.test: [127.0.0.1]", "exempt: [127.0.0.0/8]").await;
+    let host = format!("api.test:{port}");
+    for (actor, want_accepted) in [("hello", 1), ("hello", 1), ("audit", 2), ("hello", 2)] {
+        let cert = pep.actor(actor);
+        let (status, body, tls) = pep.tunnel(&cert, &up.addr.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let mut client = TunnelClient::new(tls).await;
+        let (s, b) = client.get(&host, "/x").await;
+        assert_eq!((s, b), (200, format!("api {host} /x")));
+        drop(client);
+        assert_eq!(
+            up.accepted(),
+            want_accepted,
+            "connections the destination accepted after {actor}'s tunnel"
+        );
+    }
+    assert_eq!(pep.statusz().await["egress"]["upstream_pool_idle"], 2);
+}
+
 /// Policy edits: a valid edit applies to new tunnels and to the next cleartext request of a
 /// tunnel that stays open; a broken edit keeps the previous set and shows on `/statusz` and as
 /// `actorgate_egress_policy_reload_ok 0`.

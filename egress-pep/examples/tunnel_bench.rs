@@ -358,7 +358,11 @@ impl Inner {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        cfg.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         Ok(Inner {
             name: name.to_owned(),
             sni: ServerName::try_from(name.split(':').next().unwrap_or(name).to_owned())?,

@@ -25,7 +25,7 @@
 //! Every request — allowed, denied or malformed — ends in one [`RequestRecord`] passed to
 //! [`CleartextHooks::record`] once its response has been delivered (or abandoned).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -51,6 +51,7 @@ use tokio_util::task::TaskTracker;
 use crate::decision::{Decision, Dial, Reason, Verdict};
 use crate::forward::{DialRefusal, Dialed};
 use crate::intercept_upstream::{UpstreamAlpn, UpstreamTlsError};
+use crate::upstream_pool::{PoolLimits, Pooled, UpstreamPool};
 
 /// Body text of a policy denial (DESIGN §9).
 const DENIED: &str = "egress denied";
@@ -62,8 +63,6 @@ const BAD_REQUEST: &str = "bad request";
 const UPSTREAM_TLS_FAILED: &str = "egress upstream TLS failed";
 /// The body of a `421` for an intercepted request whose authority the leaf does not cover.
 const MISDIRECTED: &str = "misdirected request";
-/// Most upstream connections one tunnel keeps open for reuse.
-const MAX_UPSTREAMS: usize = 8;
 /// Most concurrent streams of an intercepted h2 connection from an actor.
 const MAX_H2_STREAMS: u32 = 100;
 /// Most request-body bytes read and discarded so that a denied request's connection stays
@@ -152,7 +151,22 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    serve_proxy(io, hooks, limits, Origin::Cleartext).await
+    // Standalone: the connections are kept for this connection's requests only.
+    let pool = Upstreams {
+        pool: Arc::new(UpstreamPool::new(PoolLimits::default())),
+        owner: Arc::from("connection"),
+    };
+    serve_proxy(io, hooks, limits, Origin::Cleartext, pool).await
+}
+
+/// The idle upstream connections a proxied connection may reuse: `owner`'s entries of a pool
+/// (the PEP's pool keyed by actor, so an actor's tunnels share them and no other actor's do).
+#[derive(Clone)]
+pub(crate) struct Upstreams {
+    /// The pool.
+    pub pool: Arc<UpstreamPool<Upstream>>,
+    /// Whose connections (an actor's identity).
+    pub owner: Arc<str>,
 }
 
 /// Where a proxied connection's requests come from and how they reach their upstreams.
@@ -187,6 +201,7 @@ pub(crate) async fn serve_proxy<IO>(
     hooks: Arc<dyn CleartextHooks>,
     limits: CleartextLimits,
     origin: Origin,
+    upstreams: Upstreams,
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -200,7 +215,7 @@ where
         hooks,
         limits,
         framing: framing.clone(),
-        upstreams: Mutex::new(HashMap::new()),
+        upstreams,
         tasks: tasks.clone(),
         cancel: cancel.clone(),
         origin,
@@ -245,8 +260,8 @@ struct Proxy {
     limits: CleartextLimits,
     /// What the framing scanner saw of each request head.
     framing: Arc<Framing>,
-    /// Reusable upstream connections by destination.
-    upstreams: Mutex<HashMap<String, Upstream>>,
+    /// Reusable upstream connections by destination (the actor's, across its tunnels).
+    upstreams: Upstreams,
     /// Upstream connection drivers and upgraded streams.
     tasks: TaskTracker,
     /// Cancelled when [`serve`] returns or is dropped.
@@ -255,8 +270,8 @@ struct Proxy {
     origin: Origin,
 }
 
-/// An upstream connection of one tunnel.
-struct Upstream {
+/// An upstream connection, of one actor.
+pub(crate) struct Upstream {
     sender: Sender,
     /// Its dial went to another address than the actor's original destination.
     dst_mismatch: bool,
@@ -274,6 +289,22 @@ impl Sender {
         match self {
             Sender::H1(s) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+impl Pooled for Upstream {
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    fn share(&self) -> Option<Self> {
+        match &self.sender {
+            Sender::H1(_) => None,
+            Sender::H2(s) => Some(Upstream {
+                sender: Sender::H2(s.clone()),
+                dst_mismatch: self.dst_mismatch,
+            }),
         }
     }
 }
@@ -426,9 +457,16 @@ impl Proxy {
                 tokio::time::timeout(self.limits.idle, sent).await
             }
         };
-        if !upgrade {
-            self.keep(key, upstream);
-        }
+        // h2 connections go back at once (they multiplex); an HTTP/1.1 one once its response
+        // body has been delivered whole (it is idle then), with the body below.
+        let returned = match (&upstream.sender, upgrade) {
+            (_, true) => None,
+            (Sender::H2(_), false) => {
+                self.keep(key, upstream);
+                None
+            }
+            (Sender::H1(_), false) => Some((self.upstreams.clone(), key, upstream)),
+        };
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -473,6 +511,10 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = Counted::new(body, guard, Direction::Down);
+        let body = ReturnsUpstream {
+            inner: body,
+            upstream: returned,
+        };
         Response::from_parts(parts, body.boxed())
     }
 
@@ -519,27 +561,9 @@ impl Proxy {
             .unwrap_or(false)
     }
 
-    /// A kept connection to `key` that is still open and ready: an HTTP/1.1 one is taken out
-    /// of the pool, an h2 one is shared.
+    /// A kept connection of this actor to `key` that is still open and ready.
     async fn reusable(&self, key: &str) -> Option<Upstream> {
-        let taken = {
-            let mut upstreams = self.upstreams.lock();
-            match upstreams.get(key) {
-                Some(Upstream {
-                    sender: Sender::H2(sender),
-                    dst_mismatch,
-                }) if !sender.is_closed() => Some(Upstream {
-                    sender: Sender::H2(sender.clone()),
-                    dst_mismatch: *dst_mismatch,
-                }),
-                Some(_) => upstreams.remove(key),
-                None => None,
-            }
-        };
-        let mut upstream = taken?;
-        if upstream.sender.is_closed() {
-            return None;
-        }
+        let mut upstream = self.upstreams.pool.take(&self.upstreams.owner, key)?;
         let ready = match &mut upstream.sender {
             Sender::H1(s) => tokio::time::timeout(self.limits.idle, s.ready()).await,
             Sender::H2(s) => tokio::time::timeout(self.limits.idle, s.ready()).await,
@@ -550,20 +574,11 @@ impl Proxy {
         }
     }
 
-    /// Keeps `upstream` for reuse (bounded: closed entries go first, then an arbitrary one).
+    /// Returns `upstream` to the actor's pool.
     fn keep(&self, key: String, upstream: Upstream) {
-        if upstream.sender.is_closed() {
-            return;
-        }
-        let mut upstreams = self.upstreams.lock();
-        upstreams.retain(|_, u| !u.sender.is_closed());
-        if upstreams.len() >= MAX_UPSTREAMS
-            && !upstreams.contains_key(&key)
-            && let Some(evict) = upstreams.keys().next().cloned()
-        {
-            upstreams.remove(&evict);
-        }
-        upstreams.insert(key, upstream);
+        self.upstreams
+            .pool
+            .put(&self.upstreams.owner, &key, upstream);
     }
 
     /// Dials and opens a new upstream connection (TLS to the authorised name first when
@@ -613,13 +628,11 @@ impl Proxy {
                         reason: Reason::UpstreamTlsFailed,
                         detail: format!("h2 handshake: {e}"),
                     })?;
-            let cancel = self.cancel.clone();
-            self.tasks.spawn(async move {
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    r = conn => if let Err(e) = r {
-                        tracing::debug!(error = %e, "upstream h2 connection ended");
-                    }
+            // Kept in the actor's pool beyond this tunnel: it ends when the pool (or every
+            // request holding it) lets go of it, or the server closes it.
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended");
                 }
             });
             Sender::H2(sender)
@@ -648,23 +661,26 @@ impl Proxy {
                 reason: Reason::DialFailed,
                 detail: format!("HTTP/1.1 handshake: {e}"),
             })?;
-        let cancel = self.cancel.clone();
-        self.tasks.spawn(async move {
-            let result = if upgrades {
+        if upgrades {
+            // An upgrade's connection is the tunnel's alone: it ends with the tunnel.
+            let cancel = self.cancel.clone();
+            self.tasks.spawn(async move {
                 tokio::select! {
-                    () = cancel.cancelled() => return,
-                    r = conn.with_upgrades() => r,
+                    () = cancel.cancelled() => {}
+                    r = conn.with_upgrades() => if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                    }
                 }
-            } else {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    r = conn => r,
+            });
+        } else {
+            // Kept in the actor's pool beyond this tunnel: it ends when the pool drops it (idle,
+            // bounds), or the server closes it.
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
+            });
+        }
         Ok(sender)
     }
 }
@@ -1064,6 +1080,57 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A response body that returns its HTTP/1.1 upstream connection to the actor's pool once the
+/// body has been read to its end (the connection is idle then); dropped earlier, the connection
+/// is dropped too (closed: its state mid-response is not reusable).
+struct ReturnsUpstream<B: Body> {
+    inner: B,
+    upstream: Option<(Upstreams, String, Upstream)>,
+}
+
+impl<B: Body> ReturnsUpstream<B> {
+    fn give_back(&mut self) {
+        if let Some((upstreams, key, upstream)) = self.upstream.take() {
+            upstreams.pool.put(&upstreams.owner, &key, upstream);
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for ReturnsUpstream<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.give_back(),
+            Some(Err(_)) => self.upstream = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for ReturnsUpstream<B> {
+    fn drop(&mut self) {
+        // A body that is empty by its framing (HEAD, 204, 304) may never be polled.
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
     }
 }
 

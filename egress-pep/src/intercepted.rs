@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::cleartext::{self, CleartextHooks, CleartextLimits, InterceptedOrigin, Origin};
+use crate::cleartext::{
+    self, CleartextHooks, CleartextLimits, InterceptedOrigin, Origin, Upstreams,
+};
 use crate::decision::{Decision, Reason};
 use crate::intercept_ca::LeafMinter;
 use crate::intercept_tls::{TerminateError, Terminator};
@@ -97,6 +99,7 @@ impl Interception {
         hooks: Arc<dyn CleartextHooks>,
         limits: CleartextLimits,
         refuse_all: Option<Decision>,
+        upstreams: Upstreams,
     ) -> Result<(), InterceptRefusal>
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -119,7 +122,8 @@ impl Interception {
             handshake_timeout: self.handshake_timeout,
             refuse_all,
         }));
-        if let Err(e) = cleartext::serve_proxy(terminated.stream, hooks, limits, origin).await {
+        let served = cleartext::serve_proxy(terminated.stream, hooks, limits, origin, upstreams);
+        if let Err(e) = served.await {
             tracing::debug!(error = %e, "intercepted connection ended");
         }
         Ok(())

@@ -41,3 +41,4 @@ pub mod policy;
 pub mod resolve;
 pub mod subject;
 pub mod tunnel;
+pub mod upstream_pool;

@@ -40,13 +40,14 @@ use tokio::sync::watch;
 use crate::actor_hosts::ActorHosts;
 use crate::audit::{AuditActor, AuditRecord, AuditSink, RecordKind};
 use crate::classify::{self, Classified, ClassifyError, ClassifyLimits, Rewind};
-use crate::cleartext::{self, CleartextHooks, CleartextLimits, RequestRecord};
+use crate::cleartext::{self, CleartextHooks, CleartextLimits, Origin, RequestRecord, Upstreams};
 use crate::decision::{Decision, Dial, Query, Reason, RuleKind, Traffic, Verdict};
 use crate::forward::{DialRefusal, Dialed, Dialer, SpliceCounters};
 use crate::intercepted::Interception;
 use crate::metrics::{ActiveTunnel, EgressMetrics, Limit};
 use crate::policy::{CompiledPolicy, PolicySource};
 use crate::subject::Subject;
+use crate::upstream_pool::{PoolLimits, UpstreamPool};
 use routing_core::directory::ActorDirectory;
 
 pub use identity::{ASSERTION_HEADER, IdentitySettings};
@@ -173,6 +174,8 @@ pub struct Pep {
     liveness: liveness::Liveness,
     listeners: parking_lot::Mutex<Vec<SocketAddr>>,
     interception: Option<Interception>,
+    /// Idle upstream connections of readable traffic (cleartext, intercepted), per actor.
+    upstreams: Arc<UpstreamPool<cleartext::Upstream>>,
 }
 
 impl std::fmt::Debug for Pep {
@@ -255,6 +258,7 @@ impl Pep {
             liveness,
             listeners: parking_lot::Mutex::new(Vec::new()),
             interception: parts.interception,
+            upstreams: Arc::new(UpstreamPool::new(PoolLimits::default())),
         })
     }
 
@@ -302,6 +306,7 @@ impl Pep {
             "active_tunnels": self.metrics.active_tunnels(),
             "liveness_cache_entries": self.liveness.entries(),
             "dns_cache_entries": dns,
+            "upstream_pool_idle": self.upstreams.len(),
             "identity": {
                 "trust_domain": self.identity.trust_domain,
                 "accept_legacy_actor_ids": self.identity.spiffe.accept_legacy_actor,
@@ -605,7 +610,10 @@ impl Pep {
                 let io = Rewind::new(prefix, io);
                 // Boxed: the cleartext proxy's state is large and only HTTP tunnels need it;
                 // inline it would grow every tunnel's task (idle memory per tunnel).
-                if let Err(e) = Box::pin(cleartext::serve(io, hooks, self.cleartext)).await {
+                let upstreams = self.upstreams_of(&t.subject);
+                let served =
+                    cleartext::serve_proxy(io, hooks, self.cleartext, Origin::Cleartext, upstreams);
+                if let Err(e) = Box::pin(served).await {
                     if e.is_timeout() {
                         self.metrics.limit(Limit::SlowHeader);
                     } else if is_idle(&e) {
@@ -720,7 +728,10 @@ impl Pep {
         });
         let refuse_all = (!passes).then_some(decision);
         // Boxed: the proxy's state is large and only intercepted tunnels need it.
-        let served = Box::pin(interception.serve(io, sni, hooks, self.cleartext, refuse_all)).await;
+        let upstreams = self.upstreams_of(&t.subject);
+        let served =
+            Box::pin(interception.serve(io, sni, hooks, self.cleartext, refuse_all, upstreams))
+                .await;
         self.observe_minter(interception);
         if let Err(refusal) = served {
             tracing::debug!(dst = %t.dst, reason = refusal.reason.as_str(), detail = %refusal.detail, "interception refused");
@@ -728,6 +739,21 @@ impl Pep {
             rec.reason = refusal.reason;
         }
         self.finish(rec.with_duration(t.started.elapsed()));
+    }
+
+    /// The actor's idle upstream connections (keyed by atespace, name and UID: a re-created
+    /// actor of the same name shares nothing with its predecessor).
+    fn upstreams_of(&self, subject: &Subject) -> Upstreams {
+        let a = &subject.actor;
+        Upstreams {
+            pool: self.upstreams.clone(),
+            owner: Arc::from(format!(
+                "{}/{}#{}",
+                a.atespace,
+                a.name,
+                a.uid.as_deref().unwrap_or("")
+            )),
+        }
     }
 
     /// Copies the minter's counts into the metrics.
