@@ -380,7 +380,8 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
 }
 
 /// `actorgate dev-ca egress-demo`: the CA (reused when `dir` already holds one), the PEP's
-/// server certificate and one actor certificate, as the egress demo config names them.
+/// server certificate, one actor certificate, the interception CA (kept when present) and the
+/// demo HTTPS origin's certificate (`echo.demo.internal`), as the egress demo config names them.
 fn egress_demo(dir: &Path, a: &str, trust_domain: &str, days: u64) -> Result<()> {
     if !identity::spiffe::is_trust_domain(trust_domain) {
         bail!("--trust-domain {trust_domain:?} is not a valid SPIFFE trust domain");
@@ -417,8 +418,27 @@ fn egress_demo(dir: &Path, a: &str, trust_domain: &str, days: u64) -> Result<()>
         "actor certificate: {}",
         identity::spiffe::actor_id(trust_domain, &id)
     );
+    // The HTTPS origin of the interception demo (`actorgate echo-worker --tls-cert …`).
+    ca.issue_server(&[DEMO_ORIGIN.to_owned()], &[], lifetime)?
+        .write(dir, "echo")?;
+    wrote(&issued_paths(dir, "echo"));
+    if dir.join("intercept-ca.key").exists() {
+        eprintln!("using the interception CA in {}", dir.display());
+    } else {
+        create_ca(
+            dir,
+            "intercept-ca",
+            "an interception CA",
+            "actorgate demo interception CA",
+            3650,
+            false,
+        )?;
+    }
     Ok(())
 }
+
+/// The name of the egress demo's HTTPS origin (deploy/local/egress.yaml resolves it).
+const DEMO_ORIGIN: &str = "echo.demo.internal";
 
 /// Runs `actorgate token …`.
 pub fn token(cmd: TokenCommand) -> Result<()> {

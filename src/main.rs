@@ -56,6 +56,12 @@ enum Command {
         /// Reported in `x-echo-worker` and in echo bodies.
         #[arg(long, default_value = "echo")]
         name: String,
+        /// Serve HTTPS (ALPN h2, http/1.1) with this certificate chain (PEM); needs `--tls-key`.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
     },
 }
 
@@ -76,7 +82,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::EchoWorker { listen, name } => report(echo_worker(listen, name)),
+        Command::EchoWorker {
+            listen,
+            name,
+            tls_cert,
+            tls_key,
+        } => report(echo_worker(listen, name, tls_cert.zip(tls_key))),
         Command::Serve { config } => {
             allocator::tune();
             let loaded = match config::load(&config) {
@@ -104,8 +115,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn echo_worker(listen: std::net::SocketAddr, name: String) -> anyhow::Result<()> {
+fn echo_worker(
+    listen: std::net::SocketAddr,
+    name: String,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
+    let tls = match tls {
+        None => None,
+        Some((cert_file, key_file)) => {
+            let files = identity::tls::ServerTlsFiles {
+                cert_file,
+                key_file,
+                client_ca_file: None,
+                client_auth: identity::tls::ClientAuth::None,
+                client_trust_domain: None,
+                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            };
+            let config = identity::tls::ReloadableServerConfig::server(files)
+                .context("--tls-cert/--tls-key")?;
+            Some(config as std::sync::Arc<dyn runtime::listener::ServerTlsSource>)
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -117,9 +148,10 @@ fn echo_worker(listen: std::net::SocketAddr, name: String) -> anyhow::Result<()>
         let bound = listener
             .local_addr()
             .context("--listen: no local address")?;
-        eprintln!("echo worker {name} listening on {bound}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("echo worker {name} listening on {bound} ({scheme})");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        ingress::echo::serve(listener, name, async move {
+        ingress::echo::serve_with_tls(listener, name, tls, async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

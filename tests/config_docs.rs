@@ -117,14 +117,24 @@ fn code_defaults() -> Value {
         "directory.ateapi.ca_file",
         "directory.ateapi.cert_file",
         "directory.ateapi.key_file",
+        "egress.enabled",
+        "egress.tls",
+        "egress.policy.files",
+        "egress.interception.ca_cert_file",
+        "egress.interception.ca_key_file",
     ];
+    // The egress PEP with interception (its CA: the dev CA), so their defaults print too.
+    std::fs::write(dir.path().join("policy.yaml"), "policies: []\n").unwrap();
     let full = |tls: &str| {
         format!(
             "echo_worker: {{listen: '127.0.0.1:18080'}}\n\
              grpc: {{tls: {{cert_file: '{crt}', key_file: '{key}'}}}}\n\
              ingress: {{https: {{tls: {{cert_file: '{crt}', key_file: '{key}'}}}}}}\n\
              directory: {{ateapi: {{address: 'localhost:8443', ca_file: '{ca}', \
-             cert_file: '{crt}', key_file: '{key}'{tls}}}}}\n"
+             cert_file: '{crt}', key_file: '{key}'{tls}}}}}\n\
+             egress: {{tls: {{cert_file: '{crt}', key_file: '{key}', client_ca_file: '{ca}'}}, \
+             policy: {{files: ['{d}/policy.yaml']}}, \
+             interception: {{ca_cert_file: '{ca}', ca_key_file: '{d}/ca.key'}}}}\n"
         )
     };
     // `directory.ateapi.tls` has a default unless the code makes it required.

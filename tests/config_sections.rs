@@ -302,3 +302,65 @@ fn egress_problems_are_one_line_each_with_their_path() {
         );
     }
 }
+
+/// `egress.interception`: the demo's interception CA (written by `dev-ca egress-demo`) is
+/// accepted with its defaults; every problem is one line naming its field.
+#[test]
+fn egress_interception_is_checked_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    egress_demo_certs(dir.path());
+    for f in [
+        "intercept-ca.crt",
+        "intercept-ca.key",
+        "echo.crt",
+        "echo.key",
+    ] {
+        assert!(
+            dir.path().join(f).exists(),
+            "dev-ca egress-demo wrote no {f}"
+        );
+    }
+    let d = dir.path().display();
+    let good = format!(
+        "  interception: {{ca_cert_file: '{d}/intercept-ca.crt', ca_key_file: '{d}/intercept-ca.key'}}\n"
+    );
+    let yaml = format!(
+        "admin: {{listen: '127.0.0.1:0'}}\ndirectory: {{static: {{}}}}\n{}",
+        egress_section(dir.path(), &good)
+    );
+    let (code, stdout, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v = effective(&stdout);
+    let i = &v["egress"]["interception"];
+    assert_eq!(i["leaf_lifetime"], "15m", "{stdout}");
+    assert_eq!(i["readable_denials"], true, "{stdout}");
+    assert_eq!(i["upstream"]["system_roots"], true, "{stdout}");
+
+    let bad = format!(
+        "  interception:\n    ca_cert_file: '{d}/missing.crt'\n    ca_key_file: '{d}/intercept-ca.key'\n\
+         \x20   leaf_lifetime: 10m\n    renew_before: 10m\n    max_concurrent_mints: 0\n\
+         \x20   handshake_timeout: 0s\n    upstream: {{system_roots: false}}\n"
+    );
+    let yaml = format!(
+        "admin: {{listen: '127.0.0.1:0'}}\ndirectory: {{static: {{}}}}\n{}",
+        egress_section(dir.path(), &bad)
+    );
+    let (code, _, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "egress.interception.ca_cert_file: ",
+        "egress.interception.renew_before: 10m is not below leaf_lifetime (10m)",
+        "egress.interception.max_concurrent_mints: 0 is out of range (1 to 256)",
+        "egress.interception.handshake_timeout: ",
+        "egress.interception.upstream: trusts nothing",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.starts_with("actorgate: ")),
+        "one line per problem:\n{stderr}"
+    );
+}

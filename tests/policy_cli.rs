@@ -316,3 +316,48 @@ fn dev_ca_egress_demo_writes_every_certificate_the_demo_expects() {
     assert!(out.status.success());
     assert_eq!(std::fs::read(d.join("ca.crt")).unwrap(), ca_before);
 }
+
+/// `https` rules: without interception the ClientHello is denied (`interception_not_configured`);
+/// `--interception` decides as a PEP that intercepts; `--sni` with `--host` decides a request
+/// inside the intercepted connection (methods and paths of the rule apply).
+#[test]
+fn https_rules_as_a_pep_with_and_without_interception() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("https.yaml");
+    std::fs::write(
+        &p,
+        "policies:\n- name: hello\n  selector: {actor: demo/hello}\n  rules:\n  \
+         - https: {hostnames: [api.example.com], methods: [GET]}\n",
+    )
+    .unwrap();
+    let base = [
+        "--policy",
+        p.to_str().unwrap(),
+        "--actor",
+        "demo/hello",
+        "--dst",
+        "203.0.113.7:443",
+        "--sni",
+        "api.example.com",
+    ];
+    let (code, out, err) = policy_test(&base);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        field(&out, "reason").starts_with("interception_not_configured"),
+        "{out}"
+    );
+    let (code, out, err) = policy_test(&[&base[..], &["--interception"]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(field(&out, "rule"), "hello rules[0] (https)", "{out}");
+    let request = [
+        &base[..],
+        &["--host", "api.example.com", "--method", "POST"],
+    ]
+    .concat();
+    let (code, out, err) = policy_test(&request);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        field(&out, "reason").starts_with("method_not_allowed"),
+        "{out}"
+    );
+}

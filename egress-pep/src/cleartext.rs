@@ -1,4 +1,6 @@
-//! Cleartext HTTP/1.x inside a tunnel, proxied and decided **per request** (DESIGN §7.2).
+//! Cleartext HTTP/1.x inside a tunnel, proxied and decided **per request** (DESIGN §7.2); the
+//! same proxy serves the requests of intercepted TLS connections (HTTP/1.1 or h2, upstreams over
+//! re-originated TLS: [`crate::intercepted`]).
 //!
 //! A hyper HTTP/1.1 server runs on the tunnel's IO. Every request is checked for framing and
 //! authority ambiguities (duplicate `Host`, `Host` vs absolute-form mismatch, missing `Host`,
@@ -11,9 +13,10 @@
 //! Allowed requests go upstream over a hyper HTTP/1.1 client connection on the TCP stream
 //! [`CleartextHooks::dial`] returns. The upstream sees the request in origin-form with the
 //! actor's original `Host`; hop-by-hop headers are removed both ways. A connection is reused for
-//! later requests to the same destination **within this tunnel only** (never shared with another
-//! tunnel, hence never with another actor); it keeps whether its dial went elsewhere than the
-//! actor's original destination, so every request it carries is audited with that mismatch.
+//! later requests of **the same actor** to the same destination, on this tunnel or a later one
+//! ([`crate::upstream_pool`]; never shared with another actor; [`serve`] alone keeps them for
+//! its connection only); it keeps whether its dial went elsewhere than the actor's original
+//! destination, so every request it carries is audited with that mismatch.
 //! `Upgrade` requests (WebSocket) get a dedicated upstream connection and, on `101`, both sides
 //! are spliced.
 //!

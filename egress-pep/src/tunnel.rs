@@ -610,7 +610,7 @@ impl Pep {
                 let io = Rewind::new(prefix, io);
                 // Boxed: the cleartext proxy's state is large and only HTTP tunnels need it;
                 // inline it would grow every tunnel's task (idle memory per tunnel).
-                let upstreams = self.upstreams_of(&t.subject);
+                let upstreams = self.upstreams_of(&t.subject, t.dst);
                 let served =
                     cleartext::serve_proxy(io, hooks, self.cleartext, Origin::Cleartext, upstreams);
                 if let Err(e) = Box::pin(served).await {
@@ -728,27 +728,31 @@ impl Pep {
         });
         let refuse_all = (!passes).then_some(decision);
         // Boxed: the proxy's state is large and only intercepted tunnels need it.
-        let upstreams = self.upstreams_of(&t.subject);
+        let upstreams = self.upstreams_of(&t.subject, t.dst);
         let served =
             Box::pin(interception.serve(io, sni, hooks, self.cleartext, refuse_all, upstreams))
                 .await;
         self.observe_minter(interception);
         if let Err(refusal) = served {
             tracing::debug!(dst = %t.dst, reason = refusal.reason.as_str(), detail = %refusal.detail, "interception refused");
-            rec.verdict = Verdict::Deny;
-            rec.reason = refusal.reason;
+            // A readable denial keeps the policy's reason: the tunnel was denied for it.
+            if passes {
+                rec.verdict = Verdict::Deny;
+                rec.reason = refusal.reason;
+            }
         }
         self.finish(rec.with_duration(t.started.elapsed()));
     }
 
-    /// The actor's idle upstream connections (keyed by atespace, name and UID: a re-created
-    /// actor of the same name shares nothing with its predecessor).
-    fn upstreams_of(&self, subject: &Subject) -> Upstreams {
+    /// The actor's idle upstream connections for tunnels to `dst` (keyed by atespace, name and
+    /// UID — a re-created actor of the same name shares nothing with its predecessor — and the
+    /// original destination, which each connection's `dst_mismatch` was judged against).
+    fn upstreams_of(&self, subject: &Subject, dst: SocketAddr) -> Upstreams {
         let a = &subject.actor;
         Upstreams {
             pool: self.upstreams.clone(),
             owner: Arc::from(format!(
-                "{}/{}#{}",
+                "{}/{}#{} {dst}",
                 a.atespace,
                 a.name,
                 a.uid.as_deref().unwrap_or("")

@@ -620,7 +620,7 @@ policies:
         ],
         "{err}"
     );
-    // The https/path_prefixes misuse and the host-bits CIDR of broken's surviving rules are
+    // The host-bits CIDR of broken's surviving rules are
     // found once the structural errors are fixed; each line names the file.
     let text = err.to_string();
     assert!(
@@ -642,7 +642,7 @@ policies:
     selector: {atespace: team-a}
     rules:
       - tcp: {cidrs: [10.0.0.1/8], ports: all}
-      - https: {hostnames: [x.example.com], path_prefixes: [/v1]}
+      - tls_passthrough: {hostnames: [x.example.com], ports: [443], methods: [GET]}
 "#,
     );
     let err = FilesSource::load(vec![bad2]).unwrap_err();
@@ -651,7 +651,7 @@ policies:
         paths,
         [
             "policies[0].rules[0].tcp.cidrs[0]",
-            "policies[0].rules[1].https.path_prefixes"
+            "policies[0].rules[1].tls_passthrough.methods"
         ],
         "{err}"
     );
@@ -743,4 +743,55 @@ async fn watched_files_reload_on_edit() {
     .await
     .expect("the valid edit applied within 10 s");
     assert!(src.select_for("team-a", "plain", None).is_none());
+}
+
+/// `https` rules take methods and path prefixes (actorgate's format): the ClientHello is
+/// intercepted whatever they say, and each decrypted request is held to them; requests inside an
+/// intercepted connection are decided by `https` rules alone.
+#[test]
+fn https_rules_hold_intercepted_requests_to_their_methods_and_paths() {
+    let p = policy(
+        r#"
+policies:
+  - name: p
+    selector: {atespace: a}
+    rules:
+      - https: {hostnames: [api.example.com], methods: [GET], path_prefixes: [/v1/]}
+      - http: {hostnames: [plain.example.com]}
+"#,
+    );
+    let hello = p.decide(&Query {
+        dst: addr("10.0.0.1:443"),
+        traffic: Traffic::Tls {
+            sni: Some("api.example.com"),
+            interception: true,
+        },
+    });
+    assert_eq!((hello.verdict, rule(&hello)), (Verdict::Allow, 0));
+    let req = |authority: &str, method: &str, path: &str| {
+        p.decide(&Query {
+            dst: addr("10.0.0.1:443"),
+            traffic: Traffic::Https {
+                authority,
+                method,
+                path,
+            },
+        })
+    };
+    let d = req("api.example.com", "GET", "/v1/items");
+    assert_eq!((d.verdict, d.reason), (Verdict::Allow, Reason::Allowed));
+    assert_eq!(d.rule.map(|r| r.kind), Some(RuleKind::Https));
+    assert_eq!(
+        req("api.example.com", "POST", "/v1/items").reason,
+        Reason::MethodNotAllowed
+    );
+    assert_eq!(
+        req("API.example.com.:443", "GET", "/v1/../admin").reason,
+        Reason::PathNotAllowed
+    );
+    assert_eq!(
+        req("plain.example.com", "GET", "/").reason,
+        Reason::NoMatchingRule,
+        "http rules never decide intercepted requests"
+    );
 }

@@ -399,12 +399,27 @@ pub async fn serve(
     worker: String,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_with_tls(listener, worker, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (the demo's HTTPS origin, e.g. behind the egress
+/// PEP's interception).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    worker: String,
+    tls: Option<std::sync::Arc<dyn runtime::listener::ServerTlsSource>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let listener = match BoundListener::from_tcp("echo-worker --listen", listener) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "echo worker cannot serve");
             return;
         }
+    };
+    let listener = match tls {
+        Some(tls) => listener.with_tls(tls),
+        None => listener,
     };
     let drain = Drain::new();
     let accepting = tokio::spawn(serve_listener(listener, worker, drain.signal()));

@@ -276,13 +276,18 @@ impl Policy {
                             }
                         }
                     }
-                    if !is_http && !h.methods.is_empty() {
-                        p(format!("{base}.methods"), "allowed only on http rules");
+                    // Requests are readable on http rules and inside intercepted TLS (https).
+                    let passthrough = matches!(rule.spec, RuleSpec::TlsPassthrough(_));
+                    if passthrough && !h.methods.is_empty() {
+                        p(
+                            format!("{base}.methods"),
+                            "allowed only on http and https rules",
+                        );
                     }
-                    if !is_http && !h.path_prefixes.is_empty() {
+                    if passthrough && !h.path_prefixes.is_empty() {
                         p(
                             format!("{base}.path_prefixes"),
-                            "allowed only on http rules",
+                            "allowed only on http and https rules",
                         );
                     }
                     for (j, m) in h.methods.iter().enumerate() {
