@@ -283,6 +283,66 @@ async fn upstream_connections_are_reused_across_an_actors_tunnels_and_never_shar
     assert_eq!(pep.statusz().await["egress"]["upstream_pool_idle"], 2);
 }
 
+/// A kept upstream connection the destination closed while it sat idle (its keep-alive timed
+/// out) is not used again: the actor's next request, on a later tunnel, gets a new connection
+/// and its answer.
+#[tokio::test]
+async fn a_kept_connection_the_destination_closed_is_not_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncBufReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // One keep-alive answer (no `Connection: close`), then close while idle.
+                let mut s = tokio::io::BufReader::new(s);
+                let mut line = String::new();
+                while s.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let _ = s
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            });
+        }
+    });
+    let policy = format!(
+        "policies:
+- name: demo
+  selector: {{atespace: demo}}
+  rules:
+  - http: {{hostnames: [api.test], ports: [{}]}}
+",
+        addr.port()
+    );
+    let pep = Pep::start(&policy, "api.test: [127.0.0.1]", "exempt: [127.0.0.0/8]").await;
+    let host = format!("api.test:{}", addr.port());
+    let cert = pep.actor("hello");
+    for round in 0..2 {
+        let (status, body, tls) = pep.tunnel(&cert, &addr.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let mut client = TunnelClient::new(tls).await;
+        assert_eq!(
+            client.get(&host, "/").await,
+            (200, "ok".to_owned()),
+            "round {round}"
+        );
+        drop(client);
+        // The destination closes its side of the idle connection.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
 /// Policy edits: a valid edit applies to new tunnels and to the next cleartext request of a
 /// tunnel that stays open; a broken edit keeps the previous set and shows on `/statusz` and as
 /// `actorgate_egress_policy_reload_ok 0`.

@@ -68,6 +68,12 @@ const UPSTREAM_TLS_FAILED: &str = "egress upstream TLS failed";
 const MISDIRECTED: &str = "misdirected request";
 /// Most concurrent streams of an intercepted h2 connection from an actor.
 const MAX_H2_STREAMS: u32 = 100;
+/// Most h2 upstream connections one tunnel remembers as its own.
+const MAX_OWN_H2: usize = 8;
+/// PING interval of upstream h2 connections.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// An upstream h2 connection whose PING is not answered within this closes.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most request-body bytes read and discarded so that a denied request's connection stays
 /// usable; a longer body closes the connection after the denial.
 const DENY_DRAIN_BYTES: usize = 64 * 1024;
@@ -219,6 +225,7 @@ where
         limits,
         framing: framing.clone(),
         upstreams,
+        own_h2: Mutex::new(std::collections::HashMap::new()),
         tasks: tasks.clone(),
         cancel: cancel.clone(),
         origin,
@@ -265,6 +272,8 @@ struct Proxy {
     framing: Arc<Framing>,
     /// Reusable upstream connections by destination (the actor's, across its tunnels).
     upstreams: Upstreams,
+    /// The h2 upstream connections this tunnel opened or adopted, by destination key.
+    own_h2: Mutex<std::collections::HashMap<String, Upstream>>,
     /// Upstream connection drivers and upgraded streams.
     tasks: TaskTracker,
     /// Cancelled when [`serve`] returns or is dropped.
@@ -278,6 +287,8 @@ pub(crate) struct Upstream {
     sender: Sender,
     /// Its dial went to another address than the actor's original destination.
     dst_mismatch: bool,
+    /// Distinguishes connections (an h2 connection's handles share it).
+    id: u64,
 }
 
 /// An upstream connection's request sender: HTTP/1.1 (one request at a time, taken out of the
@@ -296,9 +307,33 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// Sends `req`; a request the connection never took comes back in the error.
+    async fn send(
+        &mut self,
+        req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
 impl Pooled for Upstream {
     fn is_closed(&self) -> bool {
         self.sender.is_closed()
+    }
+
+    fn is_ready(&self) -> bool {
+        match &self.sender {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.id
     }
 
     fn share(&self) -> Option<Self> {
@@ -307,10 +342,41 @@ impl Pooled for Upstream {
             Sender::H2(s) => Some(Upstream {
                 sender: Sender::H2(s.clone()),
                 dst_mismatch: self.dst_mismatch,
+                id: self.id,
             }),
         }
     }
 }
+
+/// Shapes `req` for `sender`'s protocol: HTTP/1.1 in origin-form with the actor's `Host`; h2
+/// with the authority in an absolute URI (`:authority`), no `Host`, `TE: trailers` when the
+/// actor asked for trailers. `false` when the authority makes no URI.
+fn prepare(req: &mut Request<UpBody>, sender: &Sender, target: &Target, trailers: bool) -> bool {
+    match sender {
+        Sender::H1(_) => {
+            req.headers_mut().insert(header::HOST, target.host.clone());
+            req.headers_mut().remove(header::TE);
+            *req.uri_mut() = origin_form(req.uri());
+            *req.version_mut() = Version::HTTP_11;
+        }
+        Sender::H2(_) => {
+            req.headers_mut().remove(header::HOST);
+            if trailers {
+                req.headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            match absolute_https(&target.authority, req.uri()) {
+                Some(uri) => *req.uri_mut() = uri,
+                None => return false,
+            }
+            *req.version_mut() = Version::HTTP_2;
+        }
+    }
+    true
+}
+
+/// Upstream connections made so far (their ids).
+static UPSTREAM_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The request's validated target.
 struct Target {
@@ -356,7 +422,9 @@ impl Proxy {
                     start,
                 );
                 if reason == Reason::BadRequest {
-                    return guard.local(StatusCode::BAD_REQUEST, BAD_REQUEST, true);
+                    // h2: the stream ends, the connection goes on.
+                    let close = req.version() != Version::HTTP_2;
+                    return guard.local(StatusCode::BAD_REQUEST, BAD_REQUEST, close);
                 }
                 return self.refuse(req, guard).await;
             }
@@ -403,13 +471,19 @@ impl Proxy {
             (Some(_), Version::HTTP_2) => Want::Either,
             (Some(_), _) => Want::Http1,
         };
-        let key = dial_key(&dial, want);
-        let upstream = if upgrade {
-            self.connect(dial, want, true).await
+        let key = dial_key(&dial, want, intercepted.is_some());
+        let (upstream, mut reused) = if upgrade {
+            (self.connect(dial.clone(), want, true).await, false)
         } else {
-            match self.reusable(&key).await {
-                Some(upstream) => Ok(upstream),
-                None => self.connect(dial, want, false).await,
+            match self.reusable(&key) {
+                Some(upstream) => (Ok(upstream), true),
+                None => {
+                    let fresh = self.connect(dial.clone(), want, false).await;
+                    if let Ok(u) = &fresh {
+                        self.adopt(&key, u);
+                    }
+                    (fresh, false)
+                }
             }
         };
         let guard = Arc::new(guard);
@@ -420,9 +494,6 @@ impl Proxy {
                 return guard.refused_after_dial(refusal.reason);
             }
         };
-        guard
-            .dst_mismatch
-            .store(upstream.dst_mismatch, Ordering::Relaxed);
 
         let (mut parts, body) = req.into_parts();
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
@@ -435,45 +506,49 @@ impl Proxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         let body = Counted::new(body, guard.clone(), Direction::Up);
-        let sent = match &mut upstream.sender {
-            Sender::H1(sender) => {
-                parts.headers.insert(header::HOST, target.host);
-                parts.uri = origin_form(&parts.uri);
-                parts.version = Version::HTTP_11;
-                let sent = sender.send_request(Request::from_parts(parts, body));
-                tokio::time::timeout(self.limits.idle, sent).await
+        let mut req = Request::from_parts(parts, body);
+        let sent = loop {
+            if !prepare(&mut req, &upstream.sender, &target, trailers) {
+                return guard.status_only(StatusCode::BAD_REQUEST, BAD_REQUEST);
             }
-            Sender::H2(sender) => {
-                // h2 carries the authority in `:authority`, from the absolute URI.
-                parts.headers.remove(header::HOST);
-                if trailers {
-                    parts
-                        .headers
-                        .insert(header::TE, HeaderValue::from_static("trailers"));
+            guard
+                .dst_mismatch
+                .store(upstream.dst_mismatch, Ordering::Relaxed);
+            let sent = tokio::time::timeout(self.limits.idle, upstream.sender.send(req)).await;
+            match sent {
+                // A kept connection the server closed before the request went out (an idle
+                // keep-alive it timed out): the request is untouched, send it on a new one.
+                Ok(Err(mut e)) if reused && e.message().is_some() => {
+                    let Some(unsent) = e.take_message() else {
+                        unreachable!("checked above")
+                    };
+                    tracing::debug!(error = %e.into_error(), "kept upstream connection closed; dialling anew");
+                    req = unsent;
+                    upstream = match self.connect(dial.clone(), want, false).await {
+                        Ok(fresh) => fresh,
+                        Err(refusal) => return guard.refused_after_dial(refusal.reason),
+                    };
+                    self.adopt(&key, &upstream);
+                    reused = false;
+                    continue;
                 }
-                parts.uri = match absolute_https(&target.authority, &parts.uri) {
-                    Some(uri) => uri,
-                    None => return guard.status_only(StatusCode::BAD_REQUEST, BAD_REQUEST),
-                };
-                parts.version = Version::HTTP_2;
-                let sent = sender.send_request(Request::from_parts(parts, body));
-                tokio::time::timeout(self.limits.idle, sent).await
+                other => break other,
             }
         };
-        // h2 connections go back at once (they multiplex); an HTTP/1.1 one once its response
+        // h2 connections stay kept (they multiplex); an HTTP/1.1 one goes back once its response
         // body has been delivered whole (it is idle then), with the body below.
-        let returned = match (&upstream.sender, upgrade) {
-            (_, true) => None,
-            (Sender::H2(_), false) => {
+        let returned = match (&upstream.sender, upgrade, &sent) {
+            (_, true, _) | (Sender::H1(_), _, Err(_) | Ok(Err(_))) => None,
+            (Sender::H2(_), false, _) => {
                 self.keep(key, upstream);
                 None
             }
-            (Sender::H1(_), false) => Some((self.upstreams.clone(), key, upstream)),
+            (Sender::H1(_), false, Ok(Ok(_))) => Some((self.upstreams.clone(), key, upstream)),
         };
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "upstream request failed");
+                tracing::debug!(error = %e.into_error(), "upstream request failed");
                 return guard.status_only(StatusCode::BAD_GATEWAY, UNAVAILABLE);
             }
             Err(_) => return guard.status_only(StatusCode::GATEWAY_TIMEOUT, UNAVAILABLE),
@@ -564,16 +639,30 @@ impl Proxy {
             .unwrap_or(false)
     }
 
-    /// A kept connection of this actor to `key` that is still open and ready.
-    async fn reusable(&self, key: &str) -> Option<Upstream> {
-        let mut upstream = self.upstreams.pool.take(&self.upstreams.owner, key)?;
-        let ready = match &mut upstream.sender {
-            Sender::H1(s) => tokio::time::timeout(self.limits.idle, s.ready()).await,
-            Sender::H2(s) => tokio::time::timeout(self.limits.idle, s.ready()).await,
-        };
-        match ready {
-            Ok(Ok(())) => Some(upstream),
-            _ => None,
+    /// A kept connection of this actor to `key` that is open and ready now (never waits: a busy
+    /// one is left alone and a new one dialled): this tunnel's own h2 connection first, then
+    /// the actor's pool.
+    fn reusable(&self, key: &str) -> Option<Upstream> {
+        if let Some(h2) = self.own_h2.lock().get(key)
+            && !h2.is_closed()
+            && h2.is_ready()
+        {
+            return h2.share();
+        }
+        let upstream = self.upstreams.pool.take(&self.upstreams.owner, key)?;
+        self.adopt(key, &upstream);
+        Some(upstream)
+    }
+
+    /// Remembers an h2 connection as this tunnel's own for `key`: its later requests use it
+    /// (an actor's tunnels spread over their own connections rather than all over one).
+    fn adopt(&self, key: &str, upstream: &Upstream) {
+        if let Some(shared) = upstream.share() {
+            let mut own = self.own_h2.lock();
+            own.retain(|_, u| !u.is_closed());
+            if own.len() < MAX_OWN_H2 || own.contains_key(key) {
+                own.insert(key.to_owned(), shared);
+            }
         }
     }
 
@@ -602,6 +691,7 @@ impl Proxy {
             return Ok(Upstream {
                 sender: Sender::H1(sender),
                 dst_mismatch: dialed.dst_mismatch,
+                id: UPSTREAM_IDS.fetch_add(1, Ordering::Relaxed),
             });
         };
         let alpn = match want {
@@ -625,6 +715,10 @@ impl Proxy {
             let (sender, conn) =
                 hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .timer(TokioTimer::new())
+                    // A dead connection is noticed (and leaves the pool) within a minute.
+                    .keep_alive_interval(H2_PING_INTERVAL)
+                    .keep_alive_timeout(H2_PING_TIMEOUT)
+                    .keep_alive_while_idle(true)
                     .handshake(TokioIo::new(tls))
                     .await
                     .map_err(|e| DialRefusal {
@@ -645,6 +739,7 @@ impl Proxy {
         Ok(Upstream {
             sender,
             dst_mismatch: dialed.dst_mismatch,
+            id: UPSTREAM_IDS.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -867,15 +962,20 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// The reuse key of an upstream destination and the protocol it needs.
-fn dial_key(dial: &Dial, want: Want) -> String {
+/// The reuse key of an upstream destination, the protocol it needs and its transport (`tls`:
+/// re-originated TLS, else plain TCP: a cleartext connection never carries an intercepted
+/// request, nor the reverse).
+fn dial_key(dial: &Dial, want: Want, tls: bool) -> String {
+    let transport = if tls { "tls" } else { "tcp" };
     match dial {
         Dial::Name {
             host,
             port,
             allow_private,
-        } => format!("name {host}:{port} {allow_private} {want:?}"),
-        Dial::Address { addr, tcp_rule } => format!("addr {addr} {tcp_rule:?} {want:?}"),
+        } => format!("{transport} name {host}:{port} {allow_private} {want:?}"),
+        Dial::Address { addr, tcp_rule } => {
+            format!("{transport} addr {addr} {tcp_rule:?} {want:?}")
+        }
     }
 }
 
@@ -1656,6 +1756,23 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
                 String::from_utf8_lossy(headers)
             );
         }
+    }
+
+    #[test]
+    fn cleartext_and_tls_connections_never_share_a_key() {
+        let dial = Dial::Name {
+            host: "api.example.com".into(),
+            port: 443,
+            allow_private: false,
+        };
+        assert_ne!(
+            dial_key(&dial, Want::Http1, false),
+            dial_key(&dial, Want::Http1, true)
+        );
+        assert_ne!(
+            dial_key(&dial, Want::H2, true),
+            dial_key(&dial, Want::Either, true)
+        );
     }
 
     #[test]

@@ -116,6 +116,9 @@ impl UpstreamTls {
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            // One session cache would be shared by every actor's connections (an origin could
+            // link them); connections are kept per actor instead, so full handshakes are rare.
+            c.resumption = rustls::client::Resumption::disabled();
             Ok(Arc::new(c))
         };
         Ok(Self {

@@ -832,6 +832,9 @@ impl CleartextHooks for Hooks {
             .request(r.decision.verdict, r.decision.reason);
         if self.sni.is_some() {
             self.pep.metrics.intercepted_request(r.decision.verdict);
+            if let Some(interception) = &self.pep.interception {
+                self.pep.observe_minter(interception);
+            }
             if matches!(
                 r.decision.reason,
                 Reason::UpstreamCertificateInvalid | Reason::UpstreamTlsFailed

@@ -4,10 +4,11 @@
 //! dialling (and, intercepted, handshaking TLS) again; agents that open a new connection per
 //! request pay the upstream handshake once.
 //!
-//! Bounded: at most [`PoolLimits::per_key`] idle connections per (owner, destination), at most
-//! [`PoolLimits::total`] in all, and none idle longer than [`PoolLimits::idle`] (swept when
-//! connections are returned, at most once a second). An HTTP/1.1 connection is taken out while
-//! it carries a request; a shareable (h2) one stays in the pool and is handed to every request.
+//! Bounded: at most [`PoolLimits::per_key`] connections per (owner, destination), at most
+//! [`PoolLimits::total`] in all, and none unused longer than [`PoolLimits::idle`] (swept when
+//! connections are taken or returned, at most once a second). An HTTP/1.1 connection is taken
+//! out while it carries a request and handed out only when idle (ready); a shareable (h2) one
+//! stays in the pool and is handed to requests while it can take another stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use tokio::time::Instant;
 pub(crate) trait Pooled: Sized {
     /// The connection has closed (never handed out again).
     fn is_closed(&self) -> bool;
+    /// The connection can take a request now (HTTP/1.1: idle; h2: below its stream limit).
+    fn is_ready(&self) -> bool;
+    /// Identifies the connection (every handle of one h2 connection has the same id).
+    fn id(&self) -> u64;
     /// A handle for one more request when the connection multiplexes (h2), else `None`.
     fn share(&self) -> Option<Self>;
 }
@@ -40,10 +45,15 @@ impl Default for PoolLimits {
         Self {
             per_key: 64,
             total: 4096,
-            idle: Duration::from_secs(90),
+            // Below common server keep-alive timeouts (nginx 75 s); a kept connection the
+            // server closed anyway is detected before the request goes out (see cleartext).
+            idle: Duration::from_secs(30),
         }
     }
 }
+
+/// How often expired connections are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The pool's key: the owner (an actor's identity, or one tunnel) and the destination.
 type Key = (Arc<str>, String);
@@ -68,6 +78,11 @@ pub(crate) struct UpstreamPool<T> {
 
 impl<T: Pooled> UpstreamPool<T> {
     pub(crate) fn new(limits: PoolLimits) -> Self {
+        let limits = PoolLimits {
+            per_key: limits.per_key.max(1),
+            total: limits.total.max(1),
+            ..limits
+        };
         Self {
             state: Mutex::new(State {
                 map: HashMap::new(),
@@ -78,64 +93,68 @@ impl<T: Pooled> UpstreamPool<T> {
         }
     }
 
-    /// A kept, open connection of `owner` to `dest`: a shared handle of a multiplexing one, or
-    /// the most recently returned HTTP/1.1 one (taken out).
+    /// A kept connection of `owner` to `dest` that can take a request now: a shared handle of
+    /// a multiplexing one, or the most recently returned idle HTTP/1.1 one (taken out).
     pub(crate) fn take(&self, owner: &Arc<str>, dest: &str) -> Option<T> {
+        let now = Instant::now();
         let mut state = self.state.lock();
+        if now - state.swept >= SWEEP_EVERY {
+            self.sweep(&mut state, now);
+        }
         let State { map, total, .. } = &mut *state;
         let key = (owner.clone(), dest.to_owned());
         let entries = map.get_mut(&key)?;
-        let now = Instant::now();
-        let fresh = |e: &Entry<T>| !e.conn.is_closed() && now - e.used < self.limits.idle;
         let before = entries.len();
-        entries.retain(fresh);
+        entries.retain(|e| !e.conn.is_closed() && now - e.used < self.limits.idle);
         *total -= before - entries.len();
-        let found = if let Some(shared) = entries.iter_mut().find_map(|e| {
-            let s = e.conn.share()?;
-            e.used = now;
-            Some(s)
-        }) {
-            Some(shared)
-        } else {
-            entries.pop_back().map(|e| {
+        let mut found = None;
+        for i in (0..entries.len()).rev() {
+            if !entries[i].conn.is_ready() {
+                continue;
+            }
+            if let Some(shared) = entries[i].conn.share() {
+                entries[i].used = now;
+                found = Some(shared);
+            } else if let Some(e) = entries.remove(i) {
                 *total -= 1;
-                e.conn
-            })
-        };
+                found = Some(e.conn);
+            }
+            break;
+        }
         if entries.is_empty() {
             map.remove(&key);
         }
         found
     }
 
-    /// Returns `conn` (after a request) for reuse; dropped (closed) when closed, when a shared
-    /// connection to the destination is already kept, or beyond the bounds.
+    /// Returns `conn` (after a request) for reuse; a shared connection already kept just counts
+    /// as used. Dropped (closed) when closed or beyond the bounds (the least recently used of
+    /// the destination goes first).
     pub(crate) fn put(&self, owner: &Arc<str>, dest: &str, conn: T) {
         if conn.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut state = self.state.lock();
-        if now - state.swept >= Duration::from_secs(1) {
+        if now - state.swept >= SWEEP_EVERY {
             self.sweep(&mut state, now);
         }
         let State { map, total, .. } = &mut *state;
-        let entries = map.entry((owner.clone(), dest.to_owned())).or_default();
-        let shared = conn.share().is_some();
-        if shared
-            && entries
-                .iter()
-                .any(|e| e.conn.share().is_some() && !e.conn.is_closed())
-        {
+        let key = (owner.clone(), dest.to_owned());
+        let entries = map.entry(key.clone()).or_default();
+        if let Some(kept) = entries.iter_mut().find(|e| e.conn.id() == conn.id()) {
+            kept.used = now;
             return;
         }
-        if entries.len() >= self.limits.per_key {
-            entries.pop_front();
+        if entries.len() >= self.limits.per_key
+            && let Some(oldest) = (0..entries.len()).min_by_key(|&i| entries[i].used)
+        {
+            entries.remove(oldest);
             *total -= 1;
         }
         if *total >= self.limits.total {
             if entries.is_empty() {
-                map.remove(&(owner.clone(), dest.to_owned()));
+                map.remove(&key);
             }
             return;
         }
@@ -156,7 +175,7 @@ impl<T: Pooled> UpstreamPool<T> {
         state.swept = now;
     }
 
-    /// Idle connections kept now (for `/statusz`).
+    /// Connections kept now, idle or shared (for `/statusz`).
     pub(crate) fn len(&self) -> usize {
         self.state.lock().total
     }
@@ -172,11 +191,18 @@ mod tests {
         id: u32,
         h2: bool,
         closed: Arc<AtomicBool>,
+        busy: Arc<AtomicBool>,
     }
 
     impl Pooled for Conn {
         fn is_closed(&self) -> bool {
             self.closed.load(Ordering::Relaxed)
+        }
+        fn is_ready(&self) -> bool {
+            !self.busy.load(Ordering::Relaxed)
+        }
+        fn id(&self) -> u64 {
+            u64::from(self.id)
         }
         fn share(&self) -> Option<Self> {
             self.h2.then(|| self.clone())
@@ -188,6 +214,7 @@ mod tests {
             id,
             h2,
             closed: Arc::default(),
+            busy: Arc::default(),
         }
     }
 
@@ -231,14 +258,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_h2_connection_is_shared_and_kept_once() {
+    async fn shared_connections_are_kept_once_each_and_busy_ones_skipped() {
         let pool = UpstreamPool::new(PoolLimits::default());
         let a: Arc<str> = Arc::from("team/a");
         pool.put(&a, "x", conn(1, true));
         assert_eq!(pool.take(&a, "x").map(|c| c.id), Some(1));
         assert_eq!(pool.take(&a, "x").map(|c| c.id), Some(1), "still kept");
         pool.put(&a, "x", conn(1, true));
-        pool.put(&a, "x", conn(2, true));
-        assert_eq!(pool.len(), 1, "one shared connection per destination");
+        assert_eq!(
+            pool.len(),
+            1,
+            "a handle of a kept connection is not kept again"
+        );
+        let second = conn(2, true);
+        let busy = second.busy.clone();
+        pool.put(&a, "x", second);
+        assert_eq!(pool.len(), 2);
+        busy.store(true, Ordering::Relaxed);
+        assert_eq!(
+            pool.take(&a, "x").map(|c| c.id),
+            Some(1),
+            "a full one is skipped"
+        );
+
+        // An HTTP/1.1 connection still finishing a request is not handed out.
+        let h1 = conn(3, false);
+        let h1_busy = h1.busy.clone();
+        pool.put(&a, "y", h1);
+        h1_busy.store(true, Ordering::Relaxed);
+        assert!(pool.take(&a, "y").is_none());
+        h1_busy.store(false, Ordering::Relaxed);
+        assert_eq!(pool.take(&a, "y").map(|c| c.id), Some(3));
     }
 }
