@@ -143,13 +143,12 @@ start_envoy_rbac() {
 }
 start_actorgate
 
-envoy_config() { # port admin_port rbac(yes|no)
+# The CONNECT listener's head, shared by every Envoy here: mTLS with a required client certificate
+# from the dev CA whose URI SAN is an actor's (the reference's check).
+envoy_connect_listener() { # name port
   cat <<EOF
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: $2}}}
-static_resources:
-  listeners:
-  - name: connect_orig_dst
-    address: {socket_address: {address: 127.0.0.1, port_value: $1}}
+  - name: $1
+    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
     per_connection_buffer_limit_bytes: 1048576
     filter_chains:
     - transport_socket:
@@ -169,6 +168,15 @@ static_resources:
               - san_type: URI
                 matcher: {prefix: "spiffe://substrate-actor.local/"}
       filters:
+EOF
+}
+
+envoy_config() { # port admin_port rbac(yes|no)
+  cat <<EOF
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: $2}}}
+static_resources:
+  listeners:
+$(envoy_connect_listener connect_orig_dst "$1")
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -232,27 +240,7 @@ bootstrap_extensions:
     "@type": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
 static_resources:
   listeners:
-  - name: connect
-    address: {socket_address: {address: 127.0.0.1, port_value: $PORT_ENVOY_MITM}}
-    per_connection_buffer_limit_bytes: 1048576
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            alpn_protocols: ["h2", "http/1.1"]
-            tls_params: {tls_minimum_protocol_version: TLSv1_3}
-            tls_certificates:
-            - certificate_chain: {filename: $PKI/pep.crt}
-              private_key: {filename: $PKI/pep.key}
-            validation_context:
-              trusted_ca: {filename: $PKI/ca.crt}
-              match_typed_subject_alt_names:
-              - san_type: URI
-                matcher: {prefix: "spiffe://substrate-actor.local/"}
-      filters:
+$(envoy_connect_listener connect "$PORT_ENVOY_MITM")
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager

@@ -308,28 +308,7 @@ async fn setup(c: Arc<Client>, secs: u64, conc: usize) -> Result<(), Error> {
             lat
         }));
     }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await?);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1e3)
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "tunnels {} seconds {elapsed:.3} per_sec {:.0} p50_ms {:.3} p99_ms {:.3} errors {}",
-        all.len(),
-        all.len() as f64 / elapsed,
-        pct(0.50),
-        pct(0.99),
-        errors.load(Ordering::Relaxed)
-    );
-    Ok(())
+    report("tunnels", secs, start, tasks, &stop, &errors).await
 }
 
 /// The actor's TLS inside a tunnel: SNI, ALPN and the only trusted CA.
@@ -483,6 +462,19 @@ async fn https(
             lat
         }));
     }
+    report("requests", secs, start, tasks, &stop, &errors).await
+}
+
+/// Lets the workers run for `secs`, stops them, and prints what they did:
+/// `<what> N seconds S per_sec R p50_ms A p99_ms B errors E`.
+async fn report(
+    what: &str,
+    secs: u64,
+    start: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+    stop: &AtomicBool,
+    errors: &AtomicU64,
+) -> Result<(), Error> {
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -497,7 +489,7 @@ async fn https(
             .unwrap_or(f64::NAN)
     };
     println!(
-        "requests {} seconds {elapsed:.3} per_sec {:.0} p50_ms {:.3} p99_ms {:.3} errors {}",
+        "{what} {} seconds {elapsed:.3} per_sec {:.0} p50_ms {:.3} p99_ms {:.3} errors {}",
         all.len(),
         all.len() as f64 / elapsed,
         pct(0.50),
