@@ -776,3 +776,44 @@ async fn a_connection_that_is_not_http_is_closed_and_audited() {
         .await;
     assert_eq!(rec["verdict"], "deny", "{rec}");
 }
+
+/// Readable denials are bounded per actor: beyond 20 new leaves a minute for denied names, a
+/// denied ClientHello for a name without a leaf is closed instead of answered (no key is
+/// generated for it); the tunnel record keeps the policy's reason either way.
+#[tokio::test]
+async fn readable_denials_mint_at_most_twenty_new_leaves_a_minute_per_actor() {
+    let lab = Lab::start().await;
+    let before = lab.statusz().await["egress"]["interception"]["leaves_minted"]
+        .as_u64()
+        .unwrap();
+    let mut answered = 0;
+    for i in 0..25 {
+        if lab
+            .inner_tls(
+                &format!("n{i}.denied.test"),
+                &[b"http/1.1"],
+                &lab.intercept_pki.ca_file(),
+            )
+            .await
+            .is_ok()
+        {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 20, "readable denials within the budget");
+    let minted = lab.statusz().await["egress"]["interception"]["leaves_minted"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(minted - before, 20, "no leaf minted beyond the budget");
+    let rec = lab
+        .pep
+        .audit_record("a denial beyond the budget", |r| {
+            r["kind"] == "tunnel" && r["sni"] == "n24.denied.test"
+        })
+        .await;
+    assert_eq!(
+        (rec["verdict"].as_str(), rec["reason"].as_str()),
+        (Some("deny"), Some("no_matching_rule")),
+        "{rec}"
+    );
+}

@@ -317,6 +317,13 @@ impl LeafMinter {
         loaded.map_err(|e: Arc<InterceptCaError>| (*e).clone())
     }
 
+    /// Whether a leaf for `name` (from the current CA) is cached: a connection for it mints
+    /// nothing.
+    pub fn has_leaf(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.cache.contains_key(&(self.ca.load().generation, name))
+    }
+
     /// Leaves minted since start.
     pub fn minted(&self) -> u64 {
         self.minted.load(Ordering::Relaxed)

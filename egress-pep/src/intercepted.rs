@@ -11,6 +11,7 @@
 //! upstream, so an agent reads why instead of seeing a failed handshake.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,7 +31,14 @@ pub struct Interception {
     upstream_tls: Arc<UpstreamTls>,
     handshake_timeout: Duration,
     readable_denials: bool,
+    /// New leaves minted for readable denials, per actor, in the current minute.
+    denial_mints: moka::sync::Cache<String, Arc<AtomicU32>>,
 }
+
+/// New leaves one actor may have minted for readable denials per minute; beyond, a denied
+/// ClientHello for a name without a cached leaf is closed instead (an actor cannot make the PEP
+/// generate keys for random names at will; names with a leaf are always answered readably).
+pub const DENIAL_MINTS_PER_MINUTE: u32 = 20;
 
 /// Why an intercepted tunnel ended before any request: the tunnel record's reason
 /// ([`Reason::NotHttp`] or [`Reason::InterceptHandshakeFailed`]) and a detail for the log.
@@ -58,6 +66,10 @@ impl Interception {
             upstream_tls,
             handshake_timeout,
             readable_denials,
+            denial_mints: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         }
     }
 
@@ -69,6 +81,22 @@ impl Interception {
     /// Whether denied ClientHellos are intercepted to answer `403` readably.
     pub fn readable_denials(&self) -> bool {
         self.readable_denials
+    }
+
+    /// Whether `actor`'s denied ClientHello for `sni` is answered readably: readable denials are
+    /// on, and the name has a cached leaf or the actor is within
+    /// [`DENIAL_MINTS_PER_MINUTE`] new leaves for denials this minute.
+    pub fn readable_denial(&self, actor: &str, sni: &str) -> bool {
+        if !self.readable_denials {
+            return false;
+        }
+        if self.minter.has_leaf(sni) {
+            return true;
+        }
+        let minted = self
+            .denial_mints
+            .get_with_by_ref(actor, || Arc::new(AtomicU32::new(0)));
+        minted.fetch_add(1, Ordering::Relaxed) < DENIAL_MINTS_PER_MINUTE
     }
 
     /// `/statusz`: the CA (`not_after`, RFC 3339), its reload state, leaves minted and cached,

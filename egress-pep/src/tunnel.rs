@@ -641,7 +641,8 @@ impl Pep {
                 if let (Some(interception), Some(sni)) = (&self.interception, sni.as_deref()) {
                     let https = decision.verdict.passes()
                         && decision.rule.as_ref().map(|r| r.kind) == Some(RuleKind::Https);
-                    let readable = !decision.verdict.passes() && interception.readable_denials();
+                    let readable = !decision.verdict.passes()
+                        && interception.readable_denial(&actor_key(&t.subject), sni);
                     if https || readable {
                         let io = Rewind::new(prefix, io);
                         self.intercept(io, interception, sni, decision, t, rec)
@@ -748,15 +749,9 @@ impl Pep {
     /// UID — a re-created actor of the same name shares nothing with its predecessor — and the
     /// original destination, which each connection's `dst_mismatch` was judged against).
     fn upstreams_of(&self, subject: &Subject, dst: SocketAddr) -> Upstreams {
-        let a = &subject.actor;
         Upstreams {
             pool: self.upstreams.clone(),
-            owner: Arc::from(format!(
-                "{}/{}#{} {dst}",
-                a.atespace,
-                a.name,
-                a.uid.as_deref().unwrap_or("")
-            )),
+            owner: Arc::from(format!("{} {dst}", actor_key(subject))),
         }
     }
 
@@ -862,6 +857,18 @@ impl CleartextHooks for Hooks {
         self.pep.metrics.bytes(r.bytes_up, r.bytes_down);
         self.pep.audit.record(rec.with_duration(r.duration));
     }
+}
+
+/// One actor, as the PEP's per-actor state keys it: `<atespace>/<name>#<uid>` (a re-created
+/// actor of the same name is another key).
+fn actor_key(subject: &Subject) -> String {
+    let a = &subject.actor;
+    format!(
+        "{}/{}#{}",
+        a.atespace,
+        a.name,
+        a.uid.as_deref().unwrap_or("")
+    )
 }
 
 /// Whether a cleartext connection ended on its idle timeout (an I/O error of kind `TimedOut`).
