@@ -43,6 +43,8 @@ const BAD_CERT: &str = "badcert.intercept.test";
 const ALSO: &str = "also.intercept.test";
 /// Resolved, named by no rule.
 const DENIED: &str = "denied.intercept.test";
+/// Served by an origin that speaks only HTTP/1.1 (ALPN), allowed by an `https` rule.
+const H1ONLY: &str = "h1only.intercept.test";
 /// Leaf lifetime configured.
 const LEAF_LIFETIME: Duration = Duration::from_secs(600);
 
@@ -57,6 +59,8 @@ struct Lab {
     /// The interception CA: `ca.crt`, `ca.key` in its directory.
     intercept_pki: TestPki,
     origin: SocketAddr,
+    /// An origin that speaks only HTTP/1.1 (for [`H1ONLY`]).
+    h1_origin: SocketAddr,
     _origin_drain: Drain,
 }
 
@@ -65,29 +69,41 @@ impl Lab {
         let origin_pki = TestPki::new();
         let issued = origin_pki
             .ca
-            .issue_server(&[API.into(), PASS.into(), ALSO.into()], &[], YEAR)
+            .issue_server(
+                &[API.into(), PASS.into(), ALSO.into(), H1ONLY.into()],
+                &[],
+                YEAR,
+            )
             .unwrap();
         let (cert_file, key_file) = origin_pki.write("origin", &issued);
-        let tls = identity::tls::ReloadableServerConfig::server(ServerTlsFiles {
-            cert_file,
-            key_file,
-            client_ca_file: None,
-            client_auth: ClientAuth::None,
-            client_trust_domain: None,
-            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        })
-        .unwrap();
-        let listener = BoundListener::bind("origin", "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap()
-            .with_tls(tls);
-        let origin = listener.local_addr();
         let drain = Drain::new();
-        tokio::spawn(ingress::echo::serve_listener(
-            listener,
-            "origin".into(),
-            drain.signal(),
-        ));
+        // The origin (h2 and HTTP/1.1), and one that speaks only HTTP/1.1.
+        let mut addrs = Vec::new();
+        for alpn in [
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            vec![b"http/1.1".to_vec()],
+        ] {
+            let tls = identity::tls::ReloadableServerConfig::server(ServerTlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: None,
+                client_auth: ClientAuth::None,
+                client_trust_domain: None,
+                alpn,
+            })
+            .unwrap();
+            let listener = BoundListener::bind("origin", "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap()
+                .with_tls(tls);
+            addrs.push(listener.local_addr());
+            tokio::spawn(ingress::echo::serve_listener(
+                listener,
+                "origin".into(),
+                drain.signal(),
+            ));
+        }
+        let (origin, h1_origin) = (addrs[0], addrs[1]);
 
         let intercept_pki = TestPki::new();
         let port = origin.port();
@@ -98,11 +114,13 @@ impl Lab {
   rules:
   - https: {{hostnames: [{API}, {ALSO}, {BAD_CERT}], ports: [{port}]}}
   - tls_passthrough: {{hostnames: [{PASS}], ports: [{port}]}}
-"
+  - https: {{hostnames: [{H1ONLY}], ports: [{h1_port}]}}
+",
+            h1_port = h1_origin.port()
         );
         let statics = format!(
             "{API}: [127.0.0.1], {PASS}: [127.0.0.1], {BAD_CERT}: [127.0.0.1], \
-             {ALSO}: [127.0.0.1], {DENIED}: [127.0.0.1]"
+             {ALSO}: [127.0.0.1], {DENIED}: [127.0.0.1], {H1ONLY}: [127.0.0.1]"
         );
         let (ca, key, origin_ca) = (
             intercept_pki.ca_file(),
@@ -131,6 +149,7 @@ impl Lab {
             origin_pki,
             intercept_pki,
             origin,
+            h1_origin,
             _origin_drain: drain,
         }
     }
@@ -143,8 +162,13 @@ impl Lab {
     /// A tunnel to the origin's address as `demo/hello`, then TLS inside it with `sni`, ALPN
     /// `alpn`, trusting only `ca_file`.
     async fn inner_tls(&self, sni: &str, alpn: &[&[u8]], ca_file: &Path) -> std::io::Result<Inner> {
+        let target = if sni == H1ONLY {
+            self.h1_origin.to_string()
+        } else {
+            self.target()
+        };
         let cert = self.pep.actor("hello");
-        let (status, body, tunnel) = self.pep.tunnel(&cert, &self.target()).await;
+        let (status, body, tunnel) = self.pep.tunnel(&cert, &target).await;
         assert_eq!(status, 200, "CONNECT: {body}");
         let config = tls_client_config(ca_file, alpn, None);
         let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
@@ -816,4 +840,61 @@ async fn readable_denials_mint_at_most_twenty_new_leaves_a_minute_per_actor() {
         (Some("deny"), Some("no_matching_rule")),
         "{rec}"
     );
+}
+
+/// An h2 actor reaches an origin that speaks only HTTP/1.1: its requests are carried over
+/// HTTP/1.1 (the response comes back on h2); gRPC, which needs h2 end to end, gets 502 with the
+/// audit reason `upstream_tls_failed`. Hop-by-hop headers never reach the h2 actor.
+#[tokio::test]
+async fn an_h2_actor_reaches_an_http1_origin_and_grpc_needs_h2() {
+    let lab = Lab::start().await;
+    let port = lab.h1_origin.port();
+    let tls = lab.intercepted(H1ONLY, &[b"h2"]).await;
+    let mut sender = h2(tls).await;
+    let resp = within(
+        BOUND,
+        "an h2 request to an HTTP/1.1 origin",
+        sender.send_request(
+            http::Request::get(format!("https://{H1ONLY}:{port}/v"))
+                .body(Empty::new())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert!(
+        !resp.headers().contains_key(http::header::CONNECTION),
+        "{:?}",
+        resp.headers()
+    );
+    let (status, body) = read(resp).await;
+    assert_eq!(status, 200, "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["version"], "HTTP/1.1", "{echoed}");
+
+    let grpc = within(
+        BOUND,
+        "a gRPC request to an HTTP/1.1 origin",
+        sender.send_request(
+            http::Request::post(format!(
+                "https://{H1ONLY}:{port}/actorgate.echo.v1.Echo/Unary"
+            ))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(Empty::new())
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let (status, _) = read(grpc).await;
+    assert_eq!(status, 502);
+    let rec = lab
+        .pep
+        .audit_record("the gRPC request", |r| {
+            r["kind"] == "request" && r["path"] == "/actorgate.echo.v1.Echo/Unary"
+        })
+        .await;
+    assert_eq!(rec["reason"], "upstream_tls_failed", "{rec}");
 }

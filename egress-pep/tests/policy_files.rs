@@ -795,3 +795,48 @@ policies:
         "http rules never decide intercepted requests"
     );
 }
+
+/// In an audit-mode policy an intercepted request no `https` rule allows passes as `audit`,
+/// dialled by its own name (as a cleartext request would be); an invalid authority is denied
+/// even there (nothing to dial or verify a certificate against).
+#[test]
+fn audit_mode_lets_unmatched_intercepted_requests_pass_by_name() {
+    let p = policy(
+        r#"
+policies:
+  - name: p
+    selector: {atespace: a}
+    mode: audit
+    rules:
+      - https: {hostnames: [api.example.com]}
+"#,
+    );
+    let req = |authority: &str| {
+        p.decide(&Query {
+            dst: addr("10.0.0.1:443"),
+            traffic: Traffic::Https {
+                authority,
+                method: "GET",
+                path: "/",
+            },
+        })
+    };
+    let d = req("other.example.com");
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Audit, Reason::NoMatchingRule)
+    );
+    assert_eq!(
+        d.dial,
+        Some(Dial::Name {
+            host: "other.example.com".into(),
+            port: 443,
+            allow_private: false
+        })
+    );
+    let d = req("bad name!");
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Deny, Reason::InvalidAuthority)
+    );
+}
