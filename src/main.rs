@@ -5,6 +5,7 @@
 //! for one actor against a config's egress policy source; `dev-ca`, `token` and `echo-worker`
 //! are development tools.
 
+mod agent;
 mod allocator;
 mod devtools;
 mod policy;
@@ -49,6 +50,9 @@ enum Command {
     /// Egress policy tooling: `policy test` decides one destination for one actor.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Tunnel agent tooling: the capture rules of an actor's network namespace.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
     /// Run an echo worker (HTTP, SSE, WebSocket and gRPC echo) for demos, tests and benchmarks.
     EchoWorker {
         #[arg(long, default_value = "127.0.0.1:18080")]
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::DevCa(cmd) => report(devtools::dev_ca(cmd)),
         Command::Token(cmd) => report(devtools::token(cmd)),
         // 0: passes (allow or audit), 1: denied, 2: no decision (bad config, source down).
+        Command::Agent(cmd) => report(agent::run(cmd)),
         Command::Policy(cmd) => match policy::run(cmd) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod actor_hosts;
+pub mod agent;
 pub mod audit;
 pub mod classify;
 pub mod cleartext;

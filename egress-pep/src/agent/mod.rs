@@ -1,0 +1,8 @@
+//! The tunnel agent's building blocks (DESIGN §7.5): in the actor's network namespace, TCP is
+//! redirected to the agent's capture listener ([`rules`]: the nftables ruleset), the agent reads
+//! each captured connection's original destination ([`original_dst`]) and carries it to the PEP
+//! through a tunnel. Work in progress (issue 13): the capture listener, the tunnel modes and the
+//! `actorgate agent` process come next.
+
+pub mod original_dst;
+pub mod rules;
