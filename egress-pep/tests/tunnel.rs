@@ -1169,3 +1169,36 @@ async fn cleartext_mismatch_is_audited_for_every_request_on_a_reused_upstream() 
         assert!(r.dst_mismatch, "{:?}: mismatch recorded", r.path);
     }
 }
+
+/// The tunnel agent's `per-connection` mode against the real PEP: a tunnel opens with the actor
+/// certificate and carries bytes both ways; a CONNECT the PEP refuses (an actor the control
+/// plane does not know) comes back as `Refused` with the PEP's status, before any byte is sent.
+#[tokio::test]
+async fn the_agents_per_connection_tunnels_open_and_report_refusals() {
+    use egress_pep::agent::per_connection::{PerConnection, TunnelError};
+    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
+    let h = Harness::start().await;
+    let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
+        let tls = ReloadableClientConfig::client(ClientTlsFiles {
+            ca_file: h.pki.ca_file(),
+            cert_file: Some(cert.0),
+            key_file: Some(cert.1),
+            server_identity: ServerIdentity::Hostname,
+            alpn: Vec::new(),
+        })
+        .unwrap();
+        PerConnection::new(h.pep_addr, "localhost", tls, Duration::from_secs(5)).unwrap()
+    };
+    let agent = client(h.actor_cert("demo", "bot"));
+    let tunnel = within("a tunnel", agent.open(h.echo.addr)).await.unwrap();
+    echo_through(tunnel, pattern(100_000, 7)).await;
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 1);
+
+    let ghost = client(h.actor_cert("demo", "ghost"));
+    match within("a refused tunnel", ghost.open(h.echo.addr)).await {
+        Err(TunnelError::Refused { status, .. }) => assert_eq!(status, 403),
+        Err(e) => panic!("want a 403 refusal, got {e}"),
+        Ok(_) => panic!("a tunnel opened for an unknown actor"),
+    }
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,186 @@
+//! `per-connection` tunnels (DESIGN §7.1): exactly upstream atunnel's wire behaviour — a new TLS
+//! connection to the PEP per captured connection (SNI = the PEP's name, no ALPN, the actor's
+//! client certificate), then `CONNECT <ip>:<port> HTTP/1.1` with `Host` the same and a Go
+//! `User-Agent`, nothing else. A non-2xx answer ends the tunnel before any byte of the actor's
+//! connection is sent (the agent closes the actor's connection with no bytes, as upstream does).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity::tls::ReloadableClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Most bytes of the PEP's answer head read.
+pub const MAX_ANSWER_HEAD: usize = 8 * 1024;
+
+/// Why a tunnel did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The PEP's name is not a DNS name or IP address.
+    #[error("PEP name {0:?} is not a DNS name or IP address")]
+    BadName(String),
+    /// TCP to the PEP failed.
+    #[error("connecting to the PEP: {0}")]
+    Connect(std::io::Error),
+    /// The TLS handshake with the PEP failed (its certificate, ours, or the network).
+    #[error("TLS handshake with the PEP: {0}")]
+    Handshake(std::io::Error),
+    /// The PEP answered the CONNECT with a status other than 2xx; the reason phrase is the
+    /// PEP's (its body, `egress denied` or `egress unavailable`, is not read).
+    #[error("the PEP answered {status} {reason}")]
+    Refused {
+        /// The status code.
+        status: u16,
+        /// The reason phrase, as sent.
+        reason: String,
+    },
+    /// The answer is not HTTP/1.1, or its head is longer than [`MAX_ANSWER_HEAD`].
+    #[error("the PEP's answer is not a CONNECT answer: {0}")]
+    BadAnswer(String),
+    /// Writing the CONNECT or reading the answer failed.
+    #[error("CONNECT to the PEP: {0}")]
+    Io(std::io::Error),
+    /// Connect, handshake and answer did not finish in time.
+    #[error("the PEP did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Opens `per-connection` tunnels to one PEP.
+pub struct PerConnection {
+    pep: SocketAddr,
+    name: ServerName<'static>,
+    tls: Arc<ReloadableClientConfig>,
+    timeout: Duration,
+}
+
+impl PerConnection {
+    /// Tunnels to `pep` (`ip:port`) whose certificate names `name`, with the client config
+    /// `tls` (the actor certificate; no ALPN, as atunnel; reloaded when its files change), each
+    /// opened within `timeout`.
+    ///
+    /// # Errors
+    /// [`TunnelError::BadName`] for a `name` that is not a DNS name or IP address.
+    pub fn new(
+        pep: SocketAddr,
+        name: &str,
+        tls: Arc<ReloadableClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, TunnelError> {
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| TunnelError::BadName(name.to_owned()))?;
+        Ok(Self {
+            pep,
+            name,
+            tls,
+            timeout,
+        })
+    }
+
+    /// A tunnel to `dst`: the stream is positioned right after the PEP's `200` answer head.
+    ///
+    /// # Errors
+    /// [`TunnelError`]; on [`TunnelError::Refused`] nothing was sent for the actor.
+    pub async fn open(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
+        tokio::time::timeout(self.timeout, self.open_now(dst))
+            .await
+            .map_err(|_| TunnelError::Timeout(self.timeout))?
+    }
+
+    async fn open_now(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
+        let tcp = TcpStream::connect(self.pep)
+            .await
+            .map_err(TunnelError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = self
+            .tls
+            .connector()
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(TunnelError::Handshake)?;
+        tls.write_all(connect_head(dst).as_bytes())
+            .await
+            .map_err(TunnelError::Io)?;
+        tls.flush().await.map_err(TunnelError::Io)?;
+        let head = read_head(&mut tls).await?;
+        let (status, reason) = status_line(&head)?;
+        if !(200..300).contains(&status) {
+            return Err(TunnelError::Refused { status, reason });
+        }
+        Ok(tls)
+    }
+}
+
+/// The CONNECT request head atunnel writes for `dst` (`[v6]:port` for IPv6).
+pub fn connect_head(dst: SocketAddr) -> String {
+    format!("CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: Go-http-client/1.1\r\n\r\n")
+}
+
+/// Reads the answer head byte by byte (the tunnel's bytes follow it), bounded.
+async fn read_head(tls: &mut TlsStream<TcpStream>) -> Result<Vec<u8>, TunnelError> {
+    let mut head = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_ANSWER_HEAD {
+            return Err(TunnelError::BadAnswer(format!(
+                "no end of the head within {MAX_ANSWER_HEAD} bytes"
+            )));
+        }
+        match tls.read(&mut byte).await.map_err(TunnelError::Io)? {
+            0 => {
+                return Err(TunnelError::BadAnswer(
+                    "the connection closed before the answer".into(),
+                ));
+            }
+            _ => head.push(byte[0]),
+        }
+    }
+    Ok(head)
+}
+
+/// The status code and reason phrase of an HTTP/1.x status line.
+fn status_line(head: &[u8]) -> Result<(u16, String), TunnelError> {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.splitn(3, ' ');
+    let (version, code, reason) = (parts.next(), parts.next(), parts.next());
+    match (version, code.and_then(|c| c.parse::<u16>().ok())) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") && (100..600).contains(&code) => {
+            Ok((code, reason.unwrap_or("").to_owned()))
+        }
+        _ => Err(TunnelError::BadAnswer(format!("status line {line:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connect_head_is_atunnels() {
+        assert_eq!(
+            connect_head("10.1.2.3:443".parse().unwrap()),
+            "CONNECT 10.1.2.3:443 HTTP/1.1\r\nHost: 10.1.2.3:443\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
+        );
+        assert!(
+            connect_head("[2001:db8::1]:80".parse().unwrap())
+                .starts_with("CONNECT [2001:db8::1]:80 HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n")
+        );
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(
+            status_line(b"HTTP/1.1 403 Forbidden\r\n\r\n").unwrap(),
+            (403, "Forbidden".to_owned())
+        );
+        assert_eq!(
+            status_line(b"HTTP/1.1 200\r\n\r\n").unwrap(),
+            (200, String::new())
+        );
+        assert!(status_line(b"SSH-2.0-x\r\n\r\n").is_err());
+    }
+}
