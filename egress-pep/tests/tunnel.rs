@@ -3,6 +3,9 @@
 //! policy refusals answer 403/503 with the reason only in audit records and metrics; limits close
 //! and count. Destinations are on 127.0.0.0/8, which the guard's exempt list opens for the tests.
 
+#[path = "../../tests/common/netns.rs"]
+mod netns;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,7 +109,11 @@ fn loopback_policy() -> model::Policy {
         rules: vec![
             Rule {
                 spec: RuleSpec::Tcp(TcpRule {
-                    cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+                    // 10.9.9.9: the origin inside the agent test's network namespace.
+                    cidrs: vec![
+                        "127.0.0.1/32".parse().unwrap(),
+                        "10.9.9.9/32".parse().unwrap(),
+                    ],
                     ports: Ports::All,
                 }),
                 mode: None,
@@ -167,6 +174,10 @@ struct Options {
     limits: TunnelLimits,
     legacy: bool,
     agents: Vec<String>,
+    /// The PEP's listener address (port 0).
+    listen: SocketAddr,
+    /// The echo destination's bind address.
+    echo_bind: &'static str,
 }
 
 impl Default for Options {
@@ -178,6 +189,8 @@ impl Default for Options {
             },
             legacy: false,
             agents: vec![identity::spiffe::component_uri(TD, "ate-system", "atunnel")],
+            listen: "127.0.0.1:0".parse().unwrap(),
+            echo_bind: "127.0.0.1:0",
         }
     }
 }
@@ -202,8 +215,8 @@ impl Harness {
         let cp = FakeControlPlane::start().await;
         cp.add_actor(ACTOR, ActorState::Running, "10.0.0.1", Duration::ZERO);
         let directory = Arc::new(AteApiDirectory::new(&cp.plaintext_settings()).unwrap());
-        let echo = echo_on("127.0.0.1:0").await;
-        let listener = BoundListener::bind("egress.listen", "127.0.0.1:0".parse().unwrap())
+        let echo = echo_on(opts.echo_bind).await;
+        let listener = BoundListener::bind("egress.listen", opts.listen)
             .await
             .unwrap()
             .with_tls(tls.clone());
@@ -1201,4 +1214,154 @@ async fn the_agents_per_connection_tunnels_open_and_report_refusals() {
         Ok(_) => panic!("a tunnel opened for an unknown actor"),
     }
     assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// The tunnel agent end to end in two network namespaces of the test's own, joined by a veth
+/// pair: in the actor's, the capture rules redirect TCP to the agent's capture listener, and the
+/// agent (its connections marked, so not captured) tunnels each connection per atunnel to the
+/// PEP in the other namespace, which dials the original destination there. The bytes arrive and
+/// come back, half-close included; a connection the PEP refuses is closed with no bytes.
+#[test]
+fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() {
+    use egress_pep::agent::capture;
+    use egress_pep::agent::per_connection::PerConnection;
+    use egress_pep::agent::rules::CaptureRules;
+    use egress_pep::forward::SpliceLimits;
+    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
+    use std::io::Write as _;
+
+    const MARK: u32 = 0x539;
+    let actor_ns = netns::TestNetns::create();
+    let pep_ns = netns::TestNetns::create();
+    // The veth pair: 10.200.0.1 (actor) — 10.200.0.2 (PEP); the origin is 10.9.9.9 on the PEP
+    // side's loopback, and the actor routes everything through the PEP side.
+    let (va, vb) = (
+        format!("aga{}", std::process::id() % 100_000),
+        format!("agb{}", std::process::id() % 100_000),
+    );
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+    ip(&["link", "set", &va, "netns", actor_ns.name()]);
+    ip(&["link", "set", &vb, "netns", pep_ns.name()]);
+    let (a, b) = (actor_ns.name().to_owned(), pep_ns.name().to_owned());
+    ip(&["-n", &a, "addr", "add", "10.200.0.1/24", "dev", &va]);
+    ip(&["-n", &a, "link", "set", &va, "up"]);
+    ip(&["-n", &a, "route", "add", "default", "via", "10.200.0.2"]);
+    ip(&["-n", &b, "addr", "add", "10.200.0.2/24", "dev", &vb]);
+    ip(&["-n", &b, "link", "set", &vb, "up"]);
+    pep_ns.add_address("10.9.9.9/32");
+    let script = CaptureRules {
+        port: 15001,
+        exclude_uid: None,
+        exclude_mark: Some(MARK),
+    }
+    .install_script()
+    .unwrap();
+    let mut nft = actor_ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(
+        nft.wait().unwrap().success(),
+        "nft refused the capture rules"
+    );
+
+    // The PEP side runs until the actor side is done.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let pep_side = std::thread::spawn(move || {
+        pep_ns.run(move || async move {
+            let h = Harness::with(Options {
+                listen: "10.200.0.2:0".parse().unwrap(),
+                echo_bind: "10.9.9.9:0",
+                ..Options::default()
+            })
+            .await;
+            let bot = h.actor_cert("demo", "bot");
+            let ghost = h.actor_cert("demo", "ghost");
+            ready_tx
+                .send((h.pep_addr, h.echo.addr, h.pki.ca_file(), bot, ghost))
+                .unwrap();
+            let _ = done_rx.await;
+            h.echo.accepted.load(Ordering::SeqCst)
+        })
+    });
+    let (pep_addr, echo_addr, ca, bot, ghost) = ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the PEP side started");
+
+    actor_ns.run(move || async move {
+        let agent = |cert: (std::path::PathBuf, std::path::PathBuf)| {
+            let tls = ReloadableClientConfig::client(ClientTlsFiles {
+                ca_file: ca.clone(),
+                cert_file: Some(cert.0),
+                key_file: Some(cert.1),
+                server_identity: ServerIdentity::Hostname,
+                alpn: Vec::new(),
+            })
+            .unwrap();
+            Arc::new(
+                PerConnection::new(pep_addr, "localhost", tls, Duration::from_secs(5))
+                    .unwrap()
+                    .with_mark(MARK),
+            )
+        };
+        let drain = Drain::new();
+        let listener = TcpListener::bind("127.0.0.1:15001").await.unwrap();
+        let first = tokio::spawn(capture::serve(
+            listener,
+            agent(bot),
+            SpliceLimits::with_idle(Duration::from_secs(30)),
+            drain.signal(),
+        ));
+        // The actor dials the origin's address; the rules capture it.
+        let stream = within("a captured connection", TcpStream::connect(echo_addr))
+            .await
+            .unwrap();
+        echo_through(stream, pattern(300_000, 3)).await;
+
+        // An agent whose actor the PEP refuses: the actor's connection closes with no byte.
+        drain.shutdown(Duration::from_secs(1)).await;
+        within("the first agent's listener closes", first)
+            .await
+            .unwrap();
+        let drain = Drain::new();
+        let listener = TcpListener::bind("127.0.0.1:15001").await.unwrap();
+        tokio::spawn(capture::serve(
+            listener,
+            agent(ghost),
+            SpliceLimits::with_idle(Duration::from_secs(30)),
+            drain.signal(),
+        ));
+        let mut stream = within("a captured connection", TcpStream::connect(echo_addr))
+            .await
+            .unwrap();
+        let _ = stream.write_all(b"e").await;
+        let mut got = Vec::new();
+        let _ = within("the refused connection's end", stream.read_to_end(&mut got)).await;
+        assert!(got.is_empty(), "a refused tunnel sent {} bytes", got.len());
+    });
+    let _ = done_tx.send(());
+    let accepted = pep_side.join().unwrap();
+    assert_eq!(
+        accepted, 1,
+        "only the allowed connection reached the origin"
+    );
 }

@@ -5,6 +5,7 @@
 //! (issue 13): the capture listener, the pooled h2 mode, egress assertions, the explicit proxy
 //! and the `actorgate agent` process come next.
 
+pub mod capture;
 pub mod original_dst;
 pub mod per_connection;
 pub mod rules;

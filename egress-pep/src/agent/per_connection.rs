@@ -55,6 +55,7 @@ pub struct PerConnection {
     name: ServerName<'static>,
     tls: Arc<ReloadableClientConfig>,
     timeout: Duration,
+    mark: Option<u32>,
 }
 
 impl PerConnection {
@@ -77,7 +78,15 @@ impl PerConnection {
             name,
             tls,
             timeout,
+            mark: None,
         })
+    }
+
+    /// Sets `SO_MARK` on the connections to the PEP (needs `CAP_NET_ADMIN`): capture rules
+    /// installed with `--exclude-mark` leave them alone.
+    pub fn with_mark(mut self, mark: u32) -> Self {
+        self.mark = Some(mark);
+        self
     }
 
     /// A tunnel to `dst`: the stream is positioned right after the PEP's `200` answer head.
@@ -91,7 +100,18 @@ impl PerConnection {
     }
 
     async fn open_now(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
-        let tcp = TcpStream::connect(self.pep)
+        let socket = match self.pep {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(TunnelError::Connect)?;
+        if let Some(mark) = self.mark {
+            socket2::SockRef::from(&socket)
+                .set_mark(mark)
+                .map_err(TunnelError::Connect)?;
+        }
+        let tcp = socket
+            .connect(self.pep)
             .await
             .map_err(TunnelError::Connect)?;
         let _ = tcp.set_nodelay(true);

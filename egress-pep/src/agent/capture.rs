@@ -1,0 +1,71 @@
+//! The capture listener (DESIGN §7.5): every TCP connection the rules redirect here is carried to
+//! the PEP in its own tunnel to its original destination, bytes spliced both ways with
+//! half-close honoured (an actor that shuts down its write side still receives the whole
+//! answer), under the runtime's drain. A tunnel the PEP refuses closes the actor's connection
+//! without a byte.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use runtime::drain::DrainSignal;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::agent::original_dst::original_destination;
+use crate::agent::per_connection::PerConnection;
+use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
+
+/// Serves captured connections from `listener` until the drain starts; each connection is a
+/// task the drain waits for (up to its deadline).
+pub async fn serve(
+    listener: TcpListener,
+    tunnels: Arc<PerConnection>,
+    limits: SpliceLimits,
+    drain: DrainSignal,
+) {
+    let own = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            () = drain.draining() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: keep serving the connections that fit.
+                tracing::warn!(error = %e, "capture listener accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let tunnels = tunnels.clone();
+        drain.spawn(async move {
+            if let Err(why) = carry(stream, own, &tunnels, limits).await {
+                tracing::debug!(%peer, why, "captured connection not carried");
+            }
+        });
+    }
+}
+
+/// One captured connection: its original destination, a tunnel there, the splice.
+async fn carry(
+    stream: TcpStream,
+    own: Option<SocketAddr>,
+    tunnels: &PerConnection,
+    limits: SpliceLimits,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let dst = original_destination(&stream)
+        .map_err(|e| format!("no original destination (not redirected?): {e}"))?;
+    if Some(dst) == own {
+        return Err("a connection to the capture listener itself".into());
+    }
+    let tunnel = tunnels
+        .open(dst)
+        .await
+        .map_err(|e| format!("tunnel to {dst}: {e}"))?;
+    let counters = SpliceCounters::new();
+    splice_counted(stream, tunnel, limits, &counters)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("splice to {dst}: {e}"))
+}
