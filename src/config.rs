@@ -70,6 +70,9 @@ pub struct Config {
     /// The egress PEP; off unless the file has an `egress` section.
     #[serde(default)]
     pub egress: EgressConfig,
+    /// The tunnel agent (capture listeners, tunnels to the PEP); off without the section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<egress_pep::agent::config::AgentConfig>,
 }
 
 /// A loaded config that passed validation, with everything derived from it.
@@ -96,6 +99,8 @@ pub struct Loaded {
     pub directory: Option<DirectorySettings>,
     /// The egress PEP, when enabled.
     pub egress: Option<EgressSettings>,
+    /// The tunnel agent, when configured.
+    pub agent: Option<egress_pep::agent::config::AgentSettings>,
 }
 
 /// Why a config could not be loaded; displays as one line per problem.
@@ -156,6 +161,15 @@ pub fn parse(text: &str) -> Result<Config, FieldErrors> {
 /// naming the earlier one: the same `ip:port`, or the same port where one address is
 /// unspecified (`0.0.0.0` / `[::]` takes the port on every address). Port 0 never collides: the
 /// kernel gives each listener a port of its own.
+/// Field paths of the first agent capture listeners, for collision messages (later ones share
+/// the last name).
+const AGENT_LISTEN_FIELDS: [&str; 4] = [
+    "agent.listen[0]",
+    "agent.listen[1]",
+    "agent.listen[2]",
+    "agent.listen[3]",
+];
+
 fn check_listener_collisions(errs: &mut FieldErrors, listeners: &[(&str, SocketAddr)]) {
     for (i, (field, addr)) in listeners.iter().enumerate() {
         let earlier = listeners[..i].iter().find(|(_, other)| {
@@ -315,6 +329,19 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             .map(|(a, _)| ("echo_worker.listen", *a)),
     );
     // From the field itself, so a collision shows even when another egress field is wrong.
+    let agent = config
+        .agent
+        .as_ref()
+        .and_then(|a| errs.collect("agent", a.settings(&base)));
+    for (i, a) in agent.iter().flat_map(|a| a.listen.iter()).enumerate() {
+        listeners.push((
+            AGENT_LISTEN_FIELDS
+                .get(i)
+                .copied()
+                .unwrap_or("agent.listen"),
+            *a,
+        ));
+    }
     let egress_listen = config
         .egress
         .enabled
@@ -336,6 +363,7 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             resolver,
             directory,
             egress,
+            agent,
         }),
         _ => Err(errs),
     }

@@ -4,6 +4,7 @@
 //! and count. Destinations are on 127.0.0.0/8, which the guard's exempt list opens for the tests.
 
 #[path = "../../tests/common/netns.rs"]
+#[allow(dead_code)]
 mod netns;
 
 use std::collections::HashMap;
@@ -1235,30 +1236,8 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
     let pep_ns = netns::TestNetns::create();
     // The veth pair: 10.200.0.1 (actor) — 10.200.0.2 (PEP); the origin is 10.9.9.9 on the PEP
     // side's loopback, and the actor routes everything through the PEP side.
-    let (va, vb) = (
-        format!("aga{}", std::process::id() % 100_000),
-        format!("agb{}", std::process::id() % 100_000),
-    );
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-    ip(&["link", "set", &va, "netns", actor_ns.name()]);
-    ip(&["link", "set", &vb, "netns", pep_ns.name()]);
-    let (a, b) = (actor_ns.name().to_owned(), pep_ns.name().to_owned());
-    ip(&["-n", &a, "addr", "add", "10.200.0.1/24", "dev", &va]);
-    ip(&["-n", &a, "link", "set", &va, "up"]);
-    ip(&["-n", &a, "route", "add", "default", "via", "10.200.0.2"]);
-    ip(&["-n", &b, "addr", "add", "10.200.0.2/24", "dev", &vb]);
-    ip(&["-n", &b, "link", "set", &vb, "up"]);
+    actor_ns.veth_to(&pep_ns, "10.200.0.1/24", "10.200.0.2/24");
+    actor_ns.route(&["default", "via", "10.200.0.2"]);
     pep_ns.add_address("10.9.9.9/32");
     let script = CaptureRules {
         port: 15001,

@@ -30,6 +30,7 @@
 //! sequence, a second signal exits 1 at once.
 
 pub mod admin;
+pub mod agent;
 pub mod directory;
 pub mod echo;
 pub mod egress;
@@ -171,6 +172,7 @@ async fn start_components(w: &mut Wiring, mut loaded: Loaded) -> Result<Option<g
     let admin_listener = admin::bind(w, &loaded, started).await?;
     // After admin and gRPC are bound: the PEP guards their addresses.
     egress::start(w, &loaded, directory.as_ref(), egress_files).await?;
+    agent::start(w, &loaded).await?;
     register_summary(w, &loaded)?;
     admin::serve(w, admin_listener);
     // Plain addresses (`admin=127.0.0.1:9090`); a listener that is off is left out.

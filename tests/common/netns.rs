@@ -66,6 +66,33 @@ impl TestNetns {
         self.exec_ip(&args);
     }
 
+    /// Joins this namespace and `other` with a veth pair, `cidr` on this side and `other_cidr`
+    /// on the other (e.g. `10.200.0.1/24`), both up; returns the two interface names.
+    pub fn veth_to(&self, other: &TestNetns, cidr: &str, other_cidr: &str) -> (String, String) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (mine, theirs) = (
+            format!("va{}x{n}", std::process::id() % 100_000),
+            format!("vb{}x{n}", std::process::id() % 100_000),
+        );
+        ip(&[
+            "link", "add", &mine, "type", "veth", "peer", "name", &theirs,
+        ]);
+        ip(&["link", "set", &mine, "netns", &self.name]);
+        ip(&["link", "set", &theirs, "netns", &other.name]);
+        self.exec_ip(&["addr", "add", cidr, "dev", &mine]);
+        self.exec_ip(&["link", "set", &mine, "up"]);
+        other.exec_ip(&["addr", "add", other_cidr, "dev", &theirs]);
+        other.exec_ip(&["link", "set", &theirs, "up"]);
+        (mine, theirs)
+    }
+
+    /// Adds a route in the namespace (`ip route add ARGS`), e.g. `default via 10.200.0.2`.
+    pub fn route(&self, args: &[&str]) {
+        let mut full = vec!["route", "add"];
+        full.extend_from_slice(args);
+        self.exec_ip(&full);
+    }
+
     /// `program` to run inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

@@ -6,6 +6,7 @@
 //! and the `actorgate agent` process come next.
 
 pub mod capture;
+pub mod config;
 pub mod original_dst;
 pub mod per_connection;
 pub mod rules;

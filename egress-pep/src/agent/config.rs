@@ -1,0 +1,156 @@
+//! The `agent` config section: the tunnel agent's capture listeners and its tunnels to the PEP
+//! (DESIGN §7.5). Validated on load; every problem names its field path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use identity::config::existing_file;
+use runtime::config::{FieldErrors, check_duration, item, socket_addr};
+use serde::{Deserialize, Serialize};
+
+/// The `agent` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Capture listeners, `ip:port` each: where the capture rules redirect TCP (nftables
+    /// `redirect` sends IPv4 to 127.0.0.1 and IPv6 to ::1). Default both on port 15001.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// The PEP and the agent's identity towards it.
+    pub pep: AgentPepConfig,
+    /// `per-connection` (upstream atunnel's wire behaviour). Default `per-connection`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// `SO_MARK` on the agent's connections to the PEP (capture rules installed with
+    /// `--exclude-mark` leave them alone; needs `CAP_NET_ADMIN`). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<u32>,
+    /// Opening a tunnel (TCP, TLS, CONNECT answer). Default 10s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A tunnel with no bytes either way this long is closed. Default 10m.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+/// `agent.pep`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPepConfig {
+    /// The PEP's tunnel listener, `ip:port`.
+    pub address: String,
+    /// The PEP's name: the SNI sent and the name its certificate must carry.
+    pub server_name: String,
+    /// The CA the PEP's certificate chains to (PEM).
+    pub ca_file: PathBuf,
+    /// The actor certificate (PEM; reloaded when it changes, as upstream renews it).
+    pub cert_file: PathBuf,
+    /// Its key (PEM).
+    pub key_file: PathBuf,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:15001".into(), "[::1]:15001".into()]
+}
+fn default_mode() -> String {
+    "per-connection".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// A valid `agent` section, paths resolved and addresses parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// Capture listeners.
+    pub listen: Vec<SocketAddr>,
+    /// The PEP's address.
+    pub pep: SocketAddr,
+    /// The PEP's name.
+    pub server_name: String,
+    /// CA, certificate and key files (resolved).
+    pub ca_file: PathBuf,
+    /// The actor certificate.
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
+    /// `SO_MARK` of the agent's connections.
+    pub mark: Option<u32>,
+    /// Opening a tunnel.
+    pub connect_timeout: Duration,
+    /// Idle tunnels.
+    pub idle_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Validates the section; `base` is the config file's directory. Paths are relative to the
+    /// section.
+    ///
+    /// # Errors
+    /// One field error per problem.
+    pub fn settings(&self, base: &Path) -> Result<AgentSettings, FieldErrors> {
+        let mut errs = FieldErrors::default();
+        if self.listen.is_empty() {
+            errs.push("listen", "name at least one capture listener");
+        }
+        let listen: Vec<SocketAddr> = self
+            .listen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| socket_addr(&mut errs, &item("listen", i), a))
+            .collect();
+        let pep = socket_addr(&mut errs, "pep.address", &self.pep.address);
+        if rustls_pki_types::ServerName::try_from(self.pep.server_name.as_str()).is_err() {
+            errs.push(
+                "pep.server_name",
+                format!("{:?} is not a DNS name or IP address", self.pep.server_name),
+            );
+        }
+        let ca_file = existing_file(&mut errs, "pep.ca_file", base, &self.pep.ca_file);
+        let cert_file = existing_file(&mut errs, "pep.cert_file", base, &self.pep.cert_file);
+        let key_file = existing_file(&mut errs, "pep.key_file", base, &self.pep.key_file);
+        match self.mode.as_str() {
+            "per-connection" => {}
+            "pooled" => errs.push(
+                "mode",
+                "pooled (h2 tunnels shared by many connections) is not implemented yet: use per-connection",
+            ),
+            other => errs.push(
+                "mode",
+                format!("{other:?} is not a tunnel mode (per-connection)"),
+            ),
+        }
+        check_duration(
+            &mut errs,
+            "connect_timeout",
+            self.connect_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(120),
+        );
+        check_duration(
+            &mut errs,
+            "idle_timeout",
+            self.idle_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+        match (errs.is_empty(), pep) {
+            (true, Some(pep)) => Ok(AgentSettings {
+                listen,
+                pep,
+                server_name: self.pep.server_name.clone(),
+                ca_file,
+                cert_file,
+                key_file,
+                mark: self.mark,
+                connect_timeout: self.connect_timeout,
+                idle_timeout: self.idle_timeout,
+            }),
+            _ => Err(errs),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The tunnel agent in `actorgate serve` (issue 13, first part), end to end with real processes
+//! in two network namespaces of the test's own joined by a veth pair: in the actor's, the
+//! capture rules (`actorgate agent install-rules`) redirect curl's TCP to the agent, which tunnels
+//! it per atunnel (one TLS connection and CONNECT each, its own connections marked so they are
+//! not captured) to the PEP in the other namespace; the PEP decides and dials the original
+//! destination there. An allowed destination answers through the whole chain, with the actor and
+//! the original destination in the PEP's audit record; a denied one gets the PEP's readable
+//! `403` for cleartext HTTP and no bytes at all otherwise.
+//!
+//! Every address lives inside the two namespaces: nothing leaves the machine.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::egress::{ACTORS, actor_cert, audit_records, config, http_upstream};
+use common::netns::TestNetns;
+use common::*;
+use serde_json::Value;
+
+const MARK: &str = "0x539";
+
+/// What the PEP side tells the actor side.
+struct PepSide {
+    pep: SocketAddr,
+    origin: SocketAddr,
+    ca: PathBuf,
+    cert: (PathBuf, PathBuf),
+}
+
+#[test]
+fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pep() {
+    let actor_ns = TestNetns::create();
+    let pep_ns = TestNetns::create();
+    actor_ns.veth_to(&pep_ns, "10.200.0.1/24", "10.200.0.2/24");
+    actor_ns.route(&["default", "via", "10.200.0.2"]);
+    pep_ns.add_address("10.9.9.9/32");
+
+    let (side_tx, side_rx) = std::sync::mpsc::channel::<PepSide>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let pep_thread = std::thread::spawn(move || {
+        pep_ns.run(move || async move {
+            // The origin and the PEP, both inside the PEP's namespace.
+            let origin = http_upstream("10.9.9.9:0", "origin").await;
+            let pki = test_pki(&[]);
+            let dir = tempfile::tempdir().unwrap();
+            let audit = dir.path().join("audit.jsonl");
+            std::fs::write(dir.path().join("actors.yaml"), ACTORS).unwrap();
+            std::fs::write(
+                dir.path().join("policy.yaml"),
+                format!(
+                    "policies:\n- name: hello\n  selector: {{actor: demo/hello}}\n  rules:\n  \
+                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n",
+                    origin.addr.port()
+                ),
+            )
+            .unwrap();
+            let text = config(&pki, "10.200.0.2:0", "", "", &audit);
+            let gw = Gateway::start(&write_config(dir.path(), &text)).await;
+            side_tx
+                .send(PepSide {
+                    pep: gw.addr("egress"),
+                    origin: origin.addr,
+                    ca: pki.ca_file(),
+                    cert: actor_cert(&pki, "hello"),
+                })
+                .unwrap();
+            let _ = done_rx.await;
+            let records = audit_records(&audit);
+            (records, origin.accepted(), gw.log_text(), pki, dir)
+        })
+    });
+    let side = side_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the PEP side started");
+
+    let netns = actor_ns.name().to_owned();
+    let rules = Command::new(env!("CARGO_BIN_EXE_actorgate"))
+        .args([
+            "agent",
+            "install-rules",
+            "--exclude-mark",
+            MARK,
+            "--netns",
+            &netns,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rules.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rules.stderr)
+    );
+
+    let origin = side.origin;
+    let agent_log = actor_ns.run(move || async move {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "ingress: {{enabled: false}}
+agent:
+  listen: ['127.0.0.1:15001']
+  mark: {MARK}
+  pep:
+    address: {pep}
+    server_name: localhost
+    ca_file: {ca}
+    cert_file: {cert}
+    key_file: {key}
+",
+            pep = side.pep,
+            ca = side.ca.display(),
+            cert = side.cert.0.display(),
+            key = side.cert.1.display(),
+        );
+        let agent = Gateway::start(&write_config(dir.path(), &text)).await;
+        let curl = |port: u16| {
+            let url = format!("http://{}:{port}/hello", origin.ip());
+            async move {
+                within(
+                    BOUND,
+                    format!("curl {url}"),
+                    tokio::process::Command::new("curl")
+                        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+                        .arg(&url)
+                        .env_remove("http_proxy")
+                        .env_remove("HTTP_PROXY")
+                        .env_remove("ALL_PROXY")
+                        .kill_on_drop(true)
+                        .output(),
+                )
+                .await
+                .expect("run curl")
+            }
+        };
+        let out = curl(origin.port()).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            stdout,
+            format!("origin {}:{} /hello\n200", origin.ip(), origin.port()),
+            "curl: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log_text()
+        );
+        // A destination the PEP denies: cleartext HTTP gets the PEP's readable denial per
+        // request; other bytes get nothing at all (the connection closes).
+        let denied = curl(origin.port() + 1).await;
+        assert_eq!(
+            String::from_utf8_lossy(&denied.stdout),
+            "egress denied\n403",
+            "{}",
+            String::from_utf8_lossy(&denied.stderr)
+        );
+        let denied_dst = SocketAddr::new(origin.ip(), origin.port() + 2);
+        let mut raw = within(
+            BOUND,
+            "a captured connection",
+            tokio::net::TcpStream::connect(denied_dst),
+        )
+        .await
+        .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = raw.write_all(b"\x00\x01opaque bytes\n").await;
+        let mut got = Vec::new();
+        let _ = within(
+            BOUND,
+            "the denied connection's end",
+            raw.read_to_end(&mut got),
+        )
+        .await;
+        assert!(
+            got.is_empty(),
+            "a denied connection got {} bytes",
+            got.len()
+        );
+        agent.log_text()
+    });
+    let _ = done_tx.send(());
+    let (records, accepted, pep_log, _pki, _dir) = pep_thread.join().unwrap();
+    assert_eq!(accepted, 1, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
+    let tunnel = |dst: SocketAddr| -> Option<&Value> {
+        records
+            .iter()
+            .find(|r| r["kind"] == "tunnel" && r["dst"] == dst.to_string())
+    };
+    let allowed = tunnel(origin).expect("the allowed tunnel's record");
+    assert_eq!(allowed["actor"]["name"], "hello", "{allowed}");
+    assert_eq!(allowed["verdict"], "allow", "{allowed}");
+    let denied_dst = SocketAddr::new(origin.ip(), origin.port() + 2);
+    let denied = tunnel(denied_dst).expect("the denied tunnel's record");
+    assert_eq!(denied["verdict"], "deny", "{denied}");
+    assert_eq!(denied["actor"]["name"], "hello", "{denied}");
+}
