@@ -175,6 +175,24 @@ agent:
             "a denied connection got {} bytes",
             got.len()
         );
+        // The agent's counters and /statusz section.
+        let m = agent.metrics().await;
+        assert_eq!(metric(&m, "actorgate_agent_captured_total", &[]), 3.0);
+        assert_eq!(
+            metric(
+                &m,
+                "actorgate_agent_tunnels_total",
+                &[("mode", "per-connection"), ("result", "opened")]
+            ),
+            3.0
+        );
+        let (status, body) = within(BOUND, "/statusz", get(agent.admin, "/statusz?format=json"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let statusz: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(statusz["agent"]["mode"], "per-connection", "{statusz}");
+        assert_eq!(statusz["agent"]["captured"], 3, "{statusz}");
         agent.log_text()
     });
     let _ = done_tx.send(());

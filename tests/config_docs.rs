@@ -122,6 +122,7 @@ fn code_defaults() -> Value {
         "egress.policy.files",
         "egress.interception.ca_cert_file",
         "egress.interception.ca_key_file",
+        "agent.pep",
     ];
     // The egress PEP with interception (its CA: the dev CA), so their defaults print too.
     std::fs::write(dir.path().join("policy.yaml"), "policies: []\n").unwrap();
@@ -134,7 +135,9 @@ fn code_defaults() -> Value {
              cert_file: '{crt}', key_file: '{key}'{tls}}}}}\n\
              egress: {{tls: {{cert_file: '{crt}', key_file: '{key}', client_ca_file: '{ca}'}}, \
              policy: {{files: ['{d}/policy.yaml']}}, \
-             interception: {{ca_cert_file: '{ca}', ca_key_file: '{d}/ca.key'}}}}\n"
+             interception: {{ca_cert_file: '{ca}', ca_key_file: '{d}/ca.key'}}}}\n\
+             agent: {{pep: {{address: '127.0.0.1:15008', server_name: localhost, \
+             ca_file: '{ca}', cert_file: '{crt}', key_file: '{key}'}}}}\n"
         )
     };
     // `directory.ateapi.tls` has a default unless the code makes it required.

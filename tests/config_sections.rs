@@ -364,3 +364,39 @@ fn egress_interception_is_checked_field_by_field() {
         "one line per problem:\n{stderr}"
     );
 }
+
+/// `agent`: every problem is one line naming its field; `pooled` is refused as not implemented
+/// yet; a capture listener that collides with another listener is named.
+#[test]
+fn agent_problems_are_one_line_each_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    egress_demo_certs(dir.path());
+    let d = dir.path().display();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: '127.0.0.1:15001'}}\ningress: {{enabled: false}}\n\
+             agent:\n  listen: ['127.0.0.1:15001', 'nope']\n  mode: pooled\n  connect_timeout: 0s\n\
+             \x20 pep: {{address: 'pep:15008', server_name: 'bad name', ca_file: '{d}/ca.crt', \
+             cert_file: '{d}/missing.crt', key_file: '{d}/demo.hello.key'}}\n"
+        ),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "agent.listen[1]: invalid socket address \"nope\"",
+        "agent.pep.address: invalid socket address \"pep:15008\"",
+        "agent.pep.server_name: \"bad name\" is not a DNS name or IP address",
+        "agent.pep.cert_file: ",
+        "agent.mode: pooled (h2 tunnels shared by many connections) is not implemented yet",
+        "agent.connect_timeout: ",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.starts_with("actorgate: ")),
+        "one line per problem:\n{stderr}"
+    );
+}

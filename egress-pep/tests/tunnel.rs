@@ -1302,12 +1302,14 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
                     .with_mark(MARK),
             )
         };
+        let metrics = egress_pep::agent::metrics::AgentMetrics::default();
         let drain = Drain::new();
         let listener = TcpListener::bind("127.0.0.1:15001").await.unwrap();
         let first = tokio::spawn(capture::serve(
             listener,
             agent(bot),
             SpliceLimits::with_idle(Duration::from_secs(30)),
+            metrics.clone(),
             drain.signal(),
         ));
         // The actor dials the origin's address; the rules capture it.
@@ -1327,6 +1329,7 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
             listener,
             agent(ghost),
             SpliceLimits::with_idle(Duration::from_secs(30)),
+            metrics.clone(),
             drain.signal(),
         ));
         let mut stream = within("a captured connection", TcpStream::connect(echo_addr))
@@ -1336,6 +1339,10 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
         let mut got = Vec::new();
         let _ = within("the refused connection's end", stream.read_to_end(&mut got)).await;
         assert!(got.is_empty(), "a refused tunnel sent {} bytes", got.len());
+        use egress_pep::agent::metrics::TunnelResult;
+        assert_eq!(metrics.captured_count(), 2);
+        assert_eq!(metrics.tunnels("per-connection", TunnelResult::Opened), 1);
+        assert_eq!(metrics.tunnels("per-connection", TunnelResult::Refused), 1);
     });
     let _ = done_tx.send(());
     let accepted = pep_side.join().unwrap();

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use egress_pep::agent::metrics::TunnelResult;
 use egress_pep::agent::per_connection::PerConnection;
 use egress_pep::forward::SpliceLimits;
 use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
@@ -39,6 +40,7 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
     }
     let tunnels = Arc::new(tunnels);
     let limits = SpliceLimits::with_idle(s.idle_timeout);
+    let metrics = egress_pep::agent::metrics::AgentMetrics::new(&mut w.registry);
     for (i, addr) in s.listen.iter().enumerate() {
         let field = format!("agent.listen[{i}]");
         let listener = tokio::net::TcpListener::bind(addr)
@@ -58,9 +60,26 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
             listener,
             tunnels.clone(),
             limits,
+            metrics.clone(),
             w.drain.signal(),
         ));
     }
+    let (pep, name, listen) = (s.pep, s.server_name.clone(), s.listen.clone());
+    w.health.register_section("agent", move || {
+        serde_json::json!({
+            "mode": "per-connection",
+            "pep": pep.to_string(),
+            "server_name": name,
+            "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "captured": metrics.captured_count(),
+            "tunnels": {
+                "opened": metrics.tunnels("per-connection", TunnelResult::Opened),
+                "refused": metrics.tunnels("per-connection", TunnelResult::Refused),
+                "failed": metrics.tunnels("per-connection", TunnelResult::Failed),
+                "not_captured": metrics.tunnels("per-connection", TunnelResult::NotCaptured),
+            },
+        })
+    })?;
     tracing::info!(pep = %s.pep, mode = "per-connection", "tunnel agent capturing");
     Ok(())
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use runtime::drain::DrainSignal;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::agent::metrics::{AgentMetrics, TunnelResult};
 use crate::agent::original_dst::original_destination;
-use crate::agent::per_connection::PerConnection;
+use crate::agent::per_connection::{PerConnection, TunnelError};
 use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
 
 /// Serves captured connections from `listener` until the drain starts; each connection is a
@@ -20,6 +21,7 @@ pub async fn serve(
     listener: TcpListener,
     tunnels: Arc<PerConnection>,
     limits: SpliceLimits,
+    metrics: AgentMetrics,
     drain: DrainSignal,
 ) {
     let own = listener.local_addr().ok();
@@ -38,8 +40,10 @@ pub async fn serve(
             }
         };
         let tunnels = tunnels.clone();
+        let metrics = metrics.clone();
+        metrics.captured();
         drain.spawn(async move {
-            if let Err(why) = carry(stream, own, &tunnels, limits).await {
+            if let Err(why) = carry(stream, own, &tunnels, limits, &metrics).await {
                 tracing::debug!(%peer, why, "captured connection not carried");
             }
         });
@@ -52,20 +56,44 @@ async fn carry(
     own: Option<SocketAddr>,
     tunnels: &PerConnection,
     limits: SpliceLimits,
+    metrics: &AgentMetrics,
 ) -> Result<(), String> {
+    const MODE: &str = "per-connection";
     let _ = stream.set_nodelay(true);
-    let dst = original_destination(&stream)
-        .map_err(|e| format!("no original destination (not redirected?): {e}"))?;
-    if Some(dst) == own {
-        return Err("a connection to the capture listener itself".into());
-    }
-    let tunnel = tunnels
-        .open(dst)
-        .await
-        .map_err(|e| format!("tunnel to {dst}: {e}"))?;
+    let dst = match original_destination(&stream) {
+        Ok(dst) if Some(dst) != own => dst,
+        Ok(_) => {
+            metrics.tunnel(MODE, TunnelResult::NotCaptured);
+            return Err("a connection to the capture listener itself".into());
+        }
+        Err(e) => {
+            metrics.tunnel(MODE, TunnelResult::NotCaptured);
+            return Err(format!("no original destination (not redirected?): {e}"));
+        }
+    };
+    let tunnel = match tunnels.open(dst).await {
+        Ok(t) => {
+            metrics.tunnel(MODE, TunnelResult::Opened);
+            metrics.connect_status(200);
+            t
+        }
+        Err(e) => {
+            if let TunnelError::Refused { status, .. } = &e {
+                metrics.tunnel(MODE, TunnelResult::Refused);
+                metrics.connect_status(*status);
+                // The status and reason are logged; the actor's connection closes with no bytes.
+                tracing::info!(%dst, status, "the PEP refused the tunnel");
+            } else {
+                metrics.tunnel(MODE, TunnelResult::Failed);
+                tracing::warn!(%dst, error = %e, "no tunnel to the PEP");
+            }
+            return Err(format!("tunnel to {dst}: {e}"));
+        }
+    };
     let counters = SpliceCounters::new();
-    splice_counted(stream, tunnel, limits, &counters)
-        .await
+    let spliced = splice_counted(stream, tunnel, limits, &counters).await;
+    metrics.bytes(counters.up(), counters.down());
+    spliced
         .map(|_| ())
         .map_err(|e| format!("splice to {dst}: {e}"))
 }

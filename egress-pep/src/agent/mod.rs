@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod metrics;
 pub mod original_dst;
 pub mod per_connection;
 pub mod rules;
