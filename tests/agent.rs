@@ -5,7 +5,9 @@
 //! not captured) to the PEP in the other namespace; the PEP decides and dials the original
 //! destination there. An allowed destination answers through the whole chain, with the actor and
 //! the original destination in the PEP's audit record; a denied one gets the PEP's readable
-//! `403` for cleartext HTTP and no bytes at all otherwise.
+//! `403` for cleartext HTTP and no bytes at all otherwise. IPv6 connections are captured with
+//! their original destination too, and a certificate rotated on disk is used by the next
+//! tunnels without a restart.
 //!
 //! Every address lives inside the two namespaces: nothing leaves the machine.
 
@@ -27,17 +29,39 @@ const MARK: &str = "0x539";
 struct PepSide {
     pep: SocketAddr,
     origin: SocketAddr,
+    /// The same origin service on IPv6.
+    origin6: SocketAddr,
     ca: PathBuf,
     cert: (PathBuf, PathBuf),
+    /// Another actor's certificate, for the rotation.
+    next_cert: (PathBuf, PathBuf),
 }
 
 #[test]
 fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pep() {
     let actor_ns = TestNetns::create();
     let pep_ns = TestNetns::create();
-    actor_ns.veth_to(&pep_ns, "10.200.0.1/24", "10.200.0.2/24");
+    let (va, vb) = actor_ns.veth_to(&pep_ns, "10.200.0.1/24", "10.200.0.2/24");
     actor_ns.route(&["default", "via", "10.200.0.2"]);
     pep_ns.add_address("10.9.9.9/32");
+    // IPv6 too: the actor's IPv6 connections are captured with their original destination.
+    for (ns, dev, addr) in [
+        (&actor_ns, &va, "fd00:200::1/64"),
+        (&pep_ns, &vb, "fd00:200::2/64"),
+    ] {
+        let out = ns
+            .command("ip")
+            .args(["-6", "addr", "add", addr, "dev", dev, "nodad"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    actor_ns.route(&["default", "via", "fd00:200::2"]);
+    pep_ns.add_address("fd00:9::9/128");
 
     let (side_tx, side_rx) = std::sync::mpsc::channel::<PepSide>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -45,6 +69,7 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
         pep_ns.run(move || async move {
             // The origin and the PEP, both inside the PEP's namespace.
             let origin = http_upstream("10.9.9.9:0", "origin").await;
+            let origin6 = http_upstream("[fd00:9::9]:0", "origin6").await;
             let pki = test_pki(&[]);
             let dir = tempfile::tempdir().unwrap();
             let audit = dir.path().join("audit.jsonl");
@@ -52,9 +77,11 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
             std::fs::write(
                 dir.path().join("policy.yaml"),
                 format!(
-                    "policies:\n- name: hello\n  selector: {{actor: demo/hello}}\n  rules:\n  \
-                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n",
-                    origin.addr.port()
+                    "policies:\n- name: demo\n  selector: {{atespace: demo}}\n  rules:\n  \
+                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n  \
+                     - tcp: {{cidrs: ['fd00:9::9/128'], ports: [{}]}}\n",
+                    origin.addr.port(),
+                    origin6.addr.port()
                 ),
             )
             .unwrap();
@@ -64,13 +91,16 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                 .send(PepSide {
                     pep: gw.addr("egress"),
                     origin: origin.addr,
+                    origin6: origin6.addr,
                     ca: pki.ca_file(),
                     cert: actor_cert(&pki, "hello"),
+                    next_cert: actor_cert(&pki, "audit"),
                 })
                 .unwrap();
             let _ = done_rx.await;
             let records = audit_records(&audit);
-            (records, origin.accepted(), gw.log_text(), pki, dir)
+            let accepted = origin.accepted() + origin6.accepted();
+            (records, accepted, gw.log_text(), pki, dir)
         })
     });
     let side = side_rx
@@ -96,12 +126,13 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
     );
 
     let origin = side.origin;
+    let origin6 = side.origin6;
     let agent_log = actor_ns.run(move || async move {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "ingress: {{enabled: false}}
 agent:
-  listen: ['127.0.0.1:15001']
+  listen: ['127.0.0.1:15001', '[::1]:15001']
   mark: {MARK}
   pep:
     address: {pep}
@@ -115,9 +146,11 @@ agent:
             cert = side.cert.0.display(),
             key = side.cert.1.display(),
         );
+        let (cert_file, key_file) = side.cert.clone();
+        let next = side.next_cert.clone();
         let agent = Gateway::start(&write_config(dir.path(), &text)).await;
-        let curl = |port: u16| {
-            let url = format!("http://{}:{port}/hello", origin.ip());
+        let curl = |host: String, port: u16| {
+            let url = format!("http://{host}:{port}/hello");
             async move {
                 within(
                     BOUND,
@@ -135,7 +168,7 @@ agent:
                 .expect("run curl")
             }
         };
-        let out = curl(origin.port()).await;
+        let out = curl(origin.ip().to_string(), origin.port()).await;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(
             stdout,
@@ -146,7 +179,7 @@ agent:
         );
         // A destination the PEP denies: cleartext HTTP gets the PEP's readable denial per
         // request; other bytes get nothing at all (the connection closes).
-        let denied = curl(origin.port() + 1).await;
+        let denied = curl(origin.ip().to_string(), origin.port() + 1).await;
         assert_eq!(
             String::from_utf8_lossy(&denied.stdout),
             "egress denied\n403",
@@ -175,16 +208,36 @@ agent:
             "a denied connection got {} bytes",
             got.len()
         );
+        // IPv6: captured and tunnelled to its original destination.
+        let out = curl(format!("[{}]", origin6.ip()), origin6.port()).await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("origin6 [{}]:{} /hello\n200", origin6.ip(), origin6.port()),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // Certificate rotation on disk: new tunnels carry the new actor's certificate.
+        replace_file(&key_file, &std::fs::read_to_string(&next.1).unwrap());
+        replace_file(&cert_file, &std::fs::read_to_string(&next.0).unwrap());
+        agent
+            .eventually(BOUND, "the agent's certificate reloaded", async || {
+                agent.log_text().contains("reloaded").then_some(())
+            })
+            .await;
+        let out = curl(origin.ip().to_string(), origin.port()).await;
+        assert!(String::from_utf8_lossy(&out.stdout).ends_with("200"));
+
         // The agent's counters and /statusz section.
         let m = agent.metrics().await;
-        assert_eq!(metric(&m, "actorgate_agent_captured_total", &[]), 3.0);
+        assert_eq!(metric(&m, "actorgate_agent_captured_total", &[]), 5.0);
         assert_eq!(
             metric(
                 &m,
                 "actorgate_agent_tunnels_total",
                 &[("mode", "per-connection"), ("result", "opened")]
             ),
-            3.0
+            5.0
         );
         let (status, body) = within(BOUND, "/statusz", get(agent.admin, "/statusz?format=json"))
             .await
@@ -192,12 +245,12 @@ agent:
         assert_eq!(status, 200);
         let statusz: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(statusz["agent"]["mode"], "per-connection", "{statusz}");
-        assert_eq!(statusz["agent"]["captured"], 3, "{statusz}");
+        assert_eq!(statusz["agent"]["captured"], 5, "{statusz}");
         agent.log_text()
     });
     let _ = done_tx.send(());
     let (records, accepted, pep_log, _pki, _dir) = pep_thread.join().unwrap();
-    assert_eq!(accepted, 1, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
+    assert_eq!(accepted, 3, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
     let tunnel = |dst: SocketAddr| -> Option<&Value> {
         records
             .iter()
@@ -206,6 +259,14 @@ agent:
     let allowed = tunnel(origin).expect("the allowed tunnel's record");
     assert_eq!(allowed["actor"]["name"], "hello", "{allowed}");
     assert_eq!(allowed["verdict"], "allow", "{allowed}");
+    let v6 = tunnel(origin6).expect("the IPv6 tunnel's record");
+    assert_eq!(v6["verdict"], "allow", "{v6}");
+    assert!(
+        records.iter().any(|r| r["kind"] == "request"
+            && r["dst"] == origin.to_string()
+            && r["actor"]["name"] == "audit"),
+        "no request by the rotated certificate's actor: {records:?}"
+    );
     let denied_dst = SocketAddr::new(origin.ip(), origin.port() + 2);
     let denied = tunnel(denied_dst).expect("the denied tunnel's record");
     assert_eq!(denied["verdict"], "deny", "{denied}");
