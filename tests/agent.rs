@@ -99,8 +99,10 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                 .unwrap();
             let _ = done_rx.await;
             let records = audit_records(&audit);
-            let accepted = origin.accepted() + origin6.accepted();
-            (records, accepted, gw.log_text(), pki, dir)
+            // Requests answered (the PEP keeps upstream connections per actor: fewer
+            // connections than requests).
+            let answered = origin.hosts().len() + origin6.hosts().len();
+            (records, answered, gw.log_text(), pki, dir)
         })
     });
     let side = side_rx
@@ -246,11 +248,37 @@ agent:
         let statusz: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(statusz["agent"]["mode"], "per-connection", "{statusz}");
         assert_eq!(statusz["agent"]["captured"], 5, "{statusz}");
-        agent.log_text()
+        let log = agent.log_text();
+        drop(agent);
+
+        // The same through a `pooled` agent: CONNECT streams over one h2 connection.
+        let pooled = text.replace(
+            "agent:\n",
+            "agent:\n  mode: pooled\n  max_streams_per_connection: 10\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Gateway::start(&write_config(dir.path(), &pooled)).await;
+        for _ in 0..3 {
+            let out = curl(origin.ip().to_string(), origin.port()).await;
+            assert!(
+                String::from_utf8_lossy(&out.stdout).ends_with("200"),
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                agent.log_text()
+            );
+        }
+        let (_, body) = within(BOUND, "/statusz", get(agent.admin, "/statusz?format=json"))
+            .await
+            .unwrap();
+        let statusz: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(statusz["agent"]["mode"], "pooled", "{statusz}");
+        assert_eq!(statusz["agent"]["pep_connections"], 1, "{statusz}");
+        assert_eq!(statusz["agent"]["tunnels"]["opened"], 3, "{statusz}");
+        log
     });
     let _ = done_tx.send(());
-    let (records, accepted, pep_log, _pki, _dir) = pep_thread.join().unwrap();
-    assert_eq!(accepted, 3, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
+    let (records, answered, pep_log, _pki, _dir) = pep_thread.join().unwrap();
+    assert_eq!(answered, 6, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
     let tunnel = |dst: SocketAddr| -> Option<&Value> {
         records
             .iter()

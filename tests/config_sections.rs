@@ -365,8 +365,7 @@ fn egress_interception_is_checked_field_by_field() {
     );
 }
 
-/// `agent`: every problem is one line naming its field; `pooled` is refused as not implemented
-/// yet; a capture listener that collides with another listener is named.
+/// `agent`: every problem is one line naming its field.
 #[test]
 fn agent_problems_are_one_line_each_with_their_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -376,7 +375,7 @@ fn agent_problems_are_one_line_each_with_their_path() {
         dir.path(),
         &format!(
             "admin: {{listen: '127.0.0.1:15001'}}\ningress: {{enabled: false}}\n\
-             agent:\n  listen: ['127.0.0.1:15001', 'nope']\n  mode: pooled\n  connect_timeout: 0s\n\
+             agent:\n  listen: ['127.0.0.1:15001', 'nope']\n  mode: bogus\n  connect_timeout: 0s\n\
              \x20 pep: {{address: 'pep:15008', server_name: 'bad name', ca_file: '{d}/ca.crt', \
              cert_file: '{d}/missing.crt', key_file: '{d}/demo.hello.key'}}\n"
         ),
@@ -387,7 +386,7 @@ fn agent_problems_are_one_line_each_with_their_path() {
         "agent.pep.address: invalid socket address \"pep:15008\"",
         "agent.pep.server_name: \"bad name\" is not a DNS name or IP address",
         "agent.pep.cert_file: ",
-        "agent.mode: pooled (h2 tunnels shared by many connections) is not implemented yet",
+        "agent.mode: \"bogus\" is not a tunnel mode (per-connection or pooled)",
         "agent.connect_timeout: ",
     ] {
         assert!(

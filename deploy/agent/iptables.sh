@@ -1,7 +1,7 @@
 #!/bin/sh
 # The tunnel agent's capture rules with iptables instead of nftables (what
 # `actorgate agent install-rules` installs as the nftables table `inet actorgate_agent`; see
-# docs/egress.md, "Tunnel agent: capture rules"). Run inside the actor's network namespace
+# docs/egress.md, "Tunnel agent"). Run inside the actor's network namespace
 # (`ip netns exec <ns> sh deploy/agent/iptables.sh`). AGENT_UID is the agent's uid, PORT its
 # capture port. Idempotent: the chains are flushed and refilled.
 set -eu

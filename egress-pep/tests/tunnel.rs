@@ -1227,6 +1227,7 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
     use egress_pep::agent::capture;
     use egress_pep::agent::per_connection::PerConnection;
     use egress_pep::agent::rules::CaptureRules;
+    use egress_pep::agent::tunnels::Tunnels;
     use egress_pep::forward::SpliceLimits;
     use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
     use std::io::Write as _;
@@ -1296,11 +1297,11 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
                 alpn: Vec::new(),
             })
             .unwrap();
-            Arc::new(
+            Arc::new(Tunnels::PerConnection(
                 PerConnection::new(pep_addr, "localhost", tls, Duration::from_secs(5))
                     .unwrap()
                     .with_mark(MARK),
-            )
+            ))
         };
         let metrics = egress_pep::agent::metrics::AgentMetrics::default();
         let drain = Drain::new();
@@ -1350,4 +1351,52 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
         accepted, 1,
         "only the allowed connection reached the origin"
     );
+}
+
+/// The agent's `pooled` mode against the real PEP: tunnels are CONNECT streams over one shared
+/// h2 connection (no handshake per tunnel), carry bytes both ways, and a refused CONNECT is
+/// reported with the PEP's status.
+#[tokio::test]
+async fn the_agents_pooled_tunnels_share_one_h2_connection() {
+    use egress_pep::agent::per_connection::TunnelError;
+    use egress_pep::agent::pooled::Pooled;
+    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
+    let h = Harness::start().await;
+    let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
+        let tls = ReloadableClientConfig::client(ClientTlsFiles {
+            ca_file: h.pki.ca_file(),
+            cert_file: Some(cert.0),
+            key_file: Some(cert.1),
+            server_identity: ServerIdentity::Hostname,
+            alpn: vec![b"h2".to_vec()],
+        })
+        .unwrap();
+        Pooled::new(h.pep_addr, "localhost", tls, Duration::from_secs(5), 2).unwrap()
+    };
+    let agent = client(h.actor_cert("demo", "bot"));
+    let first = within("a tunnel", agent.open(h.echo.addr)).await.unwrap();
+    let second = within("a tunnel", agent.open(h.echo.addr)).await.unwrap();
+    assert_eq!(agent.connections(), 1, "two tunnels share one connection");
+    let third = within("a tunnel", agent.open(h.echo.addr)).await.unwrap();
+    assert_eq!(
+        agent.connections(),
+        2,
+        "a full connection (2 streams) gets a sibling"
+    );
+    tokio::join!(
+        echo_through(first, pattern(50_000, 1)),
+        echo_through(second, pattern(50_000, 2)),
+        echo_through(third, pattern(50_000, 3))
+    );
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 3);
+    let fourth = within("a tunnel", agent.open(h.echo.addr)).await.unwrap();
+    echo_through(fourth, pattern(1000, 4)).await;
+    assert_eq!(agent.connections(), 2, "freed streams are reused");
+
+    let ghost = client(h.actor_cert("demo", "ghost"));
+    match within("a refused tunnel", ghost.open(h.echo.addr)).await {
+        Err(TunnelError::Refused { status, .. }) => assert_eq!(status, 403),
+        Err(e) => panic!("want a 403 refusal, got {e}"),
+        Ok(_) => panic!("a tunnel opened for an unknown actor"),
+    }
 }

@@ -1,12 +1,15 @@
 //! The tunnel agent (`agent`, DESIGN §7.5): capture listeners whose connections (redirected by
 //! the capture rules, `actorgate agent install-rules`) are carried to the PEP, one
-//! `per-connection` tunnel each, with the actor certificate (watched for renewal).
+//! tunnel each (`per-connection`, as upstream atunnel) or CONNECT streams over shared h2
+//! connections (`pooled`), with the actor certificate (watched for renewal).
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use egress_pep::agent::metrics::TunnelResult;
 use egress_pep::agent::per_connection::PerConnection;
+use egress_pep::agent::pooled::Pooled;
+use egress_pep::agent::tunnels::Tunnels;
 use egress_pep::forward::SpliceLimits;
 use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
 
@@ -23,8 +26,13 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         cert_file: Some(s.cert_file.clone()),
         key_file: Some(s.key_file.clone()),
         server_identity: ServerIdentity::Hostname,
-        // As upstream atunnel: no ALPN, one HTTP/1.1 CONNECT per TLS connection.
-        alpn: Vec::new(),
+        // per-connection, as upstream atunnel: no ALPN, one HTTP/1.1 CONNECT per connection;
+        // pooled: h2.
+        alpn: if s.pooled.is_some() {
+            vec![b"h2".to_vec()]
+        } else {
+            Vec::new()
+        },
     })
     .context("agent.pep")?;
     match tls.watch() {
@@ -33,11 +41,25 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
             tracing::warn!(error = %e, "cannot watch the agent's certificate files; renewal needs a restart")
         }
     }
-    let mut tunnels = PerConnection::new(s.pep, &s.server_name, tls, s.connect_timeout)
-        .context("agent.pep.server_name")?;
-    if let Some(mark) = s.mark {
-        tunnels = tunnels.with_mark(mark);
-    }
+    let tunnels = match s.pooled {
+        None => {
+            let mut t = PerConnection::new(s.pep, &s.server_name, tls, s.connect_timeout)
+                .context("agent.pep.server_name")?;
+            if let Some(mark) = s.mark {
+                t = t.with_mark(mark);
+            }
+            Tunnels::PerConnection(t)
+        }
+        Some(streams) => {
+            let mut t = Pooled::new(s.pep, &s.server_name, tls, s.connect_timeout, streams)
+                .context("agent.pep.server_name")?;
+            if let Some(mark) = s.mark {
+                t = t.with_mark(mark);
+            }
+            Tunnels::Pooled(t)
+        }
+    };
+    let mode = tunnels.mode();
     let tunnels = Arc::new(tunnels);
     let limits = SpliceLimits::with_idle(s.idle_timeout);
     let metrics = egress_pep::agent::metrics::AgentMetrics::new(&mut w.registry);
@@ -65,21 +87,27 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         ));
     }
     let (pep, name, listen) = (s.pep, s.server_name.clone(), s.listen.clone());
+    let status_tunnels = tunnels.clone();
     w.health.register_section("agent", move || {
+        let pep_connections = match &*status_tunnels {
+            Tunnels::Pooled(p) => Some(p.connections()),
+            Tunnels::PerConnection(_) => None,
+        };
         serde_json::json!({
-            "mode": "per-connection",
+            "mode": mode,
+            "pep_connections": pep_connections,
             "pep": pep.to_string(),
             "server_name": name,
             "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "captured": metrics.captured_count(),
             "tunnels": {
-                "opened": metrics.tunnels("per-connection", TunnelResult::Opened),
-                "refused": metrics.tunnels("per-connection", TunnelResult::Refused),
-                "failed": metrics.tunnels("per-connection", TunnelResult::Failed),
-                "not_captured": metrics.tunnels("per-connection", TunnelResult::NotCaptured),
+                "opened": metrics.tunnels(mode, TunnelResult::Opened),
+                "refused": metrics.tunnels(mode, TunnelResult::Refused),
+                "failed": metrics.tunnels(mode, TunnelResult::Failed),
+                "not_captured": metrics.tunnels(mode, TunnelResult::NotCaptured),
             },
         })
     })?;
-    tracing::info!(pep = %s.pep, mode = "per-connection", "tunnel agent capturing");
+    tracing::info!(pep = %s.pep, mode, "tunnel agent capturing");
     Ok(())
 }

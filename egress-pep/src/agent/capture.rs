@@ -12,14 +12,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::agent::metrics::{AgentMetrics, TunnelResult};
 use crate::agent::original_dst::original_destination;
-use crate::agent::per_connection::{PerConnection, TunnelError};
+use crate::agent::per_connection::TunnelError;
+use crate::agent::tunnels::Tunnels;
 use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
 
 /// Serves captured connections from `listener` until the drain starts; each connection is a
 /// task the drain waits for (up to its deadline).
 pub async fn serve(
     listener: TcpListener,
-    tunnels: Arc<PerConnection>,
+    tunnels: Arc<Tunnels>,
     limits: SpliceLimits,
     metrics: AgentMetrics,
     drain: DrainSignal,
@@ -54,37 +55,37 @@ pub async fn serve(
 async fn carry(
     stream: TcpStream,
     own: Option<SocketAddr>,
-    tunnels: &PerConnection,
+    tunnels: &Tunnels,
     limits: SpliceLimits,
     metrics: &AgentMetrics,
 ) -> Result<(), String> {
-    const MODE: &str = "per-connection";
+    let mode = tunnels.mode();
     let _ = stream.set_nodelay(true);
     let dst = match original_destination(&stream) {
         Ok(dst) if Some(dst) != own => dst,
         Ok(_) => {
-            metrics.tunnel(MODE, TunnelResult::NotCaptured);
+            metrics.tunnel(mode, TunnelResult::NotCaptured);
             return Err("a connection to the capture listener itself".into());
         }
         Err(e) => {
-            metrics.tunnel(MODE, TunnelResult::NotCaptured);
+            metrics.tunnel(mode, TunnelResult::NotCaptured);
             return Err(format!("no original destination (not redirected?): {e}"));
         }
     };
     let tunnel = match tunnels.open(dst).await {
         Ok(t) => {
-            metrics.tunnel(MODE, TunnelResult::Opened);
+            metrics.tunnel(mode, TunnelResult::Opened);
             metrics.connect_status(200);
             t
         }
         Err(e) => {
             if let TunnelError::Refused { status, .. } = &e {
-                metrics.tunnel(MODE, TunnelResult::Refused);
+                metrics.tunnel(mode, TunnelResult::Refused);
                 metrics.connect_status(*status);
                 // The status and reason are logged; the actor's connection closes with no bytes.
                 tracing::info!(%dst, status, "the PEP refused the tunnel");
             } else {
-                metrics.tunnel(MODE, TunnelResult::Failed);
+                metrics.tunnel(mode, TunnelResult::Failed);
                 tracing::warn!(%dst, error = %e, "no tunnel to the PEP");
             }
             return Err(format!("tunnel to {dst}: {e}"));

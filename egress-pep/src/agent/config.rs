@@ -19,9 +19,15 @@ pub struct AgentConfig {
     pub listen: Vec<String>,
     /// The PEP and the agent's identity towards it.
     pub pep: AgentPepConfig,
-    /// `per-connection` (upstream atunnel's wire behaviour). Default `per-connection`.
+    /// `per-connection` (upstream atunnel's wire behaviour: a TLS connection and CONNECT per
+    /// captured connection) or `pooled` (h2 CONNECT streams over shared connections). Default
+    /// `per-connection`.
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// `pooled`: tunnels per h2 connection at most (the PEP's `max_concurrent_streams` bounds
+    /// it too). Default 100.
+    #[serde(default = "default_streams")]
+    pub max_streams_per_connection: usize,
     /// `SO_MARK` on the agent's connections to the PEP (capture rules installed with
     /// `--exclude-mark` leave them alone; needs `CAP_NET_ADMIN`). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +62,9 @@ fn default_listen() -> Vec<String> {
 fn default_mode() -> String {
     "per-connection".into()
 }
+fn default_streams() -> usize {
+    100
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -80,6 +89,8 @@ pub struct AgentSettings {
     pub key_file: PathBuf,
     /// `SO_MARK` of the agent's connections.
     pub mark: Option<u32>,
+    /// Pooled h2 connections (`Some`: streams per connection) or per-connection tunnels.
+    pub pooled: Option<usize>,
     /// Opening a tunnel.
     pub connect_timeout: Duration,
     /// Idle tunnels.
@@ -113,16 +124,25 @@ impl AgentConfig {
         let ca_file = existing_file(&mut errs, "pep.ca_file", base, &self.pep.ca_file);
         let cert_file = existing_file(&mut errs, "pep.cert_file", base, &self.pep.cert_file);
         let key_file = existing_file(&mut errs, "pep.key_file", base, &self.pep.key_file);
-        match self.mode.as_str() {
-            "per-connection" => {}
-            "pooled" => errs.push(
-                "mode",
-                "pooled (h2 tunnels shared by many connections) is not implemented yet: use per-connection",
-            ),
-            other => errs.push(
-                "mode",
-                format!("{other:?} is not a tunnel mode (per-connection)"),
-            ),
+        let pooled = match self.mode.as_str() {
+            "per-connection" => None,
+            "pooled" => Some(self.max_streams_per_connection),
+            other => {
+                errs.push(
+                    "mode",
+                    format!("{other:?} is not a tunnel mode (per-connection or pooled)"),
+                );
+                None
+            }
+        };
+        if !(1..=10_000).contains(&self.max_streams_per_connection) {
+            errs.push(
+                "max_streams_per_connection",
+                format!(
+                    "{} is out of range (1 to 10000)",
+                    self.max_streams_per_connection
+                ),
+            );
         }
         check_duration(
             &mut errs,
@@ -147,6 +167,7 @@ impl AgentConfig {
                 cert_file,
                 key_file,
                 mark: self.mark,
+                pooled,
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.idle_timeout,
             }),

@@ -100,27 +100,7 @@ impl PerConnection {
     }
 
     async fn open_now(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
-        let socket = match self.pep {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
-        .map_err(TunnelError::Connect)?;
-        if let Some(mark) = self.mark {
-            socket2::SockRef::from(&socket)
-                .set_mark(mark)
-                .map_err(TunnelError::Connect)?;
-        }
-        let tcp = socket
-            .connect(self.pep)
-            .await
-            .map_err(TunnelError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let mut tls = self
-            .tls
-            .connector()
-            .connect(self.name.clone(), tcp)
-            .await
-            .map_err(TunnelError::Handshake)?;
+        let mut tls = connect_tls(self.pep, &self.name, &self.tls, self.mark).await?;
         tls.write_all(connect_head(dst).as_bytes())
             .await
             .map_err(TunnelError::Io)?;
@@ -132,6 +112,32 @@ impl PerConnection {
         }
         Ok(tls)
     }
+}
+
+/// A TLS connection to the PEP at `pep` named `name` with `tls` (its ALPN decides HTTP/1.1 or
+/// h2), its socket marked with `mark` when given.
+pub(crate) async fn connect_tls(
+    pep: SocketAddr,
+    name: &ServerName<'static>,
+    tls: &ReloadableClientConfig,
+    mark: Option<u32>,
+) -> Result<TlsStream<TcpStream>, TunnelError> {
+    let socket = match pep {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(TunnelError::Connect)?;
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket)
+            .set_mark(mark)
+            .map_err(TunnelError::Connect)?;
+    }
+    let tcp = socket.connect(pep).await.map_err(TunnelError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    tls.connector()
+        .connect(name.clone(), tcp)
+        .await
+        .map_err(TunnelError::Handshake)
 }
 
 /// The CONNECT request head atunnel writes for `dst` (`[v6]:port` for IPv6).

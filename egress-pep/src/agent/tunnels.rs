@@ -1,0 +1,91 @@
+//! The agent's two tunnel modes behind one interface: [`Tunnels::PerConnection`] (upstream
+//! atunnel's wire behaviour) and [`Tunnels::Pooled`] (h2 CONNECT streams over shared
+//! connections).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::agent::per_connection::{PerConnection, TunnelError};
+use crate::agent::pooled::{Pooled, PooledTunnel};
+
+/// How the agent tunnels to the PEP.
+pub enum Tunnels {
+    /// One TLS connection and HTTP/1.1 CONNECT per captured connection.
+    PerConnection(PerConnection),
+    /// CONNECT streams over shared h2 connections.
+    Pooled(Pooled),
+}
+
+impl Tunnels {
+    /// `per-connection` or `pooled` (the metrics label).
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Tunnels::PerConnection(_) => "per-connection",
+            Tunnels::Pooled(_) => "pooled",
+        }
+    }
+
+    /// A tunnel to `dst`.
+    ///
+    /// # Errors
+    /// The mode's [`TunnelError`].
+    pub async fn open(&self, dst: SocketAddr) -> Result<TunnelStream, TunnelError> {
+        match self {
+            Tunnels::PerConnection(p) => p.open(dst).await.map(TunnelStream::Tls),
+            Tunnels::Pooled(p) => p.open(dst).await.map(TunnelStream::H2),
+        }
+    }
+}
+
+/// An open tunnel's bytes.
+pub enum TunnelStream {
+    /// A TLS connection of its own.
+    Tls(TlsStream<TcpStream>),
+    /// A CONNECT stream of a shared h2 connection.
+    H2(PooledTunnel),
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            TunnelStream::H2(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            TunnelStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            TunnelStream::H2(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Tls(s) => Pin::new(s).poll_flush(cx),
+            TunnelStream::H2(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            TunnelStream::H2(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
