@@ -36,7 +36,7 @@ impl Tunnels {
     /// The mode's [`TunnelError`].
     pub async fn open(&self, dst: SocketAddr) -> Result<TunnelStream, TunnelError> {
         match self {
-            Tunnels::PerConnection(p) => p.open(dst).await.map(TunnelStream::Tls),
+            Tunnels::PerConnection(p) => p.open(dst).await.map(|t| TunnelStream::Tls(Box::new(t))),
             Tunnels::Pooled(p) => p.open(dst).await.map(TunnelStream::H2),
         }
     }
@@ -44,8 +44,8 @@ impl Tunnels {
 
 /// An open tunnel's bytes.
 pub enum TunnelStream {
-    /// A TLS connection of its own.
-    Tls(TlsStream<TcpStream>),
+    /// A TLS connection of its own (boxed: the TLS state is large, a pooled stream is not).
+    Tls(Box<TlsStream<TcpStream>>),
     /// A CONNECT stream of a shared h2 connection.
     H2(PooledTunnel),
 }
@@ -57,7 +57,7 @@ impl AsyncRead for TunnelStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            TunnelStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            TunnelStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             TunnelStream::H2(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -70,21 +70,21 @@ impl AsyncWrite for TunnelStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            TunnelStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            TunnelStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             TunnelStream::H2(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            TunnelStream::Tls(s) => Pin::new(s).poll_flush(cx),
+            TunnelStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             TunnelStream::H2(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            TunnelStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            TunnelStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             TunnelStream::H2(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
