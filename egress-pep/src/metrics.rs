@@ -67,9 +67,24 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Label `direction` (`up`: actor → destination, `down`: back) of byte counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabels {
+pub(crate) struct DirectionLabels {
     direction: &'static str,
+}
+
+/// Adds `up` and `down` bytes to a byte counter family (zero adds nothing).
+pub(crate) fn count_bytes(family: &Family<DirectionLabels, Counter>, up: u64, down: u64) {
+    if up > 0 {
+        family
+            .get_or_create(&DirectionLabels { direction: "up" })
+            .inc_by(up);
+    }
+    if down > 0 {
+        family
+            .get_or_create(&DirectionLabels { direction: "down" })
+            .inc_by(down);
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -290,16 +305,7 @@ impl EgressMetrics {
 
     /// Adds bytes carried: `up` from the actor to the destination, `down` back.
     pub fn bytes(&self, up: u64, down: u64) {
-        if up > 0 {
-            self.bytes
-                .get_or_create(&DirectionLabels { direction: "up" })
-                .inc_by(up);
-        }
-        if down > 0 {
-            self.bytes
-                .get_or_create(&DirectionLabels { direction: "down" })
-                .inc_by(down);
-        }
+        count_bytes(&self.bytes, up, down);
     }
 
     /// Records how long answering a CONNECT took (from its arrival to the 200).

@@ -6,6 +6,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::DirectionLabels;
+
 /// How a captured connection's tunnel went (label `result`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TunnelResult {
@@ -40,11 +42,6 @@ struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabels {
-    direction: &'static str,
 }
 
 /// The agent's metric handles (clones share the series).
@@ -129,15 +126,6 @@ impl AgentMetrics {
 
     /// Adds bytes carried.
     pub fn bytes(&self, up: u64, down: u64) {
-        if up > 0 {
-            self.bytes
-                .get_or_create(&DirectionLabels { direction: "up" })
-                .inc_by(up);
-        }
-        if down > 0 {
-            self.bytes
-                .get_or_create(&DirectionLabels { direction: "down" })
-                .inc_by(down);
-        }
+        crate::metrics::count_bytes(&self.bytes, up, down);
     }
 }
