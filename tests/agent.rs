@@ -274,11 +274,57 @@ agent:
         assert_eq!(statusz["agent"]["mode"], "pooled", "{statusz}");
         assert_eq!(statusz["agent"]["pep_connections"], 1, "{statusz}");
         assert_eq!(statusz["agent"]["tunnels"]["opened"], 3, "{statusz}");
+        drop(agent);
+
+        // Explicit proxy, without capture rules: `curl -x` reaches the allowed destination
+        // (absolute-form and CONNECT) and gets the PEP's refusal for a denied one.
+        let rules = Command::new(env!("CARGO_BIN_EXE_actorgate"))
+            .args(["agent", "remove-rules", "--netns", &netns])
+            .output()
+            .unwrap();
+        assert!(rules.status.success());
+        let proxy = text.replace("agent:\n", "agent:\n  proxy_listen: '127.0.0.1:15080'\n");
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Gateway::start(&write_config(dir.path(), &proxy)).await;
+        let proxy_addr = agent.addr("agent_proxy");
+        let curl_x = |extra: &'static [&'static str], port: u16| {
+            let url = format!("http://{}:{port}/hello", origin.ip());
+            async move {
+                let out = within(
+                    BOUND,
+                    format!("curl -x {url}"),
+                    tokio::process::Command::new("curl")
+                        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "-x"])
+                        .arg(format!("http://{proxy_addr}"))
+                        .args(extra)
+                        .arg(&url)
+                        .kill_on_drop(true)
+                        .output(),
+                )
+                .await
+                .expect("run curl");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        let want = format!("origin {}:{} /hello\n200", origin.ip(), origin.port());
+        assert_eq!(
+            curl_x(&[], origin.port()).await,
+            want,
+            "{}",
+            agent.log_text()
+        );
+        assert_eq!(
+            curl_x(&["-p"], origin.port()).await,
+            want,
+            "{}",
+            agent.log_text()
+        );
+        assert_eq!(curl_x(&[], origin.port() + 1).await, "egress denied\n403");
         log
     });
     let _ = done_tx.send(());
     let (records, answered, pep_log, _pki, _dir) = pep_thread.join().unwrap();
-    assert_eq!(answered, 6, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
+    assert_eq!(answered, 8, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
     let tunnel = |dst: SocketAddr| -> Option<&Value> {
         records
             .iter()

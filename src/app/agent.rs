@@ -86,6 +86,23 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
             w.drain.signal(),
         ));
     }
+    if let Some(addr) = s.proxy_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("agent.proxy_listen: cannot listen on {addr}"))?;
+        let bound = listener
+            .local_addr()
+            .context("agent.proxy_listen: no local address")?;
+        tracing::info!(listener = "agent_proxy", address = %bound, "listening");
+        w.addresses.insert("agent_proxy".to_owned(), bound);
+        tokio::spawn(egress_pep::agent::explicit_proxy::serve(
+            listener,
+            tunnels.clone(),
+            limits,
+            metrics.clone(),
+            w.drain.signal(),
+        ));
+    }
     let (pep, name, listen) = (s.pep, s.server_name.clone(), s.listen.clone());
     let status_tunnels = tunnels.clone();
     w.health.register_section("agent", move || {

@@ -17,6 +17,10 @@ pub struct AgentConfig {
     /// `redirect` sends IPv4 to 127.0.0.1 and IPv6 to ::1). Default both on port 15001.
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
+    /// The explicit-proxy listener, `ip:port`, for actors that set `HTTP_PROXY` /
+    /// `HTTPS_PROXY` (`CONNECT host:port` and absolute-form `http://` requests). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_listen: Option<String>,
     /// The PEP and the agent's identity towards it.
     pub pep: AgentPepConfig,
     /// `per-connection` (upstream atunnel's wire behaviour: a TLS connection and CONNECT per
@@ -77,6 +81,8 @@ fn default_idle_timeout() -> Duration {
 pub struct AgentSettings {
     /// Capture listeners.
     pub listen: Vec<SocketAddr>,
+    /// The explicit-proxy listener.
+    pub proxy_listen: Option<SocketAddr>,
     /// The PEP's address.
     pub pep: SocketAddr,
     /// The PEP's name.
@@ -114,6 +120,10 @@ impl AgentConfig {
             .enumerate()
             .filter_map(|(i, a)| socket_addr(&mut errs, &item("listen", i), a))
             .collect();
+        let proxy_listen = self
+            .proxy_listen
+            .as_ref()
+            .and_then(|a| socket_addr(&mut errs, "proxy_listen", a));
         let pep = socket_addr(&mut errs, "pep.address", &self.pep.address);
         if rustls_pki_types::ServerName::try_from(self.pep.server_name.as_str()).is_err() {
             errs.push(
@@ -161,6 +171,7 @@ impl AgentConfig {
         match (errs.is_empty(), pep) {
             (true, Some(pep)) => Ok(AgentSettings {
                 listen,
+                proxy_listen,
                 pep,
                 server_name: self.pep.server_name.clone(),
                 ca_file,

@@ -3,11 +3,12 @@
 //! connection's original destination ([`original_dst`]) and carries it to the PEP
 //! ([`capture`]) through a tunnel ([`tunnels`]: [`per_connection`], upstream atunnel's wire
 //! behaviour, or [`pooled`] h2 CONNECT streams), configured by the `agent` section
-//! ([`config`]) and observed through [`metrics`]. Issue 13 in progress: egress assertions for
-//! shared agents and the explicit-proxy mode come next.
+//! ([`config`]) and observed through [`metrics`]; [`explicit_proxy`] serves actors that set
+//! `HTTP_PROXY`. Issue 13 in progress: egress assertions for shared agents come next.
 
 pub mod capture;
 pub mod config;
+pub mod explicit_proxy;
 pub mod metrics;
 pub mod original_dst;
 pub mod per_connection;

@@ -1,0 +1,190 @@
+//! The explicit-proxy listener (DESIGN §7.5): for actors that set `HTTP_PROXY`/`HTTPS_PROXY`
+//! instead of being captured. `CONNECT host:port` and absolute-form `http://` requests are
+//! accepted; the agent resolves the name itself and opens a tunnel to the resulting address, so
+//! the PEP still decides by what flows inside (SNI, `Host`). A tunnel the PEP refuses is
+//! answered with the PEP's status (`403`/`503`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use runtime::drain::DrainSignal;
+use tokio::net::TcpListener;
+
+use crate::agent::metrics::{AgentMetrics, TunnelResult};
+use crate::agent::per_connection::TunnelError;
+use crate::agent::tunnels::Tunnels;
+use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
+
+type RespBody = BoxBody<Bytes, hyper::Error>;
+
+/// Longest a client may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Serves the explicit proxy on `listener` until the drain starts.
+pub async fn serve(
+    listener: TcpListener,
+    tunnels: Arc<Tunnels>,
+    limits: SpliceLimits,
+    metrics: AgentMetrics,
+    drain: DrainSignal,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = drain.draining() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (tunnels, metrics) = (tunnels.clone(), metrics.clone());
+        drain.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (tunnels, metrics) = (tunnels.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(handle(req, &tunnels, limits, &metrics).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "explicit proxy connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    tunnels: &Tunnels,
+    limits: SpliceLimits,
+    metrics: &AgentMetrics,
+) -> Response<RespBody> {
+    metrics.captured();
+    let connect = req.method() == Method::CONNECT;
+    let Some((host, port)) = target(req.uri(), connect) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "an absolute http:// URI or CONNECT host:port",
+        );
+    };
+    let dst = match resolve(&host, port).await {
+        Some(dst) => dst,
+        None => return text(StatusCode::BAD_GATEWAY, "name did not resolve"),
+    };
+    let mode = tunnels.mode();
+    let tunnel = match tunnels.open(dst).await {
+        Ok(t) => {
+            metrics.tunnel(mode, TunnelResult::Opened);
+            metrics.connect_status(200);
+            t
+        }
+        Err(TunnelError::Refused { status, .. }) => {
+            metrics.tunnel(mode, TunnelResult::Refused);
+            metrics.connect_status(status);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            return text(status, "egress refused by the PEP");
+        }
+        Err(e) => {
+            metrics.tunnel(mode, TunnelResult::Failed);
+            tracing::warn!(%dst, error = %e, "no tunnel to the PEP");
+            return text(StatusCode::BAD_GATEWAY, "no tunnel to the PEP");
+        }
+    };
+    if connect {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let Ok(client) = on_upgrade.await else { return };
+            let counters = SpliceCounters::new();
+            let _ = splice_counted(TokioIo::new(client), tunnel, limits, &counters).await;
+            metrics.bytes(counters.up(), counters.down());
+        });
+        return Response::new(empty());
+    }
+    // Absolute-form: the request goes through the tunnel in origin-form with its Host.
+    let (mut parts, body) = req.into_parts();
+    let host_value = match parts.uri.authority().map(|a| a.as_str().to_owned()) {
+        Some(a) => a,
+        None => return text(StatusCode::BAD_REQUEST, "no authority"),
+    };
+    let Ok(host_header) = header::HeaderValue::from_str(&host_value) else {
+        return text(StatusCode::BAD_REQUEST, "bad authority");
+    };
+    parts.headers.insert(header::HOST, host_header);
+    parts.headers.remove("proxy-connection");
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(tunnel)).await {
+            Ok(h) => h,
+            Err(_) => return text(StatusCode::BAD_GATEWAY, "the tunnel closed"),
+        };
+    tokio::spawn(conn);
+    match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp.map(BodyExt::boxed),
+        Err(_) => text(StatusCode::BAD_GATEWAY, "the tunnel closed"),
+    }
+}
+
+/// `(host, port)` of a CONNECT authority or an absolute `http://` URI (default port 80).
+fn target(uri: &Uri, connect: bool) -> Option<(String, u16)> {
+    let authority = uri.authority()?;
+    if !connect && uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+        return None;
+    }
+    let port = match (authority.port_u16(), connect) {
+        (Some(p), _) => p,
+        (None, false) => 80,
+        (None, true) => return None,
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Some((host.to_owned(), port))
+}
+
+/// The first address `host` resolves to (an IP literal is itself), with `port`.
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
+}
+
+fn empty() -> RespBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<RespBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
