@@ -399,3 +399,34 @@ fn agent_problems_are_one_line_each_with_their_path() {
         "one line per problem:\n{stderr}"
     );
 }
+
+/// `agent.assertion` (a shared agent's egress assertions): each problem names its field.
+#[test]
+fn agent_assertion_problems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    egress_demo_certs(dir.path());
+    let d = dir.path().display();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: '127.0.0.1:0'}}\ningress: {{enabled: false}}\n\
+             agent:\n  pep: {{address: '127.0.0.1:15008', server_name: localhost, ca_file: '{d}/ca.crt', \
+             cert_file: '{d}/pep.crt', key_file: '{d}/pep.key'}}\n\
+             \x20 assertion: {{actor: 'not an actor', signing_key_file: '{d}/missing.pem', kid: '', \
+             alg: HS256, issuer: atunnel, audience: actorgate-pep, lifetime: 5m}}\n"
+        ),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "agent.assertion.actor: ",
+        "agent.assertion.signing_key_file: ",
+        "agent.assertion.kid: must not be empty",
+        "agent.assertion.alg: ",
+        "agent.assertion.lifetime: ",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+}

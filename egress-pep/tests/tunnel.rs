@@ -1400,3 +1400,71 @@ async fn the_agents_pooled_tunnels_share_one_h2_connection() {
         Ok(_) => panic!("a tunnel opened for an unknown actor"),
     }
 }
+
+/// A shared agent with a component certificate: each of its tunnels carries an egress assertion
+/// for its destination (both modes), and the PEP takes the actor from it; without assertions the
+/// same component certificate is refused.
+#[tokio::test]
+async fn a_shared_agent_proves_each_tunnel_with_an_assertion() {
+    use egress_pep::agent::per_connection::{Assertions, PerConnection, TunnelError};
+    use egress_pep::agent::pooled::Pooled;
+    use identity::tls::{ClientTlsFiles, ReloadableClientConfig};
+    let h = Harness::start().await;
+    let cert = h.agent_cert("atunnel");
+    let tls = |alpn: Vec<Vec<u8>>| {
+        ReloadableClientConfig::client(ClientTlsFiles {
+            ca_file: h.pki.ca_file(),
+            cert_file: Some(cert.0.clone()),
+            key_file: Some(cert.1.clone()),
+            server_identity: ServerIdentity::Hostname,
+            alpn,
+        })
+        .unwrap()
+    };
+    let assertions = Arc::new(Assertions::new(
+        AssertionMinter::new(
+            h.key.signer(),
+            identity::testing::AUDIENCE,
+            Duration::from_secs(30),
+        ),
+        actor(),
+    ));
+    let per_connection = PerConnection::new(h.pep_addr, "localhost", tls(vec![]), WAIT_TUNNEL)
+        .unwrap()
+        .with_assertions(assertions.clone());
+    let t = within("an asserted tunnel", per_connection.open(h.echo.addr))
+        .await
+        .unwrap();
+    echo_through(t, pattern(1000, 1)).await;
+    let pooled = Pooled::new(
+        h.pep_addr,
+        "localhost",
+        tls(vec![b"h2".to_vec()]),
+        WAIT_TUNNEL,
+        10,
+    )
+    .unwrap()
+    .with_assertions(assertions);
+    for i in 0..2 {
+        let t = within("an asserted pooled tunnel", pooled.open(h.echo.addr))
+            .await
+            .unwrap();
+        echo_through(t, pattern(1000, i)).await;
+    }
+    eventually("three asserted tunnels", || {
+        h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 3
+    })
+    .await;
+    assert_eq!(
+        h.last_tunnel().identity,
+        Some(egress_pep::subject::IdentityKind::Assertion)
+    );
+    let bare = PerConnection::new(h.pep_addr, "localhost", tls(vec![]), WAIT_TUNNEL).unwrap();
+    match within("a tunnel without assertion", bare.open(h.echo.addr)).await {
+        Err(TunnelError::Refused { status, .. }) => assert_eq!(status, 403),
+        Err(e) => panic!("want 403, got {e}"),
+        Ok(_) => panic!("a component certificate alone opened a tunnel"),
+    }
+}
+
+const WAIT_TUNNEL: Duration = Duration::from_secs(5);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use egress_pep::agent::metrics::TunnelResult;
-use egress_pep::agent::per_connection::PerConnection;
+use egress_pep::agent::per_connection::{Assertions, PerConnection};
 use egress_pep::agent::pooled::Pooled;
 use egress_pep::agent::tunnels::Tunnels;
 use egress_pep::forward::SpliceLimits;
@@ -41,12 +41,36 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
             tracing::warn!(error = %e, "cannot watch the agent's certificate files; renewal needs a restart")
         }
     }
+    let assertions = match &s.assertion {
+        None => None,
+        Some(a) => {
+            let alg = identity::keys::parse_algorithm(&a.alg).context("agent.assertion.alg")?;
+            let pem = std::fs::read(&a.signing_key_file).with_context(|| {
+                format!(
+                    "agent.assertion.signing_key_file {}",
+                    a.signing_key_file.display()
+                )
+            })?;
+            let signer =
+                identity::Signer::from_pem(alg, &a.kid, &pem, &a.issuer).with_context(|| {
+                    format!(
+                        "agent.assertion.signing_key_file {}",
+                        a.signing_key_file.display()
+                    )
+                })?;
+            let minter = identity::assertion::AssertionMinter::new(signer, &a.audience, a.lifetime);
+            Some(Arc::new(Assertions::new(minter, a.actor.clone())))
+        }
+    };
     let tunnels = match s.pooled {
         None => {
             let mut t = PerConnection::new(s.pep, &s.server_name, tls, s.connect_timeout)
                 .context("agent.pep.server_name")?;
             if let Some(mark) = s.mark {
                 t = t.with_mark(mark);
+            }
+            if let Some(a) = &assertions {
+                t = t.with_assertions(a.clone());
             }
             Tunnels::PerConnection(t)
         }
@@ -55,6 +79,9 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
                 .context("agent.pep.server_name")?;
             if let Some(mark) = s.mark {
                 t = t.with_mark(mark);
+            }
+            if let Some(a) = &assertions {
+                t = t.with_assertions(a.clone());
             }
             Tunnels::Pooled(t)
         }

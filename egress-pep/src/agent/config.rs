@@ -42,6 +42,59 @@ pub struct AgentConfig {
     /// A tunnel with no bytes either way this long is closed. Default 10m.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A shared agent with a component certificate (`pep.cert_file`): each CONNECT carries an
+    /// egress assertion for `actor` signed with this key (DESIGN §6). Default none (the
+    /// certificate is the actor's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<AgentAssertionConfig>,
+}
+
+/// `agent.assertion`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAssertionConfig {
+    /// The actor the captured connections belong to, `<atespace>/<name>`.
+    pub actor: String,
+    /// The signing key (PEM, as `actorgate token keygen` writes it).
+    pub signing_key_file: PathBuf,
+    /// The key's id (`kid`, as in the PEP's JWKS).
+    pub kid: String,
+    /// The algorithm. Default `ES256`.
+    #[serde(default = "default_alg")]
+    pub alg: String,
+    /// The issuer (`iss`, one of the PEP's `agents.assertion.issuers`).
+    pub issuer: String,
+    /// The audience (`aud`, the PEP's `agents.assertion.audience`).
+    pub audience: String,
+    /// Each assertion's lifetime (at most 60s). Default 30s.
+    #[serde(default = "default_assertion_lifetime", with = "humantime_serde")]
+    pub lifetime: Duration,
+}
+
+fn default_alg() -> String {
+    "ES256".into()
+}
+fn default_assertion_lifetime() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A valid `agent.assertion`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentAssertionSettings {
+    /// The actor.
+    pub actor: identity::ActorIdentity,
+    /// The key file (resolved).
+    pub signing_key_file: PathBuf,
+    /// `kid`.
+    pub kid: String,
+    /// The algorithm's name (validated, e.g. `ES256`).
+    pub alg: String,
+    /// `iss`.
+    pub issuer: String,
+    /// `aud`.
+    pub audience: String,
+    /// Lifetime.
+    pub lifetime: Duration,
 }
 
 /// `agent.pep`.
@@ -101,6 +154,8 @@ pub struct AgentSettings {
     pub connect_timeout: Duration,
     /// Idle tunnels.
     pub idle_timeout: Duration,
+    /// Egress assertions of a shared agent.
+    pub assertion: Option<AgentAssertionSettings>,
 }
 
 impl AgentConfig {
@@ -168,6 +223,46 @@ impl AgentConfig {
             Duration::from_secs(1),
             Duration::from_secs(86_400),
         );
+        let assertion = self.assertion.as_ref().and_then(|a| {
+            let actor = identity::ActorIdentity::parse_ref(&a.actor)
+                .map_err(|e| errs.push("assertion.actor", format!("{:?}: {e}", a.actor)))
+                .ok();
+            let key = existing_file(
+                &mut errs,
+                "assertion.signing_key_file",
+                base,
+                &a.signing_key_file,
+            );
+            let alg = identity::keys::parse_algorithm(&a.alg)
+                .map(|_| a.alg.clone())
+                .map_err(|e| errs.push("assertion.alg", e.to_string()))
+                .ok();
+            for (field, value) in [
+                ("assertion.kid", &a.kid),
+                ("assertion.issuer", &a.issuer),
+                ("assertion.audience", &a.audience),
+            ] {
+                if value.is_empty() {
+                    errs.push(field, "must not be empty");
+                }
+            }
+            check_duration(
+                &mut errs,
+                "assertion.lifetime",
+                a.lifetime,
+                Duration::from_secs(1),
+                identity::assertion::MAX_ASSERTION_LIFETIME,
+            );
+            Some(AgentAssertionSettings {
+                actor: actor?,
+                signing_key_file: key,
+                kid: a.kid.clone(),
+                alg: alg?,
+                issuer: a.issuer.clone(),
+                audience: a.audience.clone(),
+                lifetime: a.lifetime,
+            })
+        });
         match (errs.is_empty(), pep) {
             (true, Some(pep)) => Ok(AgentSettings {
                 listen,
@@ -181,6 +276,7 @@ impl AgentConfig {
                 pooled,
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.idle_timeout,
+                assertion,
             }),
             _ => Err(errs),
         }

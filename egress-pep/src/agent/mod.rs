@@ -4,7 +4,8 @@
 //! ([`capture`]) through a tunnel ([`tunnels`]: [`per_connection`], upstream atunnel's wire
 //! behaviour, or [`pooled`] h2 CONNECT streams), configured by the `agent` section
 //! ([`config`]) and observed through [`metrics`]; [`explicit_proxy`] serves actors that set
-//! `HTTP_PROXY`. Issue 13 in progress: egress assertions for shared agents come next.
+//! `HTTP_PROXY`. A shared agent proves each tunnel with an egress assertion
+//! ([`per_connection::Assertions`]). Issue 13 in progress: the agent benchmark comes next.
 
 pub mod capture;
 pub mod config;

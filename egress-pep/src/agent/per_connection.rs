@@ -47,6 +47,9 @@ pub enum TunnelError {
     /// Connect, handshake and answer did not finish in time.
     #[error("the PEP did not answer within {0:?}")]
     Timeout(Duration),
+    /// The egress assertion could not be signed.
+    #[error("signing the egress assertion: {0}")]
+    Assertion(String),
 }
 
 /// Opens `per-connection` tunnels to one PEP.
@@ -56,6 +59,36 @@ pub struct PerConnection {
     tls: Arc<ReloadableClientConfig>,
     timeout: Duration,
     mark: Option<u32>,
+    assertions: Option<Arc<Assertions>>,
+}
+
+/// Egress assertions for a shared agent (DESIGN §6): with a component certificate, each CONNECT
+/// carries `ate-egress-assertion`, a short-lived JWT naming the actor and the tunnel's
+/// destination (`dst`), signed with the agent's key (the PEP checks it against its JWKS and
+/// refuses a replayed `jti`).
+pub struct Assertions {
+    minter: identity::assertion::AssertionMinter,
+    actor: identity::ActorIdentity,
+}
+
+impl Assertions {
+    /// Assertions for `actor` minted by `minter`.
+    pub fn new(
+        minter: identity::assertion::AssertionMinter,
+        actor: identity::ActorIdentity,
+    ) -> Self {
+        Self { minter, actor }
+    }
+
+    /// The header value for a tunnel to `dst`.
+    ///
+    /// # Errors
+    /// [`TunnelError::Assertion`] when signing fails.
+    pub fn for_dst(&self, dst: SocketAddr) -> Result<String, TunnelError> {
+        self.minter
+            .mint(&self.actor, dst)
+            .map_err(|e| TunnelError::Assertion(e.to_string()))
+    }
 }
 
 impl PerConnection {
@@ -79,7 +112,15 @@ impl PerConnection {
             tls,
             timeout,
             mark: None,
+            assertions: None,
         })
+    }
+
+    /// Sends an egress assertion with every CONNECT (a shared agent with a component
+    /// certificate); without it the wire is exactly atunnel's.
+    pub fn with_assertions(mut self, assertions: Arc<Assertions>) -> Self {
+        self.assertions = Some(assertions);
+        self
     }
 
     /// Sets `SO_MARK` on the connections to the PEP (needs `CAP_NET_ADMIN`): capture rules
@@ -101,7 +142,11 @@ impl PerConnection {
 
     async fn open_now(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
         let mut tls = connect_tls(self.pep, &self.name, &self.tls, self.mark).await?;
-        tls.write_all(connect_head(dst).as_bytes())
+        let assertion = match &self.assertions {
+            Some(a) => Some(a.for_dst(dst)?),
+            None => None,
+        };
+        tls.write_all(connect_head(dst, assertion.as_deref()).as_bytes())
             .await
             .map_err(TunnelError::Io)?;
         tls.flush().await.map_err(TunnelError::Io)?;
@@ -140,9 +185,18 @@ pub(crate) async fn connect_tls(
         .map_err(TunnelError::Handshake)
 }
 
-/// The CONNECT request head atunnel writes for `dst` (`[v6]:port` for IPv6).
-pub fn connect_head(dst: SocketAddr) -> String {
-    format!("CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: Go-http-client/1.1\r\n\r\n")
+/// The CONNECT request head atunnel writes for `dst` (`[v6]:port` for IPv6), with the
+/// `ate-egress-assertion` header when given.
+pub fn connect_head(dst: SocketAddr, assertion: Option<&str>) -> String {
+    match assertion {
+        None => format!(
+            "CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
+        ),
+        Some(a) => format!(
+            "CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: Go-http-client/1.1\r\n{}: {a}\r\n\r\n",
+            crate::tunnel::ASSERTION_HEADER
+        ),
+    }
 }
 
 /// Reads the answer head byte by byte (the tunnel's bytes follow it), bounded.
@@ -188,7 +242,7 @@ mod tests {
     #[test]
     fn the_connect_head_is_atunnels() {
         assert_eq!(
-            connect_head("10.1.2.3:443".parse().unwrap()),
+            connect_head("10.1.2.3:443".parse().unwrap(), None),
             "CONNECT 10.1.2.3:443 HTTP/1.1\r\nHost: 10.1.2.3:443\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
         );
         assert!(

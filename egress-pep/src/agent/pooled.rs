@@ -22,7 +22,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::agent::per_connection::{TunnelError, connect_tls};
+use crate::agent::per_connection::{Assertions, TunnelError, connect_tls};
 
 /// Longest wait before the next attempt to open a connection after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -47,6 +47,7 @@ pub struct Pooled {
     max_streams: usize,
     conns: Mutex<Vec<Conn>>,
     backoff: Mutex<Backoff>,
+    assertions: Option<Arc<Assertions>>,
 }
 
 impl Pooled {
@@ -76,7 +77,14 @@ impl Pooled {
                 until: None,
                 next: Duration::from_millis(100),
             }),
+            assertions: None,
         })
+    }
+
+    /// Sends an egress assertion with every CONNECT (see [`Assertions`]).
+    pub fn with_assertions(mut self, assertions: Arc<Assertions>) -> Self {
+        self.assertions = Some(assertions);
+        self
     }
 
     /// Sets `SO_MARK` on the connections to the PEP.
@@ -109,9 +117,13 @@ impl Pooled {
         };
         streams.fetch_add(1, Ordering::Relaxed);
         let slot = StreamSlot(streams);
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(http::Method::CONNECT)
-            .uri(dst.to_string())
+            .uri(dst.to_string());
+        if let Some(a) = &self.assertions {
+            req = req.header(crate::tunnel::ASSERTION_HEADER, a.for_dst(dst)?);
+        }
+        let req = req
             .body(Empty::new())
             .map_err(|e| TunnelError::BadAnswer(format!("CONNECT request: {e}")))?;
         send.ready()
