@@ -246,8 +246,16 @@ mod tests {
             "CONNECT 10.1.2.3:443 HTTP/1.1\r\nHost: 10.1.2.3:443\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
         );
         assert!(
-            connect_head("[2001:db8::1]:80".parse().unwrap())
+            connect_head("[2001:db8::1]:80".parse().unwrap(), None)
                 .starts_with("CONNECT [2001:db8::1]:80 HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n")
+        );
+    }
+
+    #[test]
+    fn a_shared_agent_adds_its_assertion_header() {
+        assert_eq!(
+            connect_head("10.1.2.3:443".parse().unwrap(), Some("e.y.j")),
+            "CONNECT 10.1.2.3:443 HTTP/1.1\r\nHost: 10.1.2.3:443\r\nUser-Agent: Go-http-client/1.1\r\nate-egress-assertion: e.y.j\r\n\r\n"
         );
     }
 
