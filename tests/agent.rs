@@ -7,7 +7,8 @@
 //! the original destination in the PEP's audit record; a denied one gets the PEP's readable
 //! `403` for cleartext HTTP and no bytes at all otherwise. IPv6 connections are captured with
 //! their original destination too, and a certificate rotated on disk is used by the next
-//! tunnels without a restart.
+//! tunnels without a restart. In both tunnel modes gRPC over h2c, a WebSocket session and an
+//! HTTP/1.1 client that half-closes after its request reach the echo worker.
 //!
 //! Every address lives inside the two namespaces: nothing leaves the machine.
 
@@ -31,6 +32,8 @@ struct PepSide {
     origin: SocketAddr,
     /// The same origin service on IPv6.
     origin6: SocketAddr,
+    /// The echo worker (h2c gRPC, WebSocket).
+    echo: SocketAddr,
     ca: PathBuf,
     cert: (PathBuf, PathBuf),
     /// Another actor's certificate, for the rotation.
@@ -70,6 +73,9 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
             // The origin and the PEP, both inside the PEP's namespace.
             let origin = http_upstream("10.9.9.9:0", "origin").await;
             let origin6 = http_upstream("[fd00:9::9]:0", "origin6").await;
+            // The echo worker: h2c gRPC, WebSocket, HTTP/1.1 with half-close.
+            let echo_listener = tokio::net::TcpListener::bind("10.9.9.9:0").await.unwrap();
+            let (echo, _echo_stop) = echo_worker_on(echo_listener, "echo");
             let pki = test_pki(&[]);
             let dir = tempfile::tempdir().unwrap();
             let audit = dir.path().join("audit.jsonl");
@@ -79,9 +85,11 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                 format!(
                     "policies:\n- name: demo\n  selector: {{atespace: demo}}\n  rules:\n  \
                      - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n  \
-                     - tcp: {{cidrs: ['fd00:9::9/128'], ports: [{}]}}\n",
+                     - tcp: {{cidrs: ['fd00:9::9/128'], ports: [{}]}}\n  \
+                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n",
                     origin.addr.port(),
-                    origin6.addr.port()
+                    origin6.addr.port(),
+                    echo.port()
                 ),
             )
             .unwrap();
@@ -92,6 +100,7 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                     pep: gw.addr("egress"),
                     origin: origin.addr,
                     origin6: origin6.addr,
+                    echo,
                     ca: pki.ca_file(),
                     cert: actor_cert(&pki, "hello"),
                     next_cert: actor_cert(&pki, "audit"),
@@ -129,6 +138,7 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
 
     let origin = side.origin;
     let origin6 = side.origin6;
+    let echo = side.echo;
     let agent_log = actor_ns.run(move || async move {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -248,6 +258,7 @@ agent:
         let statusz: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(statusz["agent"]["mode"], "per-connection", "{statusz}");
         assert_eq!(statusz["agent"]["captured"], 5, "{statusz}");
+        protocols(echo).await;
         let log = agent.log_text();
         drop(agent);
 
@@ -274,6 +285,7 @@ agent:
         assert_eq!(statusz["agent"]["mode"], "pooled", "{statusz}");
         assert_eq!(statusz["agent"]["pep_connections"], 1, "{statusz}");
         assert_eq!(statusz["agent"]["tunnels"]["opened"], 3, "{statusz}");
+        protocols(echo).await;
         drop(agent);
 
         // Explicit proxy, without capture rules: `curl -x` reaches the allowed destination
@@ -345,4 +357,52 @@ agent:
     let denied = tunnel(denied_dst).expect("the denied tunnel's record");
     assert_eq!(denied["verdict"], "deny", "{denied}");
     assert_eq!(denied["actor"]["name"], "hello", "{denied}");
+}
+
+/// Through the capture (either tunnel mode) to the echo worker: a gRPC call over h2c (prior
+/// knowledge: opaque to the PEP, allowed by the `tcp` rule), a WebSocket session, and an
+/// HTTP/1.1 client that shuts down its write side after the request and still reads the whole
+/// answer.
+async fn protocols(echo: SocketAddr) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let reply = echo_unary(echo, &echo.to_string(), &[], "over the agent")
+        .await
+        .expect("a gRPC answer");
+    assert_eq!(reply.message, "over the agent");
+
+    let (mut ws, _) = within(
+        BOUND,
+        "a WebSocket handshake",
+        tokio_tungstenite::connect_async(format!("ws://{echo}/ws")),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    let back = within(BOUND, "the echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(back, Message::text("ping"));
+    let _ = ws.close(None).await;
+
+    let mut raw = within(BOUND, "a connection", tokio::net::TcpStream::connect(echo))
+        .await
+        .unwrap();
+    raw.write_all(format!("GET /bytes?n=300000 HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    raw.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(
+        BOUND,
+        "the answer after half-close",
+        raw.read_to_end(&mut got),
+    )
+    .await
+    .unwrap();
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+    assert!(got.len() > 300_000, "{} bytes after half-close", got.len());
 }
