@@ -8,7 +8,8 @@
 //! `403` for cleartext HTTP and no bytes at all otherwise. IPv6 connections are captured with
 //! their original destination too, and a certificate rotated on disk is used by the next
 //! tunnels without a restart. In both tunnel modes gRPC over h2c, a WebSocket session and an
-//! HTTP/1.1 client that half-closes after its request reach the echo worker.
+//! HTTP/1.1 client that half-closes after its request reach the echo worker, and TLS to a
+//! `tls_passthrough` name carries h2 with the origin's own certificate.
 //!
 //! Every address lives inside the two namespaces: nothing leaves the machine.
 
@@ -25,6 +26,8 @@ use common::*;
 use serde_json::Value;
 
 const MARK: &str = "0x539";
+/// The TLS origin's name (a `tls_passthrough` rule; the PEP resolves it to 10.9.9.9).
+const TLS_NAME: &str = "tls.origin.test";
 
 /// What the PEP side tells the actor side.
 struct PepSide {
@@ -34,6 +37,10 @@ struct PepSide {
     origin6: SocketAddr,
     /// The echo worker (h2c gRPC, WebSocket).
     echo: SocketAddr,
+    /// The echo worker over TLS for [`TLS_NAME`].
+    tls_echo: SocketAddr,
+    /// The CA of its certificate.
+    origin_ca: PathBuf,
     ca: PathBuf,
     cert: (PathBuf, PathBuf),
     /// Another actor's certificate, for the rotation.
@@ -76,6 +83,35 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
             // The echo worker: h2c gRPC, WebSocket, HTTP/1.1 with half-close.
             let echo_listener = tokio::net::TcpListener::bind("10.9.9.9:0").await.unwrap();
             let (echo, _echo_stop) = echo_worker_on(echo_listener, "echo");
+            // The same echo worker over TLS for a name (h2 and HTTP/1.1 by ALPN): passed
+            // through by the PEP, so the actor sees the origin's own certificate.
+            let origin_pki = TestPki::new();
+            let issued = origin_pki
+                .ca
+                .issue_server(&[TLS_NAME.into()], &[], YEAR)
+                .unwrap();
+            let (cert_file, key_file) = origin_pki.write("origin", &issued);
+            let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
+                cert_file,
+                key_file,
+                client_ca_file: None,
+                client_auth: identity::tls::ClientAuth::None,
+                client_trust_domain: None,
+                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            })
+            .unwrap();
+            let tls_listener =
+                runtime::listener::BoundListener::bind("origin", "10.9.9.9:0".parse().unwrap())
+                    .await
+                    .unwrap()
+                    .with_tls(tls);
+            let tls_echo = tls_listener.local_addr();
+            let tls_drain = runtime::drain::Drain::new();
+            tokio::spawn(ingress::echo::serve_listener(
+                tls_listener,
+                "tls-echo".into(),
+                tls_drain.signal(),
+            ));
             let pki = test_pki(&[]);
             let dir = tempfile::tempdir().unwrap();
             let audit = dir.path().join("audit.jsonl");
@@ -86,14 +122,22 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                     "policies:\n- name: demo\n  selector: {{atespace: demo}}\n  rules:\n  \
                      - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n  \
                      - tcp: {{cidrs: ['fd00:9::9/128'], ports: [{}]}}\n  \
-                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n",
+                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n  \
+                     - tls_passthrough: {{hostnames: [{TLS_NAME}], ports: [{}], allow_private: true}}\n",
                     origin.addr.port(),
                     origin6.addr.port(),
-                    echo.port()
+                    echo.port(),
+                    tls_echo.port()
                 ),
             )
             .unwrap();
-            let text = config(&pki, "10.200.0.2:0", "", "", &audit);
+            let text = config(
+                &pki,
+                "10.200.0.2:0",
+                &format!("{TLS_NAME}: [10.9.9.9]"),
+                "",
+                &audit,
+            );
             let gw = Gateway::start(&write_config(dir.path(), &text)).await;
             side_tx
                 .send(PepSide {
@@ -101,12 +145,15 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                     origin: origin.addr,
                     origin6: origin6.addr,
                     echo,
+                    tls_echo,
+                    origin_ca: origin_pki.ca_file(),
                     ca: pki.ca_file(),
                     cert: actor_cert(&pki, "hello"),
                     next_cert: actor_cert(&pki, "audit"),
                 })
                 .unwrap();
             let _ = done_rx.await;
+            drop((tls_drain, origin_pki));
             let records = audit_records(&audit);
             // Requests answered (the PEP keeps upstream connections per actor: fewer
             // connections than requests).
@@ -139,6 +186,7 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
     let origin = side.origin;
     let origin6 = side.origin6;
     let echo = side.echo;
+    let (tls_echo, origin_ca) = (side.tls_echo, side.origin_ca.clone());
     let agent_log = actor_ns.run(move || async move {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -259,6 +307,7 @@ agent:
         assert_eq!(statusz["agent"]["mode"], "per-connection", "{statusz}");
         assert_eq!(statusz["agent"]["captured"], 5, "{statusz}");
         protocols(echo).await;
+        passthrough_h2(tls_echo, &origin_ca).await;
         let log = agent.log_text();
         drop(agent);
 
@@ -286,6 +335,7 @@ agent:
         assert_eq!(statusz["agent"]["pep_connections"], 1, "{statusz}");
         assert_eq!(statusz["agent"]["tunnels"]["opened"], 3, "{statusz}");
         protocols(echo).await;
+        passthrough_h2(tls_echo, &origin_ca).await;
         drop(agent);
 
         // Explicit proxy, without capture rules: `curl -x` reaches the allowed destination
@@ -405,4 +455,42 @@ async fn protocols(echo: SocketAddr) {
         String::from_utf8_lossy(&got[..got.len().min(200)])
     );
     assert!(got.len() > 300_000, "{} bytes after half-close", got.len());
+}
+
+/// TLS through the capture to a `tls_passthrough` name: the actor verifies the origin's own
+/// certificate (trusting only the origin's CA) and speaks h2 to it.
+async fn passthrough_h2(dst: SocketAddr, origin_ca: &std::path::Path) {
+    let config = tls_client_config(origin_ca, &[b"h2"], None);
+    let tcp = within(BOUND, "a connection", tokio::net::TcpStream::connect(dst))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from(TLS_NAME).unwrap();
+    let tls = within(
+        BOUND,
+        "TLS to the origin through the agent and the PEP",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("the origin's own certificate verifies");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = within(
+        BOUND,
+        "an h2 answer",
+        send.send_request(
+            http::Request::get(format!("https://{TLS_NAME}/hello"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
 }
