@@ -9,7 +9,8 @@
 //! their original destination too, and a certificate rotated on disk is used by the next
 //! tunnels without a restart. In both tunnel modes gRPC over h2c, a WebSocket session and an
 //! HTTP/1.1 client that half-closes after its request reach the echo worker, and TLS to a
-//! `tls_passthrough` name carries h2 with the origin's own certificate.
+//! `tls_passthrough` name carries h2 with the origin's own certificate; DNS from the actor's
+//! namespace reaches the test's resolver, and a gRPC stream stays open for 30 s (pooled).
 //!
 //! Every address lives inside the two namespaces: nothing leaves the machine.
 
@@ -112,6 +113,14 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                 "tls-echo".into(),
                 tls_drain.signal(),
             ));
+            // A resolver for the actor (UDP 53 is never captured).
+            let dns = tokio::net::UdpSocket::bind("10.9.9.9:53").await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while let Ok((n, from)) = dns.recv_from(&mut buf).await {
+                    let _ = dns.send_to(&dns_answer(&buf[..n]), from).await;
+                }
+            });
             let pki = test_pki(&[]);
             let dir = tempfile::tempdir().unwrap();
             let audit = dir.path().join("audit.jsonl");
@@ -336,6 +345,10 @@ agent:
         assert_eq!(statusz["agent"]["tunnels"]["opened"], 3, "{statusz}");
         protocols(echo).await;
         passthrough_h2(tls_echo, &origin_ca).await;
+        // DNS from the actor's namespace reaches the test's resolver.
+        assert_eq!(resolve_a("10.9.9.9:53", "origin.test").await, [10, 9, 9, 9]);
+        // A gRPC stream that stays open for 30 s through a pooled tunnel.
+        long_stream(echo).await;
         drop(agent);
 
         // Explicit proxy, without capture rules: `curl -x` reaches the allowed destination
@@ -493,4 +506,81 @@ async fn passthrough_h2(dst: SocketAddr, origin_ca: &std::path::Path) {
     .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
+}
+
+/// An answer to a DNS query for an A record: the query's id and question, one answer
+/// 10.9.9.9 (the name compressed to the question's).
+fn dns_answer(query: &[u8]) -> Vec<u8> {
+    let mut out = query.to_vec();
+    out[2] = 0x81; // QR, RD
+    out[3] = 0x80; // RA, NOERROR
+    out[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
+    out[8..12].fill(0);
+    out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
+    out
+}
+
+/// Asks `server` for `name`'s A record over UDP; the first answer's address.
+async fn resolve_a(server: &str, name: &str) -> [u8; 4] {
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    sock.send_to(&q, server).await.unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = within(BOUND, "a DNS answer", sock.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..2], &[0x12, 0x34], "the answer's id");
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&buf[n - 4..n]);
+    a
+}
+
+/// A bidirectional gRPC stream to the echo worker kept open for 30 s: a message every 5 s,
+/// each echoed back on the same stream.
+async fn long_stream(echo: SocketAddr) {
+    use ingress::echo::proto::EchoRequest;
+    use ingress::echo::proto::echo_client::EchoClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{echo}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(4);
+    let mut replies = client
+        .bidi(tokio_stream_from(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let start = std::time::Instant::now();
+    for i in 0..7 {
+        tx.send(EchoRequest {
+            message: format!("tick {i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let reply = within(BOUND, "a streamed reply", replies.message())
+            .await
+            .unwrap()
+            .expect("the stream is still open");
+        assert_eq!(reply.message, format!("tick {i}"));
+        if i < 6 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+    assert!(start.elapsed() >= Duration::from_secs(30));
+    drop(tx);
+}
+
+/// A `Stream` of the requests sent on `rx`.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<ingress::echo::proto::EchoRequest>,
+) -> impl futures_util::Stream<Item = ingress::echo::proto::EchoRequest> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
