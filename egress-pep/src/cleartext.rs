@@ -260,7 +260,7 @@ where
 }
 
 /// The response body type of the proxy.
-type RespBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type RespBody = BoxBody<Bytes, hyper::Error>;
 /// The request body type sent upstream.
 type UpBody = Counted<Incoming>;
 
@@ -992,14 +992,18 @@ fn denial(reason: Reason) -> (StatusCode, &'static str) {
 }
 
 /// An empty response body.
-fn empty() -> RespBody {
+pub(crate) fn empty() -> RespBody {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed()
 }
 
-/// A `text/plain` response made by the PEP.
-fn text_response(status: StatusCode, text: &'static str, close: bool) -> Response<RespBody> {
+/// A `text/plain` response made by the PEP (or the agent's explicit proxy).
+pub(crate) fn text_response(
+    status: StatusCode,
+    text: &'static str,
+    close: bool,
+) -> Response<RespBody> {
     let mut response = Response::new(
         Full::new(Bytes::from_static(text.as_bytes()))
             .map_err(|never| match never {})

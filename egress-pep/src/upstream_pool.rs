@@ -55,8 +55,9 @@ impl Default for PoolLimits {
 /// How often expired connections are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// The pool's key: the owner (an actor's identity, or one tunnel) and the destination.
-type Key = (Arc<str>, String);
+/// Connections by owner (an actor's identity, or one tunnel), then by destination: looked up
+/// with borrowed keys, so handing out and returning allocate nothing once both exist.
+type Map<T> = HashMap<Arc<str>, HashMap<String, VecDeque<Entry<T>>>>;
 
 struct Entry<T> {
     conn: T,
@@ -65,7 +66,7 @@ struct Entry<T> {
 }
 
 struct State<T> {
-    map: HashMap<Key, VecDeque<Entry<T>>>,
+    map: Map<T>,
     total: usize,
     swept: Instant,
 }
@@ -102,8 +103,8 @@ impl<T: Pooled> UpstreamPool<T> {
             self.sweep(&mut state, now);
         }
         let State { map, total, .. } = &mut *state;
-        let key = (owner.clone(), dest.to_owned());
-        let entries = map.get_mut(&key)?;
+        let dests = map.get_mut(&**owner)?;
+        let entries = dests.get_mut(dest)?;
         let before = entries.len();
         entries.retain(|e| !e.conn.is_closed() && now - e.used < self.limits.idle);
         *total -= before - entries.len();
@@ -122,7 +123,10 @@ impl<T: Pooled> UpstreamPool<T> {
             break;
         }
         if entries.is_empty() {
-            map.remove(&key);
+            dests.remove(dest);
+            if dests.is_empty() {
+                map.remove(&**owner);
+            }
         }
         found
     }
@@ -140,8 +144,18 @@ impl<T: Pooled> UpstreamPool<T> {
             self.sweep(&mut state, now);
         }
         let State { map, total, .. } = &mut *state;
-        let key = (owner.clone(), dest.to_owned());
-        let entries = map.entry(key.clone()).or_default();
+        if !map.contains_key(&**owner) {
+            map.insert(owner.clone(), HashMap::new());
+        }
+        let Some(dests) = map.get_mut(&**owner) else {
+            return;
+        };
+        if !dests.contains_key(dest) {
+            dests.insert(dest.to_owned(), VecDeque::new());
+        }
+        let Some(entries) = dests.get_mut(dest) else {
+            return;
+        };
         if let Some(kept) = entries.iter_mut().find(|e| e.conn.id() == conn.id()) {
             kept.used = now;
             return;
@@ -154,7 +168,10 @@ impl<T: Pooled> UpstreamPool<T> {
         }
         if *total >= self.limits.total {
             if entries.is_empty() {
-                map.remove(&key);
+                dests.remove(dest);
+                if dests.is_empty() {
+                    map.remove(&**owner);
+                }
             }
             return;
         }
@@ -166,10 +183,13 @@ impl<T: Pooled> UpstreamPool<T> {
     fn sweep(&self, state: &mut State<T>, now: Instant) {
         let idle = self.limits.idle;
         let mut total = 0;
-        state.map.retain(|_, entries| {
-            entries.retain(|e| !e.conn.is_closed() && now - e.used < idle);
-            total += entries.len();
-            !entries.is_empty()
+        state.map.retain(|_, dests| {
+            dests.retain(|_, entries| {
+                entries.retain(|e| !e.conn.is_closed() && now - e.used < idle);
+                total += entries.len();
+                !entries.is_empty()
+            });
+            !dests.is_empty()
         });
         state.total = total;
         state.swept = now;

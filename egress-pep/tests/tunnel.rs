@@ -313,6 +313,22 @@ impl Harness {
         self.cert(stem, p)
     }
 
+    /// A tunnel agent's client config towards this PEP: `cert` presented, `alpn` offered.
+    fn agent_tls(
+        &self,
+        cert: &(std::path::PathBuf, std::path::PathBuf),
+        alpn: Vec<Vec<u8>>,
+    ) -> Arc<identity::tls::ReloadableClientConfig> {
+        identity::tls::ReloadableClientConfig::client(ClientTlsFiles {
+            ca_file: self.pki.ca_file(),
+            cert_file: Some(cert.0.clone()),
+            key_file: Some(cert.1.clone()),
+            server_identity: ServerIdentity::Hostname,
+            alpn,
+        })
+        .unwrap()
+    }
+
     fn agent_cert(&self, sa: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let issued = self
             .pki
@@ -1190,17 +1206,9 @@ async fn cleartext_mismatch_is_audited_for_every_request_on_a_reused_upstream() 
 #[tokio::test]
 async fn the_agents_per_connection_tunnels_open_and_report_refusals() {
     use egress_pep::agent::per_connection::{PerConnection, TunnelError};
-    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
     let h = Harness::start().await;
     let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
-        let tls = ReloadableClientConfig::client(ClientTlsFiles {
-            ca_file: h.pki.ca_file(),
-            cert_file: Some(cert.0),
-            key_file: Some(cert.1),
-            server_identity: ServerIdentity::Hostname,
-            alpn: Vec::new(),
-        })
-        .unwrap();
+        let tls = h.agent_tls(&cert, Vec::new());
         PerConnection::new(h.pep_addr, "localhost", tls, Duration::from_secs(5)).unwrap()
     };
     let agent = client(h.actor_cert("demo", "bot"));
@@ -1360,17 +1368,9 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
 async fn the_agents_pooled_tunnels_share_one_h2_connection() {
     use egress_pep::agent::per_connection::TunnelError;
     use egress_pep::agent::pooled::Pooled;
-    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
     let h = Harness::start().await;
     let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
-        let tls = ReloadableClientConfig::client(ClientTlsFiles {
-            ca_file: h.pki.ca_file(),
-            cert_file: Some(cert.0),
-            key_file: Some(cert.1),
-            server_identity: ServerIdentity::Hostname,
-            alpn: vec![b"h2".to_vec()],
-        })
-        .unwrap();
+        let tls = h.agent_tls(&cert, vec![b"h2".to_vec()]);
         Pooled::new(h.pep_addr, "localhost", tls, Duration::from_secs(5), 2).unwrap()
     };
     let agent = client(h.actor_cert("demo", "bot"));
@@ -1408,19 +1408,9 @@ async fn the_agents_pooled_tunnels_share_one_h2_connection() {
 async fn a_shared_agent_proves_each_tunnel_with_an_assertion() {
     use egress_pep::agent::per_connection::{Assertions, PerConnection, TunnelError};
     use egress_pep::agent::pooled::Pooled;
-    use identity::tls::{ClientTlsFiles, ReloadableClientConfig};
     let h = Harness::start().await;
     let cert = h.agent_cert("atunnel");
-    let tls = |alpn: Vec<Vec<u8>>| {
-        ReloadableClientConfig::client(ClientTlsFiles {
-            ca_file: h.pki.ca_file(),
-            cert_file: Some(cert.0.clone()),
-            key_file: Some(cert.1.clone()),
-            server_identity: ServerIdentity::Hostname,
-            alpn,
-        })
-        .unwrap()
-    };
+    let tls = |alpn: Vec<Vec<u8>>| h.agent_tls(&cert, alpn);
     let assertions = Arc::new(Assertions::new(
         AssertionMinter::new(
             h.key.signer(),

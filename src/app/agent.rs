@@ -91,20 +91,14 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
     let limits = SpliceLimits::with_idle(s.idle_timeout);
     let metrics = egress_pep::agent::metrics::AgentMetrics::new(&mut w.registry);
     for (i, addr) in s.listen.iter().enumerate() {
-        let field = format!("agent.listen[{i}]");
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("{field}: cannot listen on {addr}"))?;
-        let bound = listener
-            .local_addr()
-            .with_context(|| format!("{field}: no local address"))?;
         let name = if i == 0 {
             "agent".to_owned()
         } else {
             format!("agent_{i}")
         };
-        tracing::info!(listener = %name, address = %bound, "listening");
-        w.addresses.insert(name, bound);
+        let listener = w
+            .bind_tcp(name, &format!("agent.listen[{i}]"), *addr)
+            .await?;
         tokio::spawn(egress_pep::agent::capture::serve(
             listener,
             tunnels.clone(),
@@ -114,14 +108,9 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         ));
     }
     if let Some(addr) = s.proxy_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("agent.proxy_listen: cannot listen on {addr}"))?;
-        let bound = listener
-            .local_addr()
-            .context("agent.proxy_listen: no local address")?;
-        tracing::info!(listener = "agent_proxy", address = %bound, "listening");
-        w.addresses.insert("agent_proxy".to_owned(), bound);
+        let listener = w
+            .bind_tcp("agent_proxy", "agent.proxy_listen", addr)
+            .await?;
         tokio::spawn(egress_pep::agent::explicit_proxy::serve(
             listener,
             tunnels.clone(),

@@ -109,6 +109,27 @@ impl Wiring {
         Ok(bound)
     }
 
+    /// Binds a plain tokio listener (for servers that need the socket itself, e.g. the tunnel
+    /// agent's capture listeners read `SO_ORIGINAL_DST`), logged and recorded as [`Wiring::bind`]
+    /// does; errors name `field`.
+    pub async fn bind_tcp(
+        &mut self,
+        listener: impl Into<String>,
+        field: &str,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpListener> {
+        let bound = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{field}: cannot listen on {addr}"))?;
+        let address = bound
+            .local_addr()
+            .with_context(|| format!("{field}: no local address"))?;
+        let listener = listener.into();
+        tracing::info!(listener = %listener, address = %address, "listening");
+        self.addresses.insert(listener, address);
+        Ok(bound)
+    }
+
     /// Keeps `value` (e.g. a file watch) alive as long as the app runs.
     pub fn keep(&mut self, value: impl std::any::Any + Send) {
         self.keep.push(Box::new(value));

@@ -9,10 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use runtime::drain::DrainSignal;
@@ -21,9 +19,8 @@ use tokio::net::TcpListener;
 use crate::agent::metrics::{AgentMetrics, TunnelResult};
 use crate::agent::per_connection::TunnelError;
 use crate::agent::tunnels::Tunnels;
+use crate::cleartext::{RespBody, empty, text_response};
 use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
-
-type RespBody = BoxBody<Bytes, hyper::Error>;
 
 /// Longest a client may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,22 +166,7 @@ async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     tokio::net::lookup_host((host, port)).await.ok()?.next()
 }
 
-fn empty() -> RespBody {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
+/// A `text/plain` answer of the proxy itself.
 fn text(status: StatusCode, body: &'static str) -> Response<RespBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain"),
-    );
-    resp
+    text_response(status, body, false)
 }
