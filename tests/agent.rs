@@ -1,18 +1,22 @@
-//! The tunnel agent in `actorgate serve` (issue 13, first part), end to end with real processes
-//! in two network namespaces of the test's own joined by a veth pair: in the actor's, the
-//! capture rules (`actorgate agent install-rules`) redirect curl's TCP to the agent, which tunnels
-//! it per atunnel (one TLS connection and CONNECT each, its own connections marked so they are
-//! not captured) to the PEP in the other namespace; the PEP decides and dials the original
-//! destination there. An allowed destination answers through the whole chain, with the actor and
-//! the original destination in the PEP's audit record; a denied one gets the PEP's readable
-//! `403` for cleartext HTTP and no bytes at all otherwise. IPv6 connections are captured with
-//! their original destination too, and a certificate rotated on disk is used by the next
-//! tunnels without a restart. In both tunnel modes gRPC over h2c, a WebSocket session and an
-//! HTTP/1.1 client that half-closes after its request reach the echo worker, and TLS to a
-//! `tls_passthrough` name carries h2 with the origin's own certificate; DNS from the actor's
-//! namespace reaches the test's resolver, and a gRPC stream stays open for 30 s (pooled).
+//! The tunnel agent in `actorgate serve` (issue 13), end to end with real processes in three
+//! network namespaces of the test's own, joined by veth pairs: actor ↔ PEP ↔ origin. In the
+//! actor's, the capture rules (`actorgate agent install-rules`) redirect curl's TCP to the agent,
+//! which tunnels it per atunnel (one TLS connection and CONNECT each, its own connections marked
+//! so they are not captured) to the PEP; the PEP decides and dials the original destination in
+//! the origin namespace, which sees the PEP's address as the client (the PEP's namespace does
+//! not forward packets: without the agent and the PEP there is no path). An allowed destination
+//! answers through the whole chain, HTTP and HTTPS, with the actor and the original destination
+//! in the PEP's audit record; a denied one gets the PEP's readable `403` for cleartext HTTP and
+//! no bytes at all otherwise. IPv6 connections are captured with their original destination
+//! too, and a certificate rotated on disk is used by the next tunnels without a restart. In both
+//! tunnel modes gRPC over h2c, a WebSocket session, an HTTP/1.1 client that half-closes after
+//! its request, TLS with h2 to a `tls_passthrough` name (the origin's own certificate) and a
+//! gRPC stream open for 30 s reach the echo worker; DNS from the actor's namespace reaches the
+//! test's resolver. Without capture rules the explicit proxy (`curl -x`) resolves names with
+//! its configured DNS server. A shared agent with a component certificate proves each tunnel
+//! with an egress assertion, and a signing key rotated on disk signs the next ones.
 //!
-//! Every address lives inside the two namespaces: nothing leaves the machine.
+//! Every address lives inside the three namespaces: nothing leaves the machine.
 
 mod common;
 
@@ -21,7 +25,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::egress::{ACTORS, actor_cert, audit_records, config, http_upstream};
+use common::egress::{
+    ACTORS, TD, actor_cert, audit_records, config, http_upstream, https_upstream,
+};
 use common::netns::TestNetns;
 use common::*;
 use serde_json::Value;
@@ -29,77 +35,114 @@ use serde_json::Value;
 const MARK: &str = "0x539";
 /// The TLS origin's name (a `tls_passthrough` rule; the PEP resolves it to 10.9.9.9).
 const TLS_NAME: &str = "tls.origin.test";
+/// The PEP's address on the link to the origin namespace: what the origins see as the client.
+const PEP_TO_ORIGIN: &str = "10.201.0.1";
+const PEP_TO_ORIGIN6: &str = "fd00:201::1";
+/// The test's DNS server, in the PEP's namespace (UDP 53 from the actor is never captured).
+const DNS: &str = "10.200.0.2:53";
+/// The actor a shared agent's assertions name.
+const SHARED_ACTOR: &str = "demo/named";
 
-/// What the PEP side tells the actor side.
-struct PepSide {
-    pep: SocketAddr,
+/// The servers in the origin namespace.
+struct OriginSide {
     origin: SocketAddr,
     /// The same origin service on IPv6.
     origin6: SocketAddr,
+    /// The same origin service over TLS for [`TLS_NAME`] (`tls_passthrough`).
+    https: SocketAddr,
     /// The echo worker (h2c gRPC, WebSocket).
     echo: SocketAddr,
     /// The echo worker over TLS for [`TLS_NAME`].
     tls_echo: SocketAddr,
-    /// The CA of its certificate.
+    /// The CA of the TLS origins' certificate.
     origin_ca: PathBuf,
+}
+
+/// What the PEP side tells the actor side.
+struct PepSide {
+    pep: SocketAddr,
     ca: PathBuf,
     cert: (PathBuf, PathBuf),
     /// Another actor's certificate, for the rotation.
     next_cert: (PathBuf, PathBuf),
+    /// A shared agent's component certificate.
+    component: (PathBuf, PathBuf),
+    /// The agents' JWKS the PEP verifies assertions with (watched).
+    jwks: PathBuf,
+}
+
+/// Adds `addr` (IPv6, with prefix) to `dev` in `ns`, without duplicate address detection.
+fn add_v6(ns: &TestNetns, dev: &str, addr: &str) {
+    let out = ns
+        .command("ip")
+        .args(["-6", "addr", "add", addr, "dev", dev, "nodad"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pep() {
     let actor_ns = TestNetns::create();
     let pep_ns = TestNetns::create();
+    let origin_ns = TestNetns::create();
     let (va, vb) = actor_ns.veth_to(&pep_ns, "10.200.0.1/24", "10.200.0.2/24");
+    let (vc, vd) = pep_ns.veth_to(&origin_ns, "10.201.0.1/24", "10.201.0.2/24");
+    add_v6(&actor_ns, &va, "fd00:200::1/64");
+    add_v6(&pep_ns, &vb, "fd00:200::2/64");
+    add_v6(&pep_ns, &vc, "fd00:201::1/64");
+    add_v6(&origin_ns, &vd, "fd00:201::2/64");
+    origin_ns.add_address("10.9.9.9/32");
+    origin_ns.add_address("fd00:9::9/128");
     actor_ns.route(&["default", "via", "10.200.0.2"]);
-    pep_ns.add_address("10.9.9.9/32");
-    // IPv6 too: the actor's IPv6 connections are captured with their original destination.
-    for (ns, dev, addr) in [
-        (&actor_ns, &va, "fd00:200::1/64"),
-        (&pep_ns, &vb, "fd00:200::2/64"),
-    ] {
-        let out = ns
-            .command("ip")
-            .args(["-6", "addr", "add", addr, "dev", dev, "nodad"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     actor_ns.route(&["default", "via", "fd00:200::2"]);
-    pep_ns.add_address("fd00:9::9/128");
+    pep_ns.route(&["10.9.9.9/32", "via", "10.201.0.2"]);
+    pep_ns.route(&["fd00:9::9/128", "via", "fd00:201::2"]);
+    origin_ns.route(&["default", "via", PEP_TO_ORIGIN]);
+    origin_ns.route(&["default", "via", PEP_TO_ORIGIN6]);
 
-    let (side_tx, side_rx) = std::sync::mpsc::channel::<PepSide>();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let pep_thread = std::thread::spawn(move || {
-        pep_ns.run(move || async move {
-            // The origin and the PEP, both inside the PEP's namespace.
+    // The origin namespace: HTTP on IPv4 and IPv6, HTTPS, the echo worker in cleartext and TLS.
+    let (origin_tx, origin_rx) = std::sync::mpsc::channel::<OriginSide>();
+    let (origin_done_tx, origin_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let origin_thread = std::thread::spawn(move || {
+        origin_ns.run(move || async move {
             let origin = http_upstream("10.9.9.9:0", "origin").await;
             let origin6 = http_upstream("[fd00:9::9]:0", "origin6").await;
-            // The echo worker: h2c gRPC, WebSocket, HTTP/1.1 with half-close.
-            let echo_listener = tokio::net::TcpListener::bind("10.9.9.9:0").await.unwrap();
-            let (echo, _echo_stop) = echo_worker_on(echo_listener, "echo");
-            // The same echo worker over TLS for a name (h2 and HTTP/1.1 by ALPN): passed
-            // through by the PEP, so the actor sees the origin's own certificate.
             let origin_pki = TestPki::new();
             let issued = origin_pki
                 .ca
                 .issue_server(&[TLS_NAME.into()], &[], YEAR)
                 .unwrap();
             let (cert_file, key_file) = origin_pki.write("origin", &issued);
-            let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
-                cert_file,
-                key_file,
+            let files = |alpn: Vec<Vec<u8>>| identity::tls::ServerTlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
                 client_ca_file: None,
                 client_auth: identity::tls::ClientAuth::None,
                 client_trust_domain: None,
-                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            })
+                alpn,
+            };
+            let https = https_upstream(
+                "10.9.9.9:0",
+                "https",
+                tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+                    identity::tls::server_config(&files(vec![b"http/1.1".to_vec()])).unwrap(),
+                )),
+            )
+            .await;
+            // The echo worker: h2c gRPC, WebSocket, HTTP/1.1 with half-close.
+            let echo_listener = tokio::net::TcpListener::bind("10.9.9.9:0").await.unwrap();
+            let (echo, _echo_stop) = echo_worker_on(echo_listener, "echo");
+            // The same echo worker over TLS for a name (h2 and HTTP/1.1 by ALPN): passed
+            // through by the PEP, so the actor sees the origin's own certificate.
+            let tls = identity::tls::ReloadableServerConfig::server(files(vec![
+                b"h2".to_vec(),
+                b"http/1.1".to_vec(),
+            ]))
             .unwrap();
             let tls_listener =
                 runtime::listener::BoundListener::bind("origin", "10.9.9.9:0".parse().unwrap())
@@ -113,15 +156,47 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                 "tls-echo".into(),
                 tls_drain.signal(),
             ));
-            // A resolver for the actor (UDP 53 is never captured).
-            let dns = tokio::net::UdpSocket::bind("10.9.9.9:53").await.unwrap();
+            origin_tx
+                .send(OriginSide {
+                    origin: origin.addr,
+                    origin6: origin6.addr,
+                    https: https.addr,
+                    echo,
+                    tls_echo,
+                    origin_ca: origin_pki.ca_file(),
+                })
+                .unwrap();
+            let _ = origin_done_rx.await;
+            drop((tls_drain, origin_pki));
+            let peers: Vec<SocketAddr> = [&origin, &origin6, &https]
+                .iter()
+                .flat_map(|u| u.peers())
+                .collect();
+            (origin.hosts(), origin6.hosts(), https.hosts(), peers)
+        })
+    });
+    let o = origin_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the origin side started");
+    let (origin, origin6, https, echo, tls_echo) =
+        (o.origin, o.origin6, o.https, o.echo, o.tls_echo);
+    let origin_ca = o.origin_ca.clone();
+
+    // The PEP's namespace: the PEP and the test's DNS server.
+    let (side_tx, side_rx) = std::sync::mpsc::channel::<PepSide>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let pep_thread = std::thread::spawn(move || {
+        pep_ns.run(move || async move {
+            let dns = tokio::net::UdpSocket::bind(DNS).await.unwrap();
             tokio::spawn(async move {
                 let mut buf = [0u8; 512];
                 while let Ok((n, from)) = dns.recv_from(&mut buf).await {
-                    let _ = dns.send_to(&dns_answer(&buf[..n]), from).await;
+                    if let Some(answer) = dns_answer(&buf[..n]) {
+                        let _ = dns.send_to(&answer, from).await;
+                    }
                 }
             });
-            let pki = test_pki(&[]);
+            let pki = test_pki(&["atunnel"]);
             let dir = tempfile::tempdir().unwrap();
             let audit = dir.path().join("audit.jsonl");
             std::fs::write(dir.path().join("actors.yaml"), ACTORS).unwrap();
@@ -129,45 +204,52 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
                 dir.path().join("policy.yaml"),
                 format!(
                     "policies:\n- name: demo\n  selector: {{atespace: demo}}\n  rules:\n  \
-                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n  \
+                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}, {}]}}\n  \
                      - tcp: {{cidrs: ['fd00:9::9/128'], ports: [{}]}}\n  \
-                     - tcp: {{cidrs: [10.9.9.9/32], ports: [{}]}}\n  \
-                     - tls_passthrough: {{hostnames: [{TLS_NAME}], ports: [{}], allow_private: true}}\n",
-                    origin.addr.port(),
-                    origin6.addr.port(),
+                     - tls_passthrough: {{hostnames: [{TLS_NAME}], ports: [{}, {}], allow_private: true}}\n",
+                    origin.port(),
                     echo.port(),
+                    origin6.port(),
+                    https.port(),
                     tls_echo.port()
                 ),
             )
             .unwrap();
+            // Shared agents: the `atunnel` component proves each tunnel with an assertion
+            // signed by a key in this JWKS.
+            let jwks = dir.path().join("agents-jwks.json");
+            identity::testing::write_jwks(&jwks, &[agent_key(0)]);
             let text = config(
                 &pki,
                 "10.200.0.2:0",
                 &format!("{TLS_NAME}: [10.9.9.9]"),
                 "",
                 &audit,
+            )
+            .replace(
+                "egress:\n",
+                &format!(
+                    "egress:\n  agents:\n    allow: [spiffe://{TD}/ns/ate-system/sa/atunnel]\n    \
+                     assertion: {{jwks_file: {}, issuers: ['{}'], audience: {}}}\n",
+                    jwks.display(),
+                    identity::testing::ISSUER,
+                    identity::testing::AUDIENCE
+                ),
             );
             let gw = Gateway::start(&write_config(dir.path(), &text)).await;
             side_tx
                 .send(PepSide {
                     pep: gw.addr("egress"),
-                    origin: origin.addr,
-                    origin6: origin6.addr,
-                    echo,
-                    tls_echo,
-                    origin_ca: origin_pki.ca_file(),
                     ca: pki.ca_file(),
                     cert: actor_cert(&pki, "hello"),
                     next_cert: actor_cert(&pki, "audit"),
+                    component: (pki.path("atunnel.crt"), pki.path("atunnel.key")),
+                    jwks,
                 })
                 .unwrap();
             let _ = done_rx.await;
-            drop((tls_drain, origin_pki));
             let records = audit_records(&audit);
-            // Requests answered (the PEP keeps upstream connections per actor: fewer
-            // connections than requests).
-            let answered = origin.hosts().len() + origin6.hosts().len();
-            (records, answered, gw.log_text(), pki, dir)
+            (records, gw.log_text(), pki, dir)
         })
     });
     let side = side_rx
@@ -192,10 +274,6 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
         String::from_utf8_lossy(&rules.stderr)
     );
 
-    let origin = side.origin;
-    let origin6 = side.origin6;
-    let echo = side.echo;
-    let (tls_echo, origin_ca) = (side.tls_echo, side.origin_ca.clone());
     let agent_log = actor_ns.run(move || async move {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -218,43 +296,34 @@ agent:
         let (cert_file, key_file) = side.cert.clone();
         let next = side.next_cert.clone();
         let agent = Gateway::start(&write_config(dir.path(), &text)).await;
-        let curl = |host: String, port: u16| {
-            let url = format!("http://{host}:{port}/hello");
-            async move {
-                within(
-                    BOUND,
-                    format!("curl {url}"),
-                    tokio::process::Command::new("curl")
-                        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-                        .arg(&url)
-                        .env_remove("http_proxy")
-                        .env_remove("HTTP_PROXY")
-                        .env_remove("ALL_PROXY")
-                        .kill_on_drop(true)
-                        .output(),
-                )
-                .await
-                .expect("run curl")
-            }
-        };
-        let out = curl(origin.ip().to_string(), origin.port()).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let origin_body = format!("origin {}:{} /hello\n200", origin.ip(), origin.port());
+        let out = curl(&format!("http://{origin}/hello"), &[]).await;
         assert_eq!(
-            stdout,
-            format!("origin {}:{} /hello\n200", origin.ip(), origin.port()),
+            out.0,
+            origin_body,
             "curl: {}\nagent log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
+            out.1,
             agent.log_text()
+        );
+        // HTTPS to a `tls_passthrough` name: curl verifies the origin's own certificate.
+        let https_url = format!("https://{TLS_NAME}:{}/hello", https.port());
+        let https_args = [
+            "--cacert".to_owned(),
+            origin_ca.display().to_string(),
+            "--resolve".to_owned(),
+            format!("{TLS_NAME}:{}:{}", https.port(), https.ip()),
+        ];
+        let out = curl(&https_url, &https_args).await;
+        assert_eq!(
+            out.0,
+            format!("https {TLS_NAME}:{} /hello\n200", https.port()),
+            "{}",
+            out.1
         );
         // A destination the PEP denies: cleartext HTTP gets the PEP's readable denial per
         // request; other bytes get nothing at all (the connection closes).
-        let denied = curl(origin.ip().to_string(), origin.port() + 1).await;
-        assert_eq!(
-            String::from_utf8_lossy(&denied.stdout),
-            "egress denied\n403",
-            "{}",
-            String::from_utf8_lossy(&denied.stderr)
-        );
+        let denied = curl(&format!("http://{}:{}/hello", origin.ip(), origin.port() + 1), &[]).await;
+        assert_eq!(denied.0, "egress denied\n403", "{}", denied.1);
         let denied_dst = SocketAddr::new(origin.ip(), origin.port() + 2);
         let mut raw = within(
             BOUND,
@@ -278,12 +347,12 @@ agent:
             got.len()
         );
         // IPv6: captured and tunnelled to its original destination.
-        let out = curl(format!("[{}]", origin6.ip()), origin6.port()).await;
+        let out = curl(&format!("http://{origin6}/hello"), &[]).await;
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            out.0,
             format!("origin6 [{}]:{} /hello\n200", origin6.ip(), origin6.port()),
             "{}",
-            String::from_utf8_lossy(&out.stderr)
+            out.1
         );
 
         // Certificate rotation on disk: new tunnels carry the new actor's certificate.
@@ -294,19 +363,19 @@ agent:
                 agent.log_text().contains("reloaded").then_some(())
             })
             .await;
-        let out = curl(origin.ip().to_string(), origin.port()).await;
-        assert!(String::from_utf8_lossy(&out.stdout).ends_with("200"));
+        let out = curl(&format!("http://{origin}/hello"), &[]).await;
+        assert_eq!(out.0, origin_body, "{}", out.1);
 
         // The agent's counters and /statusz section.
         let m = agent.metrics().await;
-        assert_eq!(metric(&m, "actorgate_agent_captured_total", &[]), 5.0);
+        assert_eq!(metric(&m, "actorgate_agent_captured_total", &[]), 6.0);
         assert_eq!(
             metric(
                 &m,
                 "actorgate_agent_tunnels_total",
                 &[("mode", "per-connection"), ("result", "opened")]
             ),
-            5.0
+            6.0
         );
         let (status, body) = within(BOUND, "/statusz", get(agent.admin, "/statusz?format=json"))
             .await
@@ -314,9 +383,12 @@ agent:
         assert_eq!(status, 200);
         let statusz: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(statusz["agent"]["mode"], "per-connection", "{statusz}");
-        assert_eq!(statusz["agent"]["captured"], 5, "{statusz}");
+        assert_eq!(statusz["agent"]["captured"], 6, "{statusz}");
+        // A gRPC stream held open for 30 s while the other protocols run.
+        let long = tokio::spawn(long_stream(echo));
         protocols(echo).await;
         passthrough_h2(tls_echo, &origin_ca).await;
+        long.await.expect("the 30 s stream (per-connection)");
         let log = agent.log_text();
         drop(agent);
 
@@ -328,13 +400,8 @@ agent:
         let dir = tempfile::tempdir().unwrap();
         let agent = Gateway::start(&write_config(dir.path(), &pooled)).await;
         for _ in 0..3 {
-            let out = curl(origin.ip().to_string(), origin.port()).await;
-            assert!(
-                String::from_utf8_lossy(&out.stdout).ends_with("200"),
-                "{}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                agent.log_text()
-            );
+            let out = curl(&format!("http://{origin}/hello"), &[]).await;
+            assert_eq!(out.0, origin_body, "{}\n{}", out.1, agent.log_text());
         }
         let (_, body) = within(BOUND, "/statusz", get(agent.admin, "/statusz?format=json"))
             .await
@@ -343,63 +410,124 @@ agent:
         assert_eq!(statusz["agent"]["mode"], "pooled", "{statusz}");
         assert_eq!(statusz["agent"]["pep_connections"], 1, "{statusz}");
         assert_eq!(statusz["agent"]["tunnels"]["opened"], 3, "{statusz}");
+        let long = tokio::spawn(long_stream(echo));
+        let out = curl(&https_url, &https_args).await;
+        assert!(out.0.ends_with("\n200"), "{}", out.1);
+        let out = curl(&format!("http://{origin6}/hello"), &[]).await;
+        assert!(out.0.ends_with("\n200"), "{}", out.1);
         protocols(echo).await;
         passthrough_h2(tls_echo, &origin_ca).await;
         // DNS from the actor's namespace reaches the test's resolver.
-        assert_eq!(resolve_a("10.9.9.9:53", "origin.test").await, [10, 9, 9, 9]);
-        // A gRPC stream that stays open for 30 s through a pooled tunnel.
-        long_stream(echo).await;
+        assert_eq!(resolve_a(DNS, "origin.test").await, [10, 9, 9, 9]);
+        long.await.expect("the 30 s stream (pooled)");
+        drop(agent);
+
+        // A shared agent: the component certificate, and an egress assertion per tunnel
+        // naming the actor, signed with the key in `signing_key_file`.
+        let key_dir = tempfile::tempdir().unwrap();
+        let signing_key = key_dir.path().join("signing.pem");
+        std::fs::write(&signing_key, &agent_key(0).pem).unwrap();
+        let shared = text
+            .replace(&side.cert.0.display().to_string(), &side.component.0.display().to_string())
+            .replace(&side.cert.1.display().to_string(), &side.component.1.display().to_string())
+            + &format!(
+                "  assertion: {{actor: {SHARED_ACTOR}, signing_key_file: {}, kid: {}, issuer: '{}', audience: {}}}\n",
+                signing_key.display(),
+                agent_key(0).kid,
+                identity::testing::ISSUER,
+                identity::testing::AUDIENCE
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Gateway::start(&write_config(dir.path(), &shared)).await;
+        let out = curl(&format!("http://{origin}/hello?shared"), &[]).await;
+        assert_eq!(
+            out.0,
+            format!("origin {}:{} /hello\n200", origin.ip(), origin.port()),
+            "{}\n{}",
+            out.1,
+            agent.log_text()
+        );
+        // A new signing key on disk signs the next tunnels' assertions: the PEP, still
+        // trusting only the old key, refuses them (no bytes) until its JWKS names the new one.
+        replace_file(&signing_key, &agent_key(1).pem);
+        agent
+            .eventually(BOUND, "the signing key reloaded", async || {
+                agent
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains("agent signing key") && l.contains("reloaded"))
+                    .then_some(())
+            })
+            .await;
+        let out = curl(&format!("http://{origin}/hello"), &[]).await;
+        assert_eq!(out.0, "\n000", "the old JWKS accepted the new key: {}", out.1);
+        identity::testing::write_jwks(&side.jwks, &[agent_key(1)]);
+        let accepted = eventually(BOUND, "the PEP trusts the new key", async || {
+            let out = curl(&format!("http://{origin}/hello?rotated"), &[]).await;
+            out.0.ends_with("\n200").then_some(out)
+        })
+        .await;
+        assert_eq!(accepted.0, origin_body);
         drop(agent);
 
         // Explicit proxy, without capture rules: `curl -x` reaches the allowed destination
-        // (absolute-form and CONNECT) and gets the PEP's refusal for a denied one.
+        // (absolute-form and CONNECT, by address and by a name the agent resolves with its DNS
+        // server) and gets the PEP's refusal for a denied one.
         let rules = Command::new(env!("CARGO_BIN_EXE_actorgate"))
             .args(["agent", "remove-rules", "--netns", &netns])
             .output()
             .unwrap();
         assert!(rules.status.success());
-        let proxy = text.replace("agent:\n", "agent:\n  proxy_listen: '127.0.0.1:15080'\n");
+        let proxy = text.replace(
+            "agent:\n",
+            &format!("agent:\n  proxy_listen: '127.0.0.1:15080'\n  proxy_name_servers: ['{DNS}']\n"),
+        );
         let dir = tempfile::tempdir().unwrap();
         let agent = Gateway::start(&write_config(dir.path(), &proxy)).await;
-        let proxy_addr = agent.addr("agent_proxy");
-        let curl_x = |extra: &'static [&'static str], port: u16| {
-            let url = format!("http://{}:{port}/hello", origin.ip());
-            async move {
-                let out = within(
-                    BOUND,
-                    format!("curl -x {url}"),
-                    tokio::process::Command::new("curl")
-                        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "-x"])
-                        .arg(format!("http://{proxy_addr}"))
-                        .args(extra)
-                        .arg(&url)
-                        .kill_on_drop(true)
-                        .output(),
-                )
-                .await
-                .expect("run curl");
-                String::from_utf8_lossy(&out.stdout).into_owned()
+        let proxy_arg = format!("http://{}", agent.addr("agent_proxy"));
+        let via_proxy = |url: String, tunnel: bool| {
+            let mut args = vec!["-x".to_owned(), proxy_arg.clone()];
+            if tunnel {
+                args.push("-p".to_owned());
             }
+            async move { curl(&url, &args).await.0 }
         };
-        let want = format!("origin {}:{} /hello\n200", origin.ip(), origin.port());
+        let by_ip = format!("http://{origin}/hello");
+        assert_eq!(via_proxy(by_ip.clone(), false).await, origin_body, "{}", agent.log_text());
+        assert_eq!(via_proxy(by_ip, true).await, origin_body, "{}", agent.log_text());
+        let by_name = format!("http://origin.test:{}/hello", origin.port());
+        let want = format!("origin origin.test:{} /hello\n200", origin.port());
+        assert_eq!(via_proxy(by_name.clone(), false).await, want, "{}", agent.log_text());
+        assert_eq!(via_proxy(by_name, true).await, want, "{}", agent.log_text());
         assert_eq!(
-            curl_x(&[], origin.port()).await,
-            want,
-            "{}",
-            agent.log_text()
+            via_proxy(format!("http://{}:{}/hello", origin.ip(), origin.port() + 1), false).await,
+            "egress denied\n403"
         );
         assert_eq!(
-            curl_x(&["-p"], origin.port()).await,
-            want,
-            "{}",
-            agent.log_text()
+            via_proxy("http://unknown.test/hello".into(), false).await,
+            "name did not resolve\n502"
         );
-        assert_eq!(curl_x(&[], origin.port() + 1).await, "egress denied\n403");
         log
     });
     let _ = done_tx.send(());
-    let (records, answered, pep_log, _pki, _dir) = pep_thread.join().unwrap();
-    assert_eq!(answered, 8, "agent log:\n{agent_log}\nPEP log:\n{pep_log}");
+    let _ = origin_done_tx.send(());
+    let (records, pep_log, _pki, _dir) = pep_thread.join().unwrap();
+    let (hosts, hosts6, https_hosts, peers) = origin_thread.join().unwrap();
+    // Every allowed request reached the origins (HTTP on IPv4: 2 per-connection, 3 pooled, 2
+    // by the shared agent, 4 through the explicit proxy) through the PEP, which the origins
+    // saw as the client; the refused ones reached nothing.
+    assert_eq!(
+        (hosts.len(), hosts6.len(), https_hosts.len()),
+        (11, 2, 2),
+        "agent log:\n{agent_log}\nPEP log:\n{pep_log}"
+    );
+    assert!(!peers.is_empty());
+    for peer in &peers {
+        assert!(
+            [PEP_TO_ORIGIN, PEP_TO_ORIGIN6].contains(&peer.ip().to_string().as_str()),
+            "an origin saw {peer} as the client"
+        );
+    }
     let tunnel = |dst: SocketAddr| -> Option<&Value> {
         records
             .iter()
@@ -410,16 +538,61 @@ agent:
     assert_eq!(allowed["verdict"], "allow", "{allowed}");
     let v6 = tunnel(origin6).expect("the IPv6 tunnel's record");
     assert_eq!(v6["verdict"], "allow", "{v6}");
+    let tls = tunnel(https).expect("the HTTPS tunnel's record");
+    assert_eq!(tls["verdict"], "allow", "{tls}");
+    assert_eq!(tls["sni"], TLS_NAME, "{tls}");
     assert!(
         records.iter().any(|r| r["kind"] == "request"
             && r["dst"] == origin.to_string()
             && r["actor"]["name"] == "audit"),
         "no request by the rotated certificate's actor: {records:?}"
     );
+    let shared = records
+        .iter()
+        .filter(|r| r["kind"] == "tunnel" && r["actor"]["name"] == "named")
+        .collect::<Vec<_>>();
+    assert!(
+        shared.iter().any(|r| r["verdict"] == "allow"),
+        "no tunnel by the shared agent's actor: {records:?}"
+    );
     let denied_dst = SocketAddr::new(origin.ip(), origin.port() + 2);
     let denied = tunnel(denied_dst).expect("the denied tunnel's record");
     assert_eq!(denied["verdict"], "deny", "{denied}");
     assert_eq!(denied["actor"]["name"], "hello", "{denied}");
+}
+
+/// `curl -sS URL` with `args` and no proxy from the environment: stdout (the body, a newline,
+/// the status code) and stderr.
+async fn curl(url: &str, args: &[String]) -> (String, String) {
+    let out = within(
+        BOUND,
+        format!("curl {url}"),
+        tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(args)
+            .arg(url)
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("ALL_PROXY")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The shared agent's signing keys: 0 before the rotation, 1 after (one `kid`). The same key
+/// for the same index within the test run.
+fn agent_key(i: usize) -> &'static identity::testing::TestKey {
+    static KEYS: std::sync::OnceLock<[identity::testing::TestKey; 2]> = std::sync::OnceLock::new();
+    let alg = identity::keys::parse_algorithm("ES256").unwrap();
+    &KEYS.get_or_init(|| [0, 1].map(|_| identity::testing::TestKey::new(alg, "atunnel-1")))[i]
 }
 
 /// Through the capture (either tunnel mode) to the echo worker: a gRPC call over h2c (prior
@@ -508,16 +681,30 @@ async fn passthrough_h2(dst: SocketAddr, origin_ca: &std::path::Path) {
     assert_eq!(resp.version(), http::Version::HTTP_2);
 }
 
-/// An answer to a DNS query for an A record: the query's id and question, one answer
-/// 10.9.9.9 (the name compressed to the question's).
-fn dns_answer(query: &[u8]) -> Vec<u8> {
-    let mut out = query.to_vec();
+/// The answer to a DNS query: for an A question about `origin.test` one record, 10.9.9.9 (the
+/// name compressed to the question's); for its other types none (NOERROR); for any other name
+/// NXDOMAIN. `None` for a message that is not a query with one question.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[2] & 0x80 != 0 || query[4..6] != [0, 1] {
+        return None;
+    }
+    // The question's name: labels up to the root.
+    let mut end = 12;
+    while *query.get(end)? != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    let known = query[12..end].eq_ignore_ascii_case(b"\x06origin\x04test");
+    let qtype = query.get(end + 1..end + 3)?;
+    let a = known && qtype == [0, 1];
+    let mut out = query.get(..end + 5)?.to_vec();
     out[2] = 0x81; // QR, RD
-    out[3] = 0x80; // RA, NOERROR
-    out[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
-    out[8..12].fill(0);
-    out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
-    out
+    out[3] = if known { 0x80 } else { 0x83 }; // RA, NOERROR or NXDOMAIN
+    out[6..8].copy_from_slice(&u16::from(a).to_be_bytes()); // ANCOUNT
+    out[8..12].fill(0); // no authority or additional records (no EDNS)
+    if a {
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
+    }
+    Some(out)
 }
 
 /// Asks `server` for `name`'s A record over UDP; the first answer's address.

@@ -376,6 +376,7 @@ fn agent_problems_are_one_line_each_with_their_path() {
         &format!(
             "admin: {{listen: '127.0.0.1:15001'}}\ningress: {{enabled: false}}\n\
              agent:\n  listen: ['127.0.0.1:15001', 'nope']\n  mode: bogus\n  connect_timeout: 0s\n\
+             \x20 proxy_name_servers: ['10.0.0.53:53', 'dns.test']\n\
              \x20 pep: {{address: 'pep:15008', server_name: 'bad name', ca_file: '{d}/ca.crt', \
              cert_file: '{d}/missing.crt', key_file: '{d}/demo.hello.key'}}\n"
         ),
@@ -388,6 +389,7 @@ fn agent_problems_are_one_line_each_with_their_path() {
         "agent.pep.cert_file: ",
         "agent.mode: \"bogus\" is not a tunnel mode (per-connection or pooled)",
         "agent.connect_timeout: ",
+        "agent.proxy_name_servers[1]: invalid socket address \"dns.test\"",
     ] {
         assert!(
             stderr.lines().any(|l| l.contains(want)),

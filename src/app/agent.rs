@@ -6,12 +6,16 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use egress_pep::agent::config::AgentAssertionSettings;
 use egress_pep::agent::metrics::TunnelResult;
 use egress_pep::agent::per_connection::{Assertions, PerConnection};
 use egress_pep::agent::pooled::Pooled;
 use egress_pep::agent::tunnels::Tunnels;
 use egress_pep::forward::SpliceLimits;
+use identity::assertion::AssertionMinter;
 use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
+
+use runtime::reload::{DEFAULT_DEBOUNCE, Reloader};
 
 use super::Wiring;
 use crate::config::Loaded;
@@ -43,24 +47,7 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
     }
     let assertions = match &s.assertion {
         None => None,
-        Some(a) => {
-            let alg = identity::keys::parse_algorithm(&a.alg).context("agent.assertion.alg")?;
-            let pem = std::fs::read(&a.signing_key_file).with_context(|| {
-                format!(
-                    "agent.assertion.signing_key_file {}",
-                    a.signing_key_file.display()
-                )
-            })?;
-            let signer =
-                identity::Signer::from_pem(alg, &a.kid, &pem, &a.issuer).with_context(|| {
-                    format!(
-                        "agent.assertion.signing_key_file {}",
-                        a.signing_key_file.display()
-                    )
-                })?;
-            let minter = identity::assertion::AssertionMinter::new(signer, &a.audience, a.lifetime);
-            Some(Arc::new(Assertions::new(minter, a.actor.clone())))
-        }
+        Some(a) => Some(assertions(w, a)?),
     };
     let tunnels = match s.pooled {
         None => {
@@ -111,9 +98,18 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         let listener = w
             .bind_tcp("agent_proxy", "agent.proxy_listen", addr)
             .await?;
+        let settings = egress_pep::resolve::ResolverSettings {
+            name_servers: s.proxy_name_servers.clone(),
+            ..Default::default()
+        };
+        let resolver =
+            egress_pep::resolve::PepResolver::new(&settings).context("agent.proxy_name_servers")?;
         tokio::spawn(egress_pep::agent::explicit_proxy::serve(
             listener,
             tunnels.clone(),
+            Arc::new(egress_pep::agent::explicit_proxy::ProxyResolver::new(
+                resolver,
+            )),
             limits,
             metrics.clone(),
             w.drain.signal(),
@@ -143,4 +139,40 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
     })?;
     tracing::info!(pep = %s.pep, mode, "tunnel agent capturing");
     Ok(())
+}
+
+/// The egress assertions of a shared agent (`agent.assertion`), minted with the signing key
+/// from its file; the file is watched, so a rotated key signs the next tunnels' assertions
+/// without a restart (a bad new key keeps the previous one and is logged).
+fn assertions(w: &mut Wiring, a: &AgentAssertionSettings) -> Result<Arc<Assertions>> {
+    let alg = identity::keys::parse_algorithm(&a.alg).context("agent.assertion.alg")?;
+    let (file, kid, issuer, audience, lifetime) = (
+        a.signing_key_file.clone(),
+        a.kid.clone(),
+        a.issuer.clone(),
+        a.audience.clone(),
+        a.lifetime,
+    );
+    let load = move || -> Result<AssertionMinter> {
+        let pem = std::fs::read(&file)
+            .with_context(|| format!("agent.assertion.signing_key_file {}", file.display()))?;
+        let signer = identity::Signer::from_pem(alg, &kid, &pem, &issuer)
+            .with_context(|| format!("agent.assertion.signing_key_file {}", file.display()))?;
+        Ok(AssertionMinter::new(signer, &audience, lifetime))
+    };
+    let assertions = Arc::new(Assertions::new(load()?, a.actor.clone()));
+    let installed = assertions.clone();
+    let reloader = Reloader::new(
+        "agent signing key",
+        [a.signing_key_file.clone()],
+        move || load().map_err(|e| format!("{e:#}")),
+        move |minter| installed.replace_minter(minter),
+    );
+    match reloader.watch(DEFAULT_DEBOUNCE) {
+        Ok(handle) => w.keep(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the agent's signing key; rotation needs a restart")
+        }
+    }
+    Ok(assertions)
 }

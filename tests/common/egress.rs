@@ -44,6 +44,8 @@ pub struct Upstream {
     pub accepted: Arc<AtomicUsize>,
     /// `Host` of each HTTP request it answered.
     pub hosts: Arc<Mutex<Vec<String>>>,
+    /// The client address of each connection it accepted.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Upstream {
@@ -54,10 +56,31 @@ impl Upstream {
     pub fn hosts(&self) -> Vec<String> {
         self.hosts.lock().unwrap().clone()
     }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
 }
 
 /// An HTTP/1.1 server on `bind` answering every request `200` with `<name> <host> <path>`.
 pub async fn http_upstream(bind: &str, name: &'static str) -> Upstream {
+    serve_http(bind, name, None).await
+}
+
+/// [`http_upstream`] over TLS with the certificate in `tls`.
+pub async fn https_upstream(
+    bind: &str,
+    name: &'static str,
+    tls: tokio_rustls::TlsAcceptor,
+) -> Upstream {
+    serve_http(bind, name, Some(tls)).await
+}
+
+async fn serve_http(
+    bind: &str,
+    name: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Upstream {
     let listener = TcpListener::bind(bind)
         .await
         .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
@@ -65,11 +88,13 @@ pub async fn http_upstream(bind: &str, name: &'static str) -> Upstream {
         addr: listener.local_addr().unwrap(),
         accepted: Arc::default(),
         hosts: Arc::default(),
+        peers: Arc::default(),
     };
     let u = up.clone();
     tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
+        while let Ok((s, peer)) = listener.accept().await {
             u.accepted.fetch_add(1, Ordering::SeqCst);
+            u.peers.lock().unwrap().push(peer);
             let hosts = u.hosts.clone();
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -87,10 +112,16 @@ pub async fn http_upstream(bind: &str, name: &'static str) -> Upstream {
                         )))
                     }
                 });
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                let builder = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    None => builder.serve_connection(TokioIo::new(s), svc).await,
+                    Some(tls) => match tls.accept(s).await {
+                        Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     });
@@ -106,6 +137,7 @@ pub async fn echo_upstream(bind: &str) -> Upstream {
         addr: listener.local_addr().unwrap(),
         accepted: Arc::default(),
         hosts: Arc::default(),
+        peers: Arc::default(),
     };
     let u = up.clone();
     tokio::spawn(async move {

@@ -21,6 +21,10 @@ pub struct AgentConfig {
     /// `HTTPS_PROXY` (`CONNECT host:port` and absolute-form `http://` requests). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_listen: Option<String>,
+    /// DNS servers (`ip:port`) the explicit proxy resolves names with; empty (the default) =
+    /// the system's (`/etc/resolv.conf`, hosts file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_name_servers: Vec<String>,
     /// The PEP and the agent's identity towards it.
     pub pep: AgentPepConfig,
     /// `per-connection` (upstream atunnel's wire behaviour: a TLS connection and CONNECT per
@@ -136,6 +140,8 @@ pub struct AgentSettings {
     pub listen: Vec<SocketAddr>,
     /// The explicit-proxy listener.
     pub proxy_listen: Option<SocketAddr>,
+    /// The explicit proxy's DNS servers (empty: the system's).
+    pub proxy_name_servers: Vec<SocketAddr>,
     /// The PEP's address.
     pub pep: SocketAddr,
     /// The PEP's name.
@@ -179,6 +185,12 @@ impl AgentConfig {
             .proxy_listen
             .as_ref()
             .and_then(|a| socket_addr(&mut errs, "proxy_listen", a));
+        let proxy_name_servers: Vec<SocketAddr> = self
+            .proxy_name_servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| socket_addr(&mut errs, &item("proxy_name_servers", i), a))
+            .collect();
         let pep = socket_addr(&mut errs, "pep.address", &self.pep.address);
         if rustls_pki_types::ServerName::try_from(self.pep.server_name.as_str()).is_err() {
             errs.push(
@@ -267,6 +279,7 @@ impl AgentConfig {
             (true, Some(pep)) => Ok(AgentSettings {
                 listen,
                 proxy_listen,
+                proxy_name_servers,
                 pep,
                 server_name: self.pep.server_name.clone(),
                 ca_file,

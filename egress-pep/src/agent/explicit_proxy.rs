@@ -3,9 +3,13 @@
 //! accepted; the agent resolves the name itself and opens a tunnel to the resulting address, so
 //! the PEP still decides by what flows inside (SNI, `Host`). A tunnel the PEP refuses is
 //! answered with the PEP's status (`403`/`503`).
+//!
+//! Names are resolved with the PEP's resolver ([`PepResolver`]: hickory, bounded TTL cache,
+//! one query per name in flight); at most [`MAX_LOOKUPS`] lookups run at once, more are
+//! answered `503` rather than queued.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,16 +25,64 @@ use crate::agent::per_connection::TunnelError;
 use crate::agent::tunnels::Tunnels;
 use crate::cleartext::{RespBody, empty, text_response};
 use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
+use crate::resolve::PepResolver;
 
 /// Longest a client may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head.
 const MAX_HEAD: usize = 64 * 1024;
+/// Most name lookups in flight at once (cache misses; answers from the cache do not count).
+pub const MAX_LOOKUPS: usize = 128;
+
+/// How the explicit proxy finds the address of a named destination.
+pub struct ProxyResolver {
+    resolver: PepResolver,
+    lookups: tokio::sync::Semaphore,
+}
+
+impl ProxyResolver {
+    /// Resolves with `resolver`, at most [`MAX_LOOKUPS`] at once.
+    pub fn new(resolver: PepResolver) -> Self {
+        Self {
+            resolver,
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+        }
+    }
+
+    /// The first address of `host` (an IP literal is itself, brackets allowed) with `port`.
+    ///
+    /// # Errors
+    /// The response to give the client: `502` for a name that does not resolve, `503` when
+    /// [`MAX_LOOKUPS`] are already running.
+    async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, Response<RespBody>> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let Ok(_permit) = self.lookups.try_acquire() else {
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many name lookups in flight",
+            ));
+        };
+        match self.resolver.lookup(host).await {
+            Ok(ips) => match ips.first() {
+                Some(ip) => Ok(SocketAddr::new(*ip, port)),
+                None => Err(text(StatusCode::BAD_GATEWAY, "name did not resolve")),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "explicit proxy lookup failed");
+                Err(text(StatusCode::BAD_GATEWAY, "name did not resolve"))
+            }
+        }
+    }
+}
 
 /// Serves the explicit proxy on `listener` until the drain starts.
 pub async fn serve(
     listener: TcpListener,
     tunnels: Arc<Tunnels>,
+    resolver: Arc<ProxyResolver>,
     limits: SpliceLimits,
     metrics: AgentMetrics,
     drain: DrainSignal,
@@ -44,11 +96,14 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (tunnels, metrics) = (tunnels.clone(), metrics.clone());
+        let (tunnels, resolver, metrics) = (tunnels.clone(), resolver.clone(), metrics.clone());
         drain.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (tunnels, metrics) = (tunnels.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(handle(req, &tunnels, limits, &metrics).await) }
+                let (tunnels, resolver, metrics) =
+                    (tunnels.clone(), resolver.clone(), metrics.clone());
+                async move {
+                    Ok::<_, Infallible>(handle(req, &tunnels, &resolver, limits, &metrics).await)
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -67,6 +122,7 @@ pub async fn serve(
 async fn handle(
     mut req: Request<Incoming>,
     tunnels: &Tunnels,
+    resolver: &ProxyResolver,
     limits: SpliceLimits,
     metrics: &AgentMetrics,
 ) -> Response<RespBody> {
@@ -78,9 +134,9 @@ async fn handle(
             "an absolute http:// URI or CONNECT host:port",
         );
     };
-    let dst = match resolve(&host, port).await {
-        Some(dst) => dst,
-        None => return text(StatusCode::BAD_GATEWAY, "name did not resolve"),
+    let dst = match resolver.resolve(&host, port).await {
+        Ok(dst) => dst,
+        Err(response) => return response,
     };
     let mode = tunnels.mode();
     let tunnel = match tunnels.open(dst).await {
@@ -156,14 +212,6 @@ fn target(uri: &Uri, connect: bool) -> Option<(String, u16)> {
         .trim_start_matches('[')
         .trim_end_matches(']');
     Some((host.to_owned(), port))
-}
-
-/// The first address `host` resolves to (an IP literal is itself), with `port`.
-async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    tokio::net::lookup_host((host, port)).await.ok()?.next()
 }
 
 /// A `text/plain` answer of the proxy itself.

@@ -67,7 +67,7 @@ pub struct PerConnection {
 /// destination (`dst`), signed with the agent's key (the PEP checks it against its JWKS and
 /// refuses a replayed `jti`).
 pub struct Assertions {
-    minter: identity::assertion::AssertionMinter,
+    minter: arc_swap::ArcSwap<identity::assertion::AssertionMinter>,
     actor: identity::ActorIdentity,
 }
 
@@ -77,7 +77,16 @@ impl Assertions {
         minter: identity::assertion::AssertionMinter,
         actor: identity::ActorIdentity,
     ) -> Self {
-        Self { minter, actor }
+        Self {
+            minter: arc_swap::ArcSwap::from_pointee(minter),
+            actor,
+        }
+    }
+
+    /// Mints the next assertions with `minter` (a rotated signing key); tunnels already open
+    /// keep theirs.
+    pub fn replace_minter(&self, minter: identity::assertion::AssertionMinter) {
+        self.minter.store(Arc::new(minter));
     }
 
     /// The header value for a tunnel to `dst`.
@@ -86,6 +95,7 @@ impl Assertions {
     /// [`TunnelError::Assertion`] when signing fails.
     pub fn for_dst(&self, dst: SocketAddr) -> Result<String, TunnelError> {
         self.minter
+            .load()
             .mint(&self.actor, dst)
             .map_err(|e| TunnelError::Assertion(e.to_string()))
     }
