@@ -8,7 +8,13 @@
 //! tunnel_bench hold   PEP SNI CERTS TARGET COUNT h1|h2       # open COUNT idle tunnels, print "held N", wait for stdin EOF
 //! tunnel_bench https  PEP SNI CERTS TARGET SECS h1|h2 CONC NAME CA   # intercepted HTTPS requests/s, p50/p99
 //! tunnel_bench https-conns PEP SNI CERTS TARGET SECS h1 CONC NAME CA # new intercepted connections/s
+//! tunnel_bench plain-setup TARGET SECS CONC    # new plain TCP connections/s, 1-byte echo each, p50/p99
+//! tunnel_bench plain-bulk  TARGET SECS         # one plain TCP connection, upload for SECS → Gbit/s
+//! tunnel_bench plain-hold  TARGET COUNT        # COUNT idle plain connections (one echo each), "held N", until stdin EOF
 //! ```
+//!
+//! The `plain-*` modes are an actor's own connections, for `bench/agent.sh`: straight to the
+//! sink, or captured by the tunnel agent's rules on the way.
 //!
 //! `https`: CONC keep-alive HTTP/1.1 connections (`h1`), or CONC streams over CONC/8 (at least
 //! one) h2 connections (`h2`), each inside its own tunnel (one atunnel-style HTTP/1.1 CONNECT
@@ -79,7 +85,12 @@ fn main() -> Result<(), Error> {
                 )
                 .await
             }
-            _ => Err("usage: tunnel_bench sink|bulk|setup|hold …".into()),
+            Some("plain-setup") => {
+                plain_setup(args[1].parse()?, args[2].parse()?, args[3].parse()?).await
+            }
+            Some("plain-bulk") => plain_bulk(args[1].parse()?, args[2].parse()?).await,
+            Some("plain-hold") => plain_hold(args[1].parse()?, args[2].parse()?).await,
+            _ => Err("usage: tunnel_bench sink|bulk|setup|hold|https|https-conns|plain-setup|plain-bulk|plain-hold …".into()),
         }
     })
 }
@@ -549,5 +560,92 @@ async fn hold_one(
             h1.push(t);
         }
     }
+    Ok(())
+}
+
+/// A plain TCP connection to `target` (no delay), as an actor opens one.
+async fn plain(target: SocketAddr) -> Result<TcpStream, Error> {
+    let s = TcpStream::connect(target).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// New connections/s at `conc` concurrent: connect, one echoed byte, graceful close; the
+/// latency is connect + first byte.
+async fn plain_setup(target: SocketAddr, secs: u64, conc: usize) -> Result<(), Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..conc {
+        let (stop, errors) = (stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r: Result<Duration, Error> = async {
+                    let mut s = plain(target).await?;
+                    echo_once(&mut s).await?;
+                    let first_byte = t0.elapsed();
+                    close_gracefully(&mut s).await?;
+                    Ok(first_byte)
+                }
+                .await;
+                match r {
+                    Ok(d) => lat.push(d),
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first failed connection: {e}");
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    report("connections", secs, start, tasks, &stop, &errors).await
+}
+
+/// One connection uploading for `secs`, then a half-close and the sink's EOF: the rate counts
+/// only bytes the sink has read.
+async fn plain_bulk(target: SocketAddr, secs: u64) -> Result<(), Error> {
+    let chunk = vec![0u8; 256 * 1024];
+    let mut s = plain(target).await?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut sent: u64 = 0;
+    while Instant::now() < deadline {
+        s.write_all(&chunk).await?;
+        sent += chunk.len() as u64;
+    }
+    close_gracefully(&mut s).await?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "bytes {sent} seconds {secs:.3} gbps {:.3}",
+        sent as f64 * 8.0 / secs / 1e9
+    );
+    Ok(())
+}
+
+/// Opens `count` connections, each proven open end to end by one echoed byte, and keeps them
+/// idle until stdin closes.
+async fn plain_hold(target: SocketAddr, count: usize) -> Result<(), Error> {
+    let bound = Duration::from_secs(10);
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let s = tokio::time::timeout(bound, async {
+            let mut s = plain(target).await?;
+            echo_once(&mut s).await?;
+            Ok::<_, Error>(s)
+        })
+        .await
+        .map_err(|_| format!("connection {i}: no echo within {bound:?}"))??;
+        held.push(s);
+    }
+    println!("held {count}");
+    let mut stdin = tokio::io::stdin();
+    let mut b = [0u8; 1];
+    let _ = stdin.read(&mut b).await;
+    drop(held);
     Ok(())
 }

@@ -72,7 +72,9 @@ async fn carry(
             return Err(format!("no original destination (not redirected?): {e}"));
         }
     };
-    let tunnel = match tunnels.open(dst).await {
+    // Boxed: the handshake's state is large and only needed until the tunnel is open; the
+    // task of an idle captured connection keeps only what the splice needs.
+    let tunnel = match Box::pin(tunnels.open(dst)).await {
         Ok(t) => {
             metrics.tunnel(mode, TunnelResult::Opened);
             metrics.connect_status(200);
