@@ -1401,6 +1401,50 @@ async fn the_agents_pooled_tunnels_share_one_h2_connection() {
     }
 }
 
+/// `pooled` tunnels carry the actor's first bytes with the CONNECT (no round trip for the
+/// PEP's answer first): the destination receives them first, then what follows, in order; a
+/// refused tunnel's early bytes reach nobody.
+#[tokio::test]
+async fn pooled_tunnels_send_the_first_bytes_with_the_connect() {
+    use egress_pep::agent::per_connection::TunnelError;
+    use egress_pep::agent::pooled::Pooled;
+    let h = Harness::start().await;
+    let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
+        let tls = h.agent_tls(&cert, vec![b"h2".to_vec()]);
+        Pooled::new(h.pep_addr, "localhost", tls, Duration::from_secs(5), 10).unwrap()
+    };
+    let agent = client(h.actor_cert("demo", "bot"));
+    let mut t = within(
+        "a tunnel with early bytes",
+        agent.open_with(h.echo.addr, bytes::Bytes::from_static(b"early|")),
+    )
+    .await
+    .unwrap();
+    t.write_all(b"late").await.unwrap();
+    t.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within("the echo", t.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"early|late");
+
+    let accepted = h.echo.accepted.load(Ordering::SeqCst);
+    let ghost = client(h.actor_cert("demo", "ghost"));
+    match within(
+        "a refused tunnel",
+        ghost.open_with(h.echo.addr, bytes::Bytes::from_static(b"secret")),
+    )
+    .await
+    {
+        Err(TunnelError::Refused { status, .. }) => assert_eq!(status, 403),
+        Err(e) => panic!("want a 403 refusal, got {e}"),
+        Ok(_) => panic!("a tunnel opened for an unknown actor"),
+    }
+    assert_eq!(
+        h.echo.accepted.load(Ordering::SeqCst),
+        accepted,
+        "the refused tunnel's early bytes reached the destination"
+    );
+}
+
 /// A shared agent with a component certificate: each of its tunnels carries an egress assertion
 /// for its destination (both modes), and the PEP takes the actor from it; without assertions the
 /// same component certificate is refused.

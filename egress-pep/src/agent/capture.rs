@@ -74,7 +74,7 @@ async fn carry(
     };
     // Boxed: the handshake's state is large and only needed until the tunnel is open; the
     // task of an idle captured connection keeps only what the splice needs.
-    let tunnel = match Box::pin(tunnels.open(dst)).await {
+    let tunnel = match Box::pin(tunnels.open_for(&stream, dst)).await {
         Ok(t) => {
             metrics.tunnel(mode, TunnelResult::Opened);
             metrics.connect_status(200);

@@ -13,6 +13,10 @@ use tokio_rustls::client::TlsStream;
 use crate::agent::per_connection::{PerConnection, TunnelError};
 use crate::agent::pooled::{Pooled, PooledTunnel};
 
+/// Most bytes of a captured connection sent with its CONNECT (`pooled`): a ClientHello or a
+/// request head fits.
+pub const EARLY_BYTES: usize = 16 * 1024;
+
 /// How the agent tunnels to the PEP.
 pub enum Tunnels {
     /// One TLS connection and HTTP/1.1 CONNECT per captured connection.
@@ -38,6 +42,32 @@ impl Tunnels {
         match self {
             Tunnels::PerConnection(p) => p.open(dst).await.map(|t| TunnelStream::Tls(Box::new(t))),
             Tunnels::Pooled(p) => p.open(dst).await.map(TunnelStream::H2),
+        }
+    }
+
+    /// A tunnel to `dst` for the captured connection `client`. `pooled`: the bytes the client
+    /// has already sent (up to [`EARLY_BYTES`], read without waiting) go with the CONNECT
+    /// ([`Pooled::open_with`]). `per-connection` sends nothing before the PEP's answer, as
+    /// atunnel.
+    ///
+    /// # Errors
+    /// The mode's [`TunnelError`]; [`TunnelError::Io`] when reading the client fails.
+    pub async fn open_for(
+        &self,
+        client: &TcpStream,
+        dst: SocketAddr,
+    ) -> Result<TunnelStream, TunnelError> {
+        match self {
+            Tunnels::PerConnection(_) => self.open(dst).await,
+            Tunnels::Pooled(p) => {
+                let mut early = bytes::BytesMut::with_capacity(EARLY_BYTES);
+                match client.try_read_buf(&mut early) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(TunnelError::Io(e)),
+                }
+                p.open_with(dst, early.freeze()).await.map(TunnelStream::H2)
+            }
         }
     }
 }
