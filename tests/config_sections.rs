@@ -432,3 +432,32 @@ fn agent_assertion_problems_are_named() {
         );
     }
 }
+
+/// `ingress.https.trusted_peers`: a bad entry is named by its index, and the list needs client
+/// certificates to mean anything.
+#[test]
+fn trusted_peer_problems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    egress_demo_certs(dir.path());
+    let d = dir.path().display();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        &format!(
+            "admin: {{listen: '127.0.0.1:0'}}\n\
+             ingress:\n  https:\n    tls: {{cert_file: '{d}/pep.crt', key_file: '{d}/pep.key'}}\n    \
+             trusted_peers: ['spiffe://substrate-actor.local/ns/ate-system/sa/actorgate-pep', 'pep.example', \
+             'spiffe://substrate-actor.local/ns*']\n"
+        ),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "ingress.https.trusted_peers: needs tls.client_auth optional or required",
+        "ingress.https.trusted_peers[1]: \"pep.example\" is not a SPIFFE ID",
+        "ingress.https.trusted_peers[2]: \"spiffe://substrate-actor.local/ns*\" is not a SPIFFE ID prefix",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+}

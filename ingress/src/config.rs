@@ -13,11 +13,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use identity::config::{ClientTlsConfig, ServerTlsConfig};
+use identity::tls::ClientAuth;
 use identity::tls::{ClientTlsFiles, ServerTlsFiles};
 use runtime::config::FieldErrors;
 use runtime::config::{check_duration, socket_addr};
 use serde::{Deserialize, Serialize};
 
+use crate::trusted_peers::TrustedPeers;
 use crate::{ListenerLimits, ProxySettings, UpstreamProtocol};
 
 /// The ingress section: the HTTP proxy and the HTTP resolve endpoint's listener.
@@ -85,6 +87,11 @@ pub struct HttpsListenerConfig {
     pub listen: String,
     /// Certificate, key and client-certificate policy.
     pub tls: ServerTlsConfig,
+    /// Client identities trusted to send `ate-source-actor` (the egress PEPs; DESIGN §5):
+    /// SPIFFE IDs, or prefixes ending in `/*`. Needs `tls.client_auth` `optional` or
+    /// `required`. Default none: the header is stripped from every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_peers: Vec<String>,
 }
 
 fn default_https_listen() -> String {
@@ -182,6 +189,8 @@ pub struct IngressSettings {
     pub worker_tls: Option<ClientTlsFiles>,
     /// The TLS listener's address and files.
     pub https: Option<(SocketAddr, ServerTlsFiles)>,
+    /// Who on the TLS listener may send `ate-source-actor`.
+    pub trusted_peers: TrustedPeers,
     /// Proxy tuning.
     pub proxy: ProxySettings,
     /// Listener limits.
@@ -200,6 +209,23 @@ impl IngressConfig {
             let tls = errs.collect("https.tls", h.tls.files(base, alpn))?;
             Some((addr, tls))
         });
+        let trusted_peers = match &self.https {
+            None => TrustedPeers::default(),
+            Some(h) => {
+                if !h.trusted_peers.is_empty() && h.tls.client_auth == ClientAuth::None {
+                    errs.push(
+                        "https.trusted_peers",
+                        "needs tls.client_auth optional or required (a peer is known by its client certificate)",
+                    );
+                }
+                TrustedPeers::parse(&h.trusted_peers).unwrap_or_else(|bad| {
+                    for (i, e) in bad {
+                        errs.push(format!("https.trusted_peers[{i}]"), e.to_string());
+                    }
+                    TrustedPeers::default()
+                })
+            }
+        };
         let u = &self.upstream;
         let (ms, s) = (Duration::from_millis, Duration::from_secs);
         check_duration(
@@ -277,6 +303,7 @@ impl IngressConfig {
             http_listen,
             worker_tls,
             https,
+            trusted_peers,
             proxy: ProxySettings {
                 connect_timeout: u.connect_timeout,
                 response_timeout: u.response_timeout,

@@ -18,7 +18,9 @@ pub mod proxy;
 pub mod resolve_endpoint;
 pub mod router_api;
 pub mod server;
+pub mod trusted_peers;
 
 pub use metrics::IngressMetrics;
 pub use proxy::{ConnInfo, Proxy, ProxySettings, UpstreamProtocol};
 pub use server::{ListenerLimits, serve};
+pub use trusted_peers::TrustedPeers;

@@ -18,6 +18,7 @@ use runtime::listener::BoundListener;
 
 use crate::metrics::IngressMetrics;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::trusted_peers::TrustedPeers;
 
 /// Limits of an ingress listener (the `ingress.limits` config section).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,14 +90,16 @@ impl Drop for Counted {
 
 /// Serves `proxy` on `listener` until the drain starts; open connections then finish their
 /// requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY) and are held by
-/// the drain. `name` labels the connection gauge (`http`, `https`). Returns once the listener
-/// has stopped accepting. The listener's own limits and TLS are set by the caller (see
-/// [`ListenerLimits::listener_limits`]).
+/// the drain. `name` labels the connection gauge (`http`, `https`). Clients whose verified
+/// certificate `trusted` names may send `ate-source-actor`; everyone else's is stripped.
+/// Returns once the listener has stopped accepting. The listener's own limits and TLS are set
+/// by the caller (see [`ListenerLimits::listener_limits`]).
 pub async fn serve(
     listener: BoundListener,
     proxy: Proxy,
     limits: &ListenerLimits,
     name: &'static str,
+    trusted: Arc<TrustedPeers>,
     metrics: &IngressMetrics,
     drain: DrainSignal,
 ) {
@@ -112,7 +115,7 @@ pub async fn serve(
                     peer: conn.peer,
                     tls: conn.tls,
                     peer_identity: conn.peer_identity.clone().map(Arc::new),
-                    trusted_source: false,
+                    trusted_source: trusted.trusts(conn.spiffe_id()),
                 },
             ));
             gauge.inc();

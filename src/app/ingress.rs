@@ -1,7 +1,10 @@
 //! The ingress component over the resolver: the HTTP and HTTPS proxy listeners
 //! (`ingress.http`, `ingress.https`), the ResolveRoute gRPC API (`grpc.resolve_route`) and the
 //! ingress ExtProc handler (`grpc.extproc`). Proxy connections, HTTP/2 streams and WebSocket
-//! tunnels hold the drain; the proxy sees each client's verified certificate identity.
+//! tunnels hold the drain; the proxy sees each client's verified certificate identity, and
+//! `ingress.https.trusted_peers` may send `ate-source-actor`.
+
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ingress::extproc::{INGRESS_DIRECTION, IngressExtProc};
@@ -61,7 +64,12 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded, resolver: &Resolver) -> Resu
         w.drain.signal(),
     );
     let limits = i.limits.clone();
-    let mut listeners = vec![("http", http.with_limits(limits.listener_limits()))];
+    // Nobody on the plaintext listener can prove an identity.
+    let mut listeners = vec![(
+        "http",
+        http.with_limits(limits.listener_limits()),
+        Arc::new(ingress::TrustedPeers::default()),
+    )];
     if let (Some(listener), Some((_, files))) = (https, &i.https) {
         let tls = identity::tls::ReloadableServerConfig::server(files.clone())
             .context("ingress.https.tls")?;
@@ -74,13 +82,20 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded, resolver: &Resolver) -> Resu
         listeners.push((
             "https",
             listener.with_tls(tls).with_limits(limits.listener_limits()),
+            Arc::new(i.trusted_peers.clone()),
         ));
+        if !i.trusted_peers.is_empty() {
+            tracing::info!(
+                trusted_peers = i.trusted_peers.len(),
+                "ingress.https: trusted peers may send ate-source-actor"
+            );
+        }
     }
-    for (name, listener) in listeners {
+    for (name, listener, trusted) in listeners {
         let (proxy, limits, metrics) = (proxy.clone(), limits.clone(), metrics.clone());
         let drain = w.drain.signal();
         tokio::spawn(async move {
-            ingress::serve(listener, proxy, &limits, name, &metrics, drain).await
+            ingress::serve(listener, proxy, &limits, name, trusted, &metrics, drain).await
         });
     }
     Ok(())

@@ -1,0 +1,114 @@
+//! Trusted peers on the ingress HTTPS listener (issue 14, DESIGN §5 and §7.4): a client whose
+//! verified certificate names a SPIFFE ID on `ingress.https.trusted_peers` (an egress PEP) may
+//! name the calling actor in `ate-source-actor`, and the worker receives exactly that value;
+//! a malformed or repeated value from it is dropped. Everyone else's `ate-source-actor` is
+//! stripped: a client with another certificate, one without a certificate, and plaintext HTTP.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PEP_ID: &str = "spiffe://substrate-actor.local/ns/ate-system/sa/actorgate-pep";
+
+/// Sends `request` and reads the answer until the server closes (the request asks it to).
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &str) -> String {
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within(BOUND, "the answer", s.read_to_end(&mut out))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// TLS to `addr` trusting `ca`, with the client certificate `client` if any.
+async fn tls(
+    ca: &Path,
+    addr: SocketAddr,
+    client: Option<(&Path, &Path)>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let config = tls_client_config(ca, &[b"http/1.1"], client);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    within(
+        BOUND,
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .unwrap()
+}
+
+/// A request to actor demo/hello carrying `source` headers.
+fn request(sources: &[&str]) -> String {
+    let mut r = String::from(
+        "GET /echo HTTP/1.1\r\nHost: gw\r\nate-target-actor: demo/hello\r\nconnection: close\r\n",
+    );
+    for s in sources {
+        r.push_str(&format!("ate-source-actor: {s}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
+/// The `ate-source-actor` values the echo worker reports having received.
+fn seen_sources(answer: &str) -> Vec<String> {
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).expect("the echo's JSON");
+    v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "ate-source-actor")
+        .map(|h| h[1].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn only_trusted_peers_name_the_source_actor() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let pki = test_pki(&["actorgate-pep", "other"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "admin: {{listen: ADMIN_ADDR}}\n\
+         ingress:\n  http: {{listen: HTTP_ADDR}}\n  https:\n    listen: HTTPS_ADDR\n    \
+         tls: {{cert_file: {cert}, key_file: {key}, client_ca_file: {ca}, client_auth: optional}}\n    \
+         trusted_peers: ['{PEP_ID}']\n\
+         directory:\n  static:\n    actors:\n    - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n",
+        cert = pki.path("server.crt").display(),
+        key = pki.path("server.key").display(),
+        ca = pki.ca_file().display(),
+    );
+    let gw = Gateway::ready(dir.path(), &config).await;
+    let ca = pki.ca_file();
+    let pep = (pki.path("actorgate-pep.crt"), pki.path("actorgate-pep.key"));
+    let other = (pki.path("other.crt"), pki.path("other.key"));
+
+    // The trusted PEP: its one valid value reaches the worker.
+    let s = tls(&ca, gw.https(), Some((&pep.0, &pep.1))).await;
+    let answer = exchange(s, &request(&["demo/caller"])).await;
+    assert_eq!(seen_sources(&answer), ["demo/caller"]);
+    // ... but not a malformed one, nor two of them.
+    for bad in [
+        &["not an actor"][..],
+        &["demo/a", "demo/b"][..],
+        &["demo/a,demo/b"][..],
+    ] {
+        let s = tls(&ca, gw.https(), Some((&pep.0, &pep.1))).await;
+        let answer = exchange(s, &request(bad)).await;
+        assert!(seen_sources(&answer).is_empty(), "{bad:?} passed: {answer}");
+    }
+    // Another certificate from the same CA, no certificate, plaintext: stripped.
+    let s = tls(&ca, gw.https(), Some((&other.0, &other.1))).await;
+    assert!(seen_sources(&exchange(s, &request(&["demo/caller"])).await).is_empty());
+    let s = tls(&ca, gw.https(), None).await;
+    assert!(seen_sources(&exchange(s, &request(&["demo/caller"])).await).is_empty());
+    let s = TcpStream::connect(gw.http()).await.unwrap();
+    assert!(seen_sources(&exchange(s, &request(&["demo/caller"])).await).is_empty());
+}
