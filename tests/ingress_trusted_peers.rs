@@ -3,6 +3,8 @@
 //! name the calling actor in `ate-source-actor`, and the worker receives exactly that value;
 //! a malformed or repeated value from it is dropped. Everyone else's `ate-source-actor` is
 //! stripped: a client with another certificate, one without a certificate, and plaintext HTTP.
+//! A trusted peer may also `CONNECT <actor-host>:<port>`: ingress resolves the actor and
+//! splices raw bytes to its worker (a TCP echo here); anyone else's CONNECT is refused.
 
 mod common;
 
@@ -16,13 +18,12 @@ use tokio::net::TcpStream;
 
 const PEP_ID: &str = "spiffe://substrate-actor.local/ns/ate-system/sa/actorgate-pep";
 
-/// Sends `request` and reads the answer until the server closes (the request asks it to).
+/// Sends `request` and reads the answer until the server closes (the request asks it to; after
+/// refusing a CONNECT the server closes without TLS close_notify, which is not an error here).
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &str) -> String {
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    within(BOUND, "the answer", s.read_to_end(&mut out))
-        .await
-        .unwrap();
+    let _ = within(BOUND, "the answer", s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -70,22 +71,33 @@ fn seen_sources(answer: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn only_trusted_peers_name_the_source_actor() {
-    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
-    let pki = test_pki(&["actorgate-pep", "other"]);
+/// A gateway whose HTTPS listener trusts [`PEP_ID`], with actors demo/hello (the echo worker
+/// `worker`) and demo/tcp (the TCP echo `tcp`).
+async fn gateway(
+    pki: &TestPki,
+    worker: SocketAddr,
+    tcp: SocketAddr,
+) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "admin: {{listen: ADMIN_ADDR}}\n\
          ingress:\n  http: {{listen: HTTP_ADDR}}\n  https:\n    listen: HTTPS_ADDR\n    \
          tls: {{cert_file: {cert}, key_file: {key}, client_ca_file: {ca}, client_auth: optional}}\n    \
          trusted_peers: ['{PEP_ID}']\n\
-         directory:\n  static:\n    actors:\n    - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n",
+         directory:\n  static:\n    actors:\n    - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n    \
+         - {{atespace: demo, name: tcp, endpoint: '{tcp}'}}\n",
         cert = pki.path("server.crt").display(),
         key = pki.path("server.key").display(),
         ca = pki.ca_file().display(),
     );
-    let gw = Gateway::ready(dir.path(), &config).await;
+    (Gateway::ready(dir.path(), &config).await, dir)
+}
+
+#[tokio::test]
+async fn only_trusted_peers_name_the_source_actor() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let pki = test_pki(&["actorgate-pep", "other"]);
+    let (gw, _dir) = gateway(&pki, worker, worker).await;
     let ca = pki.ca_file();
     let pep = (pki.path("actorgate-pep.crt"), pki.path("actorgate-pep.key"));
     let other = (pki.path("other.crt"), pki.path("other.key"));
@@ -111,4 +123,74 @@ async fn only_trusted_peers_name_the_source_actor() {
     assert!(seen_sources(&exchange(s, &request(&["demo/caller"])).await).is_empty());
     let s = TcpStream::connect(gw.http()).await.unwrap();
     assert!(seen_sources(&exchange(s, &request(&["demo/caller"])).await).is_empty());
+}
+
+#[tokio::test]
+async fn a_trusted_peer_connects_raw_bytes_to_an_actor() {
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let tcp = common::egress::echo_upstream("127.0.0.1:0").await;
+    let pki = test_pki(&["actorgate-pep", "other"]);
+    let (gw, _dir) = gateway(&pki, worker, tcp.addr).await;
+    let ca = pki.ca_file();
+    let pep = (pki.path("actorgate-pep.crt"), pki.path("actorgate-pep.key"));
+    let other = (pki.path("other.crt"), pki.path("other.key"));
+    let connect = format!(
+        "CONNECT tcp.demo.actors.resources.substrate.ate.dev:{port} HTTP/1.1\r\n\
+         Host: tcp.demo.actors.resources.substrate.ate.dev:{port}\r\n\r\n",
+        port = tcp.addr.port()
+    );
+
+    // The trusted PEP: 200, then the worker's bytes both ways, then a clean end.
+    let mut s = tls(&ca, gw.https(), Some((&pep.0, &pep.1))).await;
+    s.write_all(connect.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"\x00raw actor bytes\xff").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(BOUND, "the echo", s.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, b"\x00raw actor bytes\xff");
+    assert_eq!(tcp.accepted(), 1);
+
+    // An actor that does not exist: the routing error every front gives.
+    let mut s = tls(&ca, gw.https(), Some((&pep.0, &pep.1))).await;
+    s.write_all(
+        b"CONNECT nope.demo.actors.resources.substrate.ate.dev:1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // Another certificate, none, plaintext: refused, and nothing reaches the worker.
+    let connect = connect.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    let s = tls(&ca, gw.https(), Some((&other.0, &other.1))).await;
+    let answer = exchange(s, &connect).await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    let s = tls(&ca, gw.https(), None).await;
+    assert!(exchange(s, &connect).await.starts_with("HTTP/1.1 405"));
+    let s = TcpStream::connect(gw.http()).await.unwrap();
+    assert!(exchange(s, &connect).await.starts_with("HTTP/1.1 405"));
+    assert_eq!(tcp.accepted(), 1, "an untrusted CONNECT reached the worker");
+}
+
+/// Reads a response head (up to the blank line), byte by byte so nothing after it is taken.
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = within(BOUND, "a response head", s.read(&mut b))
+            .await
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the head ended: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }

@@ -90,7 +90,7 @@ pub struct HttpsListenerConfig {
     /// Client identities trusted to send `ate-source-actor` (the egress PEPs; DESIGN §5):
     /// SPIFFE IDs, or prefixes ending in `/*`. Needs `tls.client_auth` `optional` or
     /// `required`. Default none: the header is stripped from every request.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub trusted_peers: Vec<String>,
 }
 

@@ -18,7 +18,7 @@ pub enum Outcome {
     UpstreamError,
     /// The worker did not answer in time.
     UpstreamTimeout,
-    /// A protocol upgrade (WebSocket) was established.
+    /// A protocol upgrade (WebSocket) or a trusted peer's CONNECT tunnel was established.
     Upgraded,
     /// The client's request was malformed (its body, authority or target; 400, 405, 417, 431)
     /// or its body stalled while the worker waited for it (408): answered by actorgate, never

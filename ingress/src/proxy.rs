@@ -257,6 +257,9 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let request_id = ensure_request_id(&mut parts.headers);
+        if parts.method == http::Method::CONNECT && conn.trusted_source {
+            return self.actor_tunnel(parts, &request_id).await;
+        }
         if let Some(refusal) = self.check_request(&parts, &request_id) {
             return refusal;
         }
@@ -578,6 +581,110 @@ impl Proxy {
         }
     }
 
+    /// A trusted peer's `CONNECT <actor-host>:<port>` (DESIGN §5, §7.4: an egress PEP carrying
+    /// actor-to-actor traffic that is not HTTP): the actor is named by the CONNECT authority
+    /// (the host extractors) or `ate-target-actor`, resolved and resumed like any request's,
+    /// and its worker endpoint is dialled within `connect_timeout`; then `200` and the bytes
+    /// are spliced both ways under the drain. Routing errors answer as on every front; a worker
+    /// that cannot be reached is `502`; workers behind the worker agent (agent transport) are
+    /// not reachable this way yet (`501`).
+    async fn actor_tunnel(
+        &self,
+        mut parts: http::request::Parts,
+        request_id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let input = MetaInput {
+            target_actor: Values::header(&parts.headers, &TARGET_ACTOR),
+            target_authority: match parts.uri.authority() {
+                Some(a) => Values::One(a.as_str().as_bytes()),
+                None => Values::Absent,
+            },
+            host: Values::Absent,
+            require_host: false,
+            authority_must_match_host: false,
+            default_port: None,
+        };
+        let target = match input.validate_target(self.inner.resolver.extractor()) {
+            Err(e) => {
+                self.inner.metrics.request(400, Outcome::ClientError);
+                return bad_request(e.client_message(), request_id);
+            }
+            Ok(v) => match v.target {
+                Ok(t) => t,
+                Err(_) => match self.inner.resolver.route(&v.meta).await {
+                    Err(e) => {
+                        self.inner
+                            .metrics
+                            .request(e.http_status(), Outcome::RouteError);
+                        return route_error(&e, request_id);
+                    }
+                    Ok(r) => Target {
+                        actor: r.actor().clone(),
+                        port: r.actor_port,
+                        via: routing_core::ExtractorKind::Header,
+                    },
+                },
+            },
+        };
+        if self.inner.scheme == "https" {
+            self.inner.metrics.request(501, Outcome::ClientError);
+            return text_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "CONNECT to workers behind the worker agent is not supported".into(),
+                request_id,
+            );
+        }
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            self.inner.metrics.request(400, Outcome::ClientError);
+            return bad_request("CONNECT cannot be upgraded here".into(), request_id);
+        };
+        let route = match self.inner.resolver.resolve(&target).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .request(e.http_status(), Outcome::RouteError);
+                return route_error(&e, request_id);
+            }
+        };
+        let dialed = tokio::time::timeout(
+            self.inner.settings.connect_timeout,
+            tokio::net::TcpStream::connect(route.endpoint),
+        )
+        .await;
+        let worker = match dialed {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) | Err(_) => {
+                // The placement may be stale: the next request resolves afresh.
+                self.inner.resolver.invalidate(route.actor());
+                self.inner.metrics.request(502, Outcome::UpstreamError);
+                return text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("actor {} worker unreachable", route.actor()),
+                    request_id,
+                );
+            }
+        };
+        let _ = worker.set_nodelay(true);
+        let actor = route.actor().clone();
+        drop(self.drain.spawn(async move {
+            match on_upgrade.await {
+                Ok(up) => {
+                    let mut up = TokioIo::new(up);
+                    let mut worker = worker;
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut up, &mut worker).await {
+                        tracing::debug!(%actor, error = %e, "actor tunnel ended");
+                    }
+                }
+                Err(e) => tracing::debug!(%actor, error = %e, "actor tunnel upgrade failed"),
+            }
+        }));
+        self.inner.metrics.request(200, Outcome::Upgraded);
+        let mut resp = Response::new(ProxyBody::empty());
+        resp.headers_mut().insert(&REQUEST_ID, request_id.clone());
+        resp
+    }
+
     /// Refuses what the proxy does not forward: `CONNECT` (405), expectations other than
     /// `100-continue` (417), and request targets a reverse proxy must not take (400, and
     /// `INVALID_ARGUMENT` for gRPC clients): authority
@@ -599,7 +706,10 @@ impl Proxy {
             })
         };
         if parts.method == http::Method::CONNECT {
-            return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is only for trusted peers",
+            );
         }
         if let Some(e) = parts.headers.get(header::EXPECT)
             && !e.as_bytes().eq_ignore_ascii_case(b"100-continue")

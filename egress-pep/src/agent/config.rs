@@ -23,7 +23,7 @@ pub struct AgentConfig {
     pub proxy_listen: Option<String>,
     /// DNS servers (`ip:port`) the explicit proxy resolves names with; empty (the default) =
     /// the system's (`/etc/resolv.conf`, hosts file).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub proxy_name_servers: Vec<String>,
     /// The PEP and the agent's identity towards it.
     pub pep: AgentPepConfig,
