@@ -73,6 +73,10 @@ pub struct Config {
     /// The tunnel agent (capture listeners, tunnels to the PEP); off without the section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<egress_pep::agent::config::AgentConfig>,
+    /// The embedded actor-token signer (the simulator's `MintActorJWT`); off without the
+    /// section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<identity::config::SignerConfig>,
 }
 
 /// A loaded config that passed validation, with everything derived from it.
@@ -101,6 +105,8 @@ pub struct Loaded {
     pub egress: Option<EgressSettings>,
     /// The tunnel agent, when configured.
     pub agent: Option<egress_pep::agent::config::AgentSettings>,
+    /// The embedded actor-token signer, its key loaded.
+    pub signer: Option<std::sync::Arc<identity::Signer>>,
 }
 
 /// Why a config could not be loaded; displays as one line per problem.
@@ -349,6 +355,11 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     listeners.extend(egress_listen.flatten().map(|a| ("egress.listen", a)));
     check_listener_collisions(&mut errs, &listeners);
     let grpc_tls = errs.collect("grpc", config.grpc.tls_files(&base)).flatten();
+    let signer = config
+        .signer
+        .as_ref()
+        .and_then(|s| errs.collect("signer", s.signer(&base)))
+        .map(std::sync::Arc::new);
 
     match (errs.is_empty(), admin_listen, extractor, resolver) {
         (true, Some(admin_listen), Some(extractor), Some(resolver)) => Ok(Loaded {
@@ -364,6 +375,7 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             directory,
             egress,
             agent,
+            signer,
         }),
         _ => Err(errs),
     }

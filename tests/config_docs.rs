@@ -123,6 +123,9 @@ fn code_defaults() -> Value {
         "egress.interception.ca_cert_file",
         "egress.interception.ca_key_file",
         "agent.pep",
+        "signer.key_file",
+        "signer.kid",
+        "signer.issuer",
     ];
     // The egress PEP with interception (its CA: the dev CA), so their defaults print too.
     std::fs::write(dir.path().join("policy.yaml"), "policies: []\n").unwrap();
@@ -137,7 +140,8 @@ fn code_defaults() -> Value {
              policy: {{files: ['{d}/policy.yaml']}}, \
              interception: {{ca_cert_file: '{ca}', ca_key_file: '{d}/ca.key'}}}}\n\
              agent: {{pep: {{address: '127.0.0.1:15008', server_name: localhost, \
-             ca_file: '{ca}', cert_file: '{crt}', key_file: '{key}'}}}}\n"
+             ca_file: '{ca}', cert_file: '{crt}', key_file: '{key}'}}}}\n\
+             signer: {{key_file: '{d}/ca.key', kid: k1, issuer: 'https://issuer.test'}}\n"
         )
     };
     // `directory.ateapi.tls` has a default unless the code makes it required.

@@ -461,3 +461,33 @@ fn trusted_peer_problems_are_named() {
         );
     }
 }
+
+/// `signer`: each problem is named by its field.
+#[test]
+fn signer_problems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\nsigner: {key_file: missing.key, kid: '', alg: HS256, issuer: ''}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "signer.key_file: ",
+        "signer.kid: must not be empty",
+        "signer.alg: ",
+        "signer.issuer: must not be empty",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    // A file that is not a key of the algorithm.
+    std::fs::write(dir.path().join("not.key"), "not a key\n").unwrap();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\nsigner: {key_file: not.key, kid: k1, issuer: https://i.test}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("signer.key_file: "), "{stderr}");
+}

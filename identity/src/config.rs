@@ -327,3 +327,58 @@ mod tests {
         );
     }
 }
+
+/// The `signer` section: the embedded actor-token signer (DESIGN §6), for single-machine use
+/// without ate-api-server. It mints tokens in upstream's `MintActorJWT` form; verifiers trust
+/// it through the JWKS `actorgate token keygen` writes beside the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    /// The private key (PEM, as `actorgate token keygen` writes it).
+    pub key_file: PathBuf,
+    /// The key's id (`kid`), as in the JWKS.
+    pub kid: String,
+    /// The algorithm (default ES256; EdDSA and RS256/384/512 too).
+    #[serde(default = "default_signer_alg")]
+    pub alg: String,
+    /// The tokens' issuer (`iss`).
+    pub issuer: String,
+}
+
+fn default_signer_alg() -> String {
+    "ES256".into()
+}
+
+impl SignerConfig {
+    /// The signer, its key read from `key_file` (relative to `base`).
+    ///
+    /// # Errors
+    /// One field error per problem: a missing or unreadable key, an unknown algorithm, an
+    /// empty `kid` or `issuer`, a key that does not suit the algorithm.
+    pub fn signer(&self, base: &Path) -> Result<crate::Signer, FieldErrors> {
+        let mut errs = FieldErrors::default();
+        let key_file = existing_file(&mut errs, "key_file", base, &self.key_file);
+        let alg = crate::keys::parse_algorithm(&self.alg)
+            .map_err(|e| errs.push("alg", e.to_string()))
+            .ok();
+        for (field, value) in [("kid", &self.kid), ("issuer", &self.issuer)] {
+            if value.is_empty() {
+                errs.push(field, "must not be empty");
+            }
+        }
+        let (Some(alg), true) = (alg, errs.is_empty()) else {
+            return Err(errs);
+        };
+        let pem = match std::fs::read(&key_file) {
+            Ok(p) => p,
+            Err(e) => {
+                errs.push("key_file", format!("{}: {e}", key_file.display()));
+                return Err(errs);
+            }
+        };
+        crate::Signer::from_pem(alg, &self.kid, &pem, &self.issuer).map_err(|e| {
+            errs.push("key_file", format!("{}: {e}", key_file.display()));
+            errs
+        })
+    }
+}

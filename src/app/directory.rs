@@ -174,6 +174,9 @@ pub fn start(
         if let Some(p) = egress_policies {
             control = control.with_egress_policy(p);
         }
+        if let Some(signer) = &loaded.signer {
+            control = control.with_actor_tokens(signer.clone());
+        }
         w.grpc.add(control.into_server());
     }
     Ok(Some(Directory {

@@ -5,7 +5,9 @@
 //!
 //! `GetActorEgressPolicy` is answered through an [`EgressPolicyProvider`] set with
 //! [`ControlService::with_egress_policy`] (actorgate's egress PEP serves its policy files this
-//! way); without one, every actor has no policy (NOT_FOUND). `MintActorJWT` is UNIMPLEMENTED.
+//! way); without one, every actor has no policy (NOT_FOUND). `MintActorJWT` is served by the
+//! embedded signer set with [`ControlService::with_actor_tokens`] (the `signer` config
+//! section), in upstream's token form (DESIGN §6); without one it is UNIMPLEMENTED.
 
 use std::sync::Arc;
 
@@ -17,6 +19,11 @@ use crate::proto::control_server::{Control, ControlServer};
 
 /// Largest page a client may ask for.
 const MAX_PAGE_SIZE: i32 = 1000;
+/// `MintActorJWT` lifetimes accepted, seconds (upstream's `ActorJWTSource` bounds, DESIGN §9);
+/// 0 asks for the longest.
+const TOKEN_LIFETIME_SECS: std::ops::RangeInclusive<i64> = 300..=3600;
+/// Most audiences one token may name.
+const MAX_AUDIENCES: usize = 16;
 
 /// Where the simulator's `GetActorEgressPolicy` answers come from (DESIGN §7.2 "Sources": the
 /// `files` policies, reduced to what upstream's `EgressPolicy` can express).
@@ -36,6 +43,7 @@ pub trait EgressPolicyProvider: Send + Sync + 'static {
 pub struct ControlService<D> {
     directory: D,
     egress: Option<Arc<dyn EgressPolicyProvider>>,
+    tokens: Option<Arc<identity::Signer>>,
 }
 
 impl<D: ActorDirectory> ControlService<D> {
@@ -44,7 +52,15 @@ impl<D: ActorDirectory> ControlService<D> {
         Self {
             directory,
             egress: None,
+            tokens: None,
         }
+    }
+
+    /// Serves `MintActorJWT` with `signer`: tokens for the directory's actors, with the
+    /// audiences and lifetime (300 to 3600 s; 0: 3600) asked for.
+    pub fn with_actor_tokens(mut self, signer: Arc<identity::Signer>) -> Self {
+        self.tokens = Some(signer);
+        self
     }
 
     /// Serves `GetActorEgressPolicy` from `provider` for the directory's actors (an actor the
@@ -135,11 +151,62 @@ impl<D: ActorDirectory> Control for ControlService<D> {
 
     async fn mint_actor_jwt(
         &self,
-        _request: tonic::Request<proto::MintActorJwtRequest>,
+        request: tonic::Request<proto::MintActorJwtRequest>,
     ) -> Result<tonic::Response<proto::MintActorJwtResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "MintActorJWT is not served by actorgate's control-plane simulator",
-        ))
+        let Some(signer) = &self.tokens else {
+            return Err(tonic::Status::unimplemented(
+                "MintActorJWT needs the simulator's signer (the signer config section)",
+            ));
+        };
+        let req = request.into_inner();
+        let actor = actor_arg(req.actor)?;
+        if req.audience.is_empty() || req.audience.len() > MAX_AUDIENCES {
+            return Err(tonic::Status::invalid_argument(format!(
+                "audience: name 1 to {MAX_AUDIENCES} audiences"
+            )));
+        }
+        if req
+            .audience
+            .iter()
+            .any(|a| a.is_empty() || a.len() > 256 || a.chars().any(char::is_control))
+        {
+            return Err(tonic::Status::invalid_argument(
+                "audience: each must be 1 to 256 printable characters",
+            ));
+        }
+        let secs = match req.expiration_seconds {
+            0 => *TOKEN_LIFETIME_SECS.end(),
+            s if TOKEN_LIFETIME_SECS.contains(&s) => s,
+            s => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "expiration_seconds: {s} is out of range (300 to 3600)"
+                )));
+            }
+        };
+        let rec = self.directory.get(&actor).await?;
+        if !req.actor_uid.is_empty() && req.actor_uid != rec.uid {
+            return Err(tonic::Status::failed_precondition(format!(
+                "actor {actor} has another uid"
+            )));
+        }
+        let identity = identity::ActorIdentity {
+            atespace: actor.atespace().to_owned(),
+            name: actor.name().to_owned(),
+            uid: (!rec.uid.is_empty()).then(|| rec.uid.clone()),
+        };
+        let lifetime = std::time::Duration::from_secs(secs.unsigned_abs());
+        let mut claims = signer.claims(&identity, &req.audience[0], lifetime);
+        claims.aud = identity::token::Audience::Many(req.audience);
+        let jwt = signer
+            .sign(&claims)
+            .map_err(|e| tonic::Status::internal(format!("signing failed: {e}")))?;
+        Ok(tonic::Response::new(proto::MintActorJwtResponse {
+            actor_jwt: jwt,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: i64::try_from(claims.exp).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+        }))
     }
 }
 
