@@ -89,6 +89,8 @@ pub struct Loaded {
     pub grpc_listen: Option<SocketAddr>,
     /// TLS of the gRPC listener (paths resolved against the config's directory).
     pub grpc_tls: Option<ServerTlsFiles>,
+    /// Callers of the gRPC listener trusted to name a source actor.
+    pub grpc_trusted_peers: ingress::TrustedPeers,
     /// The ingress proxy, when enabled.
     pub ingress: Option<IngressSettings>,
     /// The HTTP resolve endpoint's own listener (`ingress.resolve.listen`), when set.
@@ -355,6 +357,9 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     listeners.extend(egress_listen.flatten().map(|a| ("egress.listen", a)));
     check_listener_collisions(&mut errs, &listeners);
     let grpc_tls = errs.collect("grpc", config.grpc.tls_files(&base)).flatten();
+    let grpc_trusted_peers = errs
+        .collect("grpc", config.grpc.trusted_peers())
+        .unwrap_or_default();
     let signer = config
         .signer
         .as_ref()
@@ -367,6 +372,7 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             admin_listen,
             grpc_listen,
             grpc_tls,
+            grpc_trusted_peers,
             ingress,
             resolve_listen,
             echo_worker,

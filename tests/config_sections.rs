@@ -491,3 +491,23 @@ fn signer_problems_are_named() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("signer.key_file: "), "{stderr}");
 }
+
+/// `grpc.trusted_peers`: needs client certificates; bad entries are named by index.
+#[test]
+fn grpc_trusted_peer_problems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\ngrpc: {trusted_peers: ['spiffe://substrate-actor.local/ns/ate-system/sa/pep', 'nope']}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "grpc.trusted_peers: needs tls.client_auth optional or required",
+        "grpc.trusted_peers[1]: \"nope\" is not a SPIFFE ID",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+}

@@ -236,6 +236,7 @@ async fn resolve_route_answers_routes_and_structured_errors() {
             path: "/x".into(),
             method: "GET".into(),
             headers: [("ate-target-actor".to_owned(), "demo/hello".to_owned())].into(),
+            ..Default::default()
         },
     )
     .await

@@ -207,6 +207,7 @@ async fn resolve_route(grpc: SocketAddr, host: &str, headers: &[(&str, &str)]) -
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            ..Default::default()
         }),
     )
     .await

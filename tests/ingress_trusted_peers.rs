@@ -194,3 +194,83 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
     }
     String::from_utf8_lossy(&head).into_owned()
 }
+
+/// `ResolveRoute`'s `source_actor` (DESIGN §5): a caller whose verified client certificate is on
+/// `grpc.trusted_peers` gets its one valid value back in the route (for the worker's
+/// `ate-source-actor`); an invalid value from it, and any value from another certificate or a
+/// caller without one, comes back empty.
+#[tokio::test]
+async fn resolve_route_takes_the_source_actor_only_from_trusted_callers() {
+    use ingress::router_api::proto::resolve_route_response::Result as Outcome;
+    use ingress::router_api::proto::{ResolveRouteRequest, router_client::RouterClient};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w1").await;
+    let pki = test_pki(&["actorgate-pep", "other"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "admin: {{listen: ADMIN_ADDR}}\ningress: {{enabled: false}}\n\
+         grpc:\n  listen: GRPC_ADDR\n  extproc: false\n  \
+         tls: {{cert_file: {cert}, key_file: {key}, client_ca_file: {ca}, client_auth: optional}}\n  \
+         trusted_peers: ['{PEP_ID}']\n\
+         directory:\n  static:\n    actors:\n    - {{atespace: demo, name: hello, endpoint: '{worker}'}}\n",
+        cert = pki.path("server.crt").display(),
+        key = pki.path("server.key").display(),
+        ca = pki.ca_file().display(),
+    );
+    let gw = Gateway::ready(dir.path(), &config).await;
+    let grpc = gw.grpc();
+    let ca_pem = std::fs::read(pki.ca_file()).unwrap();
+    let client = |cert: Option<&str>| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca_pem))
+            .domain_name("localhost");
+        if let Some(stem) = cert {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(pki.path(&format!("{stem}.crt"))).unwrap(),
+                std::fs::read(pki.path(&format!("{stem}.key"))).unwrap(),
+            ));
+        }
+        async move {
+            let ch = within(
+                BOUND,
+                "gRPC over TLS",
+                Channel::from_shared(format!("https://{grpc}"))
+                    .unwrap()
+                    .timeout(BOUND)
+                    .tls_config(tls)
+                    .unwrap()
+                    .connect(),
+            )
+            .await
+            .unwrap();
+            RouterClient::new(ch)
+        }
+    };
+    let ask = |source: &str| ResolveRouteRequest {
+        host: "hello.demo.actors.resources.substrate.ate.dev".into(),
+        path: "/".into(),
+        method: "GET".into(),
+        headers: Default::default(),
+        source_actor: source.into(),
+    };
+    let source_of = |resp: ingress::router_api::proto::ResolveRouteResponse| match resp.result {
+        Some(Outcome::Route(r)) => {
+            assert_eq!(r.actor, "demo/hello");
+            r.source_actor
+        }
+        other => panic!("no route: {other:?}"),
+    };
+    let mut pep = client(Some("actorgate-pep")).await;
+    let got = pep.resolve_route(ask("demo/caller")).await.unwrap();
+    assert_eq!(source_of(got.into_inner()), "demo/caller");
+    for bad in ["not an actor", "demo/a,demo/b", "demo/"] {
+        let got = pep.resolve_route(ask(bad)).await.unwrap();
+        assert_eq!(source_of(got.into_inner()), "", "{bad:?} passed");
+    }
+    for cert in [Some("other"), None] {
+        let mut c = client(cert).await;
+        let got = c.resolve_route(ask("demo/caller")).await.unwrap();
+        assert_eq!(source_of(got.into_inner()), "", "{cert:?} named a source");
+    }
+}

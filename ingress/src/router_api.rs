@@ -2,8 +2,12 @@
 //! that do not speak ExtProc. Routing failures come back as a structured `error` (HTTP status,
 //! client-safe message, gRPC code, reason), so callers can answer their clients directly.
 
+use std::sync::Arc;
+
 use routing_core::Resolver;
-use routing_core::validate::MetaInput;
+use routing_core::validate::{MetaInput, Values};
+
+use crate::trusted_peers::TrustedPeers;
 
 /// Generated types of `actorgate.router.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -22,12 +26,23 @@ use proto::router_server::{Router, RouterServer};
 #[derive(Clone)]
 pub struct RouterService {
     resolver: Resolver,
+    trusted: Arc<TrustedPeers>,
 }
 
 impl RouterService {
-    /// A Router service answering from `resolver`.
+    /// A Router service answering from `resolver`; nobody may name a source actor.
     pub fn new(resolver: Resolver) -> Self {
-        Self { resolver }
+        Self {
+            resolver,
+            trusted: Arc::default(),
+        }
+    }
+
+    /// Callers whose verified client certificate `trusted` names may pass `source_actor`
+    /// (DESIGN §5); it comes back in the route for the worker's `ate-source-actor`.
+    pub fn with_trusted_peers(mut self, trusted: Arc<TrustedPeers>) -> Self {
+        self.trusted = trusted;
+        self
     }
 
     /// The tonic server for this service.
@@ -42,7 +57,19 @@ impl Router for RouterService {
         &self,
         request: tonic::Request<proto::ResolveRouteRequest>,
     ) -> Result<tonic::Response<proto::ResolveRouteResponse>, tonic::Status> {
+        let caller = request
+            .extensions()
+            .get::<runtime::listener::GrpcConnInfo>()
+            .and_then(|c| c.0.spiffe_id().map(str::to_owned));
         let r = request.into_inner();
+        // A trusted caller's one valid source actor, else none (never from anyone else).
+        let source_actor = if !r.source_actor.is_empty() && self.trusted.trusts(caller.as_deref()) {
+            routing_core::wire::source_actor(Values::One(r.source_actor.as_bytes()))
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         // The rules every front shares (routing_core::validate), read from the header map as
         // ExtProc reads Envoy's headers. `host` is the client's Host or :authority; a
         // `:authority` or `host` entry in `headers` must agree with it (a `:scheme` entry
@@ -90,6 +117,7 @@ impl Router for RouterService {
                 resumed: route.resumed(),
                 actor_port: u32::from(route.actor_port),
                 kind: route.kind.as_str().to_owned(),
+                source_actor,
             }),
             Err(e) => Outcome::Error(proto::RouteError {
                 http_status: u32::from(e.http_status()),

@@ -666,14 +666,17 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// What a gRPC handler knows about its connection: the request extension
+/// `GrpcConnInfo` (one allocation per connection, shared by its requests). Handlers read the
+/// peer's verified certificate identity from it (`request.extensions().get::<GrpcConnInfo>()`).
+#[derive(Debug, Clone)]
+pub struct GrpcConnInfo(pub Arc<ConnInfo>);
+
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = GrpcConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::TcpConnectInfo {
-            local_addr: Some(self.info.local),
-            remote_addr: Some(self.info.peer),
-        }
+        GrpcConnInfo(self.info.clone())
     }
 }
 

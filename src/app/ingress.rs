@@ -19,8 +19,11 @@ use crate::config::Loaded;
 pub async fn start(w: &mut Wiring, loaded: &Loaded, resolver: &Resolver) -> Result<()> {
     let g = &loaded.config.grpc;
     if g.resolve_route {
-        w.grpc
-            .add(RouterService::new(resolver.clone()).into_server());
+        w.grpc.add(
+            RouterService::new(resolver.clone())
+                .with_trusted_peers(Arc::new(loaded.grpc_trusted_peers.clone()))
+                .into_server(),
+        );
     }
     if g.extproc {
         let handler = IngressExtProc::new(resolver.clone());

@@ -28,6 +28,10 @@ pub struct GrpcConfig {
     /// TLS for the gRPC listener (plaintext when absent). Files are reloaded on change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
+    /// Callers trusted to name the source actor in `ResolveRoute` (the egress PEPs; DESIGN §5):
+    /// SPIFFE IDs, or prefixes ending in `/*`. Needs `tls.client_auth` `optional` or
+    /// `required`. Default none.
+    pub trusted_peers: Vec<String>,
 }
 
 impl Default for GrpcConfig {
@@ -39,6 +43,7 @@ impl Default for GrpcConfig {
             resolve_route: true,
             reflection: true,
             tls: None,
+            trusted_peers: Vec::new(),
         }
     }
 }
@@ -56,6 +61,31 @@ impl GrpcConfig {
             Some(a) => Ok(a),
             None => Err(errs),
         }
+    }
+
+    /// The callers trusted to name a source actor.
+    ///
+    /// # Errors
+    /// A bad entry (by index), or a list without client certificates to check it against.
+    pub fn trusted_peers(&self) -> Result<ingress::TrustedPeers, FieldErrors> {
+        let mut errs = FieldErrors::default();
+        let client_auth = self
+            .tls
+            .as_ref()
+            .map_or(identity::tls::ClientAuth::None, |t| t.client_auth);
+        if !self.trusted_peers.is_empty() && client_auth == identity::tls::ClientAuth::None {
+            errs.push(
+                "trusted_peers",
+                "needs tls.client_auth optional or required (a peer is known by its client certificate)",
+            );
+        }
+        let peers = ingress::TrustedPeers::parse(&self.trusted_peers).unwrap_or_else(|bad| {
+            for (i, e) in bad {
+                errs.push(format!("trusted_peers[{i}]"), e.to_string());
+            }
+            ingress::TrustedPeers::default()
+        });
+        errs.into_result(peers)
     }
 
     /// The listener's TLS files (ALPN h2), when `tls` is set.
