@@ -323,6 +323,24 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
         Some((addr, e.name.clone()))
     });
     let grpc_listen = grpc_addr.filter(|_| config.grpc.served());
+    // The simulator mints actor tokens for whoever calls it: only on loopback or for callers
+    // with a verified certificate.
+    if config.signer.is_some()
+        && config.grpc.control_plane_simulator
+        && grpc_listen.is_some_and(|a| !a.ip().is_loopback())
+        && config
+            .grpc
+            .tls
+            .as_ref()
+            .is_none_or(|t| t.client_auth != identity::tls::ClientAuth::Required)
+    {
+        errs.push(
+            "signer",
+            "the control-plane simulator would mint actor tokens for anyone who reaches \
+             grpc.listen: put grpc.listen on a loopback address or set grpc.tls.client_auth \
+             required",
+        );
+    }
     let mut listeners: Vec<(&str, SocketAddr)> = Vec::new();
     listeners.extend(admin_listen.map(|a| ("admin.listen", a)));
     listeners.extend(grpc_listen.map(|a| ("grpc.listen", a)));

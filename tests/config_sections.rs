@@ -511,3 +511,31 @@ fn grpc_trusted_peer_problems_are_named() {
         );
     }
 }
+
+/// The simulator mints actor tokens for whoever calls it: with a signer it must be on loopback
+/// or behind client certificates.
+#[test]
+fn a_signer_needs_a_closed_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\ngrpc: {listen: '0.0.0.0:50051', control_plane_simulator: true}\n\
+         directory: {static: {actors: []}}\nsigner: {key_file: k.pem, kid: k1, issuer: https://i.test}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains(
+            "signer: the control-plane simulator would mint actor tokens for anyone who reaches grpc.listen"
+        )),
+        "{stderr}"
+    );
+    let (_, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\ngrpc: {listen: '127.0.0.1:50051', control_plane_simulator: true}\n\
+         directory: {static: {actors: []}}\nsigner: {key_file: k.pem, kid: k1, issuer: https://i.test}\n",
+    );
+    assert!(
+        !stderr.contains("would mint actor tokens"),
+        "loopback is closed enough: {stderr}"
+    );
+}

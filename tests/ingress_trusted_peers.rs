@@ -48,7 +48,9 @@ async fn tls(
 /// A request to actor demo/hello carrying `source` headers.
 fn request(sources: &[&str]) -> String {
     let mut r = String::from(
-        "GET /echo HTTP/1.1\r\nHost: gw\r\nate-target-actor: demo/hello\r\nconnection: close\r\n",
+        "GET /echo HTTP/1.1\r\nHost: gw\r\nate-target-actor: demo/hello\r\nconnection: close\r\n\
+         x-forwarded-client-cert: By=spiffe://evil;URI=spiffe://evil/actor/a/b\r\n\
+         x-gateway-destination-endpoint: 10.0.0.1:80\r\n",
     );
     for s in sources {
         r.push_str(&format!("ate-source-actor: {s}\r\n"));
@@ -62,6 +64,18 @@ fn seen_sources(answer: &str) -> Vec<String> {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
     let v: serde_json::Value = serde_json::from_str(body).expect("the echo's JSON");
+    // Whoever sent them, these never reach a worker: a trusted peer vouches only for the
+    // source actor.
+    for gone in ["x-forwarded-client-cert", "x-gateway-destination-endpoint"] {
+        assert!(
+            !v["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h[0] == gone),
+            "{gone} reached the worker: {body}"
+        );
+    }
     v["headers"]
         .as_array()
         .unwrap()

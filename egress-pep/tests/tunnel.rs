@@ -1445,6 +1445,179 @@ async fn pooled_tunnels_send_the_first_bytes_with_the_connect() {
     );
 }
 
+/// The early bytes leave with the CONNECT, before any answer: a raw h2 server (TLS with the
+/// PEP's certificate) reads the stream's first DATA before it answers — `200` and an echo for
+/// one tunnel, `403` for the next, which the agent then reports as refused. Without early data
+/// the server would wait for DATA the agent only sends after an answer, and time out.
+#[tokio::test]
+async fn pooled_early_bytes_arrive_before_the_answer() {
+    use egress_pep::agent::per_connection::TunnelError;
+    use egress_pep::agent::pooled::Pooled;
+    let h = Harness::start().await;
+    let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
+        cert_file: h.pki.path("pep.crt"),
+        key_file: h.pki.path("pep.key"),
+        client_ca_file: None,
+        client_auth: identity::tls::ClientAuth::None,
+        client_trust_domain: None,
+        alpn: vec![b"h2".to_vec()],
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(tls.current())
+            .accept(tcp)
+            .await
+            .unwrap();
+        let mut conn = h2::server::handshake(tls).await.unwrap();
+        let mut answer = 200;
+        while let Some(Ok((req, mut respond))) = conn.accept().await {
+            let seen_tx = seen_tx.clone();
+            let status = answer;
+            answer = 403;
+            tokio::spawn(async move {
+                let mut body = req.into_body();
+                // The first DATA, before any answer (bounded: a missing one fails the test).
+                let first = tokio::time::timeout(Duration::from_secs(5), body.data())
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(Result::ok)
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
+                let _ = body.flow_control().release_capacity(first.len());
+                seen_tx.send(first.clone()).unwrap();
+                let resp = http::Response::builder().status(status).body(()).unwrap();
+                let Ok(mut send) = respond.send_response(resp, status != 200) else {
+                    return;
+                };
+                if status == 200 {
+                    let _ = send.send_data(bytes::Bytes::from(first), true);
+                }
+            });
+        }
+    });
+    let agent = Pooled::new(
+        addr,
+        "localhost",
+        h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
+        Duration::from_secs(5),
+        10,
+    )
+    .unwrap();
+    let mut t = within(
+        "a tunnel with early bytes",
+        agent.open_with(
+            "127.0.0.1:9".parse().unwrap(),
+            bytes::Bytes::from_static(b"hello"),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        seen_rx.recv().await.unwrap(),
+        b"hello",
+        "DATA before the answer"
+    );
+    let mut back = Vec::new();
+    within("the echo", t.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"hello");
+    match within(
+        "a refused tunnel",
+        agent.open_with(
+            "127.0.0.1:9".parse().unwrap(),
+            bytes::Bytes::from_static(b"second"),
+        ),
+    )
+    .await
+    {
+        Err(TunnelError::Refused { status, .. }) => assert_eq!(status, 403),
+        Err(e) => panic!("want a 403 refusal, got {e}"),
+        Ok(_) => panic!("a refused tunnel opened"),
+    }
+    assert_eq!(seen_rx.recv().await.unwrap(), b"second");
+}
+
+/// A pooled connection the PEP is closing (GOAWAY, as on a drain or restart) is left for a new
+/// one: a raw h2 server answers one tunnel on its first connection, then sends GOAWAY while
+/// that tunnel is still open; the next tunnel is retried on a second connection and works.
+#[tokio::test]
+async fn pooled_tunnels_leave_a_connection_the_pep_is_closing() {
+    use egress_pep::agent::pooled::Pooled;
+    let h = Harness::start().await;
+    let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
+        cert_file: h.pki.path("pep.crt"),
+        key_file: h.pki.path("pep.key"),
+        client_ca_file: None,
+        client_auth: identity::tls::ClientAuth::None,
+        client_trust_domain: None,
+        alpn: vec![b"h2".to_vec()],
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let tls = tokio_rustls::TlsAcceptor::from(tls.current())
+                    .accept(tcp)
+                    .await
+                    .unwrap();
+                let mut conn = h2::server::handshake(tls).await.unwrap();
+                let mut first = true;
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let resp = http::Response::builder().status(200).body(()).unwrap();
+                    let mut send = respond.send_response(resp, false).unwrap();
+                    let _ = send.send_data(bytes::Bytes::from_static(b"hi"), false);
+                    // Keep the stream open; the first connection then goes away.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        drop(send);
+                    });
+                    if n == 0 && first {
+                        conn.graceful_shutdown();
+                    }
+                    first = false;
+                }
+            });
+        }
+    });
+    let agent = Pooled::new(
+        addr,
+        "localhost",
+        h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
+        Duration::from_secs(5),
+        10,
+    )
+    .unwrap();
+    let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut first = within("the first tunnel", agent.open(dst)).await.unwrap();
+    let mut b = [0u8; 2];
+    within("its bytes", first.read_exact(&mut b)).await.unwrap();
+    // Give the GOAWAY time to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = within("a tunnel after the GOAWAY", agent.open(dst))
+        .await
+        .expect("retried on a new connection");
+    within("its bytes", second.read_exact(&mut b))
+        .await
+        .unwrap();
+    assert_eq!(&b, b"hi");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a second connection");
+    assert_eq!(agent.connections(), 1, "the closing one left the pool");
+    drop(first);
+}
+
 /// A shared agent with a component certificate: each of its tunnels carries an egress assertion
 /// for its destination (both modes), and the PEP takes the actor from it; without assertions the
 /// same component certificate is refused.

@@ -18,14 +18,15 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`: the client's Host as a forwarding proxy saw it.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// Envoy's client-certificate header: an identity claim only a trusted peer may make.
+/// Envoy's client-certificate header: an identity claim the proxy never passes on.
 static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID: usize = 128;
 
-/// Headers that identify a caller and that only a trusted peer may set. Removed from every
-/// request of an untrusted client, so an external client can never claim to be an actor.
+/// Headers that identify a caller or pick a worker. Removed from every request, so an external
+/// client can never claim to be an actor; only `ate-source-actor` from a trusted peer (an
+/// egress PEP, DESIGN §7.4) is kept, when valid.
 pub fn untrusted_identity_headers() -> [&'static HeaderName; 3] {
     [
         &wire::SOURCE_ACTOR,

@@ -12,6 +12,7 @@ pub mod connector;
 pub mod echo;
 pub mod extproc;
 pub mod headers;
+pub mod idle_splice;
 pub mod local_reply;
 pub mod metrics;
 pub mod proxy;

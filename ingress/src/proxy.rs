@@ -59,7 +59,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// From sending the request to the worker's response headers; past it: 504.
     pub response_timeout: Duration,
-    /// Longest pause in a worker's response body; past it the stream is cut.
+    /// Longest pause in a worker's response body; past it the stream is cut. Also the longest a
+    /// WebSocket or trusted-peer CONNECT tunnel may carry no byte either way before it closes.
     pub idle_timeout: Duration,
     /// Which HTTP version the proxy speaks to workers.
     pub upstream_protocol: UpstreamProtocol,
@@ -97,7 +98,8 @@ pub struct ConnInfo {
     /// The certificate the client presented and the TLS handshake verified (mutual TLS), with
     /// its SPIFFE ID; `None` for plaintext clients and TLS clients without a certificate.
     pub peer_identity: Option<Arc<runtime::PeerIdentity>>,
-    /// The peer may set `ate-source-actor` (a PEP on the allow-list). False for everyone today.
+    /// The peer may set `ate-source-actor` and CONNECT to actors: its verified certificate is
+    /// on the listener's trusted peers (`ingress.https.trusted_peers`).
     pub trusted_source: bool,
 }
 
@@ -333,16 +335,17 @@ impl Proxy {
         remove_hop_by_hop(headers, upgrade);
         // `Connection: x-request-id` must not cost the worker its request id.
         headers.insert(&REQUEST_ID, request_id.clone());
-        if !conn.trusted_source {
-            for h in untrusted_identity_headers() {
+        // Identity headers go, whoever sent them; a trusted peer (an egress PEP) vouches only
+        // for the source actor, with exactly one valid value (DESIGN §7.4).
+        for h in untrusted_identity_headers() {
+            if !(conn.trusted_source && *h == SOURCE_ACTOR) {
                 headers.remove(h);
             }
-        } else {
-            // A trusted peer sends exactly one valid source actor, or none is passed on.
-            let source = Values::header(headers, &SOURCE_ACTOR);
-            if routing_core::wire::source_actor(source).is_none() {
-                headers.remove(&SOURCE_ACTOR);
-            }
+        }
+        if conn.trusted_source
+            && routing_core::wire::source_actor(Values::header(headers, &SOURCE_ACTOR)).is_none()
+        {
+            headers.remove(&SOURCE_ACTOR);
         }
         headers.remove(header::EXPECT);
         add_forwarded(
@@ -593,6 +596,17 @@ impl Proxy {
         mut parts: http::request::Parts,
         request_id: &HeaderValue,
     ) -> Response<ProxyBody> {
+        if matches!(
+            self.inner.resolver.settings().worker_transport,
+            WorkerTransport::Agent { .. }
+        ) {
+            self.inner.metrics.request(501, Outcome::ClientError);
+            return text_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "CONNECT to workers behind the worker agent is not supported".into(),
+                request_id,
+            );
+        }
         let input = MetaInput {
             target_actor: Values::header(&parts.headers, &TARGET_ACTOR),
             target_authority: match parts.uri.authority() {
@@ -626,14 +640,6 @@ impl Proxy {
                 },
             },
         };
-        if self.inner.scheme == "https" {
-            self.inner.metrics.request(501, Outcome::ClientError);
-            return text_response(
-                StatusCode::NOT_IMPLEMENTED,
-                "CONNECT to workers behind the worker agent is not supported".into(),
-                request_id,
-            );
-        }
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             self.inner.metrics.request(400, Outcome::ClientError);
             return bad_request("CONNECT cannot be upgraded here".into(), request_id);
@@ -667,12 +673,13 @@ impl Proxy {
         };
         let _ = worker.set_nodelay(true);
         let actor = route.actor().clone();
+        let idle = self.inner.settings.idle_timeout;
         drop(self.drain.spawn(async move {
             match on_upgrade.await {
                 Ok(up) => {
-                    let mut up = TokioIo::new(up);
-                    let mut worker = worker;
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut up, &mut worker).await {
+                    let spliced =
+                        crate::idle_splice::splice_with_idle(TokioIo::new(up), worker, idle).await;
+                    if let Err(e) = spliced {
                         tracing::debug!(%actor, error = %e, "actor tunnel ended");
                     }
                 }
@@ -766,7 +773,10 @@ impl Proxy {
                     remove_hop_by_hop(&mut rp.headers, true);
                     rp.headers.insert(&REQUEST_ID, request_id.clone());
                     rp.version = Version::HTTP_11;
-                    drop(self.drain.spawn(tunnel(down, up)));
+                    drop(
+                        self.drain
+                            .spawn(tunnel(down, up, self.inner.settings.idle_timeout)),
+                    );
                     self.inner.metrics.request(101, Outcome::Upgraded);
                     Response::from_parts(rp, ProxyBody::empty())
                 }
@@ -800,12 +810,13 @@ impl Proxy {
 }
 
 /// Splices an upgraded client connection to the upgraded worker connection.
-async fn tunnel(down: OnUpgrade, up: OnUpgrade) {
+async fn tunnel(down: OnUpgrade, up: OnUpgrade, idle: Duration) {
     match tokio::try_join!(down, up) {
         Ok((down, up)) => {
-            let mut down = TokioIo::new(down);
-            let mut up = TokioIo::new(up);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            let spliced =
+                crate::idle_splice::splice_with_idle(TokioIo::new(down), TokioIo::new(up), idle)
+                    .await;
+            if let Err(e) = spliced {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
         }

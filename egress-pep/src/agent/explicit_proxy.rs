@@ -5,8 +5,8 @@
 //! answered with the PEP's status (`403`/`503`).
 //!
 //! Names are resolved with the PEP's resolver ([`PepResolver`]: hickory, bounded TTL cache,
-//! one query per name in flight); at most [`MAX_LOOKUPS`] lookups run at once, more are
-//! answered `503` rather than queued.
+//! one query per name in flight); at most [`MAX_LOOKUPS`] resolutions (answers from the cache
+//! included) run at once, more are answered `503` rather than queued.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +31,7 @@ use crate::resolve::PepResolver;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most name lookups in flight at once (cache misses; answers from the cache do not count).
+/// Most name resolutions in flight at once (answers from the cache count too: they are quick).
 pub const MAX_LOOKUPS: usize = 128;
 
 /// How the explicit proxy finds the address of a named destination.

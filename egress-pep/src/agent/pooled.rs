@@ -3,8 +3,10 @@
 //! connection. At most `max_streams` tunnels per connection; a new connection is opened when
 //! every open one is full (or none is usable), and closed connections leave the pool. A
 //! connection that fails to open is retried for the next tunnel after a backoff that doubles up
-//! to 5 s, so a PEP that is down is not hammered. An idle connection is pinged every 30 s and
-//! closed when a ping goes unanswered for 20 s.
+//! to 5 s, so a PEP that is down is not hammered; one connection is opened at a time. Every
+//! connection is pinged every 30 s and closed when a ping goes unanswered for 20 s, and closed
+//! after 5 minutes without a tunnel. A tunnel whose connection was closing (the PEP's GOAWAY
+//! on a drain or restart) is retried once on another connection.
 //!
 //! Built on the h2 crate directly (not hyper's CONNECT upgrade) so that a tunnel's first bytes,
 //! when the actor has already sent them, leave with the CONNECT instead of one round trip later
@@ -37,6 +39,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How often an h2 connection to the PEP is pinged, and how long a ping may go unanswered.
 const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
+/// A connection without a tunnel this long is closed (checked at each ping).
+const IDLE_CLOSE: Duration = Duration::from_secs(300);
 
 struct Conn {
     send: SendRequest<Bytes>,
@@ -45,8 +49,9 @@ struct Conn {
     closed: Arc<AtomicBool>,
 }
 
-/// What a tunnel needs of a pooled connection.
-type Usable = (SendRequest<Bytes>, Arc<AtomicUsize>);
+/// What a tunnel needs of a pooled connection: its sender, the stream slot reserved on it,
+/// and its closed flag (set when a request on it fails, so no other tunnel picks it).
+type Usable = (SendRequest<Bytes>, StreamSlot, Arc<AtomicBool>);
 
 struct Backoff {
     until: Option<Instant>,
@@ -62,6 +67,8 @@ pub struct Pooled {
     mark: Option<u32>,
     max_streams: usize,
     conns: Mutex<Vec<Conn>>,
+    /// Held while a connection opens: a burst of tunnels opens one, not one each.
+    connecting: tokio::sync::Mutex<()>,
     backoff: Mutex<Backoff>,
     assertions: Option<Arc<Assertions>>,
 }
@@ -89,6 +96,7 @@ impl Pooled {
             mark: None,
             max_streams: max_streams.max(1),
             conns: Mutex::new(Vec::new()),
+            connecting: tokio::sync::Mutex::new(()),
             backoff: Mutex::new(Backoff {
                 until: None,
                 next: Duration::from_millis(100),
@@ -140,52 +148,90 @@ impl Pooled {
     }
 
     async fn open_now(&self, dst: SocketAddr, early: Bytes) -> Result<PooledTunnel, TunnelError> {
-        let (send, streams) = match self.usable() {
-            Some(c) => c,
-            None => self.connect().await?,
+        // A connection the PEP is closing (GOAWAY) refuses new streams: the tunnel is retried
+        // once on another one (a new one when none is left).
+        let assertion = match &self.assertions {
+            Some(a) => Some(a.for_dst(dst)?),
+            None => None,
         };
-        streams.fetch_add(1, Ordering::Relaxed);
-        let slot = StreamSlot(streams);
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(dst.to_string());
-        if let Some(a) = &self.assertions {
-            req = req.header(crate::tunnel::ASSERTION_HEADER, a.for_dst(dst)?);
-        }
-        let req = req
-            .body(())
-            .map_err(|e| TunnelError::BadAnswer(format!("CONNECT request: {e}")))?;
-        let mut send = send.ready().await.map_err(h2_io)?;
-        let (response, mut stream) = send.send_request(req, false).map_err(h2_io)?;
-        if !early.is_empty() {
-            stream.send_data(early, false).map_err(h2_io)?;
-        }
-        let resp = response.await.map_err(h2_io)?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(TunnelError::Refused {
-                status: status.as_u16(),
-                reason: status.canonical_reason().unwrap_or("").to_owned(),
+        let mut retried = false;
+        loop {
+            let mut req = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(dst.to_string());
+            if let Some(a) = &assertion {
+                req = req.header(crate::tunnel::ASSERTION_HEADER, a.as_str());
+            }
+            let req = req
+                .body(())
+                .map_err(|e| TunnelError::BadAnswer(format!("CONNECT request: {e}")))?;
+            let (send, slot, closed) = self.pick().await?;
+            let (response, stream) = match send_connect(send, req, &early).await {
+                Ok(sent) => sent,
+                Err(e) if !retried => {
+                    closed.store(true, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "pooled connection refused a tunnel; retrying");
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return Err(h2_io(e)),
+            };
+            let resp = match response.await {
+                Ok(r) => r,
+                // Not processed by the PEP (RFC 9113 §8.7): safe to send again.
+                Err(e) if !retried && e.reason() == Some(h2::Reason::REFUSED_STREAM) => {
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return Err(h2_io(e)),
+            };
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(TunnelError::Refused {
+                    status: status.as_u16(),
+                    reason: status.canonical_reason().unwrap_or("").to_owned(),
+                });
+            }
+            return Ok(PooledTunnel {
+                send: stream,
+                recv: resp.into_body(),
+                pending: Bytes::new(),
+                eof: false,
+                shut: false,
+                _slot: slot,
             });
         }
-        Ok(PooledTunnel {
-            send: stream,
-            recv: resp.into_body(),
-            pending: Bytes::new(),
-            eof: false,
-            shut: false,
-            _slot: slot,
-        })
     }
 
-    /// An open connection with room for another stream.
+    /// A connection with room for one more tunnel (its slot reserved), opening one when none
+    /// has room; concurrent callers wait for one opening rather than each opening their own.
+    async fn pick(&self) -> Result<Usable, TunnelError> {
+        if let Some(c) = self.usable() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.usable() {
+            return Ok(c);
+        }
+        self.connect().await
+    }
+
+    /// An open connection with room for another stream, its slot reserved under the pool's
+    /// lock. Room is the smaller of `max_streams` and what the PEP allows
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     fn usable(&self) -> Option<Usable> {
         let mut conns = self.conns.lock();
         conns.retain(|c| !c.closed.load(Ordering::Relaxed));
-        conns
-            .iter()
-            .find(|c| c.streams.load(Ordering::Relaxed) < self.max_streams)
-            .map(|c| (c.send.clone(), c.streams.clone()))
+        let c = conns.iter().find(|c| {
+            let room = self.max_streams.min(c.send.current_max_send_streams());
+            c.streams.load(Ordering::Relaxed) < room
+        })?;
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        Some((
+            c.send.clone(),
+            StreamSlot(c.streams.clone()),
+            c.closed.clone(),
+        ))
     }
 
     /// Opens a new h2 connection (unless backing off after failures) and keeps it.
@@ -212,34 +258,36 @@ impl Pooled {
                 .await
                 .map_err(|e| TunnelError::Handshake(std::io::Error::other(e)))?;
             let closed = Arc::new(AtomicBool::new(false));
+            let streams = Arc::new(AtomicUsize::new(0));
             let ping = conn.ping_pong();
-            let ended = closed.clone();
+            let (ended, watched) = (closed.clone(), streams.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     r = &mut conn => if let Err(e) = r {
                         tracing::debug!(error = %e, "pooled h2 connection to the PEP ended");
                     },
-                    () = keep_alive(ping) => {
-                        tracing::debug!("pooled h2 connection to the PEP did not answer a ping");
+                    why = keep_alive(ping, &watched) => {
+                        tracing::debug!(why, "pooled h2 connection to the PEP closed");
                     }
                 }
                 ended.store(true, Ordering::Relaxed);
             });
-            Ok((send, closed))
+            Ok((send, closed, streams))
         }
         .await;
         let mut backoff = self.backoff.lock();
         match opened {
-            Ok((send, closed)) => {
+            Ok((send, closed, streams)) => {
                 backoff.until = None;
                 backoff.next = Duration::from_millis(100);
-                let streams = Arc::new(AtomicUsize::new(0));
+                // This tunnel's slot, reserved before the connection is visible to others.
+                streams.fetch_add(1, Ordering::Relaxed);
                 self.conns.lock().push(Conn {
                     send: send.clone(),
                     streams: streams.clone(),
-                    closed,
+                    closed: closed.clone(),
                 });
-                Ok((send, streams))
+                Ok((send, StreamSlot(streams), closed))
             }
             Err(e) => {
                 backoff.until = Some(Instant::now() + backoff.next);
@@ -259,19 +307,43 @@ impl Drop for StreamSlot {
     }
 }
 
-/// Pings every [`KEEP_ALIVE`] interval; returns when a ping is not answered in time (or the
-/// connection can no longer ping), which ends the connection.
-async fn keep_alive(ping: Option<h2::PingPong>) {
+/// Pings every [`KEEP_ALIVE`] interval; returns (which ends the connection) when a ping is
+/// not answered in time or cannot be sent, or when `streams` has been 0 for [`IDLE_CLOSE`].
+async fn keep_alive(ping: Option<h2::PingPong>, streams: &AtomicUsize) -> &'static str {
+    let mut idle_since: Option<Instant> = None;
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(KEEP_ALIVE.0).await;
+        if streams.load(Ordering::Relaxed) == 0 {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= IDLE_CLOSE {
+                return "no tunnel for 5 minutes";
+            }
+        } else {
+            idle_since = None;
+        }
         match tokio::time::timeout(KEEP_ALIVE.1, ping.ping(h2::Ping::opaque())).await {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return,
+            Ok(Err(_)) => return "ping failed",
+            Err(_) => return "ping unanswered",
         }
     }
+}
+
+/// Sends `req` (a CONNECT) on `send` and the early bytes after it.
+async fn send_connect(
+    send: SendRequest<Bytes>,
+    req: http::Request<()>,
+    early: &Bytes,
+) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), h2::Error> {
+    let mut send = send.ready().await?;
+    let (response, mut stream) = send.send_request(req, false)?;
+    if !early.is_empty() {
+        stream.send_data(early.clone(), false)?;
+    }
+    Ok((response, stream))
 }
 
 /// An h2 error as the tunnel's I/O error.
@@ -358,6 +430,9 @@ impl AsyncWrite for PooledTunnel {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.shut {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
