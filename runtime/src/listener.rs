@@ -14,7 +14,8 @@
 //!   closing the socket, when the drain deadline passes);
 //! * [`BoundListener::incoming`] yields the connections as a `Stream` for servers that own their
 //!   connections, e.g. tonic's `serve_with_incoming_shutdown` ([`Conn`] implements tonic's
-//!   `Connected`, so `Request::remote_addr` works). Each such connection holds the drain until it
+//!   `Connected`: each request carries a [`GrpcConnInfo`] extension with the peer's address and
+//!   verified certificate identity). Each such connection holds the drain until it
 //!   is dropped, and fails its reads and writes once the drain deadline passes.
 //!
 //! Why hand-written: no TLS-accept crate (tls-listener, axum-server, tonic's own TLS)

@@ -248,7 +248,11 @@ async fn incoming_feeds_tonic_with_peer_addresses_and_ends_on_drain() {
         health,
         move |req: tonic::Request<()>| {
             if let Ok(mut s) = record.lock() {
-                s.push(req.remote_addr());
+                s.push(
+                    req.extensions()
+                        .get::<runtime::listener::GrpcConnInfo>()
+                        .map(|c| c.0.peer),
+                );
             }
             Ok(req)
         },
