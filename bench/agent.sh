@@ -155,13 +155,8 @@ capture() { # target: rules towards its agent, or none for direct
 }
 
 # --- load --------------------------------------------------------------------------------------
-TICK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-field() { awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) print $(i + 1)}'; }
-declare -A SUM
-add() { SUM[$1]=$(awk -v a="${SUM[$1]:-0}" -v b="$2" 'BEGIN {print a + b}'); }
-mean() { awk -v s="${SUM[$1]:-0}" -v n="$ROUNDS" 'BEGIN {printf "%.3f", s / n}'; }
+# shellcheck source=bench/measure.sh
+. bench/measure.sh
 
 # Idle captured connections first, on agents that have served nothing yet.
 declare -A MEM

@@ -415,14 +415,8 @@ for t in "${MITM_TARGETS[@]}"; do
 done
 
 # --- load --------------------------------------------------------------------------------------
-TICK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-field() { awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) print $(i + 1)}'; }
-
-declare -A SUM
-add() { SUM[$1]=$(awk -v a="${SUM[$1]:-0}" -v b="$2" 'BEGIN {print a + b}'); }
-mean() { awk -v s="${SUM[$1]:-0}" -v n="$ROUNDS" 'BEGIN {printf "%.3f", s / n}'; }
+# shellcheck source=bench/measure.sh
+. bench/measure.sh
 
 # Idle tunnels first, while every PEP is fresh (a process that already served the load rounds
 # reuses freed memory, which would hide what tunnels cost): resident memory before and while

@@ -1445,15 +1445,15 @@ async fn pooled_tunnels_send_the_first_bytes_with_the_connect() {
     );
 }
 
-/// The early bytes leave with the CONNECT, before any answer: a raw h2 server (TLS with the
-/// PEP's certificate) reads the stream's first DATA before it answers — `200` and an echo for
-/// one tunnel, `403` for the next, which the agent then reports as refused. Without early data
-/// the server would wait for DATA the agent only sends after an answer, and time out.
-#[tokio::test]
-async fn pooled_early_bytes_arrive_before_the_answer() {
-    use egress_pep::agent::per_connection::TunnelError;
-    use egress_pep::agent::pooled::Pooled;
-    let h = Harness::start().await;
+/// A listener standing in for the PEP with the PEP's certificate (ALPN h2), for raw h2 servers
+/// that answer in ways the real PEP does not.
+async fn raw_h2_pep(
+    h: &Harness,
+) -> (
+    tokio::net::TcpListener,
+    SocketAddr,
+    Arc<identity::tls::ReloadableServerConfig>,
+) {
     let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
         cert_file: h.pki.path("pep.crt"),
         key_file: h.pki.path("pep.key"),
@@ -1465,6 +1465,19 @@ async fn pooled_early_bytes_arrive_before_the_answer() {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    (listener, addr, tls)
+}
+
+/// The early bytes leave with the CONNECT, before any answer: a raw h2 server (TLS with the
+/// PEP's certificate) reads the stream's first DATA before it answers — `200` and an echo for
+/// one tunnel, `403` for the next, which the agent then reports as refused. Without early data
+/// the server would wait for DATA the agent only sends after an answer, and time out.
+#[tokio::test]
+async fn pooled_early_bytes_arrive_before_the_answer() {
+    use egress_pep::agent::per_connection::TunnelError;
+    use egress_pep::agent::pooled::Pooled;
+    let h = Harness::start().await;
+    let (listener, addr, tls) = raw_h2_pep(&h).await;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
@@ -1548,17 +1561,7 @@ async fn pooled_early_bytes_arrive_before_the_answer() {
 async fn pooled_tunnels_leave_a_connection_the_pep_is_closing() {
     use egress_pep::agent::pooled::Pooled;
     let h = Harness::start().await;
-    let tls = identity::tls::ReloadableServerConfig::server(identity::tls::ServerTlsFiles {
-        cert_file: h.pki.path("pep.crt"),
-        key_file: h.pki.path("pep.key"),
-        client_ca_file: None,
-        client_auth: identity::tls::ClientAuth::None,
-        client_trust_domain: None,
-        alpn: vec![b"h2".to_vec()],
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr, tls) = raw_h2_pep(&h).await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {

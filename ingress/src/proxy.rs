@@ -304,22 +304,9 @@ impl Proxy {
                 }
                 Some(a) => HeaderValue::from_str(a).ok(),
             };
-            let target = match validated.target {
+            let target = match self.target_or_route_error(validated, &request_id).await {
                 Ok(t) => t,
-                // No valid actor: the resolver answers (and counts) it as on every front.
-                Err(_) => match self.inner.resolver.route(&validated.meta).await {
-                    Err(e) => {
-                        self.inner
-                            .metrics
-                            .request(e.http_status(), Outcome::RouteError);
-                        return route_error(&e, &request_id);
-                    }
-                    Ok(r) => Target {
-                        actor: r.actor().clone(),
-                        port: r.actor_port,
-                        via: routing_core::ExtractorKind::Header,
-                    },
-                },
+                Err(resp) => return resp,
             };
             (target, host)
         };
@@ -584,6 +571,31 @@ impl Proxy {
         }
     }
 
+    /// The target a validated request names, or — when it names no valid actor — the
+    /// resolver's answer for it, counted as on every front (a route error response).
+    async fn target_or_route_error(
+        &self,
+        validated: routing_core::validate::Validated<'_>,
+        request_id: &HeaderValue,
+    ) -> Result<Target, Response<ProxyBody>> {
+        match validated.target {
+            Ok(t) => Ok(t),
+            Err(_) => match self.inner.resolver.route(&validated.meta).await {
+                Err(e) => {
+                    self.inner
+                        .metrics
+                        .request(e.http_status(), Outcome::RouteError);
+                    Err(route_error(&e, request_id))
+                }
+                Ok(r) => Ok(Target {
+                    actor: r.actor().clone(),
+                    port: r.actor_port,
+                    via: routing_core::ExtractorKind::Header,
+                }),
+            },
+        }
+    }
+
     /// A trusted peer's `CONNECT <actor-host>:<port>` (DESIGN §5, §7.4: an egress PEP carrying
     /// actor-to-actor traffic that is not HTTP): the actor is named by the CONNECT authority
     /// (the host extractors) or `ate-target-actor`, resolved and resumed like any request's,
@@ -623,21 +635,9 @@ impl Proxy {
                 self.inner.metrics.request(400, Outcome::ClientError);
                 return bad_request(e.client_message(), request_id);
             }
-            Ok(v) => match v.target {
+            Ok(v) => match self.target_or_route_error(v, request_id).await {
                 Ok(t) => t,
-                Err(_) => match self.inner.resolver.route(&v.meta).await {
-                    Err(e) => {
-                        self.inner
-                            .metrics
-                            .request(e.http_status(), Outcome::RouteError);
-                        return route_error(&e, request_id);
-                    }
-                    Ok(r) => Target {
-                        actor: r.actor().clone(),
-                        port: r.actor_port,
-                        via: routing_core::ExtractorKind::Header,
-                    },
-                },
+                Err(resp) => return resp,
             },
         };
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
