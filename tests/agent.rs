@@ -346,6 +346,7 @@ agent:
             "a denied connection got {} bytes",
             got.len()
         );
+        drop(raw);
         // IPv6: captured and tunnelled to its original destination.
         let out = curl(&format!("http://{origin6}/hello"), &[]).await;
         assert_eq!(
@@ -384,6 +385,13 @@ agent:
         let statusz: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(statusz["agent"]["mode"], "per-connection", "{statusz}");
         assert_eq!(statusz["agent"]["captured"], 6, "{statusz}");
+        // Each per-connection tunnel was a connection to the PEP of its own, closed with it.
+        agent
+            .eventually(BOUND, "no connection to the PEP left open", async || {
+                let m = agent.metrics().await;
+                (metric(&m, "actorgate_agent_pep_connections", &[]) == 0.0).then_some(())
+            })
+            .await;
         // A gRPC stream held open for 30 s while the other protocols run.
         let long = tokio::spawn(long_stream(echo));
         protocols(echo).await;
@@ -409,6 +417,8 @@ agent:
         let statusz: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(statusz["agent"]["mode"], "pooled", "{statusz}");
         assert_eq!(statusz["agent"]["pep_connections"], 1, "{statusz}");
+        let m = agent.metrics().await;
+        assert_eq!(metric(&m, "actorgate_agent_pep_connections", &[]), 1.0);
         assert_eq!(statusz["agent"]["tunnels"]["opened"], 3, "{statusz}");
         let long = tokio::spawn(long_stream(echo));
         let out = curl(&https_url, &https_args).await;

@@ -49,6 +49,7 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         None => None,
         Some(a) => Some(assertions(w, a)?),
     };
+    let metrics = egress_pep::agent::metrics::AgentMetrics::new(&mut w.registry);
     let tunnels = match s.pooled {
         None => {
             let mut t = PerConnection::new(s.pep, &s.server_name, tls, s.connect_timeout)
@@ -63,7 +64,8 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         }
         Some(streams) => {
             let mut t = Pooled::new(s.pep, &s.server_name, tls, s.connect_timeout, streams)
-                .context("agent.pep.server_name")?;
+                .context("agent.pep.server_name")?
+                .with_metrics(metrics.clone());
             if let Some(mark) = s.mark {
                 t = t.with_mark(mark);
             }
@@ -76,7 +78,6 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
     let mode = tunnels.mode();
     let tunnels = Arc::new(tunnels);
     let limits = SpliceLimits::with_idle(s.idle_timeout);
-    let metrics = egress_pep::agent::metrics::AgentMetrics::new(&mut w.registry);
     for (i, addr) in s.listen.iter().enumerate() {
         let name = if i == 0 {
             "agent".to_owned()
@@ -119,8 +120,8 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
     let status_tunnels = tunnels.clone();
     w.health.register_section("agent", move || {
         let pep_connections = match &*status_tunnels {
-            Tunnels::Pooled(p) => Some(p.connections()),
-            Tunnels::PerConnection(_) => None,
+            Tunnels::Pooled(p) => p.connections(),
+            Tunnels::PerConnection(_) => usize::try_from(metrics.pep_connections()).unwrap_or(0),
         };
         serde_json::json!({
             "mode": mode,

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::agent::metrics::{AgentMetrics, TunnelResult};
 use crate::agent::original_dst::original_destination;
 use crate::agent::per_connection::TunnelError;
-use crate::agent::tunnels::Tunnels;
+use crate::agent::tunnels::{TunnelStream, Tunnels};
 use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
 
 /// Serves captured connections from `listener` until the drain starts; each connection is a
@@ -93,6 +93,8 @@ async fn carry(
             return Err(format!("tunnel to {dst}: {e}"));
         }
     };
+    // A per-connection tunnel is a connection to the PEP of its own (pooled ones count theirs).
+    let _pep_connection = matches!(tunnel, TunnelStream::Tls(_)).then(|| metrics.pep_connection());
     let counters = SpliceCounters::new();
     let spliced = splice_counted(stream, tunnel, limits, &counters).await;
     metrics.bytes(counters.up(), counters.down());

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::agent::metrics::{AgentMetrics, TunnelResult};
 use crate::agent::per_connection::TunnelError;
-use crate::agent::tunnels::Tunnels;
+use crate::agent::tunnels::{TunnelStream, Tunnels};
 use crate::cleartext::{RespBody, empty, text_response};
 use crate::forward::{SpliceCounters, SpliceLimits, splice_counted};
 use crate::resolve::PepResolver;
@@ -157,10 +157,13 @@ async fn handle(
             return text(StatusCode::BAD_GATEWAY, "no tunnel to the PEP");
         }
     };
+    // A per-connection tunnel is a connection to the PEP of its own (pooled ones count theirs).
+    let counted = matches!(tunnel, TunnelStream::Tls(_)).then(|| metrics.pep_connection());
     if connect {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _counted = counted;
             let Ok(client) = on_upgrade.await else { return };
             let counters = SpliceCounters::new();
             let _ = splice_counted(TokioIo::new(client), tunnel, limits, &counters).await;
@@ -189,7 +192,10 @@ async fn handle(
             Ok(h) => h,
             Err(_) => return text(StatusCode::BAD_GATEWAY, "the tunnel closed"),
         };
-    tokio::spawn(conn);
+    tokio::spawn(async move {
+        let _counted = counted;
+        let _ = conn.await;
+    });
     match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp.map(BodyExt::boxed),
         Err(_) => text(StatusCode::BAD_GATEWAY, "the tunnel closed"),

@@ -1,9 +1,11 @@
 //! Prometheus metrics of the tunnel agent: captured connections, tunnels by result, the PEP's
-//! CONNECT answers by status, bytes each way. Labels are fixed codes, never addresses.
+//! CONNECT answers by status, open connections to the PEP, bytes each way. Labels are fixed
+//! codes, never addresses.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::DirectionLabels;
@@ -51,12 +53,25 @@ pub struct AgentMetrics {
     tunnels: Family<ResultLabels, Counter>,
     statuses: Family<StatusLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    pep_connections: Gauge,
+}
+
+/// One open connection to the PEP, counted in `actorgate_agent_pep_connections` until dropped.
+#[derive(Debug)]
+pub struct PepConnection(Gauge);
+
+impl Drop for PepConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl AgentMetrics {
     /// Creates and registers `actorgate_agent_captured_total`,
     /// `actorgate_agent_tunnels_total{mode,result}`,
-    /// `actorgate_agent_connect_status_total{status}` (`2xx`, `403`, `503`, `other`) and
+    /// `actorgate_agent_connect_status_total{status}` (`2xx`, `403`, `503`, `other`),
+    /// `actorgate_agent_pep_connections` (open TLS connections to the PEP: one per tunnel in
+    /// `per-connection`, the shared h2 connections in `pooled`) and
     /// `actorgate_agent_bytes_total{direction="up"|"down"}` (up: actor → destination).
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
@@ -76,11 +91,27 @@ impl AgentMetrics {
             m.statuses.clone(),
         );
         registry.register(
+            "actorgate_agent_pep_connections",
+            "Open TLS connections to the PEP (per-connection: one per tunnel; pooled: shared h2 connections)",
+            m.pep_connections.clone(),
+        );
+        registry.register(
             "actorgate_agent_bytes",
             "Bytes carried; up = actor to destination, down = destination to actor",
             m.bytes.clone(),
         );
         m
+    }
+
+    /// Counts one open connection to the PEP until the returned guard is dropped.
+    pub fn pep_connection(&self) -> PepConnection {
+        self.pep_connections.inc();
+        PepConnection(self.pep_connections.clone())
+    }
+
+    /// Open connections to the PEP now.
+    pub fn pep_connections(&self) -> i64 {
+        self.pep_connections.get()
     }
 
     /// Counts an accepted connection.

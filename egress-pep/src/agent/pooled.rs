@@ -71,6 +71,7 @@ pub struct Pooled {
     connecting: tokio::sync::Mutex<()>,
     backoff: Mutex<Backoff>,
     assertions: Option<Arc<Assertions>>,
+    metrics: Option<crate::agent::metrics::AgentMetrics>,
 }
 
 impl Pooled {
@@ -102,7 +103,14 @@ impl Pooled {
                 next: Duration::from_millis(100),
             }),
             assertions: None,
+            metrics: None,
         })
+    }
+
+    /// Counts the open h2 connections in `actorgate_agent_pep_connections`.
+    pub fn with_metrics(mut self, metrics: crate::agent::metrics::AgentMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sends an egress assertion with every CONNECT (see [`Assertions`]).
@@ -261,7 +269,9 @@ impl Pooled {
             let streams = Arc::new(AtomicUsize::new(0));
             let ping = conn.ping_pong();
             let (ended, watched) = (closed.clone(), streams.clone());
+            let counted = self.metrics.as_ref().map(|m| m.pep_connection());
             tokio::spawn(async move {
+                let _counted = counted;
                 tokio::select! {
                     r = &mut conn => if let Err(e) = r {
                         tracing::debug!(error = %e, "pooled h2 connection to the PEP ended");
