@@ -97,12 +97,24 @@ pub async fn serve(
             continue;
         };
         let (tunnels, resolver, metrics) = (tunnels.clone(), resolver.clone(), metrics.clone());
+        let tunnels_drain = drain.clone();
         drain.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (tunnels, resolver, metrics) =
-                    (tunnels.clone(), resolver.clone(), metrics.clone());
+                let (tunnels, resolver, metrics, drain) = (
+                    tunnels.clone(),
+                    resolver.clone(),
+                    metrics.clone(),
+                    tunnels_drain.clone(),
+                );
                 async move {
-                    Ok::<_, Infallible>(handle(req, &tunnels, &resolver, limits, &metrics).await)
+                    let ctx = Ctx {
+                        tunnels: &tunnels,
+                        resolver: &resolver,
+                        limits,
+                        metrics: &metrics,
+                        drain: &drain,
+                    };
+                    Ok::<_, Infallible>(handle(req, ctx).await)
                 }
             });
             let served = hyper::server::conn::http1::Builder::new()
@@ -119,13 +131,24 @@ pub async fn serve(
     }
 }
 
-async fn handle(
-    mut req: Request<Incoming>,
-    tunnels: &Tunnels,
-    resolver: &ProxyResolver,
+/// What a request of the explicit proxy is handled with.
+struct Ctx<'a> {
+    tunnels: &'a Tunnels,
+    resolver: &'a ProxyResolver,
     limits: SpliceLimits,
-    metrics: &AgentMetrics,
-) -> Response<RespBody> {
+    metrics: &'a AgentMetrics,
+    /// CONNECT tunnels run under it, as the listener's connections do.
+    drain: &'a DrainSignal,
+}
+
+async fn handle(mut req: Request<Incoming>, ctx: Ctx<'_>) -> Response<RespBody> {
+    let Ctx {
+        tunnels,
+        resolver,
+        limits,
+        metrics,
+        drain,
+    } = ctx;
     metrics.captured();
     let connect = req.method() == Method::CONNECT;
     let Some((host, port)) = target(req.uri(), connect) else {
@@ -162,7 +185,7 @@ async fn handle(
     if connect {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        drain.spawn(async move {
             let _counted = counted;
             let Ok(client) = on_upgrade.await else { return };
             let counters = SpliceCounters::new();
