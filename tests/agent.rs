@@ -73,16 +73,7 @@ struct PepSide {
 
 /// Adds `addr` (IPv6, with prefix) to `dev` in `ns`, without duplicate address detection.
 fn add_v6(ns: &TestNetns, dev: &str, addr: &str) {
-    let out = ns
-        .command("ip")
-        .args(["-6", "addr", "add", addr, "dev", dev, "nodad"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns.exec_ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
 }
 
 #[test]

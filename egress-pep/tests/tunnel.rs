@@ -1209,7 +1209,7 @@ async fn the_agents_per_connection_tunnels_open_and_report_refusals() {
     let h = Harness::start().await;
     let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
         let tls = h.agent_tls(&cert, Vec::new());
-        PerConnection::new(h.pep_addr, "localhost", tls, Duration::from_secs(5)).unwrap()
+        PerConnection::new(pep(h.pep_addr, tls))
     };
     let agent = client(h.actor_cert("demo", "bot"));
     let tunnel = within("a tunnel", agent.open(h.echo.addr)).await.unwrap();
@@ -1305,11 +1305,9 @@ fn captured_connections_reach_their_destination_through_the_agent_and_the_pep() 
                 alpn: Vec::new(),
             })
             .unwrap();
-            Arc::new(Tunnels::PerConnection(
-                PerConnection::new(pep_addr, "localhost", tls, Duration::from_secs(5))
-                    .unwrap()
-                    .with_mark(MARK),
-            ))
+            Arc::new(Tunnels::PerConnection(PerConnection::new(
+                pep(pep_addr, tls).with_mark(Some(MARK)),
+            )))
         };
         let metrics = egress_pep::agent::metrics::AgentMetrics::default();
         let drain = Drain::new();
@@ -1371,7 +1369,7 @@ async fn the_agents_pooled_tunnels_share_one_h2_connection() {
     let h = Harness::start().await;
     let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
         let tls = h.agent_tls(&cert, vec![b"h2".to_vec()]);
-        Pooled::new(h.pep_addr, "localhost", tls, Duration::from_secs(5), 2).unwrap()
+        Pooled::new(pep(h.pep_addr, tls), 2)
     };
     let agent = client(h.actor_cert("demo", "bot"));
     let first = within("a tunnel", agent.open(h.echo.addr)).await.unwrap();
@@ -1401,9 +1399,9 @@ async fn the_agents_pooled_tunnels_share_one_h2_connection() {
     }
 }
 
-/// `pooled` tunnels carry the actor's first bytes with the CONNECT (no round trip for the
-/// PEP's answer first): the destination receives them first, then what follows, in order; a
-/// refused tunnel's early bytes reach nobody.
+/// The real PEP takes a pooled tunnel's early bytes: the destination receives them first, then
+/// what follows, in order; a refused tunnel's early bytes reach nobody. (That they leave before
+/// the PEP's answer is `pooled_early_bytes_arrive_before_the_answer`'s to show.)
 #[tokio::test]
 async fn pooled_tunnels_send_the_first_bytes_with_the_connect() {
     use egress_pep::agent::per_connection::TunnelError;
@@ -1411,7 +1409,7 @@ async fn pooled_tunnels_send_the_first_bytes_with_the_connect() {
     let h = Harness::start().await;
     let client = |cert: (std::path::PathBuf, std::path::PathBuf)| {
         let tls = h.agent_tls(&cert, vec![b"h2".to_vec()]);
-        Pooled::new(h.pep_addr, "localhost", tls, Duration::from_secs(5), 10).unwrap()
+        Pooled::new(pep(h.pep_addr, tls), 10)
     };
     let agent = client(h.actor_cert("demo", "bot"));
     let mut t = within(
@@ -1514,13 +1512,12 @@ async fn pooled_early_bytes_arrive_before_the_answer() {
         }
     });
     let agent = Pooled::new(
-        addr,
-        "localhost",
-        h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
-        Duration::from_secs(5),
+        pep(
+            addr,
+            h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
+        ),
         10,
-    )
-    .unwrap();
+    );
     let mut t = within(
         "a tunnel with early bytes",
         agent.open_with(
@@ -1596,13 +1593,12 @@ async fn pooled_tunnels_leave_a_connection_the_pep_is_closing() {
         }
     });
     let agent = Pooled::new(
-        addr,
-        "localhost",
-        h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
-        Duration::from_secs(5),
+        pep(
+            addr,
+            h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
+        ),
         10,
-    )
-    .unwrap();
+    );
     let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut first = within("the first tunnel", agent.open(dst)).await.unwrap();
     let mut b = [0u8; 2];
@@ -1639,22 +1635,16 @@ async fn a_shared_agent_proves_each_tunnel_with_an_assertion() {
         ),
         actor(),
     ));
-    let per_connection = PerConnection::new(h.pep_addr, "localhost", tls(vec![]), WAIT_TUNNEL)
-        .unwrap()
-        .with_assertions(assertions.clone());
+    let per_connection =
+        PerConnection::new(pep(h.pep_addr, tls(vec![])).with_assertions(Some(assertions.clone())));
     let t = within("an asserted tunnel", per_connection.open(h.echo.addr))
         .await
         .unwrap();
     echo_through(t, pattern(1000, 1)).await;
     let pooled = Pooled::new(
-        h.pep_addr,
-        "localhost",
-        tls(vec![b"h2".to_vec()]),
-        WAIT_TUNNEL,
+        pep(h.pep_addr, tls(vec![b"h2".to_vec()])).with_assertions(Some(assertions)),
         10,
-    )
-    .unwrap()
-    .with_assertions(assertions);
+    );
     for i in 0..2 {
         let t = within("an asserted pooled tunnel", pooled.open(h.echo.addr))
             .await
@@ -1669,7 +1659,7 @@ async fn a_shared_agent_proves_each_tunnel_with_an_assertion() {
         h.last_tunnel().identity,
         Some(egress_pep::subject::IdentityKind::Assertion)
     );
-    let bare = PerConnection::new(h.pep_addr, "localhost", tls(vec![]), WAIT_TUNNEL).unwrap();
+    let bare = PerConnection::new(pep(h.pep_addr, tls(vec![])));
     match within("a tunnel without assertion", bare.open(h.echo.addr)).await {
         Err(TunnelError::Refused { status, .. }) => assert_eq!(status, 403),
         Err(e) => panic!("want 403, got {e}"),
@@ -1678,3 +1668,13 @@ async fn a_shared_agent_proves_each_tunnel_with_an_assertion() {
 }
 
 const WAIT_TUNNEL: Duration = Duration::from_secs(5);
+
+/// The agent's view of the PEP at `addr` (named `localhost`, as the test PKI's certificate),
+/// reached with `tls`, tunnels opened within [`WAIT_TUNNEL`].
+fn pep(
+    addr: SocketAddr,
+    tls: Arc<identity::tls::ReloadableClientConfig>,
+) -> egress_pep::agent::per_connection::PepEndpoint {
+    egress_pep::agent::per_connection::PepEndpoint::new(addr, "localhost", tls, WAIT_TUNNEL)
+        .unwrap()
+}

@@ -57,13 +57,16 @@ impl Router for RouterService {
         &self,
         request: tonic::Request<proto::ResolveRouteRequest>,
     ) -> Result<tonic::Response<proto::ResolveRouteResponse>, tonic::Status> {
-        let caller = request
-            .extensions()
-            .get::<runtime::listener::GrpcConnInfo>()
-            .and_then(|c| c.0.spiffe_id().map(str::to_owned));
+        let trusted_caller = !request.get_ref().source_actor.is_empty()
+            && self.trusted.trusts(
+                request
+                    .extensions()
+                    .get::<runtime::listener::GrpcConnInfo>()
+                    .and_then(|c| c.0.spiffe_id()),
+            );
         let r = request.into_inner();
         // A trusted caller's one valid source actor, else none (never from anyone else).
-        let source_actor = if !r.source_actor.is_empty() && self.trusted.trusts(caller.as_deref()) {
+        let source_actor = if trusted_caller {
             routing_core::wire::source_actor(Values::One(r.source_actor.as_bytes()))
                 .map(|a| a.to_string())
                 .unwrap_or_default()

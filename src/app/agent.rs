@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use egress_pep::agent::config::AgentAssertionSettings;
 use egress_pep::agent::metrics::TunnelResult;
-use egress_pep::agent::per_connection::{Assertions, PerConnection};
+use egress_pep::agent::per_connection::{Assertions, PepEndpoint, PerConnection};
 use egress_pep::agent::pooled::Pooled;
 use egress_pep::agent::tunnels::Tunnels;
 use egress_pep::forward::SpliceLimits;
@@ -50,30 +50,13 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
         Some(a) => Some(assertions(w, a)?),
     };
     let metrics = egress_pep::agent::metrics::AgentMetrics::new(&mut w.registry);
+    let pep = PepEndpoint::new(s.pep, &s.server_name, tls, s.connect_timeout)
+        .context("agent.pep.server_name")?
+        .with_mark(s.mark)
+        .with_assertions(assertions);
     let tunnels = match s.pooled {
-        None => {
-            let mut t = PerConnection::new(s.pep, &s.server_name, tls, s.connect_timeout)
-                .context("agent.pep.server_name")?;
-            if let Some(mark) = s.mark {
-                t = t.with_mark(mark);
-            }
-            if let Some(a) = &assertions {
-                t = t.with_assertions(a.clone());
-            }
-            Tunnels::PerConnection(t)
-        }
-        Some(streams) => {
-            let mut t = Pooled::new(s.pep, &s.server_name, tls, s.connect_timeout, streams)
-                .context("agent.pep.server_name")?
-                .with_metrics(metrics.clone());
-            if let Some(mark) = s.mark {
-                t = t.with_mark(mark);
-            }
-            if let Some(a) = &assertions {
-                t = t.with_assertions(a.clone());
-            }
-            Tunnels::Pooled(t)
-        }
+        None => Tunnels::PerConnection(PerConnection::new(pep)),
+        Some(streams) => Tunnels::Pooled(Pooled::new(pep, streams).with_metrics(metrics.clone())),
     };
     let mode = tunnels.mode();
     let tunnels = Arc::new(tunnels);

@@ -50,7 +50,8 @@ impl TestNetns {
         &self.name
     }
 
-    fn exec_ip(&self, args: &[&str]) {
+    /// Runs `ip ARGS` inside the namespace; panics with its stderr when it fails.
+    pub fn exec_ip(&self, args: &[&str]) {
         let mut full = vec!["netns", "exec", &self.name, "ip"];
         full.extend_from_slice(args);
         ip(&full);

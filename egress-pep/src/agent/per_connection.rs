@@ -52,14 +52,83 @@ pub enum TunnelError {
     Assertion(String),
 }
 
-/// Opens `per-connection` tunnels to one PEP.
-pub struct PerConnection {
-    pep: SocketAddr,
+/// Where and as whom the agent reaches the PEP, shared by both tunnel modes: the address, the
+/// name its certificate must carry, the client TLS config (the actor certificate, reloaded when
+/// its files change; ALPN per mode), how long opening a tunnel may take, the `SO_MARK` of the
+/// agent's sockets and, for a shared agent, its egress assertions.
+#[derive(Clone)]
+pub struct PepEndpoint {
+    addr: SocketAddr,
     name: ServerName<'static>,
     tls: Arc<ReloadableClientConfig>,
     timeout: Duration,
     mark: Option<u32>,
     assertions: Option<Arc<Assertions>>,
+}
+
+impl PepEndpoint {
+    /// The PEP at `addr` (`ip:port`) whose certificate names `name`, reached with `tls`, each
+    /// tunnel opened within `timeout`.
+    ///
+    /// # Errors
+    /// [`TunnelError::BadName`] for a `name` that is not a DNS name or IP address.
+    pub fn new(
+        addr: SocketAddr,
+        name: &str,
+        tls: Arc<ReloadableClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, TunnelError> {
+        let server = ServerName::try_from(name.to_owned())
+            .map_err(|_| TunnelError::BadName(name.to_owned()))?;
+        Ok(Self {
+            addr,
+            name: server,
+            tls,
+            timeout,
+            mark: None,
+            assertions: None,
+        })
+    }
+
+    /// Sets `SO_MARK` on the connections to the PEP (needs `CAP_NET_ADMIN`): capture rules
+    /// installed with `--exclude-mark` leave them alone. `None`: unmarked.
+    pub fn with_mark(mut self, mark: Option<u32>) -> Self {
+        self.mark = mark;
+        self
+    }
+
+    /// Sends an egress assertion with every CONNECT (a shared agent with a component
+    /// certificate); without them the wire is exactly atunnel's.
+    pub fn with_assertions(mut self, assertions: Option<Arc<Assertions>>) -> Self {
+        self.assertions = assertions;
+        self
+    }
+
+    /// How long opening a tunnel may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The `ate-egress-assertion` value for a tunnel to `dst`, when assertions are configured.
+    ///
+    /// # Errors
+    /// [`TunnelError::Assertion`] when signing fails.
+    pub fn assertion(&self, dst: SocketAddr) -> Result<Option<String>, TunnelError> {
+        self.assertions.as_ref().map(|a| a.for_dst(dst)).transpose()
+    }
+
+    /// A new TLS connection to the PEP (its ALPN decides HTTP/1.1 or h2).
+    ///
+    /// # Errors
+    /// [`TunnelError::Connect`] or [`TunnelError::Handshake`].
+    pub async fn connect(&self) -> Result<TlsStream<TcpStream>, TunnelError> {
+        connect_tls(self.addr, &self.name, &self.tls, self.mark).await
+    }
+}
+
+/// Opens `per-connection` tunnels to one PEP.
+pub struct PerConnection {
+    pep: PepEndpoint,
 }
 
 /// Egress assertions for a shared agent (DESIGN §6): with a component certificate, each CONNECT
@@ -102,42 +171,9 @@ impl Assertions {
 }
 
 impl PerConnection {
-    /// Tunnels to `pep` (`ip:port`) whose certificate names `name`, with the client config
-    /// `tls` (the actor certificate; no ALPN, as atunnel; reloaded when its files change), each
-    /// opened within `timeout`.
-    ///
-    /// # Errors
-    /// [`TunnelError::BadName`] for a `name` that is not a DNS name or IP address.
-    pub fn new(
-        pep: SocketAddr,
-        name: &str,
-        tls: Arc<ReloadableClientConfig>,
-        timeout: Duration,
-    ) -> Result<Self, TunnelError> {
-        let name = ServerName::try_from(name.to_owned())
-            .map_err(|_| TunnelError::BadName(name.to_owned()))?;
-        Ok(Self {
-            pep,
-            name,
-            tls,
-            timeout,
-            mark: None,
-            assertions: None,
-        })
-    }
-
-    /// Sends an egress assertion with every CONNECT (a shared agent with a component
-    /// certificate); without it the wire is exactly atunnel's.
-    pub fn with_assertions(mut self, assertions: Arc<Assertions>) -> Self {
-        self.assertions = Some(assertions);
-        self
-    }
-
-    /// Sets `SO_MARK` on the connections to the PEP (needs `CAP_NET_ADMIN`): capture rules
-    /// installed with `--exclude-mark` leave them alone.
-    pub fn with_mark(mut self, mark: u32) -> Self {
-        self.mark = Some(mark);
-        self
+    /// Tunnels to `pep`, whose client config offers no ALPN (as atunnel).
+    pub fn new(pep: PepEndpoint) -> Self {
+        Self { pep }
     }
 
     /// A tunnel to `dst`: the stream is positioned right after the PEP's `200` answer head.
@@ -145,17 +181,15 @@ impl PerConnection {
     /// # Errors
     /// [`TunnelError`]; on [`TunnelError::Refused`] nothing was sent for the actor.
     pub async fn open(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
-        tokio::time::timeout(self.timeout, self.open_now(dst))
+        let timeout = self.pep.timeout();
+        tokio::time::timeout(timeout, self.open_now(dst))
             .await
-            .map_err(|_| TunnelError::Timeout(self.timeout))?
+            .map_err(|_| TunnelError::Timeout(timeout))?
     }
 
     async fn open_now(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
-        let mut tls = connect_tls(self.pep, &self.name, &self.tls, self.mark).await?;
-        let assertion = match &self.assertions {
-            Some(a) => Some(a.for_dst(dst)?),
-            None => None,
-        };
+        let mut tls = self.pep.connect().await?;
+        let assertion = self.pep.assertion(dst)?;
         tls.write_all(connect_head(dst, assertion.as_deref()).as_bytes())
             .await
             .map_err(TunnelError::Io)?;
@@ -171,7 +205,7 @@ impl PerConnection {
 
 /// A TLS connection to the PEP at `pep` named `name` with `tls` (its ALPN decides HTTP/1.1 or
 /// h2), its socket marked with `mark` when given.
-pub(crate) async fn connect_tls(
+async fn connect_tls(
     pep: SocketAddr,
     name: &ServerName<'static>,
     tls: &ReloadableClientConfig,

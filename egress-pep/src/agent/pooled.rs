@@ -26,13 +26,11 @@ use std::sync::atomic::AtomicBool;
 use bytes::{Buf, Bytes};
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
-use identity::tls::ReloadableClientConfig;
 use parking_lot::Mutex;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::agent::per_connection::{Assertions, TunnelError, connect_tls};
+use crate::agent::per_connection::{PepEndpoint, TunnelError};
 
 /// Longest wait before the next attempt to open a connection after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -60,41 +58,21 @@ struct Backoff {
 
 /// Opens `pooled` tunnels to one PEP.
 pub struct Pooled {
-    pep: SocketAddr,
-    name: ServerName<'static>,
-    tls: Arc<ReloadableClientConfig>,
-    timeout: Duration,
-    mark: Option<u32>,
+    pep: PepEndpoint,
     max_streams: usize,
     conns: Mutex<Vec<Conn>>,
     /// Held while a connection opens: a burst of tunnels opens one, not one each.
     connecting: tokio::sync::Mutex<()>,
     backoff: Mutex<Backoff>,
-    assertions: Option<Arc<Assertions>>,
     metrics: Option<crate::agent::metrics::AgentMetrics>,
 }
 
 impl Pooled {
-    /// Tunnels to `pep` named `name` over h2 with `tls` (which must offer ALPN `h2`), at most
-    /// `max_streams` per connection (at least 1), each opened within `timeout`.
-    ///
-    /// # Errors
-    /// [`TunnelError::BadName`] for a `name` that is not a DNS name or IP address.
-    pub fn new(
-        pep: SocketAddr,
-        name: &str,
-        tls: Arc<ReloadableClientConfig>,
-        timeout: Duration,
-        max_streams: usize,
-    ) -> Result<Self, TunnelError> {
-        let server = ServerName::try_from(name.to_owned())
-            .map_err(|_| TunnelError::BadName(name.to_owned()))?;
-        Ok(Self {
+    /// Tunnels to `pep` (whose client config must offer ALPN `h2`), at most `max_streams` per
+    /// connection (at least 1).
+    pub fn new(pep: PepEndpoint, max_streams: usize) -> Self {
+        Self {
             pep,
-            name: server,
-            tls,
-            timeout,
-            mark: None,
             max_streams: max_streams.max(1),
             conns: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
@@ -102,26 +80,13 @@ impl Pooled {
                 until: None,
                 next: Duration::from_millis(100),
             }),
-            assertions: None,
             metrics: None,
-        })
+        }
     }
 
     /// Counts the open h2 connections in `actorgate_agent_pep_connections`.
     pub fn with_metrics(mut self, metrics: crate::agent::metrics::AgentMetrics) -> Self {
         self.metrics = Some(metrics);
-        self
-    }
-
-    /// Sends an egress assertion with every CONNECT (see [`Assertions`]).
-    pub fn with_assertions(mut self, assertions: Arc<Assertions>) -> Self {
-        self.assertions = Some(assertions);
-        self
-    }
-
-    /// Sets `SO_MARK` on the connections to the PEP.
-    pub fn with_mark(mut self, mark: u32) -> Self {
-        self.mark = Some(mark);
         self
     }
 
@@ -150,18 +115,16 @@ impl Pooled {
         dst: SocketAddr,
         early: Bytes,
     ) -> Result<PooledTunnel, TunnelError> {
-        tokio::time::timeout(self.timeout, self.open_now(dst, early))
+        let timeout = self.pep.timeout();
+        tokio::time::timeout(timeout, self.open_now(dst, early))
             .await
-            .map_err(|_| TunnelError::Timeout(self.timeout))?
+            .map_err(|_| TunnelError::Timeout(timeout))?
     }
 
     async fn open_now(&self, dst: SocketAddr, early: Bytes) -> Result<PooledTunnel, TunnelError> {
         // A connection the PEP is closing (GOAWAY) refuses new streams: the tunnel is retried
         // once on another one (a new one when none is left).
-        let assertion = match &self.assertions {
-            Some(a) => Some(a.for_dst(dst)?),
-            None => None,
-        };
+        let assertion = self.pep.assertion(dst)?;
         let mut retried = false;
         loop {
             let mut req = http::Request::builder()
@@ -252,7 +215,7 @@ impl Pooled {
             )));
         }
         let opened = async {
-            let tls = connect_tls(self.pep, &self.name, &self.tls, self.mark).await?;
+            let tls = self.pep.connect().await?;
             if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
                 return Err(TunnelError::BadAnswer(
                     "the PEP did not agree to h2 (ALPN)".into(),

@@ -60,15 +60,21 @@ impl Tunnels {
         match self {
             Tunnels::PerConnection(_) => self.open(dst).await,
             Tunnels::Pooled(p) => {
-                let mut early = bytes::BytesMut::with_capacity(EARLY_BYTES);
-                match client.try_read_buf(&mut early) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(TunnelError::Io(e)),
-                }
-                p.open_with(dst, early.freeze()).await.map(TunnelStream::H2)
+                let early = already_sent(client).map_err(TunnelError::Io)?;
+                p.open_with(dst, early).await.map(TunnelStream::H2)
             }
         }
+    }
+}
+
+/// What `client` has sent so far (up to [`EARLY_BYTES`]), read without waiting: a copy of
+/// exactly those bytes (none is no allocation), the read buffer on this function's stack.
+fn already_sent(client: &TcpStream) -> std::io::Result<bytes::Bytes> {
+    let mut buf = [0u8; EARLY_BYTES];
+    match client.try_read(&mut buf) {
+        Ok(n) => Ok(bytes::Bytes::copy_from_slice(&buf[..n])),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(bytes::Bytes::new()),
+        Err(e) => Err(e),
     }
 }
 
