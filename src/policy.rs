@@ -154,7 +154,12 @@ async fn test(args: TestArgs) -> Result<bool> {
             };
             guard_settings = egress.guard_settings();
             static_entries = egress.static_entries.clone();
-            actor_hosts = ActorHosts::new([loaded.config.routing.host_suffix.clone()]);
+            let routing = &loaded.config.routing;
+            actor_hosts =
+                ActorHosts::new(&routing.host_suffix, routing.default_atespace.as_deref());
+            if let Some(f) = &egress.actor_forwarding {
+                actor_hosts = actor_hosts.with_forwarding(f.ingress_addresses.clone());
+            }
             interception = egress.interception.is_some();
             // Every listener of the gateway is guarded, as `serve` does.
             own_listeners.push(egress.listen);
@@ -239,6 +244,7 @@ async fn test(args: TestArgs) -> Result<bool> {
             dst: args.dst,
             traffic,
         },
+        None,
     );
     let policy_name = policy.as_ref().map(|p| p.name().clone());
     let guard = egress_pep::guard::Guard::new(&guard_settings, own_listeners);
@@ -270,6 +276,12 @@ fn screen(
 ) -> (String, Option<egress_pep::decision::Reason>) {
     use egress_pep::guard::Via;
     let (addrs, via) = match dial {
+        Dial::Actor { .. } => {
+            return (
+                "forwarded to ingress (egress.actor_forwarding); the guard does not apply".into(),
+                None,
+            );
+        }
         Dial::Address { addr, tcp_rule } => (
             vec![*addr],
             Via::Address {
@@ -368,6 +380,9 @@ fn render(
             Some(cidr) => format!("address {addr} (tcp rule {cidr})"),
             None => format!("address {addr}"),
         },
+        Some(Dial::Actor { target, host, port }) => {
+            format!("actor {} through ingress ({host}:{port})", target.as_str())
+        }
     };
     format!(
         "verdict: {}\nreason: {} ({})\nrule: {rule}\npolicy: {} ({source})\ndial: {dial}\n",

@@ -365,6 +365,53 @@ fn egress_interception_is_checked_field_by_field() {
     );
 }
 
+/// `egress.actor_forwarding`: the PEP's own TLS files are its defaults; every problem is one
+/// line naming its field.
+#[test]
+fn egress_actor_forwarding_is_checked_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    egress_demo_certs(dir.path());
+    let good = "  actor_forwarding:\n    ingress: '127.0.0.1:8443'\n    ingress_addresses: [10.96.0.20, '10.96.0.21:80', '::1']\n";
+    let yaml = format!(
+        "admin: {{listen: '127.0.0.1:0'}}\ndirectory: {{static: {{}}}}\n{}",
+        egress_section(dir.path(), good)
+    );
+    let (code, stdout, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v = effective(&stdout);
+    assert_eq!(
+        v["egress"]["actor_forwarding"]["ingress"], "127.0.0.1:8443",
+        "{stdout}"
+    );
+
+    let d = dir.path().display();
+    let bad = format!(
+        "  actor_forwarding:\n    ingress: 'ingress-without-port'\n    server_name: 'not a name'\n\
+         \x20   cert_file: '{d}/missing.crt'\n    ingress_addresses: [10.96.0.0/16]\n"
+    );
+    let yaml = format!(
+        "admin: {{listen: '127.0.0.1:0'}}\ndirectory: {{static: {{}}}}\n{}",
+        egress_section(dir.path(), &bad)
+    );
+    let (code, _, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "egress.actor_forwarding.ingress: \"ingress-without-port\" is not host:port",
+        "egress.actor_forwarding.server_name: \"not a name\" is not a DNS name or IP address",
+        "egress.actor_forwarding.cert_file: ",
+        "egress.actor_forwarding.ingress_addresses[0]: \"10.96.0.0/16\" is not an IP address or ip:port",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.starts_with("actorgate: ")),
+        "one line per problem:\n{stderr}"
+    );
+}
+
 /// `agent`: every problem is one line naming its field.
 #[test]
 fn agent_problems_are_one_line_each_with_their_path() {

@@ -93,7 +93,26 @@ pub trait CleartextHooks: Send + Sync + 'static {
     fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<Dialed, DialRefusal>>;
     /// Receives one record per request once its response is done.
     fn record(&self, r: RequestRecord);
+    /// A TLS connection to ingress for actor traffic ([`Dial::Actor`], DESIGN §7.4), offering
+    /// `h2` when `h2`. Default: actor forwarding is not configured.
+    fn dial_actor(&self, h2: bool) -> BoxFuture<'static, Result<ActorConnection, DialRefusal>> {
+        let _ = h2;
+        Box::pin(async {
+            Err(DialRefusal {
+                reason: Reason::ActorForwardingNotConfigured,
+                detail: "actor forwarding is not configured".into(),
+            })
+        })
+    }
+    /// `<atespace>/<name>` of the tunnel's verified actor: `ate-source-actor` of requests
+    /// forwarded to ingress. Default: empty (no forwarding).
+    fn source_actor(&self) -> &str {
+        ""
+    }
 }
+
+/// A TLS connection to ingress carrying forwarded actor requests.
+pub type ActorConnection = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// One cleartext request, for the audit stream and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,6 +450,10 @@ impl Proxy {
         };
         let decision = match intercepted.as_ref().and_then(|o| o.refuse_all.clone()) {
             Some(refused) => refused,
+            // A PEP forwarded this already (DESIGN §7.4): refused before any policy.
+            None if crate::actor_forward::is_loop(req.headers()) => {
+                Decision::deny(Reason::ForwardingLoop)
+            }
             None => self.hooks.decide(&target.authority, &method, &path).await,
         };
         let mut guard = RecordGuard::new(
@@ -463,6 +486,15 @@ impl Proxy {
             return self.refuse(req, guard).await;
         }
 
+        // Actor traffic goes to ingress for the actor host on the port the actor dialed.
+        let mut target = target;
+        if let Dial::Actor { host, port, .. } = &dial {
+            target.authority = format!("{host}:{port}");
+            match HeaderValue::from_str(&target.authority) {
+                Ok(v) => target.host = v,
+                Err(_) => return guard.local(StatusCode::BAD_REQUEST, BAD_REQUEST, true),
+            }
+        }
         let upgrade = wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let want = match (&intercepted, req.version()) {
@@ -499,6 +531,18 @@ impl Proxy {
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
         let trailers = te_trailers(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        if let Dial::Actor { target: actor, .. } = &dial {
+            let source = self.hooks.source_actor();
+            if let Err(e) = crate::actor_forward::set_forwarded(
+                &mut parts.headers,
+                actor,
+                source,
+                parts.version,
+            ) {
+                tracing::debug!(error = %e, "forwarded request headers");
+                return guard.status_only(StatusCode::BAD_REQUEST, BAD_REQUEST);
+            }
+        }
         if let (true, Some(value)) = (upgrade, upgrade_value) {
             parts.headers.insert(header::UPGRADE, value);
             parts
@@ -684,6 +728,11 @@ impl Proxy {
         let tls_name = match &dial {
             Dial::Name { host, .. } => host.to_string(),
             Dial::Address { addr, .. } => addr.ip().to_string(),
+            Dial::Actor { .. } => {
+                // Ingress, over mTLS as a trusted peer (cleartext and intercepted alike).
+                let tls = self.hooks.dial_actor(want != Want::Http1).await?;
+                return self.over_tls(tls, upgrades, false).await;
+            }
         };
         let dialed = self.hooks.dial(dial).await?;
         let Origin::Intercepted(origin) = &self.origin else {
@@ -710,6 +759,20 @@ impl Proxy {
                 },
                 detail: e.to_string(),
             })?;
+        self.over_tls(tls, upgrades, dialed.dst_mismatch).await
+    }
+
+    /// An upstream connection over an established TLS connection: h2 when ALPN chose it
+    /// (kept beyond the tunnel), else HTTP/1.1.
+    async fn over_tls<T>(
+        &self,
+        tls: tokio_rustls::client::TlsStream<T>,
+        upgrades: bool,
+        dst_mismatch: bool,
+    ) -> Result<Upstream, DialRefusal>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         let sender = if h2 {
             let (sender, conn) =
@@ -738,7 +801,7 @@ impl Proxy {
         };
         Ok(Upstream {
             sender,
-            dst_mismatch: dialed.dst_mismatch,
+            dst_mismatch,
             id: UPSTREAM_IDS.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -976,6 +1039,8 @@ fn dial_key(dial: &Dial, want: Want, tls: bool) -> String {
         Dial::Address { addr, tcp_rule } => {
             format!("{transport} addr {addr} {tcp_rule:?} {want:?}")
         }
+        // One connection to ingress serves every actor target (requests name their target).
+        Dial::Actor { .. } => format!("ingress {want:?}"),
     }
 }
 

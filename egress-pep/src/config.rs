@@ -70,6 +70,54 @@ pub struct EgressConfig {
     /// `interception not configured`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interception: Option<InterceptionConfig>,
+    /// Actor-to-actor forwarding through ingress (DESIGN §7.4); absent: traffic to actor hosts
+    /// is denied with `actor_forwarding_not_configured`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_forwarding: Option<ActorForwardingConfig>,
+}
+
+/// `egress.actor_forwarding`: where ingress's HTTPS listener is, how the PEP proves itself to it
+/// (a component certificate ingress lists in `ingress.https.trusted_peers`), and which original
+/// destinations are ingress (DESIGN §7.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorForwardingConfig {
+    /// Ingress's HTTPS listener, `host:port` (`10.96.0.20:8443`, `actorgate.ate-system:8443`).
+    pub ingress: String,
+    /// The name ingress's certificate must carry; default: the host of `ingress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The CA bundle ingress's certificate chains to; default: `egress.tls.client_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The PEP's client certificate for ingress; default: `egress.tls.cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its key; default: `egress.tls.key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Original destinations that are ingress (the address actor host names resolve to, e.g.
+    /// its Service IP): `ip` (every port) or `ip:port`. Traffic to them is actor traffic even
+    /// without an actor host in its SNI or authority.
+    #[serde(default)]
+    pub ingress_addresses: Vec<String>,
+}
+
+/// Validated `egress.actor_forwarding`, paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorForwardingSettings {
+    /// Ingress's HTTPS listener, `host:port`.
+    pub ingress: String,
+    /// The name ingress's certificate must carry.
+    pub server_name: String,
+    /// The CA bundle of ingress's certificate.
+    pub ca_file: PathBuf,
+    /// The PEP's client certificate.
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
+    /// Original destinations that are ingress.
+    pub ingress_addresses: Vec<crate::actor_hosts::IngressAddress>,
 }
 
 impl Default for EgressConfig {
@@ -89,6 +137,7 @@ impl Default for EgressConfig {
             limits: EgressLimitsConfig::default(),
             audit: AuditConfig::default(),
             interception: None,
+            actor_forwarding: None,
         }
     }
 }
@@ -506,6 +555,8 @@ pub struct EgressSettings {
     pub audit_file: Option<PathBuf>,
     /// Interception, when configured.
     pub interception: Option<InterceptionSettings>,
+    /// Actor forwarding, when configured.
+    pub actor_forwarding: Option<ActorForwardingSettings>,
 }
 
 impl EgressSettings {
@@ -680,6 +731,75 @@ fn interception_settings(
         readable_denials: i.readable_denials,
         system_roots: i.upstream.system_roots,
         extra_ca_files,
+    }
+}
+
+/// Validates `egress.actor_forwarding` (field paths relative to the section); `None` after a
+/// problem was reported.
+fn actor_forwarding_settings(
+    errs: &mut FieldErrors,
+    base: &Path,
+    a: &ActorForwardingConfig,
+    tls: Option<&EgressTlsConfig>,
+) -> Option<ActorForwardingSettings> {
+    let before = errs.len();
+    let host = match a.ingress.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Some(h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        }
+        _ => {
+            errs.push(
+                "actor_forwarding.ingress",
+                format!(
+                    "{:?} is not host:port (e.g. 10.96.0.20:8443 or actorgate.ate-system:8443)",
+                    a.ingress
+                ),
+            );
+            None
+        }
+    };
+    let server_name = a.server_name.clone().or(host).unwrap_or_default();
+    if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+        errs.push(
+            "actor_forwarding.server_name",
+            format!("{server_name:?} is not a DNS name or IP address"),
+        );
+    }
+    let mut file = |field: &str, own: &Option<PathBuf>, default: Option<&PathBuf>| {
+        let path = own.as_ref().or(default)?;
+        Some(existing_file(
+            errs,
+            &format!("actor_forwarding.{field}"),
+            base,
+            path,
+        ))
+    };
+    let ca_file = file("ca_file", &a.ca_file, tls.map(|t| &t.client_ca_file));
+    let cert_file = file("cert_file", &a.cert_file, tls.map(|t| &t.cert_file));
+    let key_file = file("key_file", &a.key_file, tls.map(|t| &t.key_file));
+    let mut ingress_addresses = Vec::with_capacity(a.ingress_addresses.len());
+    for (i, s) in a.ingress_addresses.iter().enumerate() {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            ingress_addresses.push(crate::actor_hosts::IngressAddress::Ip(ip));
+        } else if let Ok(sa) = s.parse::<SocketAddr>() {
+            ingress_addresses.push(crate::actor_hosts::IngressAddress::Socket(sa));
+        } else {
+            errs.push(
+                item("actor_forwarding.ingress_addresses", i),
+                format!("{s:?} is not an IP address or ip:port"),
+            );
+        }
+    }
+    match (errs.len() == before, ca_file, cert_file, key_file) {
+        (true, Some(ca_file), Some(cert_file), Some(key_file)) => Some(ActorForwardingSettings {
+            ingress: a.ingress.clone(),
+            server_name,
+            ca_file,
+            cert_file,
+            key_file,
+            ingress_addresses,
+        }),
+        _ => None,
     }
 }
 
@@ -1011,6 +1131,10 @@ impl EgressConfig {
             .interception
             .as_ref()
             .map(|i| interception_settings(&mut errs, base, i));
+        let actor_forwarding = self
+            .actor_forwarding
+            .as_ref()
+            .map(|a| actor_forwarding_settings(&mut errs, base, a, self.tls.as_ref()));
 
         match (errs.is_empty(), listen, tls) {
             (true, Some(listen), Some(tls)) => Ok(EgressSettings {
@@ -1033,6 +1157,7 @@ impl EgressConfig {
                 limits: l.clone(),
                 audit_file,
                 interception,
+                actor_forwarding: actor_forwarding.flatten(),
             }),
             _ => Err(errs),
         }

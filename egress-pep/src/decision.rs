@@ -108,6 +108,15 @@ pub enum Reason {
     InterceptionNotConfigured,
     /// The destination is an actor; actor-to-actor forwarding is not configured (DESIGN §7.4).
     ActorForwardingNotConfigured,
+    /// Traffic to one of the configured ingress addresses that names no actor (no actor host
+    /// in its SNI, authority or CONNECT `ate-destination-host`, DESIGN §7.4).
+    ActorTargetUnknown,
+    /// A request or CONNECT that a PEP already forwarded (its `Via` names `actorgate-pep`)
+    /// arrived at a PEP again (DESIGN §7.4).
+    ForwardingLoop,
+    /// Ingress refused the forwarded CONNECT to an actor (its status is logged), or could not
+    /// be reached.
+    ActorUnreachable,
     /// The address about to be dialled is in a guarded range (DESIGN §7.2 guard).
     Guarded,
     /// A hostname rule's name resolved into a private range the rule does not allow.
@@ -176,6 +185,9 @@ impl Reason {
             Reason::PathNotAllowed => "path_not_allowed",
             Reason::InterceptionNotConfigured => "interception_not_configured",
             Reason::ActorForwardingNotConfigured => "actor_forwarding_not_configured",
+            Reason::ActorTargetUnknown => "actor_target_unknown",
+            Reason::ForwardingLoop => "forwarding_loop",
+            Reason::ActorUnreachable => "actor_unreachable",
             Reason::Guarded => "guarded",
             Reason::PrivateAddress => "private_address",
             Reason::ResolveFailed => "resolve_failed",
@@ -216,6 +228,9 @@ impl Reason {
             Reason::PathNotAllowed => "path not allowed by the matching rule",
             Reason::InterceptionNotConfigured => "interception not configured",
             Reason::ActorForwardingNotConfigured => "actor forwarding not configured",
+            Reason::ActorTargetUnknown => "traffic to ingress names no actor",
+            Reason::ForwardingLoop => "forwarding loop: a PEP already forwarded this",
+            Reason::ActorUnreachable => "ingress did not open the tunnel to the actor",
             Reason::Guarded => "destination in a guarded range",
             Reason::PrivateAddress => "name resolves into a private range",
             Reason::ResolveFailed => "name did not resolve",
@@ -254,6 +269,7 @@ impl Reason {
             Reason::ControlPlaneUnavailable
             | Reason::ResolveFailed
             | Reason::DialFailed
+            | Reason::ActorUnreachable
             | Reason::Draining => http::StatusCode::SERVICE_UNAVAILABLE,
             Reason::BadRequest => http::StatusCode::BAD_REQUEST,
             Reason::UpstreamCertificateInvalid | Reason::UpstreamTlsFailed => {
@@ -325,6 +341,16 @@ pub enum Dial {
         /// The deciding `tcp` rule's CIDR, when a `tcp` rule decided: a guarded address is
         /// dialled only when this CIDR lies inside the guarded range (DESIGN §7.2 guard).
         tcp_rule: Option<ipnet::IpNet>,
+    },
+    /// Forward to ingress as a trusted peer (actor-to-actor, DESIGN §7.4): readable requests
+    /// with `ate-target-actor`/`ate-source-actor`, other traffic as `CONNECT <host>:<port>`.
+    Actor {
+        /// The target actor.
+        target: routing_core::ActorRef,
+        /// The actor host as the caller named it (normalised: lowercase, no trailing dot).
+        host: Arc<str>,
+        /// The port the caller dialed (the actor port ingress routes to).
+        port: u16,
     },
 }
 

@@ -100,7 +100,7 @@ impl Dialer {
     /// [`Dialed::dst_mismatch`]). Refusals: every answer guarded → `Guarded`; every
     /// remaining answer private without `allow_private` → `PrivateAddress`; the name does not
     /// resolve → `ResolveFailed`; no screened address accepted a connection within the timeout
-    /// → `DialFailed`.
+    /// → `DialFailed`; [`Dial::Actor`] is never dialled here → `ActorForwardingNotConfigured`.
     pub async fn dial(&self, dial: &Dial, original_dst: SocketAddr) -> Result<Dialed, DialRefusal> {
         match dial {
             Dial::Name {
@@ -168,6 +168,11 @@ impl Dialer {
                     dst_mismatch: addr.ip().to_canonical() != original_dst.ip().to_canonical(),
                 })
             }
+            // Actor traffic goes to ingress (`actor_forward::IngressPeer`), never dialled here.
+            Dial::Actor { target, .. } => Err(DialRefusal::new(
+                Reason::ActorForwardingNotConfigured,
+                format!("{target:?} is an actor: forwarded through ingress, not dialled"),
+            )),
         }
     }
 

@@ -3,7 +3,9 @@
 //! CONNECT streams over h2) carrying the actor's verified identity and the original destination;
 //! the PEP classifies the tunnel's first bytes, decides by policy, audits and forwards.
 //!
-//! * [`actor_hosts`]: names that belong to actors (denied until actor forwarding exists).
+//! * [`actor_hosts`]: names (and ingress addresses) that belong to actors, and how actor traffic
+//!   is decided.
+//! * [`actor_forward`]: forwarding actor traffic to ingress as a trusted peer; loop detection.
 //! * [`decision`]: what a decision is (verdict, reason, deciding rule, where to dial) — the
 //!   vocabulary every other module speaks.
 //! * [`subject`]: the verified actor behind a tunnel.
@@ -24,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod actor_forward;
 pub mod actor_hosts;
 pub mod agent;
 pub mod audit;

@@ -37,10 +37,13 @@ use runtime::listener::{BoundListener, Conn, ConnInfo, ServerTlsSource};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::actor_forward::{self, IngressPeer};
 use crate::actor_hosts::ActorHosts;
 use crate::audit::{AuditActor, AuditRecord, AuditSink, RecordKind};
 use crate::classify::{self, Classified, ClassifyError, ClassifyLimits, Rewind};
-use crate::cleartext::{self, CleartextHooks, CleartextLimits, Origin, RequestRecord, Upstreams};
+use crate::cleartext::{
+    self, ActorConnection, CleartextHooks, CleartextLimits, Origin, RequestRecord, Upstreams,
+};
 use crate::decision::{Decision, Dial, Query, Reason, RuleKind, Traffic, Verdict};
 use crate::forward::{DialRefusal, Dialed, Dialer, SpliceCounters};
 use crate::intercepted::Interception;
@@ -150,9 +153,11 @@ pub struct PepParts {
     pub classify: ClassifyLimits,
     /// Bounds of the cleartext HTTP proxy.
     pub cleartext: CleartextLimits,
-    /// DNS suffixes that name actors (e.g. `actors.local`): an SNI or authority under one is
-    /// actor-to-actor traffic, denied until actor forwarding is configured (DESIGN §7.4).
-    pub actor_host_suffixes: Vec<String>,
+    /// The names (and ingress addresses) that are actor-to-actor traffic (DESIGN §7.4).
+    pub actor_hosts: ActorHosts,
+    /// Ingress, where actor traffic is forwarded; `None`: actor forwarding is not configured
+    /// (then `actor_hosts` has no forwarding either).
+    pub ingress: Option<IngressPeer>,
     /// TLS interception for `https` rules; `None`: they deny with `interception not
     /// configured` (DESIGN §7.2).
     pub interception: Option<Interception>,
@@ -171,6 +176,7 @@ pub struct Pep {
     classify: ClassifyLimits,
     cleartext: CleartextLimits,
     actor_hosts: ActorHosts,
+    ingress: Option<Arc<IngressPeer>>,
     liveness: liveness::Liveness,
     listeners: parking_lot::Mutex<Vec<SocketAddr>>,
     interception: Option<Interception>,
@@ -228,6 +234,9 @@ struct Tunnel {
     subject: Arc<Subject>,
     dst: SocketAddr,
     policy: Arc<CompiledPolicy>,
+    /// The CONNECT's `ate-destination-host`, when the target is an ingress address (it names
+    /// the actor of opaque traffic there).
+    dst_host: Option<Box<str>>,
     started: Instant,
     _active: ActiveTunnel,
     /// h2: keeps the connection's stream count up while the tunnel runs (`Some` marks an h2
@@ -254,7 +263,8 @@ impl Pep {
             limits: parts.limits,
             classify: parts.classify,
             cleartext: parts.cleartext,
-            actor_hosts: ActorHosts::new(parts.actor_host_suffixes),
+            actor_hosts: parts.actor_hosts,
+            ingress: parts.ingress.map(Arc::new),
             liveness,
             listeners: parking_lot::Mutex::new(Vec::new()),
             interception: parts.interception,
@@ -466,6 +476,15 @@ impl Pep {
             return self.refuse(rec, Reason::BadTarget, &detail, started, &ctx);
         };
         rec.dst = Some(dst);
+        if actor_forward::is_loop(req.headers()) {
+            return self.refuse(
+                rec,
+                Reason::ForwardingLoop,
+                "Via names a PEP",
+                started,
+                &ctx,
+            );
+        }
         if ctx.drain.is_draining() {
             return self.refuse(rec, Reason::Draining, "draining", started, &ctx);
         }
@@ -516,10 +535,16 @@ impl Pep {
             }
         };
         self.metrics.connect(started.elapsed());
+        let dst_host = if self.actor_hosts.is_ingress(dst) {
+            actor_forward::destination_host(req.headers()).map(Box::from)
+        } else {
+            None
+        };
         let tunnel = Tunnel {
             subject,
             dst,
             policy,
+            dst_host,
             started,
             _active: self.metrics.open_tunnel(),
             stream,
@@ -601,12 +626,7 @@ impl Pep {
         };
         let decision = match &class {
             Classified::Http => {
-                let hooks = Arc::new(Hooks {
-                    pep: self.clone(),
-                    subject: t.subject.clone(),
-                    dst: t.dst,
-                    sni: None,
-                });
+                let hooks = Arc::new(Hooks::new(self.clone(), &t, None));
                 let io = Rewind::new(prefix, io);
                 // Boxed: the cleartext proxy's state is large and only HTTP tunnels need it;
                 // inline it would grow every tunnel's task (idle memory per tunnel).
@@ -637,6 +657,7 @@ impl Pep {
                             interception: self.interception.is_some(),
                         },
                     },
+                    t.dst_host.as_deref(),
                 );
                 if let (Some(interception), Some(sni)) = (&self.interception, sni.as_deref()) {
                     let https = decision.verdict.passes()
@@ -658,6 +679,7 @@ impl Pep {
                     dst: t.dst,
                     traffic: Traffic::Opaque,
                 },
+                t.dst_host.as_deref(),
             ),
         };
         rec.verdict = decision.verdict;
@@ -671,26 +693,46 @@ impl Pep {
                 return;
             }
         };
+        if let Dial::Actor { target, host, port } = &dial {
+            let io = Rewind::new(prefix, io);
+            self.forward_to_actor(io, &t, target, host, *port, rec)
+                .await;
+            return;
+        }
         // Boxed: resolving a name holds a large future only while the dial runs.
         let dialed = Box::pin(self.dialer.dial(&dial, t.dst)).await;
         self.metrics
             .set_dns_cache_entries(self.dialer.resolver().cache_entries());
         let dialed = match dialed {
             Ok(d) => d,
-            Err(refusal) => {
-                tracing::debug!(dst = %t.dst, reason = refusal.reason.as_str(), detail = %refusal.detail, "tunnel dial refused");
-                rec.verdict = Verdict::Deny;
-                rec.reason = refusal.reason;
-                close(io).await;
-                self.finish(rec.with_duration(t.started.elapsed()));
-                return;
-            }
+            Err(refusal) => return self.refused_dial(io, &t, rec, refusal).await,
         };
         rec.dst_mismatch = dialed.dst_mismatch;
+        self.splice(Rewind::new(prefix, io), dialed.stream, &t, rec)
+            .await;
+    }
+
+    /// Closes a tunnel whose upstream could not be reached and records why.
+    async fn refused_dial<IO>(&self, io: IO, t: &Tunnel, mut rec: AuditRecord, refusal: DialRefusal)
+    where
+        IO: AsyncWrite + Unpin,
+    {
+        tracing::debug!(dst = %t.dst, reason = refusal.reason.as_str(), detail = %refusal.detail, "tunnel dial refused");
+        rec.verdict = Verdict::Deny;
+        rec.reason = refusal.reason;
+        close(io).await;
+        self.finish(rec.with_duration(t.started.elapsed()));
+    }
+
+    /// Splices the tunnel with its upstream until both directions end, then records the bytes.
+    async fn splice<IO, U>(&self, io: IO, upstream: U, t: &Tunnel, mut rec: AuditRecord)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
         let counters = SpliceCounters::new();
-        let io = Rewind::new(prefix, io);
         let limits = self.limits.splice_limits(t.stream.is_some());
-        match crate::forward::splice_counted(io, dialed.stream, limits, &counters).await {
+        match crate::forward::splice_counted(io, upstream, limits, &counters).await {
             Ok(stats) if stats.idle_timeout => self.metrics.limit(Limit::Idle),
             Ok(_) => {}
             Err(e) => tracing::debug!(dst = %t.dst, error = %e, "tunnel splice ended"),
@@ -698,6 +740,36 @@ impl Pep {
         rec.bytes_up = counters.up();
         rec.bytes_down = counters.down();
         self.finish(rec.with_duration(t.started.elapsed()));
+    }
+
+    /// Actor traffic that is not readable (TLS passed through, opaque): a CONNECT to ingress
+    /// naming the target actor, then bytes spliced both ways.
+    async fn forward_to_actor<IO>(
+        &self,
+        io: IO,
+        t: &Tunnel,
+        target: &routing_core::ActorRef,
+        host: &str,
+        port: u16,
+        rec: AuditRecord,
+    ) where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let upstream = match &self.ingress {
+            Some(ingress) => {
+                let source = subject_actor(&t.subject);
+                Box::pin(ingress.tunnel(target, host, port, &source)).await
+            }
+            // Unreachable: actor hosts forward only when ingress is configured.
+            None => Err(DialRefusal {
+                reason: Reason::ActorForwardingNotConfigured,
+                detail: "no ingress configured".into(),
+            }),
+        };
+        match upstream {
+            Ok(upstream) => self.splice(io, upstream, t, rec).await,
+            Err(refusal) => self.refused_dial(io, t, rec, refusal).await,
+        }
     }
 
     /// An intercepted tunnel (`decision`: the ClientHello's; a denial is answered readably to
@@ -721,12 +793,7 @@ impl Pep {
             decision.reason
         };
         rec.rule = decision.rule.clone();
-        let hooks = Arc::new(Hooks {
-            pep: self.clone(),
-            subject: t.subject.clone(),
-            dst: t.dst,
-            sni: Some(sni.to_owned()),
-        });
+        let hooks = Arc::new(Hooks::new(self.clone(), &t, Some(sni.to_owned())));
         let refuse_all = (!passes).then_some(decision);
         // Boxed: the proxy's state is large and only intercepted tunnels need it.
         let upstreams = self.upstreams_of(&t.subject, t.dst);
@@ -764,9 +831,14 @@ impl Pep {
 
     /// Decides `query` as `actorgate policy test` does ([`ActorHosts::decide`]: actor hosts
     /// first, then `policy`; `None` = no policy), timed into `actorgate_egress_decision_seconds`.
-    fn decide(&self, policy: Option<&CompiledPolicy>, query: &Query<'_>) -> Decision {
+    fn decide(
+        &self,
+        policy: Option<&CompiledPolicy>,
+        query: &Query<'_>,
+        dst_host: Option<&str>,
+    ) -> Decision {
         let started = Instant::now();
-        let decision = self.actor_hosts.decide(policy, query);
+        let decision = self.actor_hosts.decide(policy, query, dst_host);
         self.metrics.decision(started.elapsed());
         decision
     }
@@ -781,6 +853,20 @@ struct Hooks {
     /// The intercepted connection's SNI (its requests are decided against `https` rules);
     /// `None` for cleartext.
     sni: Option<String>,
+    /// `<atespace>/<name>` of the verified actor (`ate-source-actor` of forwarded requests).
+    source: String,
+}
+
+impl Hooks {
+    fn new(pep: Arc<Pep>, t: &Tunnel, sni: Option<String>) -> Self {
+        Hooks {
+            pep,
+            subject: t.subject.clone(),
+            dst: t.dst,
+            sni,
+            source: subject_actor(&t.subject),
+        }
+    }
 }
 
 impl CleartextHooks for Hooks {
@@ -809,8 +895,25 @@ impl CleartextHooks for Hooks {
                     path,
                 }
             };
-            pep.decide(policy.as_deref(), &Query { dst, traffic })
+            pep.decide(policy.as_deref(), &Query { dst, traffic }, None)
         })
+    }
+
+    fn dial_actor(&self, h2: bool) -> BoxFuture<'static, Result<ActorConnection, DialRefusal>> {
+        let ingress = self.pep.ingress.clone();
+        Box::pin(async move {
+            match ingress {
+                Some(i) => i.connect(h2).await,
+                None => Err(DialRefusal {
+                    reason: Reason::ActorForwardingNotConfigured,
+                    detail: "no ingress configured".into(),
+                }),
+            }
+        })
+    }
+
+    fn source_actor(&self) -> &str {
+        &self.source
     }
 
     fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<Dialed, DialRefusal>> {
@@ -857,6 +960,11 @@ impl CleartextHooks for Hooks {
         self.pep.metrics.bytes(r.bytes_up, r.bytes_down);
         self.pep.audit.record(rec.with_duration(r.duration));
     }
+}
+
+/// `<atespace>/<name>` of the tunnel's verified actor.
+fn subject_actor(subject: &Subject) -> String {
+    format!("{}/{}", subject.actor.atespace, subject.actor.name)
 }
 
 /// One actor, as the PEP's per-actor state keys it: `<atespace>/<name>#<uid>` (a re-created

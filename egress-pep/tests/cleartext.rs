@@ -230,7 +230,7 @@ impl CleartextHooks for Hooks {
                 self.upstreams.get(&**host).copied(),
                 &**host == "other.test",
             ),
-            Dial::Address { .. } => (None, false),
+            Dial::Address { .. } | Dial::Actor { .. } => (None, false),
         };
         Box::pin(async move {
             let Some(addr) = addr else {

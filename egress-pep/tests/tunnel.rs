@@ -268,7 +268,8 @@ impl Harness {
                 ..ClassifyLimits::default()
             },
             cleartext: CleartextLimits::default(),
-            actor_host_suffixes: vec!["actors.local".into()],
+            actor_hosts: egress_pep::actor_hosts::ActorHosts::new("actors.local", None),
+            ingress: None,
             interception: None,
         });
         let drain = Drain::new();

@@ -242,7 +242,18 @@ impl Extractor {
         let conflicting = both
             && matches!((&by_header, &by_host), (Some(Ok(a)), Some(Ok(b))) if a.actor != b.actor);
         let target = match header_first {
-            Some(true) => by_header,
+            Some(true) => {
+                // The header names the actor; an authority naming the same actor still says
+                // which actor port (a trusted PEP sends both, DESIGN §7.4).
+                by_header.map(|r| {
+                    r.map(|mut t| {
+                        if let Some(port) = self.same_actor_port(req.authority, &t.actor, by_host) {
+                            t.port = port;
+                        }
+                        t
+                    })
+                })
+            }
             Some(false) => by_host,
             None => None,
         }
@@ -250,6 +261,31 @@ impl Extractor {
         Decision {
             target,
             conflicting,
+        }
+    }
+
+    /// The port of `authority` when a configured authority extractor finds `actor` there
+    /// (`by_host`: its answer when already computed); `None` otherwise.
+    fn same_actor_port(
+        &self,
+        authority: Option<&str>,
+        actor: &ActorRef,
+        by_host: Option<Result<Target, InvalidActorRef>>,
+    ) -> Option<u16> {
+        authority?;
+        let found = match by_host {
+            Some(r) => Some(r),
+            None => {
+                let mut split = None;
+                self.order
+                    .iter()
+                    .filter(|k| matches!(k, ExtractorKind::Host | ExtractorKind::LegacyHost))
+                    .find_map(|k| self.host_kind(*k, authority, &mut split))
+            }
+        };
+        match found {
+            Some(Ok(t)) if t.actor == *actor => Some(t.port),
+            _ => None,
         }
     }
 
@@ -359,6 +395,35 @@ mod tests {
         assert_eq!(t.actor.as_str(), "ns1/agent");
         assert_eq!(t.port, 80);
         assert_eq!(t.via, ExtractorKind::Header);
+    }
+
+    #[test]
+    fn the_header_takes_the_port_of_an_authority_naming_the_same_actor() {
+        let e = all();
+        let meta = |a| RequestMeta {
+            target_actor: Some("ns1/agent"),
+            authority: Some(a),
+        };
+        let t = e
+            .extract(&meta("agent.ns1.actors.resources.substrate.ate.dev:8081"))
+            .unwrap();
+        assert_eq!(
+            (t.actor.as_str(), t.port, t.via),
+            ("ns1/agent", 8081, ExtractorKind::Header)
+        );
+        // Another actor's authority (a conflict, refused elsewhere) or none: the default port.
+        let t = e
+            .extract(&meta("other.ns1.actors.resources.substrate.ate.dev:8081"))
+            .unwrap();
+        assert_eq!(t.port, 80);
+        let t = e.extract(&meta("gateway.example.com:8081")).unwrap();
+        assert_eq!(t.port, 80);
+        // Without authority extractors the authority says nothing.
+        let h = Extractor::new(vec![ExtractorKind::Header], DEFAULT_HOST_SUFFIX, None).unwrap();
+        let t = h
+            .extract(&meta("agent.ns1.actors.resources.substrate.ate.dev:8081"))
+            .unwrap();
+        assert_eq!(t.port, 80);
     }
 
     #[test]

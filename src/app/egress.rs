@@ -124,6 +124,18 @@ pub async fn start(
     );
     let identity = identity_settings(settings).await?;
     let interception = interception(w, settings)?;
+    let routing = &loaded.config.routing;
+    let mut actor_hosts = egress_pep::actor_hosts::ActorHosts::new(
+        &routing.host_suffix,
+        routing.default_atespace.as_deref(),
+    );
+    let ingress = match &settings.actor_forwarding {
+        None => None,
+        Some(f) => {
+            actor_hosts = actor_hosts.with_forwarding(f.ingress_addresses.clone());
+            Some(ingress_peer(w, f, settings.limits.connect_timeout)?)
+        }
+    };
 
     let pep = egress_pep::tunnel::Pep::new(egress_pep::tunnel::PepParts {
         tls: tls.clone(),
@@ -136,7 +148,8 @@ pub async fn start(
         limits: settings.tunnel_limits(),
         classify: settings.classify_limits(),
         cleartext: settings.cleartext_limits(),
-        actor_host_suffixes: vec![loaded.config.routing.host_suffix.clone()],
+        actor_hosts,
+        ingress,
         interception,
     });
     let p = pep.clone();
@@ -240,4 +253,43 @@ async fn identity_settings(s: &EgressSettings) -> Result<egress_pep::tunnel::Ide
         agents: s.agents.clone(),
         assertion,
     })
+}
+
+/// Ingress as the PEP forwards actor traffic to it: client TLS with the PEP's certificate
+/// (watched for rotation), `http/1.1` alone or `h2` first.
+fn ingress_peer(
+    w: &mut Wiring,
+    f: &egress_pep::config::ActorForwardingSettings,
+    connect_timeout: Duration,
+) -> Result<egress_pep::actor_forward::IngressPeer> {
+    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
+    let config = |alpn: Vec<Vec<u8>>| {
+        ReloadableClientConfig::client(ClientTlsFiles {
+            ca_file: f.ca_file.clone(),
+            cert_file: Some(f.cert_file.clone()),
+            key_file: Some(f.key_file.clone()),
+            server_identity: ServerIdentity::Hostname,
+            alpn,
+        })
+        .context("egress.actor_forwarding")
+    };
+    let h1 = config(vec![b"http/1.1".to_vec()])?;
+    let h2 = config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+    for c in [&h1, &h2] {
+        match c.watch() {
+            Ok(handle) => w.keep(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the actor forwarding TLS files; rotation needs a restart")
+            }
+        }
+    }
+    tracing::info!(ingress = %f.ingress, "actor forwarding to ingress");
+    egress_pep::actor_forward::IngressPeer::new(
+        f.ingress.clone(),
+        &f.server_name,
+        h1,
+        h2,
+        connect_timeout,
+    )
+    .context("egress.actor_forwarding.server_name")
 }

@@ -299,8 +299,7 @@ impl CompiledPolicy {
                         compiled.tcp.add(*cidr, &t.ports, idx);
                     }
                 }
-                // Parsed and validated; actor-to-actor forwarding is decided elsewhere
-                // (DESIGN §7.4) and not configured yet.
+                // Matched in policy order by `decide_actor` (DESIGN §7.4).
                 RuleSpec::Actors(_) => {}
             }
             compiled.rules.push(info);
@@ -434,6 +433,24 @@ impl CompiledPolicy {
                 self.allow(m.idx, dial)
             }
             Traffic::Opaque => self.decide_tcp(query.dst, Reason::NoMatchingRule),
+        }
+    }
+
+    /// Actor-to-actor traffic to `target` on `port` (DESIGN §7.4): the first `actors` rule (in
+    /// policy order) naming it allows with `dial` ([`Dial::Actor`]); without one, default deny
+    /// (in an audit-mode policy the would-be denial passes with `dial`). Hostname rules naming
+    /// the actor host are the caller's second chance ([`crate::actor_hosts`]).
+    pub fn decide_actor(&self, target: &routing_core::ActorRef, port: u16, dial: Dial) -> Decision {
+        if let Some(reason) = self.deny_all {
+            return Decision::deny(reason);
+        }
+        let found = self.model.rules.iter().position(|r| match &r.spec {
+            RuleSpec::Actors(a) => a.matches(target.atespace(), target.name(), port),
+            _ => false,
+        });
+        match found {
+            Some(i) => self.allow(i as Idx, dial),
+            None => self.refuse(Reason::NoMatchingRule, None, self.policy_audit, dial),
         }
     }
 
