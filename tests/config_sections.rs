@@ -412,6 +412,55 @@ fn egress_actor_forwarding_is_checked_field_by_field() {
     );
 }
 
+/// `egress.credentials`: providers by class, each one kind; every problem names its field.
+#[test]
+fn egress_credentials_are_checked_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    egress_demo_certs(dir.path());
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    let good = "  credentials:\n    providers:\n    - {class: vault, grpc: {address: '127.0.0.1:8443', server_name: localhost}}\n    \
+                - {class: local, files: {dir: secrets}}\n    - {class: env, env: {allow: [OPENAI_API_KEY]}}\n";
+    let yaml = format!(
+        "admin: {{listen: '127.0.0.1:0'}}\ndirectory: {{static: {{}}}}\n{}",
+        egress_section(dir.path(), good)
+    );
+    let (code, stdout, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v = effective(&stdout);
+    assert_eq!(v["egress"]["credentials"]["secret_ttl"], "30s", "{stdout}");
+    assert_eq!(
+        v["egress"]["credentials"]["providers"][1]["class"], "local",
+        "{stdout}"
+    );
+
+    let bad = "  credentials:\n    secret_ttl: 0s\n    providers:\n    - {class: Vault!, grpc: {address: 'nope'}}\n    \
+               - {class: local, files: {dir: missing}, env: {allow: [X]}}\n    - {class: env, env: {allow: ['A=B']}}\n    \
+               - {class: env, files: {dir: secrets}}\n";
+    let yaml = format!(
+        "admin: {{listen: '127.0.0.1:0'}}\ndirectory: {{static: {{}}}}\n{}",
+        egress_section(dir.path(), bad)
+    );
+    let (code, _, stderr) = check_config(dir.path(), &yaml);
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in [
+        "egress.credentials.secret_ttl: ",
+        "egress.credentials.providers[0].class: \"Vault!\" is not a provider class",
+        "egress.credentials.providers[0].grpc.address: \"nope\" is not host:port",
+        "egress.credentials.providers[1]: set exactly one of grpc, files, env",
+        "egress.credentials.providers[2].env.allow[0]: \"A=B\" is not an environment variable name",
+        "egress.credentials.providers[3].class: \"env\" repeated",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.starts_with("actorgate: ")),
+        "one line per problem:\n{stderr}"
+    );
+}
+
 /// `agent`: every problem is one line naming its field.
 #[test]
 fn agent_problems_are_one_line_each_with_their_path() {

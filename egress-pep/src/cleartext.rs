@@ -51,9 +51,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::decision::{Decision, Dial, Reason, Verdict};
+use crate::decision::{Decision, Dial, Reason};
 use crate::forward::{DialRefusal, Dialed};
 use crate::intercept_upstream::{UpstreamAlpn, UpstreamTlsError};
+use crate::policy::model::CredentialHeader;
 use crate::upstream_pool::{PoolLimits, Pooled, UpstreamPool};
 
 /// Body text of a policy denial (DESIGN §9).
@@ -108,6 +109,18 @@ pub trait CleartextHooks: Send + Sync + 'static {
     /// forwarded to ingress. Default: empty (no forwarding).
     fn source_actor(&self) -> &str {
         ""
+    }
+    /// The header values (prefix and secret, marked sensitive) of `effects[i]` for each `i` of
+    /// `wanted`, for this tunnel's actor (DESIGN §7.3); a refusal's reason
+    /// ([`Reason::CredentialDenied`], [`Reason::CredentialUnavailable`]). Default: no
+    /// credential source (denied).
+    fn credentials(
+        &self,
+        effects: Arc<[CredentialHeader]>,
+        wanted: Vec<usize>,
+    ) -> BoxFuture<'static, Result<Vec<(HeaderName, HeaderValue)>, Reason>> {
+        let _ = (effects, wanted);
+        Box::pin(async { Err(Reason::CredentialDenied) })
     }
 }
 
@@ -476,15 +489,27 @@ impl Proxy {
             && !covers(&o.sni, &target.authority)
         {
             // The leaf the actor verified is for another name (RFC 9110 §15.5.20).
-            let d = guard.decision.get_mut();
-            *d = Decision {
-                verdict: Verdict::Deny,
-                reason: Reason::NotCoveredByCertificate,
-                rule: d.rule.take(),
-                dial: None,
-            };
+            guard
+                .decision
+                .get_mut()
+                .overturn(Reason::NotCoveredByCertificate);
             return self.refuse(req, guard).await;
         }
+        // Credentials for the headers the actor sent placeholders in (DESIGN §7.3), fetched
+        // before anything is dialled; set after every other header change, below.
+        let credentials = match &decision.effects {
+            None => Vec::new(),
+            Some(effects) => {
+                let tls = intercepted.is_some() || matches!(dial, Dial::Actor { .. });
+                match self.credentials(effects, req.headers(), tls).await {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        guard.decision.get_mut().overturn(reason);
+                        return self.refuse(req, guard).await;
+                    }
+                }
+            }
+        };
 
         // Actor traffic goes to ingress for the actor host on the port the actor dialed.
         let mut target = target;
@@ -541,6 +566,13 @@ impl Proxy {
             ) {
                 tracing::debug!(error = %e, "forwarded request headers");
                 return guard.status_only(StatusCode::BAD_REQUEST, BAD_REQUEST);
+            }
+        }
+        // Last: each credential replaces every value of its header (a header the actor named
+        // in `Connection` is gone by now and stays gone).
+        for (name, value) in credentials {
+            if parts.headers.contains_key(&name) {
+                parts.headers.insert(name, value);
             }
         }
         if let (true, Some(value)) = (upgrade, upgrade_value) {
@@ -638,6 +670,31 @@ impl Proxy {
             upstream: returned,
         };
         Response::from_parts(parts, body.boxed())
+    }
+
+    /// The credential values for the `effects` whose header the actor's request carries
+    /// (`headers`), in the rule's order; nothing is fetched for the others. `tls`: the PEP sends
+    /// the request over TLS (re-originated, or to ingress); otherwise every wanted effect must
+    /// allow cleartext ([`Reason::CredentialNeedsTls`]).
+    async fn credentials(
+        &self,
+        effects: &Arc<[CredentialHeader]>,
+        headers: &HeaderMap,
+        tls: bool,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Reason> {
+        let wanted: Vec<usize> = effects
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| headers.contains_key(e.header.as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !tls && wanted.iter().any(|&i| !effects[i].allow_cleartext) {
+            return Err(Reason::CredentialNeedsTls);
+        }
+        self.hooks.credentials(effects.clone(), wanted).await
     }
 
     /// Answers a refused request (403 or 503 by reason) and keeps the connection usable when the
@@ -1161,15 +1218,7 @@ impl RecordGuard {
     fn refused_after_dial(self: Arc<Self>, reason: Reason) -> Response<RespBody> {
         let (status, text) = denial(reason);
         self.status.store(status.as_u16(), Ordering::Relaxed);
-        {
-            let mut decision = self.decision.lock();
-            *decision = Decision {
-                verdict: Verdict::Deny,
-                reason,
-                rule: decision.rule.clone(),
-                dial: None,
-            };
-        }
+        self.decision.lock().overturn(reason);
         text_response(status, text, false)
     }
 

@@ -74,6 +74,110 @@ pub struct EgressConfig {
     /// is denied with `actor_forwarding_not_configured`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor_forwarding: Option<ActorForwardingConfig>,
+    /// Credential sources of `replace_headers` effects (DESIGN §7.3).
+    pub credentials: CredentialsConfig,
+}
+
+/// `egress.credentials`: where `credential_uri` secrets come from (providers by URI class) and
+/// how long they are reused (DESIGN §7.3, §9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// One entry per provider class (the authority of `ate-secret://<class>/…`).
+    pub providers: Vec<CredentialProviderConfig>,
+    /// How long a fetched secret is reused for the same actor and URI.
+    #[serde(with = "humantime_serde")]
+    pub secret_ttl: Duration,
+    /// Most cached secrets (and, separately, actor tokens).
+    pub max_entries: u64,
+    /// Longest wait for one provider answer or actor token.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        let l = crate::credentials::CredentialLimits::default();
+        Self {
+            providers: Vec::new(),
+            secret_ttl: l.secret_ttl,
+            max_entries: l.max_entries,
+            fetch_timeout: l.fetch_timeout,
+        }
+    }
+}
+
+/// One credential provider: exactly one of `grpc`, `files`, `env`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialProviderConfig {
+    /// The provider class it serves (`ate-secret://<class>/…`).
+    pub class: String,
+    /// Upstream's `credprovider.CredentialProvider` over mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcProviderConfig>,
+    /// Files under a directory: `<dir>/<name>/<tail>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesProviderConfig>,
+    /// Environment variables named by the URI's tail, only those listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<EnvProviderConfig>,
+}
+
+/// `grpc`: a credential provider service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcProviderConfig {
+    /// `host:port`.
+    pub address: String,
+    /// The name its certificate must carry; default: the host of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Its CA bundle; default: `egress.tls.client_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The PEP's client certificate; default: `egress.tls.cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its key; default: `egress.tls.key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `files`: a directory of secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesProviderConfig {
+    /// The directory (relative to the config file).
+    pub dir: PathBuf,
+}
+
+/// `env`: environment variables of the PEP's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvProviderConfig {
+    /// The variables that may be read (exact names).
+    pub allow: Vec<String>,
+}
+
+/// A validated credential provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderSettings {
+    /// FetchSecret over mTLS.
+    Grpc(PeerTls),
+    /// A directory (resolved).
+    Files(PathBuf),
+    /// Allowed variable names.
+    Env(Vec<String>),
+}
+
+/// Validated `egress.credentials`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsSettings {
+    /// Providers by class.
+    pub providers: Vec<(String, ProviderSettings)>,
+    /// Cache and fetch bounds.
+    pub limits: crate::credentials::CredentialLimits,
 }
 
 /// `egress.actor_forwarding`: where ingress's HTTPS listener is, how the PEP proves itself to it
@@ -103,19 +207,27 @@ pub struct ActorForwardingConfig {
     pub ingress_addresses: Vec<String>,
 }
 
-/// Validated `egress.actor_forwarding`, paths resolved.
+/// A TLS peer the PEP dials as a client with its own identity (ingress, a credential
+/// provider): validated, paths resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActorForwardingSettings {
-    /// Ingress's HTTPS listener, `host:port`.
-    pub ingress: String,
-    /// The name ingress's certificate must carry.
+pub struct PeerTls {
+    /// `host:port`.
+    pub address: String,
+    /// The name the peer's certificate must carry.
     pub server_name: String,
-    /// The CA bundle of ingress's certificate.
+    /// The CA bundle of the peer's certificate.
     pub ca_file: PathBuf,
     /// The PEP's client certificate.
     pub cert_file: PathBuf,
     /// Its key.
     pub key_file: PathBuf,
+}
+
+/// Validated `egress.actor_forwarding`, paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorForwardingSettings {
+    /// Ingress's HTTPS listener and how the PEP reaches it.
+    pub ingress: PeerTls,
     /// Original destinations that are ingress.
     pub ingress_addresses: Vec<crate::actor_hosts::IngressAddress>,
 }
@@ -138,6 +250,7 @@ impl Default for EgressConfig {
             audit: AuditConfig::default(),
             interception: None,
             actor_forwarding: None,
+            credentials: CredentialsConfig::default(),
         }
     }
 }
@@ -557,6 +670,8 @@ pub struct EgressSettings {
     pub interception: Option<InterceptionSettings>,
     /// Actor forwarding, when configured.
     pub actor_forwarding: Option<ActorForwardingSettings>,
+    /// Credential sources.
+    pub credentials: CredentialsSettings,
 }
 
 impl EgressSettings {
@@ -734,6 +849,105 @@ fn interception_settings(
     }
 }
 
+/// Validates `egress.credentials` (field paths relative to the section).
+fn credentials_settings(
+    errs: &mut FieldErrors,
+    base: &Path,
+    c: &CredentialsConfig,
+    tls: Option<&EgressTlsConfig>,
+) -> CredentialsSettings {
+    check_duration(
+        errs,
+        "credentials.secret_ttl",
+        c.secret_ttl,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    check_duration(
+        errs,
+        "credentials.fetch_timeout",
+        c.fetch_timeout,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
+    if !(1..=10_000_000).contains(&c.max_entries) {
+        errs.push(
+            "credentials.max_entries",
+            format!("{} is out of range (1 to 10000000)", c.max_entries),
+        );
+    }
+    let mut providers = Vec::with_capacity(c.providers.len());
+    for (i, p) in c.providers.iter().enumerate() {
+        let field = item("credentials.providers", i);
+        let valid_class = !p.class.is_empty()
+            && p.class.len() <= 253
+            && p.class
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid_class {
+            errs.push(
+                format!("{field}.class"),
+                format!(
+                    "{:?} is not a provider class (lowercase letters, digits, '-', '.')",
+                    p.class
+                ),
+            );
+        } else if c.providers[..i].iter().any(|o| o.class == p.class) {
+            errs.push(format!("{field}.class"), format!("{:?} repeated", p.class));
+        }
+        let settings = match (&p.grpc, &p.files, &p.env) {
+            (Some(g), None, None) => {
+                match peer_tls(
+                    errs,
+                    base,
+                    &format!("{field}.grpc"),
+                    ("address", &g.address),
+                    &g.server_name,
+                    [&g.ca_file, &g.cert_file, &g.key_file],
+                    tls,
+                ) {
+                    Some(peer) => ProviderSettings::Grpc(peer),
+                    None => continue,
+                }
+            }
+            (None, Some(d), None) => {
+                let dir = identity::config::resolve_path(base, &d.dir);
+                if !dir.is_dir() {
+                    errs.push(
+                        format!("{field}.files.dir"),
+                        format!("{} is not a directory", dir.display()),
+                    );
+                }
+                ProviderSettings::Files(dir)
+            }
+            (None, None, Some(e)) => {
+                for (j, v) in e.allow.iter().enumerate() {
+                    if v.is_empty() || v.contains('=') || v.contains('\0') || v.contains('/') {
+                        errs.push(
+                            item(&format!("{field}.env.allow"), j),
+                            format!("{v:?} is not an environment variable name"),
+                        );
+                    }
+                }
+                ProviderSettings::Env(e.allow.clone())
+            }
+            _ => {
+                errs.push(field, "set exactly one of grpc, files, env");
+                continue;
+            }
+        };
+        providers.push((p.class.clone(), settings));
+    }
+    CredentialsSettings {
+        providers,
+        limits: crate::credentials::CredentialLimits {
+            secret_ttl: c.secret_ttl,
+            max_entries: c.max_entries,
+            fetch_timeout: c.fetch_timeout,
+        },
+    }
+}
+
 /// Validates `egress.actor_forwarding` (field paths relative to the section); `None` after a
 /// problem was reported.
 fn actor_forwarding_settings(
@@ -742,41 +956,15 @@ fn actor_forwarding_settings(
     a: &ActorForwardingConfig,
     tls: Option<&EgressTlsConfig>,
 ) -> Option<ActorForwardingSettings> {
-    let before = errs.len();
-    let host = match a.ingress.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {
-            Some(h.trim_start_matches('[').trim_end_matches(']').to_owned())
-        }
-        _ => {
-            errs.push(
-                "actor_forwarding.ingress",
-                format!(
-                    "{:?} is not host:port (e.g. 10.96.0.20:8443 or actorgate.ate-system:8443)",
-                    a.ingress
-                ),
-            );
-            None
-        }
-    };
-    let server_name = a.server_name.clone().or(host).unwrap_or_default();
-    if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
-        errs.push(
-            "actor_forwarding.server_name",
-            format!("{server_name:?} is not a DNS name or IP address"),
-        );
-    }
-    let mut file = |field: &str, own: &Option<PathBuf>, default: Option<&PathBuf>| {
-        let path = own.as_ref().or(default)?;
-        Some(existing_file(
-            errs,
-            &format!("actor_forwarding.{field}"),
-            base,
-            path,
-        ))
-    };
-    let ca_file = file("ca_file", &a.ca_file, tls.map(|t| &t.client_ca_file));
-    let cert_file = file("cert_file", &a.cert_file, tls.map(|t| &t.cert_file));
-    let key_file = file("key_file", &a.key_file, tls.map(|t| &t.key_file));
+    let ingress = peer_tls(
+        errs,
+        base,
+        "actor_forwarding",
+        ("ingress", &a.ingress),
+        &a.server_name,
+        [&a.ca_file, &a.cert_file, &a.key_file],
+        tls,
+    );
     let mut ingress_addresses = Vec::with_capacity(a.ingress_addresses.len());
     for (i, s) in a.ingress_addresses.iter().enumerate() {
         if let Ok(ip) = s.parse::<IpAddr>() {
@@ -790,17 +978,77 @@ fn actor_forwarding_settings(
             );
         }
     }
-    match (errs.len() == before, ca_file, cert_file, key_file) {
-        (true, Some(ca_file), Some(cert_file), Some(key_file)) => Some(ActorForwardingSettings {
-            ingress: a.ingress.clone(),
-            server_name,
-            ca_file,
-            cert_file,
-            key_file,
-            ingress_addresses,
-        }),
-        _ => None,
+    Some(ActorForwardingSettings {
+        ingress: ingress?,
+        ingress_addresses,
+    })
+}
+
+/// Validates a TLS peer under `prefix`: its `address` field (`(name, value)`, `host:port`), the
+/// `server_name` (default: the host), and `[ca_file, cert_file, key_file]` (defaults: the
+/// listener's `client_ca_file`, `cert_file`, `key_file`). `None` after a problem was reported.
+fn peer_tls(
+    errs: &mut FieldErrors,
+    base: &Path,
+    prefix: &str,
+    (address_field, address): (&str, &str),
+    server_name: &Option<String>,
+    [ca, cert, key]: [&Option<PathBuf>; 3],
+    tls: Option<&EgressTlsConfig>,
+) -> Option<PeerTls> {
+    let before = errs.len();
+    let host = match address.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Some(h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        }
+        _ => {
+            errs.push(
+                format!("{prefix}.{address_field}"),
+                format!(
+                    "{address:?} is not host:port (e.g. 10.96.0.20:8443 or actorgate.ate-system:8443)"
+                ),
+            );
+            None
+        }
+    };
+    let server_name = server_name.clone().or(host).unwrap_or_default();
+    if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+        errs.push(
+            format!("{prefix}.server_name"),
+            format!("{server_name:?} is not a DNS name or IP address"),
+        );
     }
+    let mut file = |field: &str, own: &Option<PathBuf>, default: Option<&PathBuf>| match own
+        .as_ref()
+        .or(default)
+    {
+        Some(path) => Some(existing_file(
+            errs,
+            &format!("{prefix}.{field}"),
+            base,
+            path,
+        )),
+        None => {
+            errs.push(
+                format!("{prefix}.{field}"),
+                "is required without egress.tls",
+            );
+            None
+        }
+    };
+    let ca_file = file("ca_file", ca, tls.map(|t| &t.client_ca_file));
+    let cert_file = file("cert_file", cert, tls.map(|t| &t.cert_file));
+    let key_file = file("key_file", key, tls.map(|t| &t.key_file));
+    if errs.len() != before {
+        return None;
+    }
+    Some(PeerTls {
+        address: address.to_owned(),
+        server_name,
+        ca_file: ca_file?,
+        cert_file: cert_file?,
+        key_file: key_file?,
+    })
 }
 
 fn is_static_name(name: &str) -> bool {
@@ -1135,6 +1383,8 @@ impl EgressConfig {
             .actor_forwarding
             .as_ref()
             .map(|a| actor_forwarding_settings(&mut errs, base, a, self.tls.as_ref()));
+        let credentials =
+            credentials_settings(&mut errs, base, &self.credentials, self.tls.as_ref());
 
         match (errs.is_empty(), listen, tls) {
             (true, Some(listen), Some(tls)) => Ok(EgressSettings {
@@ -1158,6 +1408,7 @@ impl EgressConfig {
                 audit_file,
                 interception,
                 actor_forwarding: actor_forwarding.flatten(),
+                credentials,
             }),
             _ => Err(errs),
         }

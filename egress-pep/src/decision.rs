@@ -117,6 +117,15 @@ pub enum Reason {
     /// Ingress refused the forwarded CONNECT to an actor (its status is logged), or could not
     /// be reached.
     ActorUnreachable,
+    /// A credential provider refused the secret (NOT_FOUND, PERMISSION_DENIED and other
+    /// errors as upstream maps them, DESIGN §9), or the source is unknown.
+    CredentialDenied,
+    /// A credential source did not answer (UNAVAILABLE, DEADLINE_EXCEEDED, a timeout), or the
+    /// secret is unusable (empty, a control byte).
+    CredentialUnavailable,
+    /// A rule would inject a credential into a request the PEP sends in cleartext, and does not
+    /// allow it (DESIGN §7.3).
+    CredentialNeedsTls,
     /// The address about to be dialled is in a guarded range (DESIGN §7.2 guard).
     Guarded,
     /// A hostname rule's name resolved into a private range the rule does not allow.
@@ -188,6 +197,9 @@ impl Reason {
             Reason::ActorTargetUnknown => "actor_target_unknown",
             Reason::ForwardingLoop => "forwarding_loop",
             Reason::ActorUnreachable => "actor_unreachable",
+            Reason::CredentialDenied => "credential_denied",
+            Reason::CredentialUnavailable => "credential_unavailable",
+            Reason::CredentialNeedsTls => "credential_needs_tls",
             Reason::Guarded => "guarded",
             Reason::PrivateAddress => "private_address",
             Reason::ResolveFailed => "resolve_failed",
@@ -231,6 +243,9 @@ impl Reason {
             Reason::ActorTargetUnknown => "traffic to ingress names no actor",
             Reason::ForwardingLoop => "forwarding loop: a PEP already forwarded this",
             Reason::ActorUnreachable => "ingress did not open the tunnel to the actor",
+            Reason::CredentialDenied => "the credential source refused the secret",
+            Reason::CredentialUnavailable => "the credential source did not answer usably",
+            Reason::CredentialNeedsTls => "a credential would go upstream in cleartext",
             Reason::Guarded => "destination in a guarded range",
             Reason::PrivateAddress => "name resolves into a private range",
             Reason::ResolveFailed => "name did not resolve",
@@ -270,6 +285,7 @@ impl Reason {
             | Reason::ResolveFailed
             | Reason::DialFailed
             | Reason::ActorUnreachable
+            | Reason::CredentialUnavailable
             | Reason::Draining => http::StatusCode::SERVICE_UNAVAILABLE,
             Reason::BadRequest => http::StatusCode::BAD_REQUEST,
             Reason::UpstreamCertificateInvalid | Reason::UpstreamTlsFailed => {
@@ -365,6 +381,8 @@ pub struct Decision {
     pub rule: Option<RuleRef>,
     /// Where to dial when the verdict passes (`None` on deny).
     pub dial: Option<Dial>,
+    /// The deciding rule's credential headers when it allowed (DESIGN §7.3); `None` otherwise.
+    pub effects: Option<Arc<[crate::policy::model::CredentialHeader]>>,
 }
 
 impl Decision {
@@ -375,6 +393,19 @@ impl Decision {
             reason,
             rule: None,
             dial: None,
+            effects: None,
         }
+    }
+
+    /// This decision overturned after it passed (the certificate, a dial, a credential):
+    /// denied with `reason`, the deciding rule kept for the record.
+    pub fn overturn(&mut self, reason: Reason) {
+        *self = Decision {
+            verdict: Verdict::Deny,
+            reason,
+            rule: self.rule.take(),
+            dial: None,
+            effects: None,
+        };
     }
 }

@@ -16,6 +16,7 @@
 //! * [`forward`]: dialling by name or address through the guard, splicing bytes.
 //! * [`classify`]: TLS ClientHello / HTTP/1.x / opaque from a tunnel's first bytes.
 //! * [`cleartext`]: cleartext HTTP proxied and decided per request.
+//! * [`credentials`]: credential injection: provider secrets, files, environment, actor tokens.
 //! * [`intercept_ca`]: the interception CA and the leaf certificates minted with it.
 //! * [`intercept_tls`]: terminating an actor's TLS with the leaf for its SNI.
 //! * [`intercept_upstream`]: re-originating TLS to the authorised name, verified.
@@ -33,6 +34,7 @@ pub mod audit;
 pub mod classify;
 pub mod cleartext;
 pub mod config;
+pub mod credentials;
 pub mod decision;
 pub mod forward;
 pub mod guard;

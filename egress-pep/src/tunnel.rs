@@ -44,10 +44,12 @@ use crate::classify::{self, Classified, ClassifyError, ClassifyLimits, Rewind};
 use crate::cleartext::{
     self, ActorConnection, CleartextHooks, CleartextLimits, Origin, RequestRecord, Upstreams,
 };
+use crate::credentials::Credentials;
 use crate::decision::{Decision, Dial, Query, Reason, RuleKind, Traffic, Verdict};
 use crate::forward::{DialRefusal, Dialed, Dialer, SpliceCounters};
 use crate::intercepted::Interception;
 use crate::metrics::{ActiveTunnel, EgressMetrics, Limit};
+use crate::policy::model::CredentialHeader;
 use crate::policy::{CompiledPolicy, PolicySource};
 use crate::subject::Subject;
 use crate::upstream_pool::{PoolLimits, UpstreamPool};
@@ -158,6 +160,8 @@ pub struct PepParts {
     /// Ingress, where actor traffic is forwarded; `None`: actor forwarding is not configured
     /// (then `actor_hosts` has no forwarding either).
     pub ingress: Option<IngressPeer>,
+    /// Credential sources of `replace_headers` effects (DESIGN §7.3).
+    pub credentials: Arc<Credentials>,
     /// TLS interception for `https` rules; `None`: they deny with `interception not
     /// configured` (DESIGN §7.2).
     pub interception: Option<Interception>,
@@ -177,6 +181,7 @@ pub struct Pep {
     cleartext: CleartextLimits,
     actor_hosts: ActorHosts,
     ingress: Option<Arc<IngressPeer>>,
+    credentials: Arc<Credentials>,
     liveness: liveness::Liveness,
     listeners: parking_lot::Mutex<Vec<SocketAddr>>,
     interception: Option<Interception>,
@@ -265,6 +270,7 @@ impl Pep {
             cleartext: parts.cleartext,
             actor_hosts: parts.actor_hosts,
             ingress: parts.ingress.map(Arc::new),
+            credentials: parts.credentials,
             liveness,
             listeners: parking_lot::Mutex::new(Vec::new()),
             interception: parts.interception,
@@ -324,6 +330,8 @@ impl Pep {
                 "agents": self.identity.agents,
             },
             "audit": self.audit.status(),
+            "actor_forwarding": self.ingress.as_ref().map(|i| serde_json::json!({"ingress": i.address()})),
+            "credentials": self.credentials.status(),
             "interception": self.interception.as_ref().map(|i| {
                 self.observe_minter(i);
                 i.status()
@@ -914,6 +922,28 @@ impl CleartextHooks for Hooks {
 
     fn source_actor(&self) -> &str {
         &self.source
+    }
+
+    fn credentials(
+        &self,
+        effects: Arc<[CredentialHeader]>,
+        wanted: Vec<usize>,
+    ) -> BoxFuture<'static, Result<Vec<(header::HeaderName, header::HeaderValue)>, Reason>> {
+        let (credentials, subject) = (self.pep.credentials.clone(), self.subject.clone());
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(wanted.len());
+            for i in wanted {
+                match credentials.value(&subject.actor, &effects[i]).await {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        // The header name and the source's URI, never a value.
+                        tracing::debug!(header = %effects[i].header, reason = e.reason.as_str(), detail = %e.detail, "credential refused");
+                        return Err(e.reason);
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn dial(&self, dial: Dial) -> BoxFuture<'static, Result<Dialed, DialRefusal>> {

@@ -270,6 +270,13 @@ impl Harness {
             cleartext: CleartextLimits::default(),
             actor_hosts: egress_pep::actor_hosts::ActorHosts::new("actors.local", None),
             ingress: None,
+            credentials: Arc::new(egress_pep::credentials::Credentials::new(
+                "substrate-actor.local".into(),
+                Default::default(),
+                None,
+                Default::default(),
+                Default::default(),
+            )),
             interception: None,
         });
         let drain = Drain::new();

@@ -295,6 +295,23 @@ impl Signer {
         }
     }
 
+    /// An actor token as upstream's `MintActorJWT` answers it (DESIGN §6, §9): every one of
+    /// `audiences` in `aud`, valid for `ttl` from now. Returns the compact JWS and its `exp`
+    /// (seconds since the epoch).
+    ///
+    /// # Errors
+    /// [`KeyError`] when signing fails.
+    pub fn mint_actor_token(
+        &self,
+        actor: &ActorIdentity,
+        audiences: Vec<String>,
+        ttl: Duration,
+    ) -> Result<(String, u64), KeyError> {
+        let mut claims = self.claims(actor, "", ttl);
+        claims.aud = Audience::Many(audiences);
+        Ok((self.sign(&claims)?, claims.exp))
+    }
+
     /// Signs arbitrary claims: an egress assertion (typ `ate-egress+jwt`) when they carry `dst`,
     /// an actor token (typ `JWT`) otherwise.
     pub fn sign(&self, claims: &Claims) -> Result<String, KeyError> {

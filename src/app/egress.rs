@@ -137,6 +137,8 @@ pub async fn start(
         }
     };
 
+    let credentials = credentials(w, settings, directory, loaded)?;
+
     let pep = egress_pep::tunnel::Pep::new(egress_pep::tunnel::PepParts {
         tls: tls.clone(),
         directory: directory.directory.clone(),
@@ -150,6 +152,7 @@ pub async fn start(
         cleartext: settings.cleartext_limits(),
         actor_hosts,
         ingress,
+        credentials,
         interception,
     });
     let p = pep.clone();
@@ -255,41 +258,106 @@ async fn identity_settings(s: &EgressSettings) -> Result<egress_pep::tunnel::Ide
     })
 }
 
-/// Ingress as the PEP forwards actor traffic to it: client TLS with the PEP's certificate
-/// (watched for rotation), `http/1.1` alone or `h2` first.
+/// A client TLS config for `peer` with the PEP's identity, offering `alpn`, watched for
+/// rotation (`what` names it in errors and warnings).
+fn peer_client_tls(
+    w: &mut Wiring,
+    peer: &egress_pep::config::PeerTls,
+    alpn: Vec<Vec<u8>>,
+    what: &str,
+) -> Result<Arc<identity::tls::ReloadableClientConfig>> {
+    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
+    let tls = ReloadableClientConfig::client(ClientTlsFiles {
+        ca_file: peer.ca_file.clone(),
+        cert_file: Some(peer.cert_file.clone()),
+        key_file: Some(peer.key_file.clone()),
+        server_identity: ServerIdentity::Hostname,
+        alpn,
+    })
+    .with_context(|| what.to_owned())?;
+    match tls.watch() {
+        Ok(handle) => w.keep(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, what, "cannot watch TLS files; rotation needs a restart")
+        }
+    }
+    Ok(tls)
+}
+
+/// Ingress as the PEP forwards actor traffic to it: `http/1.1` alone or `h2` first.
 fn ingress_peer(
     w: &mut Wiring,
     f: &egress_pep::config::ActorForwardingSettings,
     connect_timeout: Duration,
 ) -> Result<egress_pep::actor_forward::IngressPeer> {
-    use identity::tls::{ClientTlsFiles, ReloadableClientConfig, ServerIdentity};
-    let config = |alpn: Vec<Vec<u8>>| {
-        ReloadableClientConfig::client(ClientTlsFiles {
-            ca_file: f.ca_file.clone(),
-            cert_file: Some(f.cert_file.clone()),
-            key_file: Some(f.key_file.clone()),
-            server_identity: ServerIdentity::Hostname,
-            alpn,
-        })
-        .context("egress.actor_forwarding")
-    };
-    let h1 = config(vec![b"http/1.1".to_vec()])?;
-    let h2 = config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
-    for c in [&h1, &h2] {
-        match c.watch() {
-            Ok(handle) => w.keep(handle),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the actor forwarding TLS files; rotation needs a restart")
-            }
-        }
-    }
-    tracing::info!(ingress = %f.ingress, "actor forwarding to ingress");
+    let what = "egress.actor_forwarding";
+    let h1 = peer_client_tls(w, &f.ingress, vec![b"http/1.1".to_vec()], what)?;
+    let h2 = peer_client_tls(
+        w,
+        &f.ingress,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        what,
+    )?;
+    tracing::info!(ingress = %f.ingress.address, "actor forwarding to ingress");
     egress_pep::actor_forward::IngressPeer::new(
-        f.ingress.clone(),
-        &f.server_name,
+        f.ingress.address.clone(),
+        &f.ingress.server_name,
         h1,
         h2,
         connect_timeout,
     )
     .context("egress.actor_forwarding.server_name")
+}
+
+/// The credential sources of `replace_headers` effects: the configured providers by class, and
+/// actor tokens from `MintActorJWT` over the ateapi directory, else from the `signer` section.
+fn credentials(
+    w: &mut Wiring,
+    settings: &EgressSettings,
+    directory: &Directory,
+    loaded: &Loaded,
+) -> Result<Arc<egress_pep::credentials::Credentials>> {
+    use egress_pep::config::ProviderSettings;
+    use egress_pep::credentials::proto::credential_provider_client::CredentialProviderClient;
+    use egress_pep::credentials::{
+        ActorTokens, CredentialMetrics, Credentials, DirectoryTokens, Provider, SignerTokens,
+    };
+    let c = &settings.credentials;
+    let mut providers = std::collections::HashMap::new();
+    for (i, (class, p)) in c.providers.iter().enumerate() {
+        let field = format!("egress.credentials.providers[{i}].grpc");
+        let provider = match p {
+            ProviderSettings::Files(dir) => Provider::Files(dir.clone()),
+            ProviderSettings::Env(allow) => Provider::Env(allow.clone()),
+            ProviderSettings::Grpc(peer) => {
+                let tls = peer_client_tls(w, peer, vec![b"h2".to_vec()], &field)?;
+                let ep =
+                    tonic::transport::Endpoint::from_shared(format!("http://{}", peer.address))
+                        .with_context(|| format!("{field}.address"))?
+                        .connect_timeout(c.limits.fetch_timeout);
+                let channel = routing_core::directory::ateapi::tls_channel(
+                    ep,
+                    &peer.address,
+                    Some(&peer.server_name),
+                    tls,
+                )
+                .with_context(|| format!("{field}.address"))?;
+                Provider::Grpc(CredentialProviderClient::new(channel))
+            }
+        };
+        providers.insert(class.clone(), provider);
+    }
+    let tokens: Option<Arc<dyn ActorTokens>> = match (&directory.ateapi, &loaded.signer) {
+        (Some(ateapi), _) => Some(Arc::new(DirectoryTokens(ateapi.clone()))),
+        (None, Some(signer)) => Some(Arc::new(SignerTokens(signer.clone()))),
+        (None, None) => None,
+    };
+    let metrics = CredentialMetrics::new(&mut w.registry);
+    Ok(Arc::new(Credentials::new(
+        settings.trust_domain.clone(),
+        providers,
+        tokens,
+        c.limits,
+        metrics,
+    )))
 }

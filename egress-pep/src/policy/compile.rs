@@ -212,6 +212,8 @@ struct RuleInfo {
     methods: Box<[http::Method]>,
     /// Allowed path prefixes without a trailing `/` (`/` stays `/`); empty = any.
     prefixes: Box<[Box<[u8]>]>,
+    /// Credential headers of the requests it allows (`None`: none).
+    effects: Option<Arc<[model::CredentialHeader]>>,
 }
 
 /// A compiled policy: the matcher plus the model it came from. Immutable; share it in an
@@ -263,10 +265,12 @@ impl CompiledPolicy {
                 allow_private: false,
                 methods: Box::default(),
                 prefixes: Box::default(),
+                effects: None,
             };
             match &rule.spec {
                 RuleSpec::Http(h) | RuleSpec::Https(h) | RuleSpec::TlsPassthrough(h) => {
                     info.allow_private = h.allow_private;
+                    info.effects = (!h.effects.is_empty()).then(|| Arc::from(h.effects.clone()));
                     info.methods = h.methods.clone().into_boxed_slice();
                     info.prefixes = h
                         .path_prefixes
@@ -546,6 +550,7 @@ impl CompiledPolicy {
             reason: Reason::Allowed,
             rule: Some(self.rule_ref(idx)),
             dial: Some(dial),
+            effects: self.rules[idx as usize].effects.clone(),
         }
     }
 
@@ -556,6 +561,8 @@ impl CompiledPolicy {
             reason,
             rule: idx.map(|i| self.rule_ref(i)),
             dial: audit.then_some(dial),
+            // A would-be denial carries no credentials: they go only where a rule allows.
+            effects: None,
         }
     }
 }

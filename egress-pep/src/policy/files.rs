@@ -500,6 +500,8 @@ struct RawCredentialHeader {
     prefix: String,
     credential_uri: Option<String>,
     actor_jwt: Option<RawActorJwt>,
+    #[serde(default)]
+    allow_cleartext: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -809,6 +811,7 @@ fn convert_host(
             header: c.header,
             prefix: c.prefix,
             source,
+            allow_cleartext: c.allow_cleartext,
         });
     }
     let ports = convert_ports(h.ports, base, default_port, errs);

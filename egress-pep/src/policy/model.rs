@@ -105,7 +105,8 @@ pub struct HostRule {
     /// Whether the rule's names may resolve into the configured private ranges (extension;
     /// the guarded ranges stay unreachable regardless).
     pub allow_private: bool,
-    /// Credential header replacements (upstream `HttpRuleEffects`); kept, not yet applied.
+    /// Credential header replacements (upstream `HttpRuleEffects`, DESIGN §7.3), applied to
+    /// the requests this rule allows (`crate::credentials`).
     pub effects: Vec<CredentialHeader>,
 }
 
@@ -187,6 +188,40 @@ pub struct CredentialHeader {
     pub prefix: String,
     /// Where the secret comes from.
     pub source: CredentialSource,
+    /// Inject also into a request the PEP sends upstream in cleartext (extension; files only:
+    /// upstream policies cannot opt in). Off: such a request is refused
+    /// (`credential_needs_tls`).
+    pub allow_cleartext: bool,
+}
+
+/// Headers a credential can never replace (DESIGN §7.3): `Host`, hop-by-hop and framing
+/// headers (pseudo-headers are not header names at all).
+pub const FORBIDDEN_CREDENTIAL_HEADERS: [&str; 11] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Why `header` cannot be a credential target, or `None` when it can.
+pub fn credential_target_problem(header: &str) -> Option<&'static str> {
+    if header.starts_with(':') {
+        return Some("a pseudo-header cannot be replaced");
+    }
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        return Some("is not a header name");
+    }
+    FORBIDDEN_CREDENTIAL_HEADERS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(header))
+        .then_some("Host, hop-by-hop and framing headers cannot be replaced")
 }
 
 /// Where a credential comes from.
@@ -309,6 +344,13 @@ impl Policy {
                     for (j, e) in h.effects.iter().enumerate() {
                         if e.header.trim().is_empty() {
                             p(format!("{base}.effects[{j}].header"), "must not be empty");
+                        } else if let Some(problem) = credential_target_problem(&e.header) {
+                            p(format!("{base}.effects[{j}].header"), problem);
+                        } else if http::HeaderValue::from_str(&e.prefix).is_err() {
+                            p(
+                                format!("{base}.effects[{j}].prefix"),
+                                "must be printable (a header value)",
+                            );
                         } else if h.effects[..j]
                             .iter()
                             .any(|o| o.header.eq_ignore_ascii_case(&e.header))
@@ -463,6 +505,58 @@ mod tests {
         assert_eq!(
             paths,
             ["rules[1].https.hostnames[1]", "rules[3].http.ports[1]"],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn credential_targets_exclude_host_hop_by_hop_and_framing_headers() {
+        for ok in ["authorization", "X-Api-Key", "cookie"] {
+            assert_eq!(credential_target_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            ":authority",
+            "Host",
+            "connection",
+            "TE",
+            "transfer-encoding",
+            "content-length",
+            "proxy-authorization",
+            "bad header",
+        ] {
+            assert!(credential_target_problem(bad).is_some(), "{bad}");
+        }
+        let mut rule = host(&["api.example.com"], Ports::All);
+        rule.effects = vec![CredentialHeader {
+            header: "Host".into(),
+            prefix: "Bearer\n".into(),
+            source: CredentialSource::Uri("ate-secret://a/b/c".into()),
+            allow_cleartext: false,
+        }];
+        let p = Policy {
+            name: "p".into(),
+            mode: Mode::Enforce,
+            rules: vec![Rule {
+                spec: RuleSpec::Https(rule.clone()),
+                mode: None,
+            }],
+        };
+        let problems = p.validate().unwrap_err();
+        assert_eq!(
+            problems[0].0, "rules[0].https.effects[0].header",
+            "{problems:?}"
+        );
+        rule.effects[0].header = "authorization".into();
+        let p = Policy {
+            rules: vec![Rule {
+                spec: RuleSpec::Https(rule),
+                mode: None,
+            }],
+            ..p
+        };
+        let problems = p.validate().unwrap_err();
+        assert_eq!(
+            problems[0].0, "rules[0].https.effects[0].prefix",
             "{problems:?}"
         );
     }

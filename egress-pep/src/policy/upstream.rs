@@ -301,6 +301,7 @@ fn effects_from_proto(
             header: h.header.clone(),
             prefix: h.prefix.clone(),
             source,
+            allow_cleartext: false,
         });
     }
     out

@@ -195,6 +195,47 @@ impl TlsDialer {
 
 /// Splits `host:port` (IPv6 in brackets) into the host without brackets and the port (443 when
 /// absent, as for `https://`).
+/// A lazily connecting gRPC channel configured as `ep` (timeouts, keepalive; its URI is
+/// replaced) to `address` (`host:port`, no scheme) over TLS with `tls` (the material current at
+/// each dial; ALPN `h2` must be among its protocols), the server verified as `server_name`
+/// (default: the host of `address`). Names are resolved by the system at each dial; the first
+/// address that accepts wins. Shared by every gRPC client of actorgate that dials over
+/// TLS (the control plane, credential providers).
+///
+/// # Errors
+/// [`AteApiError::Address`] for an address or server name that cannot be used.
+pub fn tls_channel(
+    ep: Endpoint,
+    address: &str,
+    server_name: Option<&str>,
+    tls: Arc<ReloadableClientConfig>,
+) -> Result<Channel, AteApiError> {
+    let (host, port) = host_port(address)?;
+    let name = server_name.map_or_else(|| host.clone(), str::to_owned);
+    let server_name = ServerName::try_from(name.clone()).map_err(|e| {
+        AteApiError::Address(
+            address.to_owned(),
+            format!("server name {name:?} is not a DNS name or IP address: {e}"),
+        )
+    })?;
+    // The channel speaks `http` to its connector (the connector does the TLS handshake, not
+    // tonic); requests still carry `:scheme https` through the origin.
+    let origin = http::Uri::try_from(format!("https://{address}"))
+        .map_err(|e| AteApiError::Address(address.to_owned(), e.to_string()))?;
+    let ep = ep.origin(origin).tcp_nodelay(true);
+    let dialer = Arc::new(TlsDialer {
+        host,
+        port,
+        server_name,
+        tls,
+    });
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let dialer = dialer.clone();
+        async move { dialer.dial().await }
+    });
+    Ok(ep.connect_with_connector_lazy(connector))
+}
+
 fn host_port(address: &str) -> Result<(String, u16), AteApiError> {
     let bad = |why: String| AteApiError::Address(address.to_owned(), why);
     let authority: http::uri::Authority = address.parse().map_err(|e| bad(format!("{e}")))?;
@@ -408,16 +449,6 @@ impl AteApiDirectory {
         let (channel, tls, tls_watch) = if s.tls == TlsMode::Plaintext {
             (ep.connect_lazy(), None, None)
         } else {
-            let (host, port) = host_port(&s.address)?;
-            let name = s.server_name.clone().unwrap_or_else(|| host.clone());
-            let server_name = ServerName::try_from(name.clone()).map_err(|e| {
-                AteApiError::Address(
-                    s.address.clone(),
-                    format!("server name {name:?} is not a DNS name or IP address: {e}"),
-                )
-            })?;
-            let origin = http::Uri::try_from(format!("https://{}", s.address))
-                .map_err(|e| AteApiError::Address(s.address.clone(), e.to_string()))?;
             let tls = tls_config(s)?;
             let watch = match tls.watch() {
                 Ok(w) => Some(w),
@@ -426,21 +457,8 @@ impl AteApiDirectory {
                     None
                 }
             };
-            let dialer = Arc::new(TlsDialer {
-                host,
-                port,
-                server_name,
-                tls: tls.clone(),
-            });
-            let connector = tower::service_fn(move |_: http::Uri| {
-                let dialer = dialer.clone();
-                async move { dialer.dial().await }
-            });
-            (
-                ep.origin(origin).connect_with_connector_lazy(connector),
-                Some(tls),
-                watch,
-            )
+            let channel = tls_channel(ep, &s.address, s.server_name.as_deref(), tls.clone())?;
+            (channel, Some(tls), watch)
         };
         let token = Arc::new(ArcSwapOption::empty());
         let (token_reloader, token_watch) = match &s.token_file {
@@ -514,6 +532,31 @@ impl AteApiDirectory {
                 Err(e) if e.code == tonic::Code::NotFound => Ok(None),
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    /// An actor identity token for `actor` (`MintActorJWT`, DESIGN §9): `audiences`, lifetime
+    /// `expiration_seconds` (300–3600), the actor's `uid` when known (the server refuses a
+    /// mismatch). Over the same channel, TLS material, bearer token and RPC deadline as
+    /// `GetActor`; errors as for the directory's RPCs.
+    pub fn mint_actor_jwt(
+        &self,
+        actor: &ActorRef,
+        uid: Option<&str>,
+        audiences: &[String],
+        expiration_seconds: i64,
+    ) -> DirFuture<proto::MintActorJwtResponse> {
+        let mut client = self.client.clone();
+        let req = self.request(proto::MintActorJwtRequest {
+            audience: audiences.to_vec(),
+            actor: Some(object_ref(actor)),
+            actor_uid: uid.unwrap_or_default().to_owned(),
+            expiration_seconds,
+        });
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            conn.observe(client.mint_actor_jwt(req).await)
+                .map(tonic::Response::into_inner)
         })
     }
 

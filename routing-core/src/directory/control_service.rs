@@ -195,15 +195,13 @@ impl<D: ActorDirectory> Control for ControlService<D> {
             uid: (!rec.uid.is_empty()).then(|| rec.uid.clone()),
         };
         let lifetime = std::time::Duration::from_secs(secs.unsigned_abs());
-        let mut claims = signer.claims(&identity, &req.audience[0], lifetime);
-        claims.aud = identity::token::Audience::Many(req.audience);
-        let jwt = signer
-            .sign(&claims)
+        let (jwt, exp) = signer
+            .mint_actor_token(&identity, req.audience, lifetime)
             .map_err(|e| tonic::Status::internal(format!("signing failed: {e}")))?;
         Ok(tonic::Response::new(proto::MintActorJwtResponse {
             actor_jwt: jwt,
             expires_at: Some(prost_types::Timestamp {
-                seconds: i64::try_from(claims.exp).unwrap_or(i64::MAX),
+                seconds: i64::try_from(exp).unwrap_or(i64::MAX),
                 nanos: 0,
             }),
         }))
