@@ -11,8 +11,14 @@
 //! with a control byte → 503; a cleartext upstream is refused unless the rule allows it; the
 //! actor token verifies with the signer's JWKS and carries upstream's claims; no secret or token
 //! appears in the log (at debug level), the audit file, the metrics or `/statusz`.
+//!
+//! And upstream's way: an `EgressPolicy` built from upstream's field numbers, served by a fake
+//! ate-api-server whose `MintActorJWT` signs the tokens, decided and injected as upstream
+//! documents.
 
 mod common;
+#[path = "../egress-pep/tests/common/upstream_wire.rs"]
+mod upstream_wire;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -108,24 +114,25 @@ async fn serve_provider(pki: &TestPki, provider: FakeProvider, drain: &Drain) ->
     addr
 }
 
-struct Lab {
-    pep: Pep,
-    provider: FakeProvider,
-    intercept_pki: TestPki,
-    origin: SocketAddr,
-    plain: Upstream,
-    /// The echo worker in cleartext, for the rule that allows it.
-    open: SocketAddr,
-    _open: EchoStop,
-    jwks: std::path::PathBuf,
-    _keys: tempfile::TempDir,
+/// What both PEP configurations share: the origin, the provider, the signer's keys, the
+/// interception CA.
+struct Parts {
     _drain: Drain,
+    /// The echo worker over TLS for [`API`], its certificate from `origin_pki`.
+    origin: SocketAddr,
+    origin_pki: TestPki,
+    provider: FakeProvider,
+    provider_addr: SocketAddr,
+    /// The provider's certificate and the PEP's client identity (`actorgate-pep`).
+    provider_pki: TestPki,
+    /// `pep-1.key` and `jwks.json` from `actorgate token keygen`.
+    keys: tempfile::TempDir,
+    intercept_pki: TestPki,
 }
 
-impl Lab {
+impl Parts {
     async fn start() -> Self {
         let drain = Drain::new();
-        // The origin: the echo worker over TLS, its certificate from a CA of its own.
         let origin_pki = TestPki::new();
         let issued = origin_pki
             .ca
@@ -151,15 +158,9 @@ impl Lab {
             "origin".into(),
             drain.signal(),
         ));
-        let plain = http_upstream("127.0.0.1:0", "plain").await;
-        let (open, open_stop) = echo_worker("127.0.0.1:0", "open").await;
-
-        // The provider, with the PEP's client identity from the same PKI.
         let provider_pki = test_pki(&["actorgate-pep"]);
         let provider = FakeProvider::default();
         let provider_addr = serve_provider(&provider_pki, provider.clone(), &drain).await;
-
-        // The local signer's key and JWKS.
         let keys = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_actorgate"))
             .args(["token", "keygen", "--kid", "pep-1", "--out"])
@@ -171,8 +172,91 @@ impl Lab {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Parts {
+            _drain: drain,
+            origin,
+            origin_pki,
+            provider,
+            provider_addr,
+            provider_pki,
+            keys,
+            intercept_pki: TestPki::new(),
+        }
+    }
 
-        let intercept_pki = TestPki::new();
+    /// The `interception` and `credentials` lines of the `egress` section: the vault class is
+    /// the fake provider, the local class the config directory's `secrets/`.
+    fn egress_yaml(&self) -> String {
+        format!(
+            "  interception:
+    ca_cert_file: {ca}
+    ca_key_file: {key}
+    upstream: {{system_roots: false, extra_ca_files: [{origin_ca}]}}
+  credentials:
+    providers:
+    - class: vault
+      grpc:
+        address: '{provider}'
+        server_name: localhost
+        ca_file: {pca}
+        cert_file: {pcert}
+        key_file: {pkey}
+    - class: local
+      files: {{dir: secrets}}
+",
+            ca = self.intercept_pki.ca_file().display(),
+            key = self.intercept_pki.path("ca.key").display(),
+            origin_ca = self.origin_pki.ca_file().display(),
+            provider = self.provider_addr,
+            pca = self.provider_pki.ca_file().display(),
+            pcert = self.provider_pki.path("actorgate-pep.crt").display(),
+            pkey = self.provider_pki.path("actorgate-pep.key").display(),
+        )
+    }
+
+    /// A TLS connection inside `tunnel` to [`API`], trusting the interception CA, with an
+    /// HTTP/1.1 client on it.
+    async fn api_over<IO>(
+        &self,
+        tunnel: IO,
+    ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let config = tls_client_config(&self.intercept_pki.ca_file(), &[b"http/1.1"], None);
+        let name = rustls_pki_types::ServerName::try_from(API).unwrap();
+        let tls = within(
+            BOUND,
+            "intercepted TLS",
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tunnel),
+        )
+        .await
+        .unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+    }
+}
+
+/// The PEP with policy files and a static directory, over [`Parts`].
+struct Lab {
+    pep: Pep,
+    parts: Parts,
+    plain: Upstream,
+    /// The echo worker in cleartext, for the rule that allows it.
+    open: SocketAddr,
+    _open: EchoStop,
+}
+
+impl Lab {
+    async fn start() -> Self {
+        let parts = Parts::start().await;
+        let plain = http_upstream("127.0.0.1:0", "plain").await;
+        let (open, open_stop) = echo_worker("127.0.0.1:0", "open").await;
         let policy = format!(
             "policies:
 - name: hello
@@ -198,83 +282,38 @@ impl Lab {
       ports: all
       effects: {{replace_headers: [{{header: x-api-key, credential_uri: 'ate-secret://local/team/key', allow_cleartext: true}}]}}
 ",
-            port = origin.port()
+            port = parts.origin.port()
         );
         let statics = format!("{API}: [127.0.0.1], {PLAIN}: [127.0.0.1], {OPEN}: [127.0.0.1]");
-        let (ca, key, origin_ca) = (
-            intercept_pki.ca_file(),
-            intercept_pki.path("ca.key"),
-            origin_pki.ca_file(),
-        );
-        let keys_dir = keys.path().to_path_buf();
+        let egress = parts.egress_yaml();
+        let keys = parts.keys.path().to_path_buf();
         let pep = Pep::start_with(&policy, &statics, "exempt: [127.0.0.0/8]", |dir| {
             std::fs::create_dir_all(dir.join("secrets/team")).unwrap();
             std::fs::write(dir.join("secrets/team/key"), format!("{FILE_SECRET}\n")).unwrap();
             format!(
-                "  interception:
-    ca_cert_file: {ca}
-    ca_key_file: {key}
-    upstream: {{system_roots: false, extra_ca_files: [{origin_ca}]}}
-  credentials:
-    providers:
-    - class: vault
-      grpc:
-        address: '{provider_addr}'
-        server_name: localhost
-        ca_file: {pca}
-        cert_file: {pcert}
-        key_file: {pkey}
-    - class: local
-      files: {{dir: secrets}}
-signer: {{key_file: {keys}/pep-1.key, kid: pep-1, issuer: '{ISSUER}'}}
+                "{egress}signer: {{key_file: {keys}/pep-1.key, kid: pep-1, issuer: '{ISSUER}'}}
 logging: {{level: debug}}
 grpc: {{listen: GRPC_ADDR}}
 ",
-                ca = ca.display(),
-                key = key.display(),
-                origin_ca = origin_ca.display(),
-                pca = provider_pki.ca_file().display(),
-                pcert = provider_pki.path("actorgate-pep.crt").display(),
-                pkey = provider_pki.path("actorgate-pep.key").display(),
-                keys = keys_dir.display(),
+                keys = keys.display(),
             )
         })
         .await;
         Lab {
             pep,
-            provider,
-            intercept_pki,
-            origin,
+            parts,
             plain,
             open,
             _open: open_stop,
-            jwks: keys.path().join("jwks.json"),
-            _keys: keys,
-            _drain: drain,
         }
     }
 
     /// An HTTP/1.1 client inside intercepted TLS to [`API`] as demo/hello.
     async fn api(&self) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
         let cert = self.pep.actor("hello");
-        let (status, body, tunnel) = self.pep.tunnel(&cert, &self.origin.to_string()).await;
+        let (status, body, tunnel) = self.pep.tunnel(&cert, &self.parts.origin.to_string()).await;
         assert_eq!(status, 200, "CONNECT: {body}");
-        let config = tls_client_config(&self.intercept_pki.ca_file(), &[b"http/1.1"], None);
-        let name = rustls_pki_types::ServerName::try_from(API).unwrap();
-        let tls = within(
-            BOUND,
-            "intercepted TLS",
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tunnel),
-        )
-        .await
-        .unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        sender
+        self.parts.api_over(tunnel).await
     }
 }
 
@@ -314,7 +353,8 @@ fn echoed(body: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-async fn verify_token(jwks: &Path, token: &str) -> identity::token::Verified {
+/// `token` verified with the JWKS file `jwks` for `audience`.
+async fn verify_token(jwks: &Path, audience: &str, token: &str) -> identity::token::Verified {
     let keys = identity::jwks::KeySet::load(
         identity::jwks::JwksSource::File(jwks.to_path_buf()),
         Duration::ZERO,
@@ -325,7 +365,7 @@ async fn verify_token(jwks: &Path, token: &str) -> identity::token::Verified {
         keys,
         identity::VerifierSettings {
             issuers: vec![ISSUER.into()],
-            audience: "other.cred.test".into(),
+            audience: audience.into(),
             leeway: Duration::from_secs(5),
             max_lifetime: Duration::from_secs(3600),
         },
@@ -359,7 +399,12 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
         .strip_prefix("Bearer ")
         .unwrap()
         .to_owned();
-    let verified = verify_token(&lab.jwks, &token).await;
+    let verified = verify_token(
+        &lab.parts.keys.path().join("jwks.json"),
+        "other.cred.test",
+        &token,
+    )
+    .await;
     assert_eq!(
         (
             verified.actor.atespace.as_str(),
@@ -374,7 +419,7 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
     assert!(claims.aud.contains(API) && claims.aud.contains("other.cred.test"));
     assert_eq!(claims.iss, ISSUER);
     assert_eq!(
-        lab.provider.calls(),
+        lab.parts.provider.calls(),
         [(
             "ate-secret://vault/team/openai".to_owned(),
             "spiffe://substrate-actor.local/actor/demo/hello".to_owned()
@@ -393,7 +438,7 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(lab.provider.calls().len(), 1);
+    assert_eq!(lab.parts.provider.calls().len(), 1);
     assert_eq!(echoed(&body, "x-actor-token"), [format!("Bearer {token}")]);
 
     // No placeholder, nothing injected and nothing fetched.
@@ -402,7 +447,7 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
     assert!(echoed(&body, "authorization").is_empty(), "{body}");
     assert!(echoed(&body, "x-api-key").is_empty(), "{body}");
     assert_eq!(echoed(&body, "x-other"), ["kept"]);
-    assert_eq!(lab.provider.calls().len(), 1);
+    assert_eq!(lab.parts.provider.calls().len(), 1);
 
     // Provider errors as upstream maps them; an unusable secret.
     for (header, status, text) in [
@@ -476,5 +521,122 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
         for secret in [SECRET, FILE_SECRET, token.as_str(), "abc\u{1}def"] {
             assert!(!text.contains(secret), "a secret in the {what}");
         }
+    }
+}
+
+/// An upstream `EgressPolicy` (bytes built from upstream's field numbers) served by a fake
+/// ate-api-server, whose `MintActorJWT` signs the actor tokens, and the fake credential
+/// provider: the PEP (`policy.source: ateapi`, `directory.ateapi`) injects the provider's secret
+/// (asked for the actor's SPIFFE ID) and a token minted through the directory, once per cache
+/// lifetime, as upstream documents.
+#[tokio::test]
+async fn an_upstream_policy_injects_provider_secrets_and_directory_tokens() {
+    use routing_core::proto::ActorState;
+    use routing_core::testing::{FakeControlPlane, Method};
+    use upstream_wire::*;
+
+    let parts = Parts::start().await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor(
+        "demo/hello",
+        ActorState::Running,
+        "127.0.0.1",
+        Duration::ZERO,
+    );
+    let pem = std::fs::read(parts.keys.path().join("pep-1.key")).unwrap();
+    let signer = identity::Signer::from_pem(
+        identity::keys::parse_algorithm("ES256").unwrap(),
+        "pep-1",
+        &pem,
+        ISSUER,
+    )
+    .unwrap();
+    fake.set_signer(Arc::new(signer));
+    let rule = rule_with(
+        f::RULE_HTTPS,
+        &[API],
+        P::Packed(vec![i32::from(parts.origin.port())]),
+        &effects(&[
+            credential_uri("authorization", "Bearer ", "ate-secret://vault/team/openai"),
+            credential_jwt("x-actor-token", "Bearer ", &[API], 900),
+        ]),
+    );
+    fake.set_egress_policy_bytes("demo/hello", policy_in("demo", &[rule]));
+
+    let pki = test_pki(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    let config = format!(
+        "admin: {{listen: ADMIN_ADDR}}
+grpc: {{listen: GRPC_ADDR}}
+ingress: {{enabled: false}}
+logging: {{level: debug}}
+shutdown: {{drain_delay: 0s, drain_timeout: 5s}}
+directory: {{ateapi: {{address: '{fake}', tls: plaintext}}}}
+egress:
+  listen: 127.0.0.1:0
+  tls: {{cert_file: {cert}, key_file: {key}, client_ca_file: {ca}}}
+  policy: {{source: ateapi}}
+  resolver: {{system: false, static: {{{API}: [127.0.0.1]}}}}
+  guard: {{exempt: [127.0.0.0/8]}}
+  audit: {{file: {audit}}}
+{egress}",
+        fake = fake.addr,
+        cert = pki.path("server.crt").display(),
+        key = pki.path("server.key").display(),
+        ca = pki.ca_file().display(),
+        audit = audit.display(),
+        egress = parts.egress_yaml(),
+    );
+    let gw = Gateway::start(&write_config(dir.path(), &config)).await;
+    let cert = actor_cert(&pki, "hello");
+    let (status, body, tunnel) = atunnel(
+        gw.addr("egress"),
+        &pki.ca_file(),
+        &cert,
+        &parts.origin.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "CONNECT: {body}");
+    let mut api = parts.api_over(tunnel).await;
+    let headers = [
+        ("authorization", PLACEHOLDER),
+        ("x-actor-token", PLACEHOLDER),
+    ];
+    let (status, body) = send(&mut api, API, "/upstream", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body, "authorization"), [format!("Bearer {SECRET}")]);
+    assert!(!body.contains(PLACEHOLDER), "{body}");
+    let token = echoed(&body, "x-actor-token")[0]
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_owned();
+    let verified = verify_token(&parts.keys.path().join("jwks.json"), API, &token).await;
+    assert_eq!(verified.claims.sub, "actor/demo/hello");
+    assert_eq!(verified.actor.uid.as_deref(), Some("uid-hello"));
+    assert_eq!(verified.claims.exp - verified.claims.iat, 900);
+    assert_eq!(
+        parts.provider.calls(),
+        [(
+            "ate-secret://vault/team/openai".to_owned(),
+            "spiffe://substrate-actor.local/actor/demo/hello".to_owned()
+        )]
+    );
+
+    // A second request: both come from the caches.
+    let (status, body) = send(&mut api, API, "/again", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body, "x-actor-token"), [format!("Bearer {token}")]);
+    assert_eq!(parts.provider.calls().len(), 1);
+    assert_eq!(fake.calls(Method::MintActorJwt, "demo/hello"), 1);
+    assert!(fake.calls(Method::GetActorEgressPolicy, "demo/hello") >= 1);
+    let log = gw.log_text();
+    for secret in [SECRET, token.as_str()] {
+        assert!(!log.contains(secret), "a secret in the log");
+        assert!(
+            !std::fs::read_to_string(&audit).unwrap().contains(secret),
+            "a secret in the audit file"
+        );
     }
 }

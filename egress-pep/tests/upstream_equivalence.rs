@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use egress_pep::decision::{Decision, Dial, Query, Reason, RuleKind, Traffic, Verdict};
 use egress_pep::policy::ateapi::{AteapiPolicySource, DEFAULT_TTL};
 use egress_pep::policy::{PolicySource, PolicyUnavailable};
@@ -34,7 +34,7 @@ use egress_pep::subject::{IdentityKind, Subject};
 use identity::ActorIdentity;
 use routing_core::ActorRef;
 use routing_core::directory::ateapi::{AteApiDirectory, AteApiSettings, TlsMode};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use routing_core::testing::RawCodec;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
@@ -42,224 +42,20 @@ use tonic::transport::server::TcpIncoming;
 const WAIT: Duration = Duration::from_secs(10);
 const ATESPACE: &str = "team-a";
 
-// ---------------------------------------------------------------------------------------------
-// Protobuf wire format, by hand.
+#[path = "common/upstream_wire.rs"]
+mod upstream_wire;
+use upstream_wire::*;
 
-/// Appends `v` as a base-128 varint.
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A field key: `(field << 3) | wire_type`.
-fn key(field: u32, wire_type: u8, out: &mut Vec<u8>) {
-    varint((u64::from(field) << 3) | u64::from(wire_type), out);
-}
-
-/// A length-delimited field (wire type 2): strings, bytes, embedded messages, packed scalars.
-fn len_field(field: u32, data: &[u8], out: &mut Vec<u8>) {
-    key(field, 2, out);
-    varint(data.len() as u64, out);
-    out.extend_from_slice(data);
-}
-
-/// v0.4 field numbers (DESIGN §9).
-mod f {
-    pub const POLICY_METADATA: u32 = 1;
-    pub const POLICY_RULES: u32 = 2;
-    pub const META_ATESPACE: u32 = 1;
-    pub const META_NAME: u32 = 2;
-    pub const RULE_HTTP: u32 = 1;
-    pub const RULE_HTTPS: u32 = 2;
-    pub const RULE_TLS_PASSTHROUGH: u32 = 3;
-    pub const HOST_HOSTNAMES: u32 = 1;
-    pub const HOST_PORTS: u32 = 2;
-    pub const HOST_EFFECTS: u32 = 3;
-    pub const PORTS_ALL: u32 = 1;
-    pub const PORTS_NUMBERS: u32 = 2;
-    pub const EFFECTS_REPLACE_HEADERS: u32 = 1;
-    pub const CRED_HEADER: u32 = 1;
-    pub const CRED_PREFIX: u32 = 2;
-    pub const CRED_URI: u32 = 3;
-    pub const REQ_ACTOR: u32 = 1;
-    pub const REF_ATESPACE: u32 = 1;
-    pub const REF_NAME: u32 = 2;
-}
-
-/// How a rule's `Ports` is written.
-#[derive(Clone)]
-enum P {
-    /// Field absent (http → 80, https → 443).
-    Default,
-    /// `Ports { all: AllPorts {} }`.
-    All,
-    /// `Ports { numbers }`, packed (what Go and most encoders write).
-    Packed(Vec<i32>),
-    /// `Ports { numbers }`, one key per element (also legal proto3 on the wire).
-    Unpacked(Vec<i32>),
-}
-
-fn ports_msg(p: &P) -> Option<Vec<u8>> {
-    let mut m = Vec::new();
-    match p {
-        P::Default => return None,
-        P::All => len_field(f::PORTS_ALL, &[], &mut m),
-        P::Packed(ns) => {
-            let mut packed = Vec::new();
-            for &n in ns {
-                varint(n as u64, &mut packed);
-            }
-            len_field(f::PORTS_NUMBERS, &packed, &mut m);
-        }
-        P::Unpacked(ns) => {
-            for &n in ns {
-                key(f::PORTS_NUMBERS, 0, &mut m);
-                varint(n as u64, &mut m);
-            }
-        }
-    }
-    Some(m)
-}
-
-/// An `EgressRule` with one kind set (`kind` = 1 http, 2 https, 3 tls_passthrough).
-fn rule(kind: u32, hostnames: &[&str], ports: P) -> Vec<u8> {
-    rule_with(kind, hostnames, ports, &[])
-}
-
-fn rule_with(kind: u32, hostnames: &[&str], ports: P, extra: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for h in hostnames {
-        len_field(f::HOST_HOSTNAMES, h.as_bytes(), &mut body);
-    }
-    if let Some(p) = ports_msg(&ports) {
-        len_field(f::HOST_PORTS, &p, &mut body);
-    }
-    body.extend_from_slice(extra);
-    let mut r = Vec::new();
-    len_field(kind, &body, &mut r);
-    r
-}
-
-fn http(hostnames: &[&str], ports: P) -> Vec<u8> {
-    rule(f::RULE_HTTP, hostnames, ports)
-}
-fn https(hostnames: &[&str], ports: P) -> Vec<u8> {
-    rule(f::RULE_HTTPS, hostnames, ports)
-}
-fn passthrough(hostnames: &[&str], ports: P) -> Vec<u8> {
-    rule(f::RULE_TLS_PASSTHROUGH, hostnames, ports)
-}
-
-/// `EgressPolicy { metadata { atespace, name: "default" }, rules }`.
+/// `EgressPolicy` of [`ATESPACE`] with `rules`.
 fn policy(rules: &[Vec<u8>]) -> Bytes {
-    let mut meta = Vec::new();
-    len_field(f::META_ATESPACE, ATESPACE.as_bytes(), &mut meta);
-    len_field(f::META_NAME, b"default", &mut meta);
-    let mut p = Vec::new();
-    len_field(f::POLICY_METADATA, &meta, &mut p);
-    for r in rules {
-        len_field(f::POLICY_RULES, r, &mut p);
-    }
-    Bytes::from(p)
-}
-
-/// Reads one length-delimited field's payload or skips a scalar; `None` at the end.
-fn next_field(buf: &mut &[u8]) -> Option<(u32, Option<Vec<u8>>)> {
-    fn read_varint(buf: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *buf.first()?;
-            *buf = &buf[1..];
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    if buf.is_empty() {
-        return None;
-    }
-    let k = read_varint(buf)?;
-    let field = (k >> 3) as u32;
-    match k & 7 {
-        0 => {
-            read_varint(buf)?;
-            Some((field, None))
-        }
-        2 => {
-            let n = read_varint(buf)? as usize;
-            let data = buf.get(..n)?.to_vec();
-            *buf = &buf[n..];
-            Some((field, Some(data)))
-        }
-        _ => None,
-    }
-}
-
-/// Decodes `GetActorEgressPolicyRequest { actor: ObjectRef { atespace, name } }` by hand.
-fn decode_request(mut buf: &[u8]) -> Option<(String, String)> {
-    let mut actor = None;
-    while let Some((field, data)) = next_field(&mut buf) {
-        if field == f::REQ_ACTOR {
-            actor = data;
-        }
-    }
-    let actor = actor?;
-    let (mut ns, mut name) = (String::new(), String::new());
-    let mut a = actor.as_slice();
-    while let Some((field, data)) = next_field(&mut a) {
-        match (field, data) {
-            (f::REF_ATESPACE, Some(d)) => ns = String::from_utf8(d).ok()?,
-            (f::REF_NAME, Some(d)) => name = String::from_utf8(d).ok()?,
-            _ => {}
-        }
-    }
-    Some((ns, name))
+    policy_in(ATESPACE, rules)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fake ate-api-server: raw bytes in, raw bytes out.
-
-/// A gRPC codec that moves message bytes untouched.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
+// The fake ate-api-server: raw bytes in, raw bytes out (routing-core's `RawCodec`).
 
 /// `ateapi.Control` serving only `GetActorEgressPolicy`, from hand-encoded bytes per actor
-/// name; unknown actors are NOT_FOUND.
+/// name, decoding the request by hand; unknown actors are NOT_FOUND.
 #[derive(Clone)]
 struct FakeAteApi {
     policies: Arc<HashMap<String, Bytes>>,

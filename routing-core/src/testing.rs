@@ -38,6 +38,10 @@ pub enum Method {
     ResumeActor,
     /// `ListActors`.
     ListActors,
+    /// `GetActorEgressPolicy`.
+    GetActorEgressPolicy,
+    /// `MintActorJWT`.
+    MintActorJwt,
 }
 
 /// One scripted answer; consumed in order, after which calls behave normally.
@@ -71,6 +75,10 @@ struct State {
     last_authorization: Mutex<Option<String>>,
     last_resume_boot: Mutex<Option<bool>>,
     connections: Mutex<Vec<Accepted>>,
+    /// `GetActorEgressPolicy` answers per actor, as message bytes sent verbatim.
+    egress_policies: Mutex<HashMap<(String, String), bytes::Bytes>>,
+    /// Signs `MintActorJWT` answers; `None`: UNIMPLEMENTED.
+    signer: Mutex<Option<Arc<identity::Signer>>>,
 }
 
 /// A connection the fake accepted (after its TLS handshake, when it speaks TLS).
@@ -211,7 +219,10 @@ impl FakeControlPlane {
         }
         let addr = listener.local_addr();
         let state = Arc::new(State::default());
-        let svc = ControlServer::new(Service(state.clone()));
+        let svc = Router {
+            typed: ControlServer::new(Service(state.clone())),
+            raw: RawPolicies(state.clone()),
+        };
         let drain = Drain::new();
         let (go_away, _) = watch::channel(0u64);
         let server = {
@@ -271,6 +282,24 @@ impl FakeControlPlane {
                 resume_delay,
             },
         );
+    }
+
+    /// Serves `bytes` verbatim as the `EgressPolicy` message of `actor` (`"atespace/name"`) —
+    /// bytes a test builds from upstream's field numbers, never through actorgate's types.
+    /// Actors without one are NOT_FOUND (no policy).
+    pub fn set_egress_policy_bytes(&self, actor: &str, bytes: bytes::Bytes) {
+        let (ns, name) = actor.split_once('/').expect("atespace/name");
+        self.state
+            .egress_policies
+            .lock()
+            .expect("lock")
+            .insert((ns.to_owned(), name.to_owned()), bytes);
+    }
+
+    /// Answers `MintActorJWT` for declared actors with tokens `signer` signs (as upstream:
+    /// every audience, the actor's UID; a wrong `actor_uid` is FAILED_PRECONDITION).
+    pub fn set_signer(&self, signer: Arc<identity::Signer>) {
+        *self.state.signer.lock().expect("lock") = Some(signer);
     }
 
     /// Changes an actor's state (e.g. the platform suspended it).
@@ -368,8 +397,120 @@ impl FakeControlPlane {
 /// One accepted connection, served over HTTP/2 until it closes or is told to go away.
 struct Session {
     state: Arc<State>,
-    svc: ControlServer<Service>,
+    svc: Router,
     go_away: watch::Receiver<u64>,
+}
+
+/// `GetActorEgressPolicy` from raw bytes, everything else by the typed service.
+#[derive(Clone)]
+struct Router {
+    typed: ControlServer<Service>,
+    raw: RawPolicies,
+}
+
+impl<B> tower::Service<http::Request<B>> for Router
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == "/ateapi.Control/GetActorEgressPolicy" {
+            let raw = self.raw.clone();
+            Box::pin(async move { Ok(tonic::server::Grpc::new(RawCodec).unary(raw, req).await) })
+        } else {
+            let mut typed = self.typed.clone();
+            Box::pin(async move { typed.call(req).await })
+        }
+    }
+}
+
+/// Serves [`State::egress_policies`]: decodes the request's `ObjectRef` with actorgate's types
+/// (the request is actorgate's own), answers with the stored bytes untouched.
+#[derive(Clone)]
+struct RawPolicies(Arc<State>);
+
+impl tonic::server::UnaryService<bytes::Bytes> for RawPolicies {
+    type Response = bytes::Bytes;
+    type Future = tonic::codegen::BoxFuture<tonic::Response<bytes::Bytes>, tonic::Status>;
+    fn call(&mut self, request: tonic::Request<bytes::Bytes>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let req = <proto::GetActorEgressPolicyRequest as prost::Message>::decode(
+                request.into_inner(),
+            )
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let k = key(&req.actor);
+            *state
+                .calls
+                .lock()
+                .expect("lock")
+                .entry((Method::GetActorEgressPolicy, k.clone()))
+                .or_default() += 1;
+            let (ns, name) = k.split_once('/').unwrap_or_default();
+            let found = state
+                .egress_policies
+                .lock()
+                .expect("lock")
+                .get(&(ns.to_owned(), name.to_owned()))
+                .cloned();
+            found
+                .map(tonic::Response::new)
+                .ok_or_else(|| tonic::Status::not_found(format!("actor {k} has no egress policy")))
+        })
+    }
+}
+
+/// A gRPC codec that moves message bytes untouched: a fake server answers with bytes built from
+/// upstream's field numbers, so nothing of actorgate's own types stands between them and the
+/// client under test.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
+    }
 }
 
 impl Session {
@@ -568,6 +709,48 @@ impl Control for Service {
         Ok(tonic::Response::new(proto::ListActorsResponse {
             actors: out,
             next_page_token: String::new(),
+        }))
+    }
+
+    async fn mint_actor_jwt(
+        &self,
+        request: tonic::Request<proto::MintActorJwtRequest>,
+    ) -> Result<tonic::Response<proto::MintActorJwtResponse>, tonic::Status> {
+        let (mut watch, req) = self.begin(request);
+        let k = key(&req.actor);
+        let r = self.prelude(Method::MintActorJwt, &k).await;
+        watch.done = true;
+        r?;
+        let Some(signer) = self.0.signer.lock().expect("lock").clone() else {
+            return Err(tonic::Status::unimplemented("no signer"));
+        };
+        let (ns, name, a) = self.lookup(&req.actor)?;
+        if !req.actor_uid.is_empty() && req.actor_uid != a.uid {
+            return Err(tonic::Status::failed_precondition("another uid"));
+        }
+        let actor = identity::ActorIdentity {
+            atespace: ns,
+            name,
+            uid: Some(a.uid.clone()),
+        };
+        let secs = if req.expiration_seconds == 0 {
+            3600
+        } else {
+            req.expiration_seconds
+        };
+        let (jwt, exp) = signer
+            .mint_actor_token(
+                &actor,
+                req.audience,
+                Duration::from_secs(secs.unsigned_abs()),
+            )
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(proto::MintActorJwtResponse {
+            actor_jwt: jwt,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: i64::try_from(exp).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
         }))
     }
 }
