@@ -91,6 +91,8 @@ pub struct Loaded {
     pub grpc_tls: Option<ServerTlsFiles>,
     /// Callers of the gRPC listener trusted to name a source actor.
     pub grpc_trusted_peers: ingress::TrustedPeers,
+    /// Which Envoy-reported downstream peers may name the source actor on the ExtProc path.
+    pub extproc_source_trust: Option<std::sync::Arc<ingress::extproc::SourceTrust>>,
     /// The ingress proxy, when enabled.
     pub ingress: Option<IngressSettings>,
     /// The HTTP resolve endpoint's own listener (`ingress.resolve.listen`), when set.
@@ -378,6 +380,10 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
     let grpc_trusted_peers = errs
         .collect("grpc", config.grpc.trusted_peers())
         .unwrap_or_default();
+    let extproc_source_trust = errs
+        .collect("grpc", config.grpc.extproc_source_trust())
+        .flatten()
+        .map(std::sync::Arc::new);
     let signer = config
         .signer
         .as_ref()
@@ -391,6 +397,7 @@ pub fn validate(config: Config, path: &Path) -> Result<Loaded, FieldErrors> {
             grpc_listen,
             grpc_tls,
             grpc_trusted_peers,
+            extproc_source_trust,
             ingress,
             resolve_listen,
             echo_worker,

@@ -608,6 +608,40 @@ fn grpc_trusted_peer_problems_are_named() {
     }
 }
 
+/// `grpc.extproc_source_actor`: the identity source is one of two, the list is not empty and
+/// holds SPIFFE IDs.
+#[test]
+fn extproc_source_actor_problems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\ngrpc: {extproc_source_actor: {peer_identity: xfcc, trusted_peers: ['nope']}}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("grpc.extproc_source_actor.trusted_peers[0]: \"nope\" is not a SPIFFE ID"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\ngrpc: {extproc_source_actor: {peer_identity: header, trusted_peers: []}}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("grpc.extproc_source_actor.peer_identity"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "admin: {listen: '127.0.0.1:0'}\ngrpc: {extproc_source_actor: {peer_identity: uri_san, trusted_peers: []}}\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("grpc.extproc_source_actor.trusted_peers: name at least one peer"),
+        "{stderr}"
+    );
+}
+
 /// The simulator mints actor tokens for whoever calls it: with a signer it must be on loopback
 /// or behind client certificates.
 #[test]

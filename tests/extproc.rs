@@ -621,3 +621,146 @@ fn kubernetes_manifests_parse_and_keep_the_fail_closed_settings() {
         }
     }
 }
+
+/// One GET over TLS to `addr` (SNI localhost, trusting `pki`'s CA) with the client certificate
+/// `client` if any → the `ate-source-actor` values the echo worker received.
+async fn sources_over_tls(
+    pki: &TestPki,
+    addr: SocketAddr,
+    client: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Vec<String> {
+    use http_body_util::BodyExt;
+    let (cert, key) = match client {
+        Some(n) => (pki.path(&format!("{n}.crt")), pki.path(&format!("{n}.key"))),
+        None => Default::default(),
+    };
+    let config = tls_client_config(
+        &pki.ca_file(),
+        &[b"http/1.1"],
+        client.map(|_| (cert.as_path(), key.as_path())),
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = within(
+        BOUND,
+        "TLS to Envoy",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get("/");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = within(
+        BOUND,
+        "the answer",
+        sender.send_request(
+            req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let seen: Vec<(String, String)> = serde_json::from_value(v["headers"].clone()).unwrap();
+    seen.into_iter()
+        .filter(|(k, _)| k == "ate-source-actor")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The ExtProc trusted-peer path with a real Envoy (deploy/envoy/extproc-trusted-peers.yaml):
+/// the peer identity Envoy reports — the attribute `connection.uri_san_peer_certificate`, or
+/// `x-forwarded-client-cert` under SANITIZE_SET — decides whether a request's
+/// `ate-source-actor` reaches the worker. A trusted PEP's single valid value passes; another
+/// certificate, no certificate, or a forged XFCC header never gets one through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_reports_the_peer_and_only_trusted_peers_name_the_source_actor() {
+    const PEP_ID: &str = "spiffe://substrate-actor.local/ns/ate-system/sa/actorgate-pep";
+    let (worker, _w) = echo_worker("127.0.0.1:0", "w").await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("ns/hello", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    let pki = test_pki(&["actorgate-pep", "other"]);
+    std::fs::copy(pki.path("server.crt"), pki.path("gateway.crt")).unwrap();
+    std::fs::copy(pki.path("server.key"), pki.path("gateway.key")).unwrap();
+    let host = format!(
+        "hello.ns.actors.resources.substrate.ate.dev:{}",
+        worker.port()
+    );
+    for identity in ["uri_san", "xfcc"] {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gateway::ready(
+            dir.path(),
+            &format!(
+                "admin: {{listen: ADMIN_ADDR}}\ningress: {{enabled: false}}\n\
+                 grpc: {{listen: GRPC_ADDR, extproc_source_actor: {{peer_identity: {identity}, trusted_peers: ['{PEP_ID}']}}}}\n\
+                 directory: {{ateapi: {{address: '{}', tls: plaintext}}}}\n",
+                fake.addr
+            ),
+        )
+        .await;
+        let envoy = Envoy::example(
+            dir.path(),
+            "extproc-trusted-peers.yaml",
+            gw.grpc(),
+            &[("CERT_DIR", pki.dir().display().to_string())],
+        )
+        .await;
+        let at = envoy.listener;
+        let one = [("host", host.as_str()), ("ate-source-actor", "demo/caller")];
+        assert_eq!(
+            sources_over_tls(&pki, at, Some("actorgate-pep"), &one).await,
+            ["demo/caller"],
+            "{identity}: the trusted PEP"
+        );
+        assert!(
+            sources_over_tls(&pki, at, Some("other"), &one)
+                .await
+                .is_empty(),
+            "{identity}: another certificate"
+        );
+        assert!(
+            sources_over_tls(&pki, at, None, &one).await.is_empty(),
+            "{identity}: no certificate"
+        );
+        let forged = [
+            ("host", host.as_str()),
+            ("ate-source-actor", "demo/caller"),
+            ("x-forwarded-client-cert", &format!("By=x;URI={PEP_ID}")),
+        ];
+        assert!(
+            sources_over_tls(&pki, at, None, &forged).await.is_empty(),
+            "{identity}: a forged XFCC"
+        );
+        let two = [
+            ("host", host.as_str()),
+            ("ate-source-actor", "demo/a"),
+            ("ate-source-actor", "demo/b"),
+        ];
+        assert!(
+            sources_over_tls(&pki, at, Some("actorgate-pep"), &two)
+                .await
+                .is_empty(),
+            "{identity}: two values from the trusted PEP"
+        );
+        let bad = [
+            ("host", host.as_str()),
+            ("ate-source-actor", "not an actor"),
+        ];
+        assert!(
+            sources_over_tls(&pki, at, Some("actorgate-pep"), &bad)
+                .await
+                .is_empty(),
+            "{identity}: an invalid value from the trusted PEP"
+        );
+    }
+}

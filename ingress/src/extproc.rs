@@ -7,7 +7,9 @@
 //! * sets `x-gateway-destination-endpoint: <ip:port>` as a header and as dynamic metadata
 //!   `envoy.lb` / `x-gateway-destination-endpoint` (the endpoint-picker convention, for
 //!   ORIGINAL_DST and `override_host` clusters),
-//! * overwrites `ate-target-actor` with the resolved actor and removes `ate-source-actor`.
+//! * overwrites `ate-target-actor` with the resolved actor and removes `ate-source-actor`,
+//!   unless the downstream peer Envoy reports (an attribute, or XFCC) is a trusted peer that
+//!   sent one valid value ([`SourceTrust`], DESIGN §5).
 //!
 //! Routing errors are `immediate_response`s with DESIGN §4's status and body, and the error's gRPC
 //! code in `grpc_status` (Envoy answers gRPC requests Trailers-Only with it). Other phases are
@@ -96,11 +98,105 @@ pub fn put_back(first: ep::ProcessingRequest, rest: Inbound) -> Inbound {
     Box::pin(futures_util::stream::once(std::future::ready(Ok(first))).chain(rest))
 }
 
+/// Where Envoy reports the verified downstream peer of a request (DESIGN §5, §7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerIdentitySource {
+    /// The attribute `connection.uri_san_peer_certificate` (the ext_proc filter must list it in
+    /// `request_attributes`): Envoy's own view of the TLS connection; no client can set it.
+    UriSan,
+    /// The `URI` of `x-forwarded-client-cert`, exactly one element: trustworthy only when the
+    /// connection manager has `forward_client_cert_details: SANITIZE_SET` (Envoy then replaces
+    /// whatever a client sent).
+    Xfcc,
+}
+
+/// The attribute [`PeerIdentitySource::UriSan`] reads.
+pub const URI_SAN_ATTRIBUTE: &str = "connection.uri_san_peer_certificate";
+/// The key under which Envoy sends the ext_proc filter's attributes.
+const EXT_PROC_ATTRIBUTES: &str = "envoy.filters.http.ext_proc";
+
+/// Which downstream peers (as Envoy reports them) may name the calling actor in
+/// `ate-source-actor` on the ExtProc path; everyone else has it removed.
+#[derive(Debug, Clone)]
+pub struct SourceTrust {
+    /// Where the peer identity is read.
+    pub identity: PeerIdentitySource,
+    /// The trusted identities (the egress PEPs).
+    pub peers: crate::TrustedPeers,
+}
+
+impl SourceTrust {
+    /// The peer's SPIFFE ID as Envoy reported it for this request, if any.
+    fn peer<'a>(
+        &self,
+        req: &'a ep::ProcessingRequest,
+        headers: &'a [core::HeaderValue],
+    ) -> Option<&'a str> {
+        match self.identity {
+            PeerIdentitySource::UriSan => req
+                .attributes
+                .get(EXT_PROC_ATTRIBUTES)
+                .and_then(|s| s.fields.get(URI_SAN_ATTRIBUTE))
+                .and_then(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some(s.as_str()),
+                    _ => None,
+                }),
+            PeerIdentitySource::Xfcc => {
+                let mut values = headers
+                    .iter()
+                    .filter(|h| h.key.eq_ignore_ascii_case("x-forwarded-client-cert"));
+                let (Some(one), None) = (values.next(), values.next()) else {
+                    return None;
+                };
+                xfcc_uri(std::str::from_utf8(header_value(one)).ok()?)
+            }
+        }
+    }
+
+    /// Whether this request's `ate-source-actor` (exactly one valid value) is kept.
+    fn keeps_source(&self, req: &ep::ProcessingRequest, headers: &[core::HeaderValue]) -> bool {
+        if !self.peers.trusts(self.peer(req, headers)) {
+            return false;
+        }
+        let mut values = headers
+            .iter()
+            .filter(|h| h.key.eq_ignore_ascii_case(SOURCE_ACTOR));
+        match (values.next(), values.next()) {
+            (Some(v), None) => std::str::from_utf8(header_value(v))
+                .ok()
+                .is_some_and(|v| routing_core::actor_ref::ActorRef::parse(v.trim()).is_ok()),
+            _ => false,
+        }
+    }
+}
+
+/// The `URI` of an XFCC value with exactly one element (no unquoted `,`) and one `URI` key;
+/// `None` otherwise. Quoted values are unquoted; escapes are not expected in SPIFFE IDs.
+fn xfcc_uri(value: &str) -> Option<&str> {
+    let mut in_quotes = false;
+    for c in value.chars() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            ',' if !in_quotes => return None,
+            _ => {}
+        }
+    }
+    let mut uris = value.split(';').filter_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        k.eq_ignore_ascii_case("URI").then(|| v.trim_matches('"'))
+    });
+    match (uris.next(), uris.next()) {
+        (Some(u), None) if !u.is_empty() => Some(u),
+        _ => None,
+    }
+}
+
 /// The ingress direction's ExtProc handler over a resolver: one stream in, its answers out.
 #[derive(Clone)]
 pub struct IngressExtProc {
     resolver: Resolver,
     stream_deadline: Duration,
+    trust: Option<std::sync::Arc<SourceTrust>>,
 }
 
 impl IngressExtProc {
@@ -110,7 +206,15 @@ impl IngressExtProc {
         Self {
             resolver,
             stream_deadline: STREAM_DEADLINE,
+            trust: None,
         }
+    }
+
+    /// Keeps `ate-source-actor` for requests whose downstream peer `trust` trusts (default:
+    /// removed from every request).
+    pub fn with_source_trust(mut self, trust: Option<std::sync::Arc<SourceTrust>>) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// Overrides how long a stream may stay open before its request_headers are answered
@@ -210,13 +314,26 @@ pub fn direction_unsupported() -> ep::ProcessingResponse {
 /// `x-ate-target-port` (as from actorgate's own proxy); otherwise a client-supplied one is removed
 /// so it never reaches a worker.
 pub fn route_answer(route: &Route, transport: &WorkerTransport) -> ep::ProcessingResponse {
+    route_answer_with(route, transport, false)
+}
+
+/// [`route_answer`], keeping the request's `ate-source-actor` when `keep_source` (a trusted
+/// peer's single valid value); otherwise it is removed.
+pub fn route_answer_with(
+    route: &Route,
+    transport: &WorkerTransport,
+    keep_source: bool,
+) -> ep::ProcessingResponse {
     let endpoint = route.endpoint.to_string();
     let mut set_headers = vec![
         set(":authority", &endpoint),
         set(GATEWAY_DESTINATION_ENDPOINT, &endpoint),
         set(TARGET_ACTOR, route.actor().as_str()),
     ];
-    let mut remove_headers = vec![SOURCE_ACTOR.to_owned()];
+    let mut remove_headers = Vec::with_capacity(2);
+    if !keep_source {
+        remove_headers.push(SOURCE_ACTOR.to_owned());
+    }
     match transport {
         WorkerTransport::Agent { .. } => {
             set_headers.push(set(TARGET_PORT, &route.actor_port.to_string()))
@@ -317,8 +434,18 @@ pub struct Reply {
     pub done: bool,
 }
 
-/// Answers one message of an ingress stream (directions are the dispatcher's business).
+/// Answers one message of an ingress stream (directions are the dispatcher's business);
+/// `ate-source-actor` is removed from every request.
 pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
+    answer_with(resolver, None, req).await
+}
+
+/// [`answer`], keeping `ate-source-actor` for the peers `trust` trusts.
+pub async fn answer_with(
+    resolver: &Resolver,
+    trust: Option<&SourceTrust>,
+    req: ep::ProcessingRequest,
+) -> Reply {
     let done = matches!(req.request, Some(Phase::RequestHeaders(_)));
     // Observability mode: Envoy does not wait for answers, so nothing is resolved (no resume
     // nobody waits for) and nothing is sent; after the request headers the stream ends, sparing
@@ -346,9 +473,14 @@ pub async fn answer(resolver: &Resolver, req: ep::ProcessingRequest) -> Reply {
             for hv in headers {
                 input.push_header(&hv.key, header_value(hv));
             }
+            let keep_source = trust.is_some_and(|t| t.keeps_source(&req, headers));
             Some(match input.validate_target(resolver.extractor()) {
                 Ok(validated) => match validated.route(resolver).await {
-                    Ok(route) => route_answer(&route, &resolver.settings().worker_transport),
+                    Ok(route) => route_answer_with(
+                        &route,
+                        &resolver.settings().worker_transport,
+                        keep_source,
+                    ),
                     Err(e) => route_error_answer(&e),
                 },
                 Err(e) => immediate_answer(
@@ -401,37 +533,39 @@ impl IngressExtProc {
     pub fn process(&self, inbound: Inbound, opened: Instant) -> AnswerStream {
         use futures_util::StreamExt;
         let resolver = self.resolver.clone();
+        let trust = self.trust.clone();
         let limit = self.stream_deadline;
         let deadline = opened + limit;
-        let out = futures_util::stream::unfold(
-            (Some(inbound), resolver),
-            move |(inbound, resolver)| async move {
-                let mut inbound = inbound?;
-                loop {
-                    let next = match tokio::time::timeout_at(deadline, inbound.next()).await {
-                        Ok(next) => next.transpose(),
-                        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                            "no request_headers within {limit:?} of opening the stream"
-                        ))),
-                    };
-                    match next {
-                        Ok(Some(msg)) => {
-                            let reply = answer(&resolver, msg).await;
-                            match (reply.answer, reply.done) {
-                                (Some(a), true) => return Some((Ok(a), (None, resolver))),
-                                (Some(a), false) => {
-                                    return Some((Ok(a), (Some(inbound), resolver)));
+        let out =
+            futures_util::stream::unfold((Some(inbound), resolver), move |(inbound, resolver)| {
+                let trust = trust.clone();
+                async move {
+                    let mut inbound = inbound?;
+                    loop {
+                        let next = match tokio::time::timeout_at(deadline, inbound.next()).await {
+                            Ok(next) => next.transpose(),
+                            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                                "no request_headers within {limit:?} of opening the stream"
+                            ))),
+                        };
+                        match next {
+                            Ok(Some(msg)) => {
+                                let reply = answer_with(&resolver, trust.as_deref(), msg).await;
+                                match (reply.answer, reply.done) {
+                                    (Some(a), true) => return Some((Ok(a), (None, resolver))),
+                                    (Some(a), false) => {
+                                        return Some((Ok(a), (Some(inbound), resolver)));
+                                    }
+                                    (None, true) => return None,
+                                    (None, false) => {}
                                 }
-                                (None, true) => return None,
-                                (None, false) => {}
                             }
+                            Ok(None) => return None,
+                            Err(status) => return Some((Err(status), (None, resolver))),
                         }
-                        Ok(None) => return None,
-                        Err(status) => return Some((Err(status), (None, resolver))),
                     }
                 }
-            },
-        );
+            });
         Box::pin(out)
     }
 }
@@ -460,5 +594,56 @@ impl ep::external_processor_server::ExternalProcessor for ExtProcService {
                 }
             },
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfcc_gives_the_uri_of_its_only_element() {
+        let pep = "spiffe://td/ns/ate-system/sa/actorgate-pep";
+        assert_eq!(
+            xfcc_uri(&format!("By=spiffe://td/ns/x/sa/envoy;Hash=ab;URI={pep}")),
+            Some(pep)
+        );
+        assert_eq!(
+            xfcc_uri(&format!("Hash=ab;Subject=\"CN=a,O=b\";URI={pep}")),
+            Some(pep)
+        );
+        // Two elements (a proxy appended one), two URIs, or none: nobody.
+        assert_eq!(xfcc_uri(&format!("URI={pep},URI=spiffe://td/x")), None);
+        assert_eq!(xfcc_uri(&format!("URI={pep};URI=spiffe://td/x")), None);
+        assert_eq!(xfcc_uri("Hash=ab"), None);
+        assert_eq!(xfcc_uri("URI="), None);
+    }
+
+    #[test]
+    fn the_uri_san_attribute_is_read_from_the_ext_proc_attributes() {
+        let trust = SourceTrust {
+            identity: PeerIdentitySource::UriSan,
+            peers: crate::TrustedPeers::parse(&["spiffe://td/ns/a/sa/pep".to_owned()]).unwrap(),
+        };
+        let attrs = Struct {
+            fields: HashMap::from([(
+                URI_SAN_ATTRIBUTE.to_owned(),
+                string_value("spiffe://td/ns/a/sa/pep".into()),
+            )]),
+        };
+        let req = ep::ProcessingRequest {
+            attributes: HashMap::from([(EXT_PROC_ATTRIBUTES.to_owned(), attrs)]),
+            ..Default::default()
+        };
+        let header = |k: &str, v: &str| core::HeaderValue {
+            key: k.into(),
+            raw_value: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        assert!(trust.keeps_source(&req, &[header("ate-source-actor", "demo/a")]));
+        assert!(!trust.keeps_source(&req, &[header("ate-source-actor", "demo")]));
+        assert!(!trust.keeps_source(&req, &[]));
+        let nobody = ep::ProcessingRequest::default();
+        assert!(!trust.keeps_source(&nobody, &[header("ate-source-actor", "demo/a")]));
     }
 }

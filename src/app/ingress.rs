@@ -26,7 +26,8 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded, resolver: &Resolver) -> Resu
         );
     }
     if g.extproc {
-        let handler = IngressExtProc::new(resolver.clone());
+        let handler = IngressExtProc::new(resolver.clone())
+            .with_source_trust(loaded.extproc_source_trust.clone());
         w.extproc.add(INGRESS_DIRECTION, move |inbound, opened| {
             handler.process(inbound, opened)
         });

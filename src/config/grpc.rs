@@ -32,6 +32,34 @@ pub struct GrpcConfig {
     /// SPIFFE IDs, or prefixes ending in `/*`. Needs `tls.client_auth` `optional` or
     /// `required`. Default none.
     pub trusted_peers: Vec<String>,
+    /// Which downstream peers, as Envoy reports them, may name the calling actor in
+    /// `ate-source-actor` on the ExtProc path (DESIGN §5); absent: it is removed from every
+    /// request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extproc_source_actor: Option<ExtProcSourceActorConfig>,
+}
+
+/// `grpc.extproc_source_actor`: where Envoy reports the downstream peer, and which peers are
+/// trusted (the egress PEPs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtProcSourceActorConfig {
+    /// `uri_san` (the attribute `connection.uri_san_peer_certificate`, listed in the ext_proc
+    /// filter's `request_attributes`) or `xfcc` (`x-forwarded-client-cert` with
+    /// `forward_client_cert_details: SANITIZE_SET`).
+    pub peer_identity: PeerIdentityConfig,
+    /// SPIFFE IDs, or prefixes ending in `/*`.
+    pub trusted_peers: Vec<String>,
+}
+
+/// Where Envoy reports the downstream peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerIdentityConfig {
+    /// `connection.uri_san_peer_certificate`.
+    UriSan,
+    /// `x-forwarded-client-cert`'s `URI`.
+    Xfcc,
 }
 
 impl Default for GrpcConfig {
@@ -44,6 +72,7 @@ impl Default for GrpcConfig {
             reflection: true,
             tls: None,
             trusted_peers: Vec::new(),
+            extproc_source_actor: None,
         }
     }
 }
@@ -86,6 +115,39 @@ impl GrpcConfig {
             ingress::TrustedPeers::default()
         });
         errs.into_result(peers)
+    }
+
+    /// The ExtProc path's trust in Envoy-reported peers, when configured.
+    ///
+    /// # Errors
+    /// A bad entry of `extproc_source_actor.trusted_peers` (by index), or an empty list.
+    pub fn extproc_source_trust(
+        &self,
+    ) -> Result<Option<ingress::extproc::SourceTrust>, FieldErrors> {
+        let Some(c) = &self.extproc_source_actor else {
+            return Ok(None);
+        };
+        let mut errs = FieldErrors::default();
+        if c.trusted_peers.is_empty() {
+            errs.push(
+                "extproc_source_actor.trusted_peers",
+                "name at least one peer (or leave extproc_source_actor out)",
+            );
+        }
+        let peers = ingress::TrustedPeers::parse(&c.trusted_peers).unwrap_or_else(|bad| {
+            for (i, e) in bad {
+                errs.push(
+                    format!("extproc_source_actor.trusted_peers[{i}]"),
+                    e.to_string(),
+                );
+            }
+            ingress::TrustedPeers::default()
+        });
+        let identity = match c.peer_identity {
+            PeerIdentityConfig::UriSan => ingress::extproc::PeerIdentitySource::UriSan,
+            PeerIdentityConfig::Xfcc => ingress::extproc::PeerIdentitySource::Xfcc,
+        };
+        errs.into_result(Some(ingress::extproc::SourceTrust { identity, peers }))
     }
 
     /// The listener's TLS files (ALPN h2), when `tls` is set.
