@@ -558,9 +558,19 @@ fn every_envoy_example_validates() {
         ] {
             assert!(text.contains(must), "{}: {must}", path.display());
         }
+        // CERT_DIR stands for a directory of certificates (gateway.crt/key, ca.crt).
+        let certs = test_pki(&[]);
+        std::fs::copy(certs.path("server.crt"), certs.path("gateway.crt")).unwrap();
+        std::fs::copy(certs.path("server.key"), certs.path("gateway.key")).unwrap();
+        let validated = certs.path("example.yaml");
+        std::fs::write(
+            &validated,
+            text.replace("CERT_DIR", &certs.dir().display().to_string()),
+        )
+        .unwrap();
         let out = std::process::Command::new(envoy())
             .args(["--mode", "validate", "-c"])
-            .arg(&path)
+            .arg(&validated)
             .output()
             .unwrap();
         assert!(
