@@ -43,6 +43,18 @@
 # `GET /` -> 6 bytes), alternating: HTTP/1.1 keep-alive (CONC connections), h2 (CONC streams over
 # CONC/8 connections), and new intercepted connections/s (leaf cached; one request each).
 # Bars: requests/s >= 1.2x Envoy's and p99 <= Envoy's, for both protocols.
+#
+# Actor-to-actor and credential injection (issue 14), same run, actorgate alone (nothing to
+# compare with upstream, which has neither):
+# * actor-to-actor: cleartext HTTP/1.1 keep-alive requests (CONC connections) from an actor's
+#   tunnels through the PEP, which forwards them to ingress over mTLS as a trusted peer
+#   (`egress.actor_forwarding`, an `actors` rule), versus the same requests sent straight to
+#   ingress's HTTP listener; ingress routes both to the same worker (nginx, `GET /` -> 6 bytes).
+#   The ratio is the cost of the egress hop.
+# * injection: intercepted HTTPS HTTP/1.1 keep-alive requests carrying `authorization:
+#   placeholder`, to an `https` rule whose effect replaces it with a secret from the files
+#   provider (warm cache) versus a rule without effects (same origin, another port). Bar: at most
+#   5% fewer requests/s with injection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +68,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 PORT_SINK=18280 PORT_PEP=18281 PORT_ENVOY=18282 PORT_ENVOY_RBAC=18283 PORT_ADMIN=18290
 PORT_ENVOY_ADMIN=18291 PORT_ENVOY_RBAC_ADMIN=18292
 PORT_ORIGIN=18284 PORT_ENVOY_MITM=18285 PORT_ENVOY_MITM_ADMIN=18293
+PORT_ORIGIN_INJECT=18286 PORT_INGRESS_HTTP=18287 PORT_INGRESS_HTTPS=18288 PORT_WORKER=18289
+ACTOR_HOST=server.bench.actors.resources.substrate.ate.dev
 ORIGIN_NAME=origin.bench
 
 log() { echo "bench: $*" >&2; }
@@ -80,6 +94,10 @@ PKI="$WORK/pki"
 "$AG" dev-ca init --dir "$PKI" >/dev/null
 "$AG" dev-ca server --ca-dir "$PKI" --name pep --dns localhost --ip 127.0.0.1 >/dev/null
 "$AG" dev-ca actor --ca-dir "$PKI" --actor bench/client >/dev/null
+# The PEP's identity towards ingress (actor forwarding): a component certificate.
+"$AG" dev-ca component --ca-dir "$PKI" --namespace ate-system --service-account actorgate-pep >/dev/null
+mkdir -p "$WORK/secrets/bench"
+printf 'bench-secret-token\n' >"$WORK/secrets/bench/token"
 CLIENT="$WORK/client"
 mkdir -p "$CLIENT"
 cp "$PKI/ca.crt" "$CLIENT/ca.crt"
@@ -106,16 +124,27 @@ policies:
   rules:
   - tcp: {cidrs: [127.0.0.1/32], ports: [$PORT_SINK]}
   - https: {hostnames: [$ORIGIN_NAME], ports: [$PORT_ORIGIN]}
+  - https:
+      hostnames: [$ORIGIN_NAME]
+      ports: [$PORT_ORIGIN_INJECT]
+      effects: {replace_headers: [{header: authorization, prefix: 'Bearer ', credential_uri: 'ate-secret://local/bench/token'}]}
+  - actors: {targets: [bench/server]}
 EOF
 cat >"$WORK/actorgate.yaml" <<EOF
 logging: {level: warn}
 admin: {listen: 127.0.0.1:$PORT_ADMIN}
 grpc: {listen: 127.0.0.1:$((PORT_ADMIN + 1)), extproc: false, resolve_route: false}
-ingress: {enabled: false}
+ingress:
+  http: {listen: 127.0.0.1:$PORT_INGRESS_HTTP}
+  https:
+    listen: 127.0.0.1:$PORT_INGRESS_HTTPS
+    tls: {cert_file: $PKI/pep.crt, key_file: $PKI/pep.key, client_ca_file: $PKI/ca.crt, client_auth: optional}
+    trusted_peers: ['spiffe://substrate-actor.local/ns/ate-system/sa/actorgate-pep']
 directory:
   static:
     actors:
     - {atespace: bench, name: client, endpoint: '127.0.0.1:1'}
+    - {atespace: bench, name: server, endpoint: '127.0.0.1:$PORT_WORKER'}
 egress:
   listen: 127.0.0.1:$PORT_PEP
   tls: {cert_file: $PKI/pep.crt, key_file: $PKI/pep.key, client_ca_file: $PKI/ca.crt}
@@ -127,6 +156,13 @@ egress:
     ca_cert_file: $WORK/intercept/ca.crt
     ca_key_file: $WORK/intercept/ca.key
     upstream: {system_roots: false, extra_ca_files: [$WORK/origin/ca.crt]}
+  actor_forwarding:
+    ingress: 127.0.0.1:$PORT_INGRESS_HTTPS
+    server_name: localhost
+    cert_file: $PKI/ate-system.actorgate-pep.crt
+    key_file: $PKI/ate-system.actorgate-pep.key
+  credentials:
+    providers: [{class: local, files: {dir: $WORK/secrets}}]
 EOF
 # Each PEP can be (re)started fresh: the idle-tunnel measurement wants a process that has not
 # served anything yet (freed memory would be reused and hide what tunnels cost).
@@ -352,10 +388,15 @@ http {
   keepalive_timeout 300s;
   server {
     listen 127.0.0.1:$PORT_ORIGIN ssl http2;
+    listen 127.0.0.1:$PORT_ORIGIN_INJECT ssl http2;
     ssl_certificate $WORK/origin/origin.crt;
     ssl_certificate_key $WORK/origin/origin.key;
     ssl_protocols TLSv1.3;
     http2_max_concurrent_streams 1024;
+    location / { return 200 "hello\n"; }
+  }
+  server {
+    listen 127.0.0.1:$PORT_WORKER;
     location / { return 200 "hello\n"; }
   }
 }
@@ -412,6 +453,29 @@ for t in "${MITM_TARGETS[@]}"; do
     sleep 0.2
   done
   [ -n "$ok" ] || { log "$t does not answer intercepted requests ($(head -1 "$WORK/mitm-check.err")); logs in $WORK"; tail -5 "$WORK"/*.log >&2; exit 1; }
+done
+
+# Actor-to-actor (via the PEP and ingress, or straight to ingress) and injection (an https rule
+# with or without a credential effect): each answers before the rounds start.
+a2a() { # via(pep|direct) secs conc
+  if [ "$1" = pep ]; then
+    "$TB" http 127.0.0.1:$PORT_PEP localhost "$CLIENT" 127.0.0.1:$PORT_INGRESS_HTTP "$2" "$3" "$ACTOR_HOST"
+  else
+    "$TB" plain-http 127.0.0.1:$PORT_INGRESS_HTTP "$2" "$3" "$ACTOR_HOST"
+  fi
+}
+inject() { # with(yes|no) secs conc
+  local port=$PORT_ORIGIN; [ "$1" = yes ] && port=$PORT_ORIGIN_INJECT
+  BENCH_HEADER='authorization: placeholder' "$TB" https 127.0.0.1:$PORT_PEP localhost "$CLIENT" \
+    127.0.0.1:$port "$2" h1 "$3" "$ORIGIN_NAME:$port" "$WORK/intercept/ca.crt"
+}
+for check in "a2a pep" "a2a direct" "inject yes" "inject no"; do
+  ok=
+  for _ in $(seq 1 100); do
+    if $check 1 1 2>"$WORK/a2a-check.err" | grep -q 'errors 0'; then ok=1; break; fi
+    sleep 0.2
+  done
+  [ -n "$ok" ] || { log "$check fails ($(head -1 "$WORK/a2a-check.err")); logs in $WORK"; tail -5 "$WORK"/*.log >&2; exit 1; }
 done
 
 # --- load --------------------------------------------------------------------------------------
@@ -503,6 +567,25 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# Actor-to-actor and injection: requests/s and p99, PEP process CPU per request (for a2a the
+# process is ingress and PEP together: both hops are in it), alternating.
+A2A=("a2a pep" "a2a direct" "inject yes" "inject no")
+for round in $(seq 1 "$ROUNDS"); do
+  order=("${A2A[@]:$((round % 4))}" "${A2A[@]:0:$((round % 4))}")
+  for run in "${order[@]}"; do
+    key=${run// /-}
+    c0=$(cpu_ticks "$PID_PEP")
+    out=$($run "$DURATION" "$CONC" 2>>"$WORK/a2a.err")
+    c1=$(cpu_ticks "$PID_PEP")
+    n=$(field requests <<<"$out") rate=$(field per_sec <<<"$out") p50=$(field p50_ms <<<"$out") p99=$(field p99_ms <<<"$out")
+    errs=$(field errors <<<"$out")
+    [ "$errs" = 0 ] || log "WARNING $run: $errs failed requests"
+    cpu_r=$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$n" 'BEGIN {printf "%.1f", (n > 0) ? c / t / n * 1e6 : 0}')
+    log "round $round $run: $rate/s p50 ${p50}ms p99 ${p99}ms, $cpu_r CPU-us each"
+    add "$key,rate" "$rate"; add "$key,p50" "$p50"; add "$key,p99" "$p99"; add "$key,cpu" "$cpu_r"
+  done
+done
+
 # Policy micro-benchmark (decision latency, p50/p99).
 log "policy micro-benchmark"
 # The first table of egress-pep/benches/policy.rs (single decisions, p50/p99); criterion's
@@ -549,6 +632,22 @@ echo "  p99         h1 actorgate / envoy   $(ratio actorgate-mitm,h1,p99 envoy-m
 echo "  requests/s  h2 actorgate / envoy   $(ratio actorgate-mitm,h2,rate envoy-mitm,h2,rate)   [>= 1.2]"
 echo "  p99         h2 actorgate / envoy   $(ratio actorgate-mitm,h2,p99 envoy-mitm,h2,p99)   [<= 1.0]"
 echo "  conns/s     actorgate / envoy      $(ratio actorgate-mitm,conns,rate envoy-mitm,conns,rate)"
+echo
+echo "actor-to-actor and credential injection ($CONC keep-alive HTTP/1.1 connections; CPU: the actorgate process, PEP and ingress)"
+printf '%-26s %12s %10s %10s %12s\n' load "per second" "p50 ms" "p99 ms" "CPU-us"
+for run in a2a-pep a2a-direct inject-yes inject-no; do
+  case $run in
+    a2a-pep) what="actor -> PEP -> ingress";; a2a-direct) what="actor -> ingress";;
+    inject-yes) what="intercepted, injected";; inject-no) what="intercepted, no effect";;
+  esac
+  printf '%-26s %12.0f %10.3f %10.3f %12.1f\n' "$what" "$(mean "$run,rate")" "$(mean "$run,p50")" \
+    "$(mean "$run,p99")" "$(mean "$run,cpu")"
+done
+echo "ratios (bars in brackets):"
+echo "  requests/s  via PEP / straight to ingress   $(ratio a2a-pep,rate a2a-direct,rate)"
+echo "  p99         via PEP / straight to ingress   $(ratio a2a-pep,p99 a2a-direct,p99)"
+echo "  requests/s  injected / without              $(ratio inject-yes,rate inject-no,rate)   [>= 0.95]"
+echo "  p99         injected / without              $(ratio inject-yes,p99 inject-no,p99)"
 echo
 echo "policy decision latency [bar: p50 <= 1 us at 10,000 rules]:"
 echo "$POLICY_OUT"

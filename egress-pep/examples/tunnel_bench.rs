@@ -11,7 +11,12 @@
 //! tunnel_bench plain-setup TARGET SECS CONC    # new plain TCP connections/s, 1-byte echo each, p50/p99
 //! tunnel_bench plain-bulk  TARGET SECS         # one plain TCP connection, upload for SECS → Gbit/s
 //! tunnel_bench plain-hold  TARGET COUNT        # COUNT idle plain connections (one echo each), "held N", until stdin EOF
+//! tunnel_bench http   PEP SNI CERTS TARGET SECS CONC HOST  # cleartext HTTP/1.1 requests/s inside CONC tunnels, p50/p99
+//! tunnel_bench plain-http  TARGET SECS CONC HOST  # the same requests on CONC plain connections to TARGET
 //! ```
+//!
+//! `BENCH_HEADER='name: value'` adds one header to every request of `https`, `http` and
+//! `plain-http` (a credential placeholder the PEP replaces, for the injection benchmark).
 //!
 //! The `plain-*` modes are an actor's own connections, for `bench/agent.sh`: straight to the
 //! sink, or captured by the tunnel agent's rules on the way.
@@ -89,6 +94,26 @@ fn main() -> Result<(), Error> {
                 plain_setup(args[1].parse()?, args[2].parse()?, args[3].parse()?).await
             }
             Some("plain-bulk") => plain_bulk(args[1].parse()?, args[2].parse()?).await,
+            Some("http") => {
+                let mut tunnel_args = args.clone();
+                tunnel_args.insert(6, "h1".into());
+                let c = Arc::new(Client::new(&tunnel_args)?);
+                let open: Opener = Arc::new(move || {
+                    let c = c.clone();
+                    Box::pin(async move {
+                        let t = c.h1_tunnel().await?;
+                        Ok(Box::new(t) as Box<dyn Stream>)
+                    })
+                });
+                plain_requests(open, args[5].parse()?, args[6].parse()?, &args[7]).await
+            }
+            Some("plain-http") => {
+                let target: SocketAddr = args[1].parse()?;
+                let open: Opener = Arc::new(move || {
+                    Box::pin(async move { Ok(Box::new(plain(target).await?) as Box<dyn Stream>) })
+                });
+                plain_requests(open, args[2].parse()?, args[3].parse()?, &args[4]).await
+            }
             Some("plain-hold") => plain_hold(args[1].parse()?, args[2].parse()?).await,
             _ => Err("usage: tunnel_bench sink|bulk|setup|hold|https|https-conns|plain-setup|plain-bulk|plain-hold …".into()),
         }
@@ -367,13 +392,12 @@ impl Inner {
     }
 
     fn request(&self) -> Result<http::Request<Empty<Bytes>>, Error> {
-        Ok(if self.h2 {
-            http::Request::get(format!("https://{}/", self.name)).body(Empty::new())?
+        let req = if self.h2 {
+            http::Request::get(format!("https://{}/", self.name))
         } else {
-            http::Request::get("/")
-                .header(http::header::HOST, self.name.as_str())
-                .body(Empty::new())?
-        })
+            http::Request::get("/").header(http::header::HOST, self.name.as_str())
+        };
+        Ok(with_bench_header(req).body(Empty::new())?)
     }
 }
 
@@ -648,4 +672,78 @@ async fn plain_hold(target: SocketAddr, count: usize) -> Result<(), Error> {
     let _ = stdin.read(&mut b).await;
     drop(held);
     Ok(())
+}
+
+/// `req` with the header of `BENCH_HEADER` (`name: value`), when set.
+fn with_bench_header(req: http::request::Builder) -> http::request::Builder {
+    match std::env::var("BENCH_HEADER")
+        .ok()
+        .as_deref()
+        .and_then(|h| h.split_once(':'))
+    {
+        Some((name, value)) => req.header(name.trim(), value.trim()),
+        None => req,
+    }
+}
+
+/// A byte stream requests run on: a tunnel, or a plain connection.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Opens the stream of one keep-alive HTTP/1.1 client.
+type Opener = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Box<dyn Stream>, Error>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// Cleartext HTTP/1.1 `GET /` with `Host: host` in a loop on `conc` keep-alive connections,
+/// each on a stream `open` makes (a new one after a failure).
+async fn plain_requests(open: Opener, secs: u64, conc: usize, host: &str) -> Result<(), Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..conc {
+        let (open, stop, errors, host) =
+            (open.clone(), stop.clone(), errors.clone(), host.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut send: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r: Result<(), Error> = async {
+                    if send.is_none() {
+                        let stream = open().await?;
+                        let (s, conn) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                        tokio::spawn(conn);
+                        send = Some(s);
+                    }
+                    let Some(s) = send.as_mut() else {
+                        unreachable!()
+                    };
+                    s.ready().await?;
+                    let req = with_bench_header(
+                        http::Request::get("/").header(http::header::HOST, host.as_str()),
+                    )
+                    .body(Empty::new())?;
+                    fetch(s.send_request(req)).await
+                }
+                .await;
+                match r {
+                    Ok(()) => lat.push(t0.elapsed()),
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first failed request: {e}");
+                        }
+                        send = None;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    report("requests", secs, start, tasks, &stop, &errors).await
 }

@@ -110,6 +110,16 @@ pub trait CleartextHooks: Send + Sync + 'static {
     fn source_actor(&self) -> &str {
         ""
     }
+    /// The values of [`CleartextHooks::credentials`] when this tunnel still has them all, fresh
+    /// (no fetch, no cache lookup). Default: none.
+    fn cached_credentials(
+        &self,
+        effects: &Arc<[CredentialHeader]>,
+        wanted: &[usize],
+    ) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        let _ = (effects, wanted);
+        None
+    }
     /// The header values (prefix and secret, marked sensitive) of `effects[i]` for each `i` of
     /// `wanted`, for this tunnel's actor (DESIGN §7.3); a refusal's reason
     /// ([`Reason::CredentialDenied`], [`Reason::CredentialUnavailable`]). Default: no
@@ -693,6 +703,9 @@ impl Proxy {
         }
         if !tls && wanted.iter().any(|&i| !effects[i].allow_cleartext) {
             return Err(Reason::CredentialNeedsTls);
+        }
+        if let Some(found) = self.hooks.cached_credentials(effects, &wanted) {
+            return Ok(found);
         }
         self.hooks.credentials(effects.clone(), wanted).await
     }

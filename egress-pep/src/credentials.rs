@@ -296,24 +296,92 @@ impl CredentialMetrics {
     }
 }
 
-/// A cached actor token: the value and when to stop reusing it.
+/// A cached secret or token and when to stop reusing it (a secret's TTL, a token's renewal).
 #[derive(Clone)]
-struct CachedToken {
-    token: Secret,
-    renew_at: Instant,
+struct Fresh {
+    secret: Secret,
+    until: Instant,
 }
 
 /// Expires a cached token when it is due for renewal.
 struct RenewAt;
 
-impl moka::Expiry<(String, Vec<String>, i64), CachedToken> for RenewAt {
+impl moka::Expiry<(String, Vec<String>, i64), Fresh> for RenewAt {
     fn expire_after_create(
         &self,
         _key: &(String, Vec<String>, i64),
-        value: &CachedToken,
+        value: &Fresh,
         created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.renew_at.saturating_duration_since(created_at))
+        Some(value.until.saturating_duration_since(created_at))
+    }
+}
+
+/// One resolved credential: the header, its value (prefix and secret, sensitive), and until
+/// when it may be reused.
+#[derive(Clone)]
+pub struct Credential {
+    /// The header replaced.
+    pub name: HeaderName,
+    /// Its value.
+    pub value: HeaderValue,
+    /// When the secret's cache entry goes stale (or the token is due for renewal).
+    pub until: Instant,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The credentials one tunnel already resolved, reused until they go stale: a tunnel carries one
+/// actor's requests, so the value of a rule's effect is the same for each of them until then.
+/// Keyed by the effects list itself (held, so a reloaded policy never matches an old entry) and
+/// the effect's index; at most [`CredentialMemo::CAPACITY`] entries.
+#[derive(Default)]
+pub struct CredentialMemo {
+    entries: parking_lot::Mutex<Vec<MemoEntry>>,
+}
+
+/// A remembered value: the effects list, the effect's index in it, the credential.
+type MemoEntry = (Arc<[CredentialHeader]>, usize, Credential);
+
+impl CredentialMemo {
+    /// Most remembered values per tunnel.
+    pub const CAPACITY: usize = 8;
+
+    /// The fresh values of `effects[i]` for each `i` of `wanted`, when all are remembered.
+    pub fn get(
+        &self,
+        effects: &Arc<[CredentialHeader]>,
+        wanted: &[usize],
+    ) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        let now = Instant::now();
+        let entries = self.entries.lock();
+        wanted
+            .iter()
+            .map(|&i| {
+                entries
+                    .iter()
+                    .find(|(e, j, c)| *j == i && Arc::ptr_eq(e, effects) && now < c.until)
+                    .map(|(_, _, c)| (c.name.clone(), c.value.clone()))
+            })
+            .collect()
+    }
+
+    /// Remembers the value of `effects[index]`, replacing a stale or the oldest entry.
+    pub fn put(&self, effects: &Arc<[CredentialHeader]>, index: usize, credential: Credential) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock();
+        entries.retain(|(e, j, c)| now < c.until && !(*j == index && Arc::ptr_eq(e, effects)));
+        if entries.len() >= Self::CAPACITY {
+            entries.remove(0);
+        }
+        entries.push((effects.clone(), index, credential));
     }
 }
 
@@ -323,8 +391,8 @@ pub struct Credentials {
     providers: HashMap<String, Provider>,
     tokens: Option<Arc<dyn ActorTokens>>,
     limits: CredentialLimits,
-    secrets: moka::future::Cache<(String, String), Secret>,
-    jwts: moka::future::Cache<(String, Vec<String>, i64), CachedToken>,
+    secrets: moka::future::Cache<(String, String), Fresh>,
+    jwts: moka::future::Cache<(String, Vec<String>, i64), Fresh>,
     metrics: CredentialMetrics,
 }
 
@@ -375,19 +443,28 @@ impl Credentials {
         &self,
         actor: &ActorIdentity,
         effect: &CredentialHeader,
-    ) -> Result<(HeaderName, HeaderValue), CredentialError> {
+    ) -> Result<Credential, CredentialError> {
         let name = HeaderName::from_bytes(effect.header.as_bytes())
             .map_err(|_| CredentialError::denied(format!("{:?} is not a header", effect.header)))?;
-        let secret = match &effect.source {
+        let fresh = match &effect.source {
             CredentialSource::Uri(uri) => self.secret(actor, uri).await?,
             CredentialSource::ActorJwt {
                 audiences,
                 expiration_seconds,
             } => self.token(actor, audiences, *expiration_seconds).await?,
         };
-        let value = secret.header_value(&effect.prefix)?;
-        self.metrics.injected.inc();
-        Ok((name, value))
+        let value = fresh.secret.header_value(&effect.prefix)?;
+        self.injected(1);
+        Ok(Credential {
+            name,
+            value,
+            until: fresh.until,
+        })
+    }
+
+    /// Counts `n` headers replaced (also those a [`CredentialMemo`] answered).
+    pub fn injected(&self, n: u64) {
+        self.metrics.injected.inc_by(n);
     }
 
     /// The providers (class → kind) and token source, for `/statusz`.
@@ -405,10 +482,18 @@ impl Credentials {
         })
     }
 
-    async fn secret(&self, actor: &ActorIdentity, uri: &str) -> Result<Secret, CredentialError> {
+    async fn secret(&self, actor: &ActorIdentity, uri: &str) -> Result<Fresh, CredentialError> {
         let key = (format!("{}/{}", actor.atespace, actor.name), uri.to_owned());
+        let ttl = self.limits.secret_ttl;
+        let fetch = async move {
+            let secret = self.fetch(actor, uri).await?;
+            Ok::<_, CredentialError>(Fresh {
+                secret,
+                until: Instant::now() + ttl,
+            })
+        };
         self.secrets
-            .try_get_with(key, self.fetch(actor, uri))
+            .try_get_with(key, fetch)
             .await
             .map_err(|e| (*e).clone())
     }
@@ -483,7 +568,7 @@ impl Credentials {
         actor: &ActorIdentity,
         audiences: &[String],
         seconds: i64,
-    ) -> Result<Secret, CredentialError> {
+    ) -> Result<Fresh, CredentialError> {
         let key = (
             format!(
                 "{}/{}#{}",
@@ -498,7 +583,6 @@ impl Credentials {
         self.jwts
             .try_get_with(key, self.mint(actor, audiences, seconds))
             .await
-            .map(|c| c.token)
             .map_err(|e| (*e).clone())
     }
 
@@ -507,7 +591,7 @@ impl Credentials {
         actor: &ActorIdentity,
         audiences: &[String],
         seconds: i64,
-    ) -> Result<CachedToken, CredentialError> {
+    ) -> Result<Fresh, CredentialError> {
         let Some(tokens) = &self.tokens else {
             let e = CredentialError::unavailable(
                 "actor_jwt: no token source (an ateapi directory or the signer section)",
@@ -526,8 +610,11 @@ impl Credentials {
         let token = Secret::checked(Bytes::from(token), "actor_jwt")?;
         // Reused until a third of its lifetime remains (DESIGN §7.3).
         let left = exp.saturating_sub(now_secs());
-        let renew_at = Instant::now() + Duration::from_secs(left.saturating_sub(left / 3 + 1));
-        Ok(CachedToken { token, renew_at })
+        let until = Instant::now() + Duration::from_secs(left.saturating_sub(left / 3 + 1));
+        Ok(Fresh {
+            secret: token,
+            until,
+        })
     }
 }
 
@@ -688,9 +775,9 @@ mod tests {
                 CredentialLimits::default(),
                 CredentialMetrics::default(),
             );
-            let (name, first) = c.value(&actor, &jwt_effect("x")).await.unwrap();
+            let first = c.value(&actor, &jwt_effect("x")).await.unwrap();
             assert_eq!(
-                (name.as_str(), first.to_str().unwrap()),
+                (first.name.as_str(), first.value.to_str().unwrap()),
                 ("authorization", "Bearer a.x.0")
             );
             c.value(&actor, &jwt_effect("x")).await.unwrap();
@@ -713,6 +800,35 @@ mod tests {
         assert_eq!(e.reason, Reason::CredentialUnavailable);
     }
 
+    #[test]
+    fn a_tunnel_remembers_fresh_values_of_the_same_effects_only() {
+        let memo = CredentialMemo::default();
+        let effects: Arc<[CredentialHeader]> = Arc::from(vec![jwt_effect("a"), jwt_effect("b")]);
+        let same_content: Arc<[CredentialHeader]> = Arc::from(effects.to_vec());
+        let credential = |v: &'static str, fresh_for: Duration| Credential {
+            name: HeaderName::from_static("authorization"),
+            value: HeaderValue::from_static(v),
+            until: Instant::now() + fresh_for,
+        };
+        assert!(memo.get(&effects, &[0]).is_none());
+        memo.put(&effects, 0, credential("one", Duration::from_secs(60)));
+        let got = memo.get(&effects, &[0]).unwrap();
+        assert_eq!(got[0].1, "one");
+        // Every wanted value must be there; another list (a reloaded policy) never matches.
+        assert!(memo.get(&effects, &[0, 1]).is_none());
+        assert!(memo.get(&same_content, &[0]).is_none());
+        // A stale value is not used, and is replaced.
+        memo.put(&effects, 1, credential("two", Duration::ZERO));
+        assert!(memo.get(&effects, &[1]).is_none());
+        memo.put(&effects, 1, credential("three", Duration::from_secs(60)));
+        assert_eq!(memo.get(&effects, &[0, 1]).unwrap()[1].1, "three");
+        // Bounded.
+        for i in 0..20 {
+            memo.put(&same_content, i, credential("x", Duration::from_secs(60)));
+        }
+        assert_eq!(memo.entries.lock().len(), CredentialMemo::CAPACITY);
+    }
+
     #[tokio::test]
     async fn environment_variables_are_read_only_when_allowed() {
         let actor = ActorIdentity::new("demo", "a", None).unwrap();
@@ -730,11 +846,11 @@ mod tests {
             source: CredentialSource::Uri(uri.into()),
             allow_cleartext: false,
         };
-        let (_, v) = c
+        let v = c
             .value(&actor, &effect("ate-secret://env/local/PATH"))
             .await
             .unwrap();
-        assert_eq!(v.to_str().unwrap(), std::env::var("PATH").unwrap());
+        assert_eq!(v.value.to_str().unwrap(), std::env::var("PATH").unwrap());
         for uri in [
             "ate-secret://env/local/HOME",
             "ate-secret://other/local/PATH",

@@ -44,7 +44,7 @@ use crate::classify::{self, Classified, ClassifyError, ClassifyLimits, Rewind};
 use crate::cleartext::{
     self, ActorConnection, CleartextHooks, CleartextLimits, Origin, RequestRecord, Upstreams,
 };
-use crate::credentials::Credentials;
+use crate::credentials::{CredentialMemo, Credentials};
 use crate::decision::{Decision, Dial, Query, Reason, RuleKind, Traffic, Verdict};
 use crate::forward::{DialRefusal, Dialed, Dialer, SpliceCounters};
 use crate::intercepted::Interception;
@@ -863,6 +863,8 @@ struct Hooks {
     sni: Option<String>,
     /// `<atespace>/<name>` of the verified actor (`ate-source-actor` of forwarded requests).
     source: String,
+    /// Credentials this tunnel resolved, reused while fresh.
+    memo: Arc<CredentialMemo>,
 }
 
 impl Hooks {
@@ -873,6 +875,7 @@ impl Hooks {
             dst: t.dst,
             sni,
             source: subject_actor(&t.subject),
+            memo: Arc::default(),
         }
     }
 }
@@ -924,17 +927,31 @@ impl CleartextHooks for Hooks {
         &self.source
     }
 
+    fn cached_credentials(
+        &self,
+        effects: &Arc<[CredentialHeader]>,
+        wanted: &[usize],
+    ) -> Option<Vec<(header::HeaderName, header::HeaderValue)>> {
+        let found = self.memo.get(effects, wanted)?;
+        self.pep.credentials.injected(found.len() as u64);
+        Some(found)
+    }
+
     fn credentials(
         &self,
         effects: Arc<[CredentialHeader]>,
         wanted: Vec<usize>,
     ) -> BoxFuture<'static, Result<Vec<(header::HeaderName, header::HeaderValue)>, Reason>> {
         let (credentials, subject) = (self.pep.credentials.clone(), self.subject.clone());
+        let memo = self.memo.clone();
         Box::pin(async move {
             let mut out = Vec::with_capacity(wanted.len());
             for i in wanted {
                 match credentials.value(&subject.actor, &effects[i]).await {
-                    Ok(v) => out.push(v),
+                    Ok(c) => {
+                        out.push((c.name.clone(), c.value.clone()));
+                        memo.put(&effects, i, c);
+                    }
                     Err(e) => {
                         // The header name and the source's URI, never a value.
                         tracing::debug!(header = %effects[i].header, reason = e.reason.as_str(), detail = %e.detail, "credential refused");
