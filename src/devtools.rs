@@ -380,8 +380,9 @@ pub fn dev_ca(cmd: DevCaCommand) -> Result<()> {
 }
 
 /// `actorgate dev-ca egress-demo`: the CA (reused when `dir` already holds one), the PEP's
-/// server certificate, one actor certificate, the interception CA (kept when present) and the
-/// demo HTTPS origin's certificate (`echo.demo.internal`), as the egress demo config names them.
+/// server certificate, one actor certificate, the interception CA (kept when present), the
+/// demo HTTPS origin's certificate (`echo.demo.internal`) and the demo credential
+/// (`secrets/demo/api-key`, kept when present), as the egress demo config names them.
 fn egress_demo(dir: &Path, a: &str, trust_domain: &str, days: u64) -> Result<()> {
     if !identity::spiffe::is_trust_domain(trust_domain) {
         bail!("--trust-domain {trust_domain:?} is not a valid SPIFFE trust domain");
@@ -422,6 +423,16 @@ fn egress_demo(dir: &Path, a: &str, trust_domain: &str, days: u64) -> Result<()>
     ca.issue_server(&[DEMO_ORIGIN.to_owned()], &[], lifetime)?
         .write(dir, "echo")?;
     wrote(&issued_paths(dir, "echo"));
+    // The credential the demo's https rule injects (`ate-secret://local/demo/api-key`, files
+    // provider `secrets/`): the actor sends a placeholder, the origin receives this.
+    let secret = dir.join("secrets/demo/api-key");
+    if !secret.exists() {
+        std::fs::create_dir_all(dir.join("secrets/demo"))
+            .with_context(|| format!("--dir {}", dir.display()))?;
+        std::fs::write(&secret, "demo-api-key-not-a-real-secret\n")
+            .with_context(|| format!("{}", secret.display()))?;
+        wrote(std::slice::from_ref(&secret));
+    }
     if dir.join("intercept-ca.key").exists() {
         eprintln!("using the interception CA in {}", dir.display());
     } else {

@@ -426,3 +426,68 @@ async fn a_request_a_pep_forwarded_already_is_a_loop() {
         .await;
     assert_eq!(rec["verdict"], "deny", "{rec}");
 }
+
+/// Raw TCP between two actors with the real tunnel agent: actor A's client asks the agent's
+/// explicit proxy for `CONNECT tcp.demo.<suffix>:<port>`; the agent resolves the name (to the
+/// ingress Service address, as a cluster's DNS would) and names it in the tunnel's
+/// `ate-destination-host`; the PEP forwards the opaque bytes to ingress as a CONNECT, which
+/// splices them to demo/tcp's worker (a TCP echo).
+#[tokio::test]
+async fn the_agents_explicit_proxy_names_the_actor_of_raw_tcp() {
+    let tcp = echo_upstream("127.0.0.1:0").await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("demo/tcp", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    let ingress_pki = test_pki(&["actorgate-pep"]);
+    let (ing, _ing_dir) = ingress(&ingress_pki, &fake).await;
+    let pep = pep(POLICY, &ingress_pki, ing.https()).await;
+    let tcp_host: &'static str = Box::leak(format!("tcp.demo.{SUFFIX}").into_boxed_str());
+    let dns =
+        common::dns::dns_server("127.0.0.1:0", tcp_host, INGRESS_SERVICE_IP.parse().unwrap()).await;
+    let hello = pep.actor("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Gateway::start(&write_config(
+        dir.path(),
+        &format!(
+            "ingress: {{enabled: false}}
+agent:
+  listen: ['127.0.0.1:0']
+  proxy_listen: '127.0.0.1:0'
+  proxy_name_servers: ['{dns}']
+  pep:
+    address: '{pep}'
+    server_name: localhost
+    ca_file: {ca}
+    cert_file: {cert}
+    key_file: {key}
+",
+            pep = pep.addr(),
+            ca = pep.pki.ca_file().display(),
+            cert = hello.0.display(),
+            key = hello.1.display(),
+        ),
+    ))
+    .await;
+    let mut s = TcpStream::connect(agent.addr("agent_proxy")).await.unwrap();
+    let authority = format!("{tcp_host}:{}", tcp.addr.port());
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, _) = read_answer(&mut s).await;
+    assert_eq!(status, 200, "{}", agent.log_text());
+    let data = pattern(50_000, 3);
+    let back = echo_through(s, data.clone()).await;
+    assert!(
+        back == data,
+        "{} of {} bytes came back",
+        back.len(),
+        data.len()
+    );
+    let rec = pep
+        .audit_record("the agent's actor tunnel", |r| {
+            r["kind"] == "tunnel"
+                && r["dst"] == format!("{INGRESS_SERVICE_IP}:{}", tcp.addr.port())
+                && r["bytes_up"] == 50_000
+        })
+        .await;
+    assert_eq!(rec["rule"]["kind"], "actors", "{rec}");
+}

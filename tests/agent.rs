@@ -178,15 +178,7 @@ fn curl_in_the_actor_namespace_reaches_allowed_destinations_through_agent_and_pe
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let pep_thread = std::thread::spawn(move || {
         pep_ns.run(move || async move {
-            let dns = tokio::net::UdpSocket::bind(DNS).await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 512];
-                while let Ok((n, from)) = dns.recv_from(&mut buf).await {
-                    if let Some(answer) = dns_answer(&buf[..n]) {
-                        let _ = dns.send_to(&answer, from).await;
-                    }
-                }
-            });
+            common::dns::dns_server(DNS, "origin.test", std::net::Ipv4Addr::new(10, 9, 9, 9)).await;
             let pki = test_pki(&["atunnel"]);
             let dir = tempfile::tempdir().unwrap();
             let audit = dir.path().join("audit.jsonl");
@@ -680,32 +672,6 @@ async fn passthrough_h2(dst: SocketAddr, origin_ca: &std::path::Path) {
     .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
-}
-
-/// The answer to a DNS query: for an A question about `origin.test` one record, 10.9.9.9 (the
-/// name compressed to the question's); for its other types none (NOERROR); for any other name
-/// NXDOMAIN. `None` for a message that is not a query with one question.
-fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
-    if query.len() < 12 || query[2] & 0x80 != 0 || query[4..6] != [0, 1] {
-        return None;
-    }
-    // The question's name: labels up to the root.
-    let mut end = 12;
-    while *query.get(end)? != 0 {
-        end += 1 + usize::from(query[end]);
-    }
-    let known = query[12..end].eq_ignore_ascii_case(b"\x06origin\x04test");
-    let qtype = query.get(end + 1..end + 3)?;
-    let a = known && qtype == [0, 1];
-    let mut out = query.get(..end + 5)?.to_vec();
-    out[2] = 0x81; // QR, RD
-    out[3] = if known { 0x80 } else { 0x83 }; // RA, NOERROR or NXDOMAIN
-    out[6..8].copy_from_slice(&u16::from(a).to_be_bytes()); // ANCOUNT
-    out[8..12].fill(0); // no authority or additional records (no EDNS)
-    if a {
-        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
-    }
-    Some(out)
 }
 
 /// Asks `server` for `name`'s A record over UDP; the first answer's address.

@@ -703,8 +703,8 @@ impl Pep {
         };
         if let Dial::Actor { target, host, port } = &dial {
             let io = Rewind::new(prefix, io);
-            self.forward_to_actor(io, &t, target, host, *port, rec)
-                .await;
+            // Boxed: only actor tunnels carry its state (idle memory per tunnel).
+            Box::pin(self.forward_to_actor(io, &t, target, host, *port, rec)).await;
             return;
         }
         // Boxed: resolving a name holds a large future only while the dial runs.

@@ -13,6 +13,7 @@
 //! * Envoy ([`Envoy`]), on port 0 too, its ports read back from its admin.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod egress;
 pub mod netns;
 

@@ -161,8 +161,11 @@ async fn handle(mut req: Request<Incoming>, ctx: Ctx<'_>) -> Response<RespBody> 
         Ok(dst) => dst,
         Err(response) => return response,
     };
+    // A name travels with the tunnel: for an actor host resolved to ingress it names the actor
+    // (DESIGN §7.4); the PEP ignores it elsewhere.
+    let named = (host.parse::<std::net::IpAddr>().is_err()).then(|| format!("{host}:{port}"));
     let mode = tunnels.mode();
-    let tunnel = match tunnels.open(dst).await {
+    let tunnel = match tunnels.open_named(dst, named.as_deref()).await {
         Ok(t) => {
             metrics.tunnel(mode, TunnelResult::Opened);
             metrics.connect_status(200);

@@ -181,16 +181,34 @@ impl PerConnection {
     /// # Errors
     /// [`TunnelError`]; on [`TunnelError::Refused`] nothing was sent for the actor.
     pub async fn open(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
+        self.open_named(dst, None).await
+    }
+
+    /// [`PerConnection::open`], the CONNECT naming `host` (`name[:port]`, what the actor asked
+    /// for) in `ate-destination-host` when given (an actorgate extension: the PEP uses it to
+    /// name the actor of opaque traffic to ingress, DESIGN §7.4).
+    ///
+    /// # Errors
+    /// As [`PerConnection::open`].
+    pub async fn open_named(
+        &self,
+        dst: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<TlsStream<TcpStream>, TunnelError> {
         let timeout = self.pep.timeout();
-        tokio::time::timeout(timeout, self.open_now(dst))
+        tokio::time::timeout(timeout, self.open_now(dst, host))
             .await
             .map_err(|_| TunnelError::Timeout(timeout))?
     }
 
-    async fn open_now(&self, dst: SocketAddr) -> Result<TlsStream<TcpStream>, TunnelError> {
+    async fn open_now(
+        &self,
+        dst: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<TlsStream<TcpStream>, TunnelError> {
         let mut tls = self.pep.connect().await?;
         let assertion = self.pep.assertion(dst)?;
-        tls.write_all(connect_head(dst, assertion.as_deref()).as_bytes())
+        tls.write_all(connect_head(dst, assertion.as_deref(), host).as_bytes())
             .await
             .map_err(TunnelError::Io)?;
         tls.flush().await.map_err(TunnelError::Io)?;
@@ -230,17 +248,25 @@ async fn connect_tls(
 }
 
 /// The CONNECT request head atunnel writes for `dst` (`[v6]:port` for IPv6), with the
-/// `ate-egress-assertion` header when given.
-pub fn connect_head(dst: SocketAddr, assertion: Option<&str>) -> String {
-    match assertion {
-        None => format!(
-            "CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
-        ),
-        Some(a) => format!(
-            "CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: Go-http-client/1.1\r\n{}: {a}\r\n\r\n",
-            crate::tunnel::ASSERTION_HEADER
-        ),
+/// `ate-egress-assertion` header and the `ate-destination-host` header when given (neither of
+/// which upstream atunnel sends).
+pub fn connect_head(dst: SocketAddr, assertion: Option<&str>, host: Option<&str>) -> String {
+    let mut head =
+        format!("CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: Go-http-client/1.1\r\n");
+    if let Some(a) = assertion {
+        head.push_str(crate::tunnel::ASSERTION_HEADER);
+        head.push_str(": ");
+        head.push_str(a);
+        head.push_str("\r\n");
     }
+    if let Some(h) = host {
+        head.push_str(crate::actor_forward::DESTINATION_HOST_HEADER);
+        head.push_str(": ");
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head
 }
 
 /// Reads the answer head byte by byte (the tunnel's bytes follow it), bounded.
@@ -286,11 +312,11 @@ mod tests {
     #[test]
     fn the_connect_head_is_atunnels() {
         assert_eq!(
-            connect_head("10.1.2.3:443".parse().unwrap(), None),
+            connect_head("10.1.2.3:443".parse().unwrap(), None, None),
             "CONNECT 10.1.2.3:443 HTTP/1.1\r\nHost: 10.1.2.3:443\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
         );
         assert!(
-            connect_head("[2001:db8::1]:80".parse().unwrap(), None)
+            connect_head("[2001:db8::1]:80".parse().unwrap(), None, None)
                 .starts_with("CONNECT [2001:db8::1]:80 HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n")
         );
     }
@@ -298,7 +324,7 @@ mod tests {
     #[test]
     fn a_shared_agent_adds_its_assertion_header() {
         assert_eq!(
-            connect_head("10.1.2.3:443".parse().unwrap(), Some("e.y.j")),
+            connect_head("10.1.2.3:443".parse().unwrap(), Some("e.y.j"), None),
             "CONNECT 10.1.2.3:443 HTTP/1.1\r\nHost: 10.1.2.3:443\r\nUser-Agent: Go-http-client/1.1\r\nate-egress-assertion: e.y.j\r\n\r\n"
         );
     }

@@ -102,7 +102,23 @@ impl Pooled {
     /// # Errors
     /// [`TunnelError`]; [`TunnelError::Refused`] carries the PEP's status.
     pub async fn open(&self, dst: SocketAddr) -> Result<PooledTunnel, TunnelError> {
-        self.open_with(dst, Bytes::new()).await
+        self.open_named(dst, None).await
+    }
+
+    /// [`Pooled::open`], the CONNECT naming `host` in `ate-destination-host` when given (see
+    /// [`super::per_connection::PerConnection::open_named`]).
+    ///
+    /// # Errors
+    /// As [`Pooled::open`].
+    pub async fn open_named(
+        &self,
+        dst: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<PooledTunnel, TunnelError> {
+        let timeout = self.pep.timeout();
+        tokio::time::timeout(timeout, self.open_now(dst, Bytes::new(), host))
+            .await
+            .map_err(|_| TunnelError::Timeout(timeout))?
     }
 
     /// A tunnel to `dst` whose first bytes `early` (what the actor already sent; may be empty)
@@ -116,12 +132,17 @@ impl Pooled {
         early: Bytes,
     ) -> Result<PooledTunnel, TunnelError> {
         let timeout = self.pep.timeout();
-        tokio::time::timeout(timeout, self.open_now(dst, early))
+        tokio::time::timeout(timeout, self.open_now(dst, early, None))
             .await
             .map_err(|_| TunnelError::Timeout(timeout))?
     }
 
-    async fn open_now(&self, dst: SocketAddr, early: Bytes) -> Result<PooledTunnel, TunnelError> {
+    async fn open_now(
+        &self,
+        dst: SocketAddr,
+        early: Bytes,
+        host: Option<&str>,
+    ) -> Result<PooledTunnel, TunnelError> {
         // A connection the PEP is closing (GOAWAY) refuses new streams: the tunnel is retried
         // once on another one (a new one when none is left).
         let assertion = self.pep.assertion(dst)?;
@@ -132,6 +153,9 @@ impl Pooled {
                 .uri(dst.to_string());
             if let Some(a) = &assertion {
                 req = req.header(crate::tunnel::ASSERTION_HEADER, a.as_str());
+            }
+            if let Some(h) = host {
+                req = req.header(crate::actor_forward::DESTINATION_HOST_HEADER, h);
             }
             let req = req
                 .body(())

@@ -39,9 +39,25 @@ impl Tunnels {
     /// # Errors
     /// The mode's [`TunnelError`].
     pub async fn open(&self, dst: SocketAddr) -> Result<TunnelStream, TunnelError> {
+        self.open_named(dst, None).await
+    }
+
+    /// [`Tunnels::open`], the CONNECT naming `host` (`name:port`, what the actor asked for) in
+    /// `ate-destination-host` when given (the explicit proxy, for names).
+    ///
+    /// # Errors
+    /// As [`Tunnels::open`].
+    pub async fn open_named(
+        &self,
+        dst: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<TunnelStream, TunnelError> {
         match self {
-            Tunnels::PerConnection(p) => p.open(dst).await.map(|t| TunnelStream::Tls(Box::new(t))),
-            Tunnels::Pooled(p) => p.open(dst).await.map(TunnelStream::H2),
+            Tunnels::PerConnection(p) => p
+                .open_named(dst, host)
+                .await
+                .map(|t| TunnelStream::Tls(Box::new(t))),
+            Tunnels::Pooled(p) => p.open_named(dst, host).await.map(TunnelStream::H2),
         }
     }
 
