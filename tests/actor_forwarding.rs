@@ -425,6 +425,10 @@ async fn a_request_a_pep_forwarded_already_is_a_loop() {
         })
         .await;
     assert_eq!(rec["verdict"], "deny", "{rec}");
+    assert_eq!(
+        rec["actor"]["name"], "hello",
+        "the record names the verified actor: {rec}"
+    );
 }
 
 /// Raw TCP between two actors with the real tunnel agent: actor A's client asks the agent's

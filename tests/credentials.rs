@@ -448,6 +448,19 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
     assert!(echoed(&body, "x-api-key").is_empty(), "{body}");
     assert_eq!(echoed(&body, "x-other"), ["kept"]);
     assert_eq!(lab.parts.provider.calls().len(), 1);
+    // A placeholder the actor names in `Connection` is hop-by-hop: dropped, nothing fetched
+    // (fetching x-notfound's secret would have refused the request).
+    let mut api2 = lab.api().await;
+    let (status, body) = send(
+        &mut api2,
+        API,
+        "/hop",
+        &[("x-notfound", PLACEHOLDER), ("connection", "x-notfound")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(echoed(&body, "x-notfound").is_empty(), "{body}");
+    assert_eq!(lab.parts.provider.calls().len(), 1);
 
     // Provider errors as upstream maps them; an unusable secret.
     for (header, status, text) in [

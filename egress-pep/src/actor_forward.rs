@@ -46,6 +46,9 @@ static DESTINATION_HOST: HeaderName = HeaderName::from_static(DESTINATION_HOST_H
 
 /// Most bytes of ingress's answer head to a forwarded CONNECT.
 const MAX_CONNECT_ANSWER_BYTES: usize = 16 * 1024;
+/// Longest wait for ingress's answer to a forwarded CONNECT, once connected: ingress resolves and
+/// resumes the actor first (bounded by its own resolver budget, then it answers 504).
+pub const CONNECT_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the forwarding settings are unusable.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +145,8 @@ impl IngressPeer {
     ///
     /// # Errors
     /// As [`IngressPeer::connect`]; [`Reason::ActorUnreachable`] when ingress answers anything
-    /// but 2xx (the status is in the detail) or the exchange fails.
+    /// but 2xx (the status is in the detail), the exchange fails, or no answer comes within
+    /// [`CONNECT_ANSWER_TIMEOUT`].
     pub async fn tunnel(
         &self,
         target: &ActorRef,
@@ -190,7 +194,7 @@ impl IngressPeer {
                 .map(TokioIo::new)
                 .map_err(|e| unreachable(format!("ingress CONNECT {authority} upgrade: {e}")))
         };
-        tokio::time::timeout(self.connect_timeout, exchange)
+        tokio::time::timeout(CONNECT_ANSWER_TIMEOUT, exchange)
             .await
             .map_err(|_| DialRefusal {
                 reason: Reason::ActorUnreachable,

@@ -692,10 +692,15 @@ impl Proxy {
         headers: &HeaderMap,
         tls: bool,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, Reason> {
+        // A header the actor names in `Connection` is hop-by-hop: it never goes upstream, so
+        // nothing is fetched for it.
         let wanted: Vec<usize> = effects
             .iter()
             .enumerate()
-            .filter(|(_, e)| headers.contains_key(e.header.as_str()))
+            .filter(|(_, e)| {
+                headers.contains_key(e.header.as_str())
+                    && !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(&e.header))
+            })
             .map(|(i, _)| i)
             .collect();
         if wanted.is_empty() {

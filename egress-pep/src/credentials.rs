@@ -169,11 +169,14 @@ impl ActorTokens for SignerTokens {
         seconds: i64,
     ) -> BoxFuture<'static, Result<(String, u64), CredentialError>> {
         let ttl = Duration::from_secs(seconds.unsigned_abs());
-        let minted = self
-            .0
-            .mint_actor_token(actor, audiences.to_vec(), ttl)
-            .map_err(|e| CredentialError::unavailable(format!("signing an actor token: {e}")));
-        Box::pin(async move { minted })
+        let (signer, actor, audiences) = (self.0.clone(), actor.clone(), audiences.to_vec());
+        // Off the async workers: an RSA signature takes milliseconds.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || signer.mint_actor_token(&actor, audiences, ttl))
+                .await
+                .map_err(|e| CredentialError::unavailable(format!("signing an actor token: {e}")))?
+                .map_err(|e| CredentialError::unavailable(format!("signing an actor token: {e}")))
+        })
     }
 
     fn kind(&self) -> &'static str {

@@ -39,6 +39,9 @@ pub struct Dialer {
     resolver: Arc<PepResolver>,
     guard: Arc<Guard>,
     connect_timeout: Duration,
+    /// Ingress's addresses as actors reach it (`egress.actor_forwarding.ingress_addresses`):
+    /// never dialled, so actor traffic reaches ingress only through actor forwarding.
+    ingress: Vec<crate::actor_hosts::IngressAddress>,
 }
 
 /// An upstream connection, ready to splice.
@@ -83,7 +86,28 @@ impl Dialer {
             resolver,
             guard,
             connect_timeout,
+            ingress: Vec::new(),
         }
+    }
+
+    /// Refuses to dial `ingress` addresses ([`Reason::Guarded`]): what reaches ingress from an
+    /// actor goes through actor forwarding, decided by `actors` rules (DESIGN §7.4), never by a
+    /// hostname or `tcp` rule that happens to resolve or point there.
+    pub fn with_ingress(mut self, ingress: Vec<crate::actor_hosts::IngressAddress>) -> Self {
+        self.ingress = ingress;
+        self
+    }
+
+    /// A refusal when `addr` is one of the ingress addresses.
+    fn screen_ingress(&self, addr: SocketAddr) -> Result<(), DialRefusal> {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if self.ingress.iter().any(|i| i.matches(addr)) {
+            return Err(DialRefusal::new(
+                Reason::Guarded,
+                format!("{addr} is ingress: actor traffic is forwarded, never dialled"),
+            ));
+        }
+        Ok(())
     }
 
     /// The resolver (for the DNS cache gauge).
@@ -125,6 +149,10 @@ impl Dialer {
                 let mut candidates: Vec<SocketAddr> = Vec::with_capacity(answers.len());
                 for ip in answers.iter() {
                     let addr = SocketAddr::new(*ip, *port);
+                    if let Err(r) = self.screen_ingress(addr) {
+                        refused = Some(r);
+                        continue;
+                    }
                     match self.guard.screen(addr, via) {
                         Ok(()) => candidates.push(addr),
                         Err(r) => {
@@ -153,6 +181,7 @@ impl Dialer {
                 })
             }
             Dial::Address { addr, tcp_rule } => {
+                self.screen_ingress(*addr)?;
                 self.guard
                     .screen(
                         *addr,

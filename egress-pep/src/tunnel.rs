@@ -484,15 +484,6 @@ impl Pep {
             return self.refuse(rec, Reason::BadTarget, &detail, started, &ctx);
         };
         rec.dst = Some(dst);
-        if actor_forward::is_loop(req.headers()) {
-            return self.refuse(
-                rec,
-                Reason::ForwardingLoop,
-                "Via names a PEP",
-                started,
-                &ctx,
-            );
-        }
         if ctx.drain.is_draining() {
             return self.refuse(rec, Reason::Draining, "draining", started, &ctx);
         }
@@ -515,6 +506,16 @@ impl Pep {
             name: proven.actor.name.clone(),
             uid: proven.actor.uid.clone(),
         });
+        // A CONNECT a PEP sent (to ingress) that came back to a PEP (DESIGN §7.4).
+        if actor_forward::is_loop(req.headers()) {
+            return self.refuse(
+                rec,
+                Reason::ForwardingLoop,
+                "Via names a PEP",
+                started,
+                &ctx,
+            );
+        }
         let live = match self.liveness.check(&proven.actor).await {
             Ok(l) => l,
             Err((reason, detail)) => {

@@ -608,3 +608,53 @@ async fn splice_works_over_in_memory_streams() {
     let stats = within("ends", task).await.expect("join").expect("splice");
     assert_eq!(stats.up, 200_000);
 }
+
+/// Ingress's addresses (`actor_forwarding.ingress_addresses`) are never dialled: a name that
+/// resolves there, or a `tcp` rule's destination there, is refused before any packet, so actor
+/// traffic reaches ingress only through actor forwarding (DESIGN §7.4). Other answers of the
+/// same name are still used.
+#[tokio::test]
+async fn ingress_addresses_are_never_dialled() {
+    use egress_pep::actor_hosts::IngressAddress;
+    let ingress = quiet_listener("127.0.0.5:0");
+    let ingress_addr = ingress.local_addr().expect("addr");
+    let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = upstream.local_addr().expect("addr").port();
+    let dialer = Dialer::new(
+        static_resolver(&[
+            ("ingress.svc.test", &["127.0.0.5"]),
+            ("both.svc.test", &["127.0.0.5", "127.0.0.1"]),
+        ]),
+        loopback_exempt_guard(vec![]),
+        Duration::from_secs(5),
+    )
+    .with_ingress(vec![IngressAddress::Ip(ip("127.0.0.5"))]);
+    let refused = within(
+        "dial",
+        dialer.dial(&name("ingress.svc.test", ingress_addr.port()), ingress_addr),
+    )
+    .await
+    .expect_err("ingress by name");
+    assert_eq!(refused.reason, Reason::Guarded, "{refused}");
+    let refused = within(
+        "dial",
+        dialer.dial(
+            &Dial::Address {
+                addr: ingress_addr,
+                tcp_rule: Some("127.0.0.0/8".parse().unwrap()),
+            },
+            ingress_addr,
+        ),
+    )
+    .await
+    .expect_err("ingress by address");
+    assert_eq!(refused.reason, Reason::Guarded, "{refused}");
+    assert_no_connection(&ingress);
+    let dialed = within(
+        "dial",
+        dialer.dial(&name("both.svc.test", port), ingress_addr),
+    )
+    .await
+    .expect("the other answer");
+    assert_eq!(dialed.addr, SocketAddr::new(ip("127.0.0.1"), port));
+}

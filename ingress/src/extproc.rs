@@ -173,15 +173,22 @@ impl SourceTrust {
 /// The `URI` of an XFCC value with exactly one element (no unquoted `,`) and one `URI` key;
 /// `None` otherwise. Quoted values are unquoted; escapes are not expected in SPIFFE IDs.
 fn xfcc_uri(value: &str) -> Option<&str> {
-    let mut in_quotes = false;
-    for c in value.chars() {
+    // Pairs split on `;` outside quotes; a `,` outside quotes starts another element.
+    let mut pairs = Vec::new();
+    let (mut in_quotes, mut start) = (false, 0);
+    for (i, c) in value.char_indices() {
         match c {
             '"' => in_quotes = !in_quotes,
             ',' if !in_quotes => return None,
+            ';' if !in_quotes => {
+                pairs.push(&value[start..i]);
+                start = i + 1;
+            }
             _ => {}
         }
     }
-    let mut uris = value.split(';').filter_map(|kv| {
+    pairs.push(&value[start..]);
+    let mut uris = pairs.into_iter().filter_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
         k.eq_ignore_ascii_case("URI").then(|| v.trim_matches('"'))
     });
@@ -616,6 +623,12 @@ mod tests {
         assert_eq!(xfcc_uri(&format!("URI={pep},URI=spiffe://td/x")), None);
         assert_eq!(xfcc_uri(&format!("URI={pep};URI=spiffe://td/x")), None);
         assert_eq!(xfcc_uri("Hash=ab"), None);
+        // A quoted value never contributes a key.
+        assert_eq!(
+            xfcc_uri(&format!("Subject=\"CN=x;URI={pep}\";URI=spiffe://td/other")),
+            Some("spiffe://td/other")
+        );
+        assert_eq!(xfcc_uri(&format!("Subject=\"CN=x;URI={pep}\"")), None);
         assert_eq!(xfcc_uri("URI="), None);
     }
 

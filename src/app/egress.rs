@@ -113,11 +113,15 @@ pub async fn start(
         egress_pep::resolve::PepResolver::new(&settings.resolver_settings())
             .context("egress.resolver")?,
     );
-    let dialer = Arc::new(egress_pep::forward::Dialer::new(
-        resolver.clone(),
-        guard,
-        settings.limits.connect_timeout,
-    ));
+    let ingress_addresses = settings
+        .actor_forwarding
+        .as_ref()
+        .map(|f| f.ingress_addresses.clone())
+        .unwrap_or_default();
+    let dialer = Arc::new(
+        egress_pep::forward::Dialer::new(resolver.clone(), guard, settings.limits.connect_timeout)
+            .with_ingress(ingress_addresses),
+    );
     let audit = Arc::new(
         egress_pep::audit::AuditSink::new(settings.audit_file.clone())
             .context("egress.audit.file")?,

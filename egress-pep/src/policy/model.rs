@@ -195,8 +195,12 @@ pub struct CredentialHeader {
 }
 
 /// Headers a credential can never replace (DESIGN §7.3): `Host`, hop-by-hop and framing
-/// headers (pseudo-headers are not header names at all).
-pub const FORBIDDEN_CREDENTIAL_HEADERS: [&str; 11] = [
+/// headers (pseudo-headers are not header names at all), and the identity and routing headers
+/// the PEP sets itself when it forwards to ingress (`Via`, `x-forwarded-client-cert`; every
+/// `ate-*` header is refused too), so no secret can become a caller's identity.
+pub const FORBIDDEN_CREDENTIAL_HEADERS: [&str; 13] = [
+    "via",
+    "x-forwarded-client-cert",
     "host",
     "connection",
     "keep-alive",
@@ -217,6 +221,12 @@ pub fn credential_target_problem(header: &str) -> Option<&'static str> {
     }
     if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
         return Some("is not a header name");
+    }
+    if header
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("ate-"))
+    {
+        return Some("ate-* headers name actors and are set by the PEP and ingress alone");
     }
     FORBIDDEN_CREDENTIAL_HEADERS
         .iter()
@@ -523,6 +533,11 @@ mod tests {
             "content-length",
             "proxy-authorization",
             "bad header",
+            "ate-source-actor",
+            "ATE-Target-Actor",
+            "ate-egress-assertion",
+            "Via",
+            "x-forwarded-client-cert",
         ] {
             assert!(credential_target_problem(bad).is_some(), "{bad}");
         }

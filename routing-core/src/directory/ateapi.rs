@@ -193,8 +193,6 @@ impl TlsDialer {
     }
 }
 
-/// Splits `host:port` (IPv6 in brackets) into the host without brackets and the port (443 when
-/// absent, as for `https://`).
 /// A lazily connecting gRPC channel configured as `ep` (timeouts, keepalive; its URI is
 /// replaced) to `address` (`host:port`, no scheme) over TLS with `tls` (the material current at
 /// each dial; ALPN `h2` must be among its protocols), the server verified as `server_name`
@@ -236,6 +234,8 @@ pub fn tls_channel(
     Ok(ep.connect_with_connector_lazy(connector))
 }
 
+/// Splits `host:port` (IPv6 in brackets) into the host without brackets and the port (443 when
+/// absent, as for `https://`).
 fn host_port(address: &str) -> Result<(String, u16), AteApiError> {
     let bad = |why: String| AteApiError::Address(address.to_owned(), why);
     let authority: http::uri::Authority = address.parse().map_err(|e| bad(format!("{e}")))?;
