@@ -11,6 +11,9 @@
 //!   `ate-destination-host` names the actor; the PEP sends `CONNECT` to ingress, which splices.
 //! * A loop: B's worker relays what it received (its `Via` included) back through the PEP as B;
 //!   the PEP refuses it with reason `forwarding_loop` in the audit record.
+//! * Raw TCP through the real tunnel agent's explicit proxy, which names the actor host.
+//! * TLS to an actor passed through (the worker's own certificate verifies end to end), and
+//!   HTTPS to an actor intercepted under an `https` rule and forwarded with the caller.
 
 mod common;
 
@@ -118,6 +121,11 @@ async fn ingress(pki: &TestPki, fake: &FakeControlPlane) -> (Gateway, tempfile::
 /// The PEP: `policy`, the actors hello/stranger/relay in its static directory, forwarding to
 /// `to` (ingress, or a relay in front of it) as the component `actorgate-pep` of `ingress_pki`.
 async fn pep(policy: &str, ingress_pki: &TestPki, to: SocketAddr) -> Pep {
+    pep_with(policy, ingress_pki, to, "").await
+}
+
+/// [`pep`] with more lines of the `egress` section (indented by two spaces).
+async fn pep_with(policy: &str, ingress_pki: &TestPki, to: SocketAddr, extra: &str) -> Pep {
     let (ca, cert, key) = (
         ingress_pki.ca_file(),
         ingress_pki.path("actorgate-pep.crt"),
@@ -135,7 +143,7 @@ async fn pep(policy: &str, ingress_pki: &TestPki, to: SocketAddr) -> Pep {
         format!(
             "  actor_forwarding:\n    ingress: '{to}'\n    server_name: localhost\n    \
              ca_file: {ca}\n    cert_file: {cert}\n    key_file: {key}\n    \
-             ingress_addresses: ['{INGRESS_SERVICE_IP}']\n",
+             ingress_addresses: ['{INGRESS_SERVICE_IP}']\n{extra}",
             ca = ca.display(),
             cert = cert.display(),
             key = key.display(),
@@ -494,4 +502,141 @@ agent:
         })
         .await;
     assert_eq!(rec["rule"]["kind"], "actors", "{rec}");
+}
+
+/// TLS to another actor that the PEP does not intercept (an `actors` rule decides the
+/// ClientHello's SNI): the PEP sends `CONNECT <sni>:<port>` to ingress and splices, so the actor
+/// verifies the worker's own certificate end to end; the worker answers over that TLS.
+#[tokio::test]
+async fn tls_to_an_actor_passes_through_to_its_worker() {
+    let name: &'static str = Box::leak(format!("tlsb.demo.{SUFFIX}").into_boxed_str());
+    let worker_pki = TestPki::new();
+    let issued = worker_pki
+        .ca
+        .issue_server(&[name.into()], &[], YEAR)
+        .unwrap();
+    let (cert_file, key_file) = worker_pki.write("worker", &issued);
+    let tls = identity::tls::server_config(&identity::tls::ServerTlsFiles {
+        cert_file,
+        key_file,
+        client_ca_file: None,
+        client_auth: identity::tls::ClientAuth::None,
+        client_trust_domain: None,
+        alpn: vec![b"http/1.1".to_vec()],
+    })
+    .unwrap();
+    let worker = https_upstream(
+        "127.0.0.1:0",
+        "tls-worker",
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+    )
+    .await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor(
+        "demo/tlsb",
+        ActorState::Running,
+        "127.0.0.1",
+        Duration::ZERO,
+    );
+    let ingress_pki = test_pki(&["actorgate-pep"]);
+    let (ing, _ing_dir) = ingress(&ingress_pki, &fake).await;
+    let policy = POLICY.replace("[demo/b, demo/tcp, demo/relay]", "[demo/tlsb]");
+    let pep = pep(&policy, &ingress_pki, ing.https()).await;
+    let hello = pep.actor("hello");
+    let dst = format!("127.0.0.4:{}", worker.addr.port());
+    let (status, body, tunnel) = pep.tunnel(&hello, &dst).await;
+    assert_eq!(status, 200, "{body}");
+    // The worker's certificate, verified by the actor: nobody in between terminated the TLS.
+    let config = tls_client_config(&worker_pki.ca_file(), &[b"http/1.1"], None);
+    let inner = within(
+        BOUND,
+        "TLS to the actor's worker",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(
+            rustls_pki_types::ServerName::try_from(name).unwrap(),
+            tunnel,
+        ),
+    )
+    .await
+    .expect("the worker's own certificate verifies");
+    let (status, body) = TunnelClient::new(inner).await.get(name, "/tls").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, format!("tls-worker {name} /tls").as_str())
+    );
+    assert_eq!(worker.accepted(), 1);
+    let rec = pep
+        .audit_record("the passed-through actor tunnel", |r| {
+            r["kind"] == "tunnel" && r["sni"] == name
+        })
+        .await;
+    assert_eq!(
+        (rec["verdict"].clone(), rec["rule"]["kind"].clone()),
+        ("allow".into(), "actors".into()),
+        "{rec}"
+    );
+}
+
+/// HTTPS to another actor that an `https` rule names (upstream's way): the PEP intercepts the
+/// actor's TLS with a leaf for the actor host, decides the request inside, and forwards it to
+/// ingress over mTLS with the verified caller, as it does cleartext requests.
+#[tokio::test]
+async fn intercepted_https_to_an_actor_is_forwarded_with_the_caller() {
+    let (b_worker, b_seen) = recording_worker("b").await;
+    let fake = FakeControlPlane::start().await;
+    fake.add_actor("demo/b", ActorState::Running, "127.0.0.1", Duration::ZERO);
+    let ingress_pki = test_pki(&["actorgate-pep"]);
+    let (ing, _ing_dir) = ingress(&ingress_pki, &fake).await;
+    let intercept_pki = TestPki::new();
+    let name: &'static str = Box::leak(format!("b.demo.{SUFFIX}").into_boxed_str());
+    let policy = format!(
+        "policies:\n- name: hello\n  selector: {{actor: demo/hello}}\n  rules:\n  \
+         - https: {{hostnames: ['{name}'], ports: [{}]}}\n",
+        b_worker.port()
+    );
+    let pep = pep_with(
+        &policy,
+        &ingress_pki,
+        ing.https(),
+        &format!(
+            "  interception:\n    ca_cert_file: {}\n    ca_key_file: {}\n    upstream: {{system_roots: false, extra_ca_files: [{}]}}\n",
+            intercept_pki.ca_file().display(),
+            intercept_pki.path("ca.key").display(),
+            intercept_pki.ca_file().display(),
+        ),
+    )
+    .await;
+    let hello = pep.actor("hello");
+    let dst = format!("127.0.0.4:{}", b_worker.port());
+    let (status, body, tunnel) = pep.tunnel(&hello, &dst).await;
+    assert_eq!(status, 200, "{body}");
+    let config = tls_client_config(&intercept_pki.ca_file(), &[b"http/1.1"], None);
+    let inner = within(
+        BOUND,
+        "intercepted TLS to the actor host",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(
+            rustls_pki_types::ServerName::try_from(name).unwrap(),
+            tunnel,
+        ),
+    )
+    .await
+    .expect("a leaf for the actor host from the interception CA");
+    let (status, body) = TunnelClient::new(inner).await.get(name, "/secure").await;
+    assert_eq!((status, body.as_str()), (200, "b"));
+    let seen = b_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].contains(&("ate-source-actor".into(), "demo/hello".into()))
+            && seen[0].contains(&("ate-target-actor".into(), "demo/b".into())),
+        "{seen:?}"
+    );
+    let rec = pep
+        .audit_record("the intercepted actor request", |r| {
+            r["kind"] == "request" && r["sni"] == name
+        })
+        .await;
+    assert_eq!(
+        (rec["verdict"].clone(), rec["rule"]["kind"].clone()),
+        ("allow".into(), "https".into()),
+        "{rec}"
+    );
 }
