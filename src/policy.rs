@@ -79,6 +79,11 @@ pub struct TestArgs {
     /// `egress.interception`).
     #[arg(long, conflicts_with = "config")]
     interception: bool,
+    /// Decide as a PEP with actor forwarding configured (actor hosts under the default host
+    /// suffix are decided by `actors` rules; with `--config`: whether the config has
+    /// `egress.actor_forwarding`, and its routing host suffix).
+    #[arg(long, conflicts_with = "config")]
+    actor_forwarding: bool,
 }
 
 /// Runs `actorgate policy test`: `Ok(true)` when the traffic passes; an error (bad config or
@@ -110,9 +115,15 @@ async fn test(args: TestArgs) -> Result<bool> {
     let mut guard_settings = egress_pep::guard::GuardSettings::default();
     let mut own_listeners: Vec<SocketAddr> = Vec::new();
     let mut static_entries = std::collections::BTreeMap::new();
-    // Names under the routing host suffix are actor hosts, denied before the policy as the PEP
-    // does (egress_pep::actor_hosts).
-    let mut actor_hosts = ActorHosts::default();
+    // Names under the routing host suffix are actor hosts, decided as the PEP does
+    // (egress_pep::actor_hosts): the default suffix without a config.
+    let mut actor_hosts = ActorHosts::new(
+        routing_core::extract::DEFAULT_HOST_SUFFIX,
+        Some(routing_core::extract::DEFAULT_ATESPACE),
+    );
+    if args.actor_forwarding {
+        actor_hosts = actor_hosts.with_forwarding(Vec::new());
+    }
     let mut interception = args.interception;
 
     let (source, label): (Arc<dyn PolicySource>, String) = match &args.config {

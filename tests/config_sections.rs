@@ -399,6 +399,7 @@ fn egress_actor_forwarding_is_checked_field_by_field() {
         "egress.actor_forwarding.ingress: \"ingress-without-port\" is not host:port",
         "egress.actor_forwarding.server_name: \"not a name\" is not a DNS name or IP address",
         "egress.actor_forwarding.cert_file: ",
+        "egress.actor_forwarding.key_file: set cert_file and key_file together",
         "egress.actor_forwarding.ingress_addresses[0]: \"10.96.0.0/16\" is not an IP address or ip:port",
     ] {
         assert!(

@@ -361,3 +361,56 @@ fn https_rules_as_a_pep_with_and_without_interception() {
         "{out}"
     );
 }
+
+#[test]
+fn actor_hosts_as_a_pep_with_and_without_actor_forwarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("actors.yaml");
+    std::fs::write(
+        &p,
+        "policies:\n- name: hello\n  selector: {actor: demo/hello}\n  rules:\n  \
+         - actors: {targets: ['demo/b*']}\n",
+    )
+    .unwrap();
+    let base = [
+        "--policy",
+        p.to_str().unwrap(),
+        "--actor",
+        "demo/hello",
+        "--dst",
+        "203.0.113.7:8080",
+        "--host",
+        "bob.demo.actors.resources.substrate.ate.dev",
+    ];
+    let (code, out, err) = policy_test(&base);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        field(&out, "reason").starts_with("actor_forwarding_not_configured"),
+        "{out}"
+    );
+    let (code, out, err) = policy_test(&[&base[..], &["--actor-forwarding"]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(field(&out, "rule"), "hello rules[0] (actors)", "{out}");
+    assert_eq!(
+        field(&out, "dial"),
+        "actor demo/bob through ingress (bob.demo.actors.resources.substrate.ate.dev:8080)",
+        "{out}"
+    );
+    let other = [
+        &base[..4],
+        &[
+            "--dst",
+            "203.0.113.7:8080",
+            "--host",
+            "carol.demo.actors.resources.substrate.ate.dev",
+            "--actor-forwarding",
+        ],
+    ]
+    .concat();
+    let (code, out, _) = policy_test(&other);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        field(&out, "reason").starts_with("no_matching_rule"),
+        "{out}"
+    );
+}

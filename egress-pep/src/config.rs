@@ -997,6 +997,19 @@ fn peer_tls(
     tls: Option<&EgressTlsConfig>,
 ) -> Option<PeerTls> {
     let before = errs.len();
+    if cert.is_some() != key.is_some() {
+        errs.push(
+            format!(
+                "{prefix}.{}",
+                if cert.is_some() {
+                    "key_file"
+                } else {
+                    "cert_file"
+                }
+            ),
+            "set cert_file and key_file together (one alone would pair with the other's default)",
+        );
+    }
     let host = match address.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {
             Some(h.trim_start_matches('[').trim_end_matches(']').to_owned())
