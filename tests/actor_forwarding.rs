@@ -242,7 +242,12 @@ async fn actors_reach_actors_through_ingress_with_their_verified_identity() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let _ = resp.into_body().collect().await;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        &body[..],
+        b"b",
+        "the claimed target demo/tcp did not take the request"
+    );
     let last = b_seen.lock().unwrap().last().cloned().unwrap();
     assert!(
         last.contains(&("ate-source-actor".into(), "demo/hello".into()))

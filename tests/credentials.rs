@@ -68,7 +68,7 @@ impl CredentialProvider for FakeProvider {
             .push((r.uri.clone(), r.actor_spiffe_id.clone()));
         let bytes: &[u8] = match r.uri.rsplit('/').next().unwrap_or("") {
             "openai" => b"sk-live-SECRET123\r\n",
-            "control" => b"abc\x01def",
+            "control" => b"CTRL-MARKER\x01def",
             "notfound" => return Err(tonic::Status::not_found("no such secret")),
             "unavailable" => return Err(tonic::Status::unavailable("vault sealed")),
             _ => return Err(tonic::Status::permission_denied("not yours")),
@@ -477,6 +477,29 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
             .audit_record(reason, |r| r["kind"] == "request" && r["reason"] == reason)
             .await;
     }
+    // Failures are never cached: the provider is asked again. Successes are shared by the
+    // actor's tunnels: a new tunnel's request fetches nothing.
+    let unavailable = |calls: Vec<(String, String)>| {
+        calls
+            .iter()
+            .filter(|(u, _)| u.ends_with("/unavailable"))
+            .count()
+    };
+    assert_eq!(unavailable(lab.parts.provider.calls()), 1);
+    let mut api = lab.api().await;
+    let got = send(&mut api, API, "/again", &[("x-unavailable", PLACEHOLDER)]).await;
+    assert_eq!(got.0, 503);
+    assert_eq!(unavailable(lab.parts.provider.calls()), 2);
+    let openai =
+        |calls: Vec<(String, String)>| calls.iter().filter(|(u, _)| u.ends_with("/openai")).count();
+    let (status, body) = send(&mut api, API, "/shared", &[("authorization", PLACEHOLDER)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body, "authorization"), [format!("Bearer {SECRET}")]);
+    assert_eq!(
+        openai(lab.parts.provider.calls()),
+        1,
+        "a new tunnel fetched again"
+    );
 
     // Cleartext upstream: refused unless the rule allows it; nothing reaches the origin.
     let cert = lab.pep.actor("hello");
@@ -531,7 +554,7 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
         ("metrics", &metrics),
         ("/statusz", &statusz),
     ] {
-        for secret in [SECRET, FILE_SECRET, token.as_str(), "abc\u{1}def"] {
+        for secret in [SECRET, FILE_SECRET, token.as_str(), "CTRL-MARKER"] {
             assert!(!text.contains(secret), "a secret in the {what}");
         }
     }

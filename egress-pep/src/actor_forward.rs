@@ -265,8 +265,10 @@ pub fn destination_host(headers: &HeaderMap) -> Option<&str> {
         return None;
     };
     let v = v.to_str().ok()?;
-    let host = v.rsplit_once(':').map_or(v, |(h, _)| h);
-    let valid = !host.is_empty()
+    let (host, port) = v.rsplit_once(':').map_or((v, None), |(h, p)| (h, Some(p)));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    let valid = port_ok
+        && !host.is_empty()
         && host.len() <= 253
         && host
             .bytes()
@@ -324,6 +326,11 @@ mod tests {
         h.append("ate-destination-host", HeaderValue::from_static("c.demo.x"));
         assert_eq!(destination_host(&h), None);
         h.insert("ate-destination-host", HeaderValue::from_static("b/../x"));
+        assert_eq!(destination_host(&h), None);
+        h.insert(
+            "ate-destination-host",
+            HeaderValue::from_static("b.demo.x:http"),
+        );
         assert_eq!(destination_host(&h), None);
     }
 }

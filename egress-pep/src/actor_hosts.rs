@@ -27,11 +27,13 @@ pub enum IngressAddress {
 }
 
 impl IngressAddress {
-    /// Whether `dst` is this address.
+    /// Whether `dst` is this address (IPv4-mapped IPv6 and IPv4 spellings are the same
+    /// address on either side).
     pub fn matches(&self, dst: SocketAddr) -> bool {
+        let ip = dst.ip().to_canonical();
         match self {
-            IngressAddress::Ip(ip) => *ip == dst.ip(),
-            IngressAddress::Socket(s) => *s == dst,
+            IngressAddress::Ip(a) => a.to_canonical() == ip,
+            IngressAddress::Socket(s) => s.ip().to_canonical() == ip && s.port() == dst.port(),
         }
     }
 }

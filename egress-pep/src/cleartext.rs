@@ -110,6 +110,11 @@ pub trait CleartextHooks: Send + Sync + 'static {
     fn source_actor(&self) -> &str {
         ""
     }
+    /// Counts `n` headers replaced with credentials in a request about to go upstream. Default:
+    /// nothing.
+    fn injected(&self, n: u64) {
+        let _ = n;
+    }
     /// The values of [`CleartextHooks::credentials`] when this tunnel still has them all, fresh
     /// (no fetch, no cache lookup). Default: none.
     fn cached_credentials(
@@ -580,10 +585,15 @@ impl Proxy {
         }
         // Last: each credential replaces every value of its header (a header the actor named
         // in `Connection` is gone by now and stays gone).
+        let mut injected = 0;
         for (name, value) in credentials {
             if parts.headers.contains_key(&name) {
                 parts.headers.insert(name, value);
+                injected += 1;
             }
+        }
+        if injected > 0 {
+            self.hooks.injected(injected);
         }
         if let (true, Some(value)) = (upgrade, upgrade_value) {
             parts.headers.insert(header::UPGRADE, value);
@@ -806,6 +816,13 @@ impl Proxy {
             Dial::Actor { .. } => {
                 // Ingress, over mTLS as a trusted peer (cleartext and intercepted alike).
                 let tls = self.hooks.dial_actor(want != Want::Http1).await?;
+                if want == Want::H2 && tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+                    // gRPC needs trailers end to end: never over HTTP/1.1.
+                    return Err(DialRefusal {
+                        reason: Reason::UpstreamTlsFailed,
+                        detail: "ingress did not offer h2 for a gRPC request".into(),
+                    });
+                }
                 return self.over_tls(tls, upgrades, false).await;
             }
         };

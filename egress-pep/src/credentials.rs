@@ -457,7 +457,6 @@ impl Credentials {
             } => self.token(actor, audiences, *expiration_seconds).await?,
         };
         let value = fresh.secret.header_value(&effect.prefix)?;
-        self.injected(1);
         Ok(Credential {
             name,
             value,
@@ -465,7 +464,8 @@ impl Credentials {
         })
     }
 
-    /// Counts `n` headers replaced (also those a [`CredentialMemo`] answered).
+    /// Counts `n` headers replaced in a request that goes upstream (the proxy counts after it
+    /// set them).
     pub fn injected(&self, n: u64) {
         self.metrics.injected.inc_by(n);
     }
@@ -502,15 +502,19 @@ impl Credentials {
     }
 
     async fn fetch(&self, actor: &ActorIdentity, uri: &str) -> Result<Secret, CredentialError> {
+        let unknown = |detail: String| {
+            let e = CredentialError::denied(detail);
+            self.metrics.fetch("none", &Err::<(), _>(e.clone()));
+            tracing::warn!(reason = e.reason.as_str(), detail = %e.detail, "credential not fetched");
+            e
+        };
         let Some((class, name, tail)) = parse_uri(uri) else {
-            return Err(CredentialError::denied(format!(
+            return Err(unknown(format!(
                 "{uri}: not ate-secret://<class>/<name>/<tail>"
             )));
         };
         let Some(provider) = self.providers.get(class) else {
-            return Err(CredentialError::denied(format!(
-                "{uri}: no provider for class {class:?}"
-            )));
+            return Err(unknown(format!("{uri}: no provider for class {class:?}")));
         };
         let fetched = match provider {
             Provider::Grpc(client) => {

@@ -933,9 +933,11 @@ impl CleartextHooks for Hooks {
         effects: &Arc<[CredentialHeader]>,
         wanted: &[usize],
     ) -> Option<Vec<(header::HeaderName, header::HeaderValue)>> {
-        let found = self.memo.get(effects, wanted)?;
-        self.pep.credentials.injected(found.len() as u64);
-        Some(found)
+        self.memo.get(effects, wanted)
+    }
+
+    fn injected(&self, n: u64) {
+        self.pep.credentials.injected(n);
     }
 
     fn credentials(

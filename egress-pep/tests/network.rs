@@ -636,6 +636,7 @@ async fn ingress_addresses_are_never_dialled() {
     .await
     .expect_err("ingress by name");
     assert_eq!(refused.reason, Reason::Guarded, "{refused}");
+    assert!(refused.detail.contains("is ingress"), "{refused}");
     let refused = within(
         "dial",
         dialer.dial(
@@ -649,6 +650,23 @@ async fn ingress_addresses_are_never_dialled() {
     .await
     .expect_err("ingress by address");
     assert_eq!(refused.reason, Reason::Guarded, "{refused}");
+    assert!(refused.detail.contains("is ingress"), "{refused}");
+    // An IPv4-mapped spelling of the ingress address is the same address.
+    let mapped = SocketAddr::new(ip("::ffff:127.0.0.5"), ingress_addr.port());
+    let refused = within(
+        "dial",
+        dialer.dial(
+            &Dial::Address {
+                addr: mapped,
+                tcp_rule: Some("::ffff:127.0.0.0/104".parse().unwrap()),
+            },
+            mapped,
+        ),
+    )
+    .await
+    .expect_err("ingress by a mapped address");
+    assert_eq!(refused.reason, Reason::Guarded, "{refused}");
+    assert!(refused.detail.contains("is ingress"), "{refused}");
     assert_no_connection(&ingress);
     let dialed = within(
         "dial",

@@ -175,9 +175,15 @@ impl SourceTrust {
 fn xfcc_uri(value: &str) -> Option<&str> {
     // Pairs split on `;` outside quotes; a `,` outside quotes starts another element.
     let mut pairs = Vec::new();
-    let (mut in_quotes, mut start) = (false, 0);
+    let (mut in_quotes, mut escaped, mut start) = (false, false, 0);
     for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            // Envoy escapes a `"` inside a quoted value as `\"`.
+            '\\' if in_quotes => escaped = true,
             '"' => in_quotes = !in_quotes,
             ',' if !in_quotes => return None,
             ';' if !in_quotes => {
@@ -629,6 +635,11 @@ mod tests {
             Some("spiffe://td/other")
         );
         assert_eq!(xfcc_uri(&format!("Subject=\"CN=x;URI={pep}\"")), None);
+        // An escaped quote does not end the quoted value.
+        assert_eq!(
+            xfcc_uri(&format!("Subject=\"CN=\\\";URI={pep};x=\\\"\";Hash=ab")),
+            None
+        );
         assert_eq!(xfcc_uri("URI="), None);
     }
 
