@@ -645,3 +645,39 @@ async fn intercepted_https_to_an_actor_is_forwarded_with_the_caller() {
         "{rec}"
     );
 }
+
+/// A forwarding certificate ingress could never trust (the PEP's server certificate: no
+/// client-auth EKU, no SPIFFE ID) stops `serve` with one line naming the field, instead of
+/// failing every forwarded call later.
+#[test]
+fn a_certificate_ingress_cannot_trust_is_refused_at_start() {
+    let pki = test_pki(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = common::egress::config(&pki, "127.0.0.1:0", "", "", &audit)
+        + "  actor_forwarding: {ingress: '127.0.0.1:9', server_name: localhost}\n";
+    std::fs::write(
+        dir.path().join("actors.yaml"),
+        "actors:\n- {atespace: demo, name: hello, endpoint: 127.0.0.1:1}\n",
+    )
+    .unwrap();
+    let path = write_config(dir.path(), &config);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_actorgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("actorgate: "))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert!(
+        line.contains("egress.actor_forwarding.cert_file")
+            && line.contains("actorgate dev-ca component"),
+        "{line}"
+    );
+}

@@ -137,7 +137,12 @@ pub async fn start(
         None => None,
         Some(f) => {
             actor_hosts = actor_hosts.with_forwarding(f.ingress_addresses.clone());
-            Some(ingress_peer(w, f, settings.limits.connect_timeout)?)
+            Some(ingress_peer(
+                w,
+                f,
+                settings.limits.connect_timeout,
+                &settings.trust_domain,
+            )?)
         }
     };
 
@@ -293,8 +298,37 @@ fn ingress_peer(
     w: &mut Wiring,
     f: &egress_pep::config::ActorForwardingSettings,
     connect_timeout: Duration,
+    trust_domain: &str,
 ) -> Result<egress_pep::actor_forward::IngressPeer> {
     let what = "egress.actor_forwarding";
+    // Ingress trusts a peer by its certificate's SPIFFE ID (client-auth EKU, one URI SAN, a
+    // component): a certificate it could never trust would fail every forwarded call, so say so
+    // now, naming the file.
+    let leaf = identity::pem::load_certs(&f.ingress.cert_file)
+        .with_context(|| format!("{what}.cert_file"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            anyhow!(
+                "{what}.cert_file: {} holds no certificate",
+                f.ingress.cert_file.display()
+            )
+        })?;
+    match identity::cert::identity_from_der(&leaf, trust_domain) {
+        Ok(identity::cert::PeerIdentity::Component { .. }) => {}
+        Ok(_) => {
+            return Err(anyhow!(
+                "{what}.cert_file: {} names an actor; the PEP needs a component certificate (spiffe://<td>/ns/<ns>/sa/<sa>) that ingress lists in trusted_peers",
+                f.ingress.cert_file.display()
+            ));
+        }
+        Err(e) => {
+            return Err(anyhow!(
+                "{what}.cert_file: {}: {e}; ingress trusts peers by a component certificate with the client-auth EKU (actorgate dev-ca component)",
+                f.ingress.cert_file.display()
+            ));
+        }
+    }
     let h1 = peer_client_tls(w, &f.ingress, vec![b"http/1.1".to_vec()], what)?;
     let h2 = peer_client_tls(
         w,
