@@ -662,19 +662,8 @@ fn a_certificate_ingress_cannot_trust_is_refused_at_start() {
         "actors:\n- {atespace: demo, name: hello, endpoint: 127.0.0.1:1}\n",
     )
     .unwrap();
-    let path = write_config(dir.path(), &config);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_actorgate"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("actorgate: "))
-        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    let (code, line) = serve_error(&write_config(dir.path(), &config));
+    assert_eq!(code, Some(1));
     assert!(
         line.contains("egress.actor_forwarding.cert_file")
             && line.contains("actorgate dev-ca component"),

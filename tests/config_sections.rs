@@ -30,6 +30,21 @@ fn check_config(dir: &Path, yaml: &str) -> (Option<i32>, String, String) {
     )
 }
 
+/// Every `wants` fragment is in a line of `stderr`, and every line is one problem
+/// (`actorgate: <file>: <field>: <what>`).
+fn assert_problems(stderr: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(
+            stderr.lines().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.starts_with("actorgate: ")),
+        "one line per problem:\n{stderr}"
+    );
+}
+
 /// The effective config `check-config` printed, as a tree.
 fn effective(stdout: &str) -> serde_json::Value {
     serde_saphyr::from_str(stdout).unwrap_or_else(|e| panic!("unparsable ({e}):\n{stdout}"))
@@ -259,24 +274,18 @@ fn egress_problems_are_one_line_each_with_their_path() {
          \x20 resolver: {static: {'svc.local': ['nope']}}\n  limits: {peek_timeout: 1m, stream_buffer_bytes: 1000}\n",
     );
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "check.yaml: egress.tls: is required",
-        "check.yaml: egress.trust_domain: \"Not A Domain\" is not a valid SPIFFE trust domain",
-        "check.yaml: egress.policy.files: name at least one policy file",
-        "check.yaml: egress.guard.private[0]: \"10.0.0.1/8\" has host bits set",
-        "check.yaml: egress.resolver.static.svc.local[0]: invalid IP address \"nope\"",
-        "check.yaml: egress.limits.peek_timeout: 1m is above classify_timeout (5s)",
-        "check.yaml: egress.limits.stream_buffer_bytes: 1000 is out of range (65536 to 67108864)",
-        "check.yaml: directory: is required by egress",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
-    assert!(
-        stderr.lines().all(|l| l.starts_with("actorgate: ")),
-        "one line per problem:\n{stderr}"
+    assert_problems(
+        &stderr,
+        &[
+            "check.yaml: egress.tls: is required",
+            "check.yaml: egress.trust_domain: \"Not A Domain\" is not a valid SPIFFE trust domain",
+            "check.yaml: egress.policy.files: name at least one policy file",
+            "check.yaml: egress.guard.private[0]: \"10.0.0.1/8\" has host bits set",
+            "check.yaml: egress.resolver.static.svc.local[0]: invalid IP address \"nope\"",
+            "check.yaml: egress.limits.peek_timeout: 1m is above classify_timeout (5s)",
+            "check.yaml: egress.limits.stream_buffer_bytes: 1000 is out of range (65536 to 67108864)",
+            "check.yaml: directory: is required by egress",
+        ],
     );
 
     // client_auth other than required; a listener collision; the ateapi source without an
@@ -291,16 +300,14 @@ fn egress_problems_are_one_line_each_with_their_path() {
         &format!("admin: {{listen: '127.0.0.1:9090'}}\ndirectory: {{static: {{}}}}\n{section}"),
     );
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "egress.tls.client_auth: must be required",
-        "egress.listen: 127.0.0.1:9090 is also admin.listen",
-        "egress.policy.source: ateapi asks GetActorEgressPolicy over directory.ateapi",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
+    assert_problems(
+        &stderr,
+        &[
+            "egress.tls.client_auth: must be required",
+            "egress.listen: 127.0.0.1:9090 is also admin.listen",
+            "egress.policy.source: ateapi asks GetActorEgressPolicy over directory.ateapi",
+        ],
+    );
 }
 
 /// `egress.interception`: the demo's interception CA (written by `dev-ca egress-demo`) is
@@ -347,21 +354,15 @@ fn egress_interception_is_checked_field_by_field() {
     );
     let (code, _, stderr) = check_config(dir.path(), &yaml);
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "egress.interception.ca_cert_file: ",
-        "egress.interception.renew_before: 10m is not below leaf_lifetime (10m)",
-        "egress.interception.max_concurrent_mints: 0 is out of range (1 to 256)",
-        "egress.interception.handshake_timeout: ",
-        "egress.interception.upstream: trusts nothing",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
-    assert!(
-        stderr.lines().all(|l| l.starts_with("actorgate: ")),
-        "one line per problem:\n{stderr}"
+    assert_problems(
+        &stderr,
+        &[
+            "egress.interception.ca_cert_file: ",
+            "egress.interception.renew_before: 10m is not below leaf_lifetime (10m)",
+            "egress.interception.max_concurrent_mints: 0 is out of range (1 to 256)",
+            "egress.interception.handshake_timeout: ",
+            "egress.interception.upstream: trusts nothing",
+        ],
     );
 }
 
@@ -395,21 +396,15 @@ fn egress_actor_forwarding_is_checked_field_by_field() {
     );
     let (code, _, stderr) = check_config(dir.path(), &yaml);
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "egress.actor_forwarding.ingress: \"ingress-without-port\" is not host:port",
-        "egress.actor_forwarding.server_name: \"not a name\" is not a DNS name or IP address",
-        "egress.actor_forwarding.cert_file: ",
-        "egress.actor_forwarding.key_file: set cert_file and key_file together",
-        "egress.actor_forwarding.ingress_addresses[0]: \"10.96.0.0/16\" is not an IP address or ip:port",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
-    assert!(
-        stderr.lines().all(|l| l.starts_with("actorgate: ")),
-        "one line per problem:\n{stderr}"
+    assert_problems(
+        &stderr,
+        &[
+            "egress.actor_forwarding.ingress: \"ingress-without-port\" is not host:port",
+            "egress.actor_forwarding.server_name: \"not a name\" is not a DNS name or IP address",
+            "egress.actor_forwarding.cert_file: ",
+            "egress.actor_forwarding.key_file: set cert_file and key_file together",
+            "egress.actor_forwarding.ingress_addresses[0]: \"10.96.0.0/16\" is not an IP address or ip:port",
+        ],
     );
 }
 
@@ -443,22 +438,16 @@ fn egress_credentials_are_checked_field_by_field() {
     );
     let (code, _, stderr) = check_config(dir.path(), &yaml);
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "egress.credentials.secret_ttl: ",
-        "egress.credentials.providers[0].class: \"Vault!\" is not a provider class",
-        "egress.credentials.providers[0].grpc.address: \"nope\" is not host:port",
-        "egress.credentials.providers[1]: set exactly one of grpc, files, env",
-        "egress.credentials.providers[2].env.allow[0]: \"A=B\" is not an environment variable name",
-        "egress.credentials.providers[3].class: \"env\" repeated",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
-    assert!(
-        stderr.lines().all(|l| l.starts_with("actorgate: ")),
-        "one line per problem:\n{stderr}"
+    assert_problems(
+        &stderr,
+        &[
+            "egress.credentials.secret_ttl: ",
+            "egress.credentials.providers[0].class: \"Vault!\" is not a provider class",
+            "egress.credentials.providers[0].grpc.address: \"nope\" is not host:port",
+            "egress.credentials.providers[1]: set exactly one of grpc, files, env",
+            "egress.credentials.providers[2].env.allow[0]: \"A=B\" is not an environment variable name",
+            "egress.credentials.providers[3].class: \"env\" repeated",
+        ],
     );
 }
 
@@ -479,23 +468,17 @@ fn agent_problems_are_one_line_each_with_their_path() {
         ),
     );
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "agent.listen[1]: invalid socket address \"nope\"",
-        "agent.pep.address: invalid socket address \"pep:15008\"",
-        "agent.pep.server_name: \"bad name\" is not a DNS name or IP address",
-        "agent.pep.cert_file: ",
-        "agent.mode: \"bogus\" is not a tunnel mode (per-connection or pooled)",
-        "agent.connect_timeout: ",
-        "agent.proxy_name_servers[1]: invalid socket address \"dns.test\"",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
-    assert!(
-        stderr.lines().all(|l| l.starts_with("actorgate: ")),
-        "one line per problem:\n{stderr}"
+    assert_problems(
+        &stderr,
+        &[
+            "agent.listen[1]: invalid socket address \"nope\"",
+            "agent.pep.address: invalid socket address \"pep:15008\"",
+            "agent.pep.server_name: \"bad name\" is not a DNS name or IP address",
+            "agent.pep.cert_file: ",
+            "agent.mode: \"bogus\" is not a tunnel mode (per-connection or pooled)",
+            "agent.connect_timeout: ",
+            "agent.proxy_name_servers[1]: invalid socket address \"dns.test\"",
+        ],
     );
 }
 
@@ -516,18 +499,16 @@ fn agent_assertion_problems_are_named() {
         ),
     );
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "agent.assertion.actor: ",
-        "agent.assertion.signing_key_file: ",
-        "agent.assertion.kid: must not be empty",
-        "agent.assertion.alg: ",
-        "agent.assertion.lifetime: ",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
+    assert_problems(
+        &stderr,
+        &[
+            "agent.assertion.actor: ",
+            "agent.assertion.signing_key_file: ",
+            "agent.assertion.kid: must not be empty",
+            "agent.assertion.alg: ",
+            "agent.assertion.lifetime: ",
+        ],
+    );
 }
 
 /// `ingress.https.trusted_peers`: a bad entry is named by its index, and the list needs client
@@ -547,16 +528,14 @@ fn trusted_peer_problems_are_named() {
         ),
     );
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "ingress.https.trusted_peers: needs tls.client_auth optional or required",
-        "ingress.https.trusted_peers[1]: \"pep.example\" is not a SPIFFE ID",
-        "ingress.https.trusted_peers[2]: \"spiffe://substrate-actor.local/ns*\" is not a SPIFFE ID prefix",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
+    assert_problems(
+        &stderr,
+        &[
+            "ingress.https.trusted_peers: needs tls.client_auth optional or required",
+            "ingress.https.trusted_peers[1]: \"pep.example\" is not a SPIFFE ID",
+            "ingress.https.trusted_peers[2]: \"spiffe://substrate-actor.local/ns*\" is not a SPIFFE ID prefix",
+        ],
+    );
 }
 
 /// `signer`: each problem is named by its field.
@@ -568,17 +547,15 @@ fn signer_problems_are_named() {
         "admin: {listen: '127.0.0.1:0'}\nsigner: {key_file: missing.key, kid: '', alg: HS256, issuer: ''}\n",
     );
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "signer.key_file: ",
-        "signer.kid: must not be empty",
-        "signer.alg: ",
-        "signer.issuer: must not be empty",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
+    assert_problems(
+        &stderr,
+        &[
+            "signer.key_file: ",
+            "signer.kid: must not be empty",
+            "signer.alg: ",
+            "signer.issuer: must not be empty",
+        ],
+    );
     // A file that is not a key of the algorithm.
     std::fs::write(dir.path().join("not.key"), "not a key\n").unwrap();
     let (code, _, stderr) = check_config(
@@ -598,15 +575,13 @@ fn grpc_trusted_peer_problems_are_named() {
         "admin: {listen: '127.0.0.1:0'}\ngrpc: {trusted_peers: ['spiffe://substrate-actor.local/ns/ate-system/sa/pep', 'nope']}\n",
     );
     assert_eq!(code, Some(2), "{stderr}");
-    for want in [
-        "grpc.trusted_peers: needs tls.client_auth optional or required",
-        "grpc.trusted_peers[1]: \"nope\" is not a SPIFFE ID",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.contains(want)),
-            "missing {want:?} in:\n{stderr}"
-        );
-    }
+    assert_problems(
+        &stderr,
+        &[
+            "grpc.trusted_peers: needs tls.client_auth optional or required",
+            "grpc.trusted_peers[1]: \"nope\" is not a SPIFFE ID",
+        ],
+    );
 }
 
 /// `grpc.extproc_source_actor`: the identity source is one of two, the list is not empty and

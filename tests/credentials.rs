@@ -666,7 +666,9 @@ egress:
     assert_eq!(echoed(&body, "x-actor-token"), [format!("Bearer {token}")]);
     assert_eq!(parts.provider.calls().len(), 1);
     assert_eq!(fake.calls(Method::MintActorJwt, "demo/hello"), 1);
-    assert!(fake.calls(Method::GetActorEgressPolicy, "demo/hello") >= 1);
+    // The policy is cached per actor (egress.policy.ttl): one GetActorEgressPolicy for the
+    // tunnel and both requests.
+    assert_eq!(fake.calls(Method::GetActorEgressPolicy, "demo/hello"), 1);
     let log = gw.log_text();
     for secret in [SECRET, token.as_str()] {
         assert!(!log.contains(secret), "a secret in the log");

@@ -645,20 +645,13 @@ async fn sources_over_tls(
         Some(n) => (pki.path(&format!("{n}.crt")), pki.path(&format!("{n}.key"))),
         None => Default::default(),
     };
-    let config = tls_client_config(
+    let tls = tls_connect_as(
         &pki.ca_file(),
-        &[b"http/1.1"],
+        addr,
+        b"http/1.1",
         client.map(|_| (cert.as_path(), key.as_path())),
-    );
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = within(
-        BOUND,
-        "TLS to Envoy",
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
     )
-    .await
-    .unwrap();
+    .await;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await

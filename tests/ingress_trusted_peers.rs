@@ -10,7 +10,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,16 +32,7 @@ async fn tls(
     addr: SocketAddr,
     client: Option<(&Path, &Path)>,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let config = tls_client_config(ca, &[b"http/1.1"], client);
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    within(
-        BOUND,
-        "TLS handshake",
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .unwrap()
+    tls_connect_as(ca, addr, b"http/1.1", client).await
 }
 
 /// A request to actor demo/hello carrying `source` headers.

@@ -386,20 +386,11 @@ async fn port_in_use_is_one_clear_line() {
         dir.path(),
         &format!("admin: {{listen: '{addr}'}}\ndirectory: {{static: {{}}}}\n"),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_actorgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("actorgate: "))
-        .expect("error line");
+    let (code, line) = serve_error(&config);
+    assert_eq!(code, Some(1));
     assert!(
         line.contains(&format!("admin.listen: cannot listen on {addr}")),
-        "{stderr}"
+        "{line}"
     );
 }
 

@@ -161,7 +161,7 @@ impl IngressPeer {
         };
         let exchange = async {
             let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-                .max_buf_size(MAX_CONNECT_ANSWER_BYTES.max(8192))
+                .max_buf_size(MAX_CONNECT_ANSWER_BYTES)
                 .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
                 .await
                 .map_err(|e| unreachable(format!("ingress CONNECT handshake: {e}")))?;
@@ -177,6 +177,8 @@ impl IngressPeer {
                 .header(http::header::HOST, authority.as_str())
                 .body(Empty::new())
                 .map_err(|e| unreachable(format!("CONNECT {authority}: {e}")))?;
+            let source = HeaderValue::from_str(source)
+                .map_err(|_| unreachable(format!("ate-source-actor {source:?}")))?;
             set_forwarded(req.headers_mut(), target, source, Version::HTTP_11)
                 .map_err(|e| unreachable(format!("CONNECT {authority}: {e}")))?;
             let resp = sender
@@ -209,35 +211,33 @@ impl IngressPeer {
 pub struct BadHeaderValue(&'static str);
 
 /// Shapes the headers of a request forwarded to `target` on behalf of `source`
-/// (`<atespace>/<name>`, verified): whatever the actor sent as `ate-target-actor`,
+/// (`<atespace>/<name>` of the verified actor, as a header value): whatever the actor sent as `ate-target-actor`,
 /// `ate-source-actor`, `x-forwarded-client-cert` or `ate-destination-host` is replaced by the
 /// PEP's own, and `Via: <version> actorgate-pep` is appended (`version`: the protocol the PEP
 /// received the request with).
 ///
 /// # Errors
-/// [`BadHeaderValue`] when `source` cannot be a header value (it always can for a verified
-/// actor).
+/// [`BadHeaderValue`] when `target` cannot be a header value (a validated actor reference
+/// always can).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     target: &ActorRef,
-    source: &str,
+    source: HeaderValue,
     version: Version,
 ) -> Result<(), BadHeaderValue> {
     headers.remove(&XFCC);
     headers.remove(&DESTINATION_HOST);
     let target =
         HeaderValue::from_str(target.as_str()).map_err(|_| BadHeaderValue("ate-target-actor"))?;
-    let source = HeaderValue::from_str(source).map_err(|_| BadHeaderValue("ate-source-actor"))?;
     headers.insert(TARGET_ACTOR.clone(), target);
     headers.insert(SOURCE_ACTOR.clone(), source);
+    // `<received-protocol> actorgate-pep` ([`VIA_PSEUDONYM`]).
     let protocol = match version {
-        Version::HTTP_2 => "2",
-        Version::HTTP_10 => "1.0",
-        _ => "1.1",
+        Version::HTTP_2 => "2 actorgate-pep",
+        Version::HTTP_10 => "1.0 actorgate-pep",
+        _ => "1.1 actorgate-pep",
     };
-    let via = HeaderValue::from_str(&format!("{protocol} {VIA_PSEUDONYM}"))
-        .map_err(|_| BadHeaderValue("via"))?;
-    headers.append(http::header::VIA, via);
+    headers.append(http::header::VIA, HeaderValue::from_static(protocol));
     Ok(())
 }
 
@@ -291,7 +291,13 @@ mod tests {
         h.insert("via", HeaderValue::from_static("1.1 proxy"));
         assert!(!is_loop(&h));
         let target = ActorRef::parse("demo/b").unwrap();
-        set_forwarded(&mut h, &target, "demo/a", Version::HTTP_2).unwrap();
+        set_forwarded(
+            &mut h,
+            &target,
+            HeaderValue::from_static("demo/a"),
+            Version::HTTP_2,
+        )
+        .unwrap();
         let all =
             |n: &str| -> Vec<&str> { h.get_all(n).iter().map(|v| v.to_str().unwrap()).collect() };
         assert_eq!(all("ate-source-actor"), ["demo/a"]);

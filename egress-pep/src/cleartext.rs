@@ -105,10 +105,10 @@ pub trait CleartextHooks: Send + Sync + 'static {
             })
         })
     }
-    /// `<atespace>/<name>` of the tunnel's verified actor: `ate-source-actor` of requests
-    /// forwarded to ingress. Default: empty (no forwarding).
-    fn source_actor(&self) -> &str {
-        ""
+    /// `<atespace>/<name>` of the tunnel's verified actor, the `ate-source-actor` of requests
+    /// forwarded to ingress (made once per tunnel). Default: none (no forwarding).
+    fn source_actor(&self) -> Option<HeaderValue> {
+        None
     }
     /// Counts `n` headers replaced with credentials in a request about to go upstream. Default:
     /// nothing.
@@ -572,13 +572,17 @@ impl Proxy {
         let trailers = te_trailers(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         if let Dial::Actor { target: actor, .. } = &dial {
-            let source = self.hooks.source_actor();
-            if let Err(e) = crate::actor_forward::set_forwarded(
-                &mut parts.headers,
-                actor,
-                source,
-                parts.version,
-            ) {
+            let forwarded = match self.hooks.source_actor() {
+                Some(source) => crate::actor_forward::set_forwarded(
+                    &mut parts.headers,
+                    actor,
+                    source,
+                    parts.version,
+                )
+                .map_err(|e| e.to_string()),
+                None => Err("no verified source actor".to_owned()),
+            };
+            if let Err(e) = forwarded {
                 tracing::debug!(error = %e, "forwarded request headers");
                 return guard.status_only(StatusCode::BAD_REQUEST, BAD_REQUEST);
             }

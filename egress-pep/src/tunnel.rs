@@ -863,7 +863,7 @@ struct Hooks {
     /// `None` for cleartext.
     sni: Option<String>,
     /// `<atespace>/<name>` of the verified actor (`ate-source-actor` of forwarded requests).
-    source: String,
+    source: Option<header::HeaderValue>,
     /// Credentials this tunnel resolved, reused while fresh.
     memo: Arc<CredentialMemo>,
 }
@@ -875,7 +875,7 @@ impl Hooks {
             subject: t.subject.clone(),
             dst: t.dst,
             sni,
-            source: subject_actor(&t.subject),
+            source: header::HeaderValue::try_from(subject_actor(&t.subject)).ok(),
             memo: Arc::default(),
         }
     }
@@ -924,8 +924,8 @@ impl CleartextHooks for Hooks {
         })
     }
 
-    fn source_actor(&self) -> &str {
-        &self.source
+    fn source_actor(&self) -> Option<header::HeaderValue> {
+        self.source.clone()
     }
 
     fn cached_credentials(

@@ -575,7 +575,17 @@ pub async fn tls_connect(
     addr: SocketAddr,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let tls = tls_client_config(ca_file, &[alpn], None);
+    tls_connect_as(ca_file, addr, alpn, None).await
+}
+
+/// [`tls_connect`] presenting the client certificate `(cert_file, key_file)` when given.
+pub async fn tls_connect_as(
+    ca_file: &Path,
+    addr: SocketAddr,
+    alpn: &[u8],
+    client: Option<(&Path, &Path)>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tls = tls_client_config(ca_file, &[alpn], client);
     let tcp = within(
         BOUND,
         format!("TCP connect to {addr}"),
@@ -591,6 +601,24 @@ pub async fn tls_connect(
     )
     .await
     .unwrap()
+}
+
+/// Runs `actorgate serve --config config`, which must fail: its exit code and its one
+/// `actorgate: ` error line (panics with the whole stderr when there is none).
+pub fn serve_error(config: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_actorgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run actorgate serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("actorgate: "))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"))
+        .to_owned();
+    (out.status.code(), line)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -115,10 +115,7 @@ impl Pooled {
         dst: SocketAddr,
         host: Option<&str>,
     ) -> Result<PooledTunnel, TunnelError> {
-        let timeout = self.pep.timeout();
-        tokio::time::timeout(timeout, self.open_now(dst, Bytes::new(), host))
-            .await
-            .map_err(|_| TunnelError::Timeout(timeout))?
+        self.open_timed(dst, Bytes::new(), host).await
     }
 
     /// A tunnel to `dst` whose first bytes `early` (what the actor already sent; may be empty)
@@ -131,8 +128,18 @@ impl Pooled {
         dst: SocketAddr,
         early: Bytes,
     ) -> Result<PooledTunnel, TunnelError> {
+        self.open_timed(dst, early, None).await
+    }
+
+    /// [`Pooled::open_now`] within the PEP endpoint's timeout.
+    async fn open_timed(
+        &self,
+        dst: SocketAddr,
+        early: Bytes,
+        host: Option<&str>,
+    ) -> Result<PooledTunnel, TunnelError> {
         let timeout = self.pep.timeout();
-        tokio::time::timeout(timeout, self.open_now(dst, early, None))
+        tokio::time::timeout(timeout, self.open_now(dst, early, host))
             .await
             .map_err(|_| TunnelError::Timeout(timeout))?
     }
