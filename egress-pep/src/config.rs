@@ -544,9 +544,12 @@ pub struct EgressLimitsConfig {
     pub max_header_bytes: usize,
     /// h2: CONNECT streams per connection.
     pub max_concurrent_streams: u32,
-    /// h2: flow-control window per stream, bytes.
+    /// h2: flow-control window per stream, bytes: how much an agent may send on a tunnel
+    /// before the PEP has passed it on. Default 4 MiB (a bulk tunnel keeps moving across a
+    /// round trip; `bench/agent.sh`).
     pub stream_window: u32,
-    /// h2: flow-control window per connection, bytes.
+    /// h2: flow-control window per connection, bytes: what all tunnels of one agent connection
+    /// may have in flight towards the PEP together. Default 16 MiB.
     pub connection_window: u32,
     /// A tunnel with no bytes either way this long is closed.
     #[serde(with = "humantime_serde")]
@@ -563,7 +566,7 @@ pub struct EgressLimitsConfig {
     /// Largest first flight classified, bytes (a ClientHello may span several records).
     pub classify_max_bytes: usize,
     /// How far a busy tunnel's buffers grow, bytes: the read-ahead under the tunnel's TLS and
-    /// each splice direction (h2 tunnels: up to `stream_window`) start small and double while
+    /// each splice direction (h2 tunnels: also at most `stream_window`) start small and double while
     /// reads keep filling them (bulk transfers cost less CPU per byte with larger batches);
     /// buffers exist only while bytes are in flight. A busy HTTP/1.1 tunnel holds at most about
     /// three times this. Default 1 MiB; 64 KiB to 64 MiB.
@@ -576,8 +579,8 @@ impl Default for EgressLimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 256,
-            stream_window: 256 * 1024,
-            connection_window: 4 * 1024 * 1024,
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
             classify_timeout: Duration::from_secs(5),

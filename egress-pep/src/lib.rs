@@ -20,6 +20,7 @@
 //! * [`intercept_ca`]: the interception CA and the leaf certificates minted with it.
 //! * [`intercept_tls`]: terminating an actor's TLS with the leaf for its SNI.
 //! * [`intercept_upstream`]: re-originating TLS to the authorised name, verified.
+//! * [`h2_tunnel`]: an h2 CONNECT stream's bytes as a byte stream (both ends of pooled tunnels).
 //! * [`tunnel`]: the tunnel server (h1 and h2 CONNECT over mTLS), identity and liveness.
 //! * [`audit`]: one record per tunnel and per readable request, to the log and a JSON-lines file.
 //! * [`metrics`]: Prometheus metrics of the PEP.
@@ -38,6 +39,7 @@ pub mod credentials;
 pub mod decision;
 pub mod forward;
 pub mod guard;
+pub mod h2_tunnel;
 pub mod intercept_ca;
 pub mod intercept_tls;
 pub mod intercept_upstream;

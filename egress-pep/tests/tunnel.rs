@@ -1451,6 +1451,72 @@ async fn pooled_tunnels_send_the_first_bytes_with_the_connect() {
     );
 }
 
+/// A captured connection's bytes do not wait for the PEP's answer: what the actor sends while
+/// the CONNECT is unanswered leaves at once too. A raw h2 server answers only after it has read
+/// both what the actor had sent before the tunnel opened and what it sent afterwards (an agent
+/// that waited for the answer would never be answered), then echoes everything.
+#[tokio::test]
+async fn pooled_tunnels_send_what_the_actor_sends_while_the_connect_is_unanswered() {
+    use egress_pep::agent::pooled::Pooled;
+    let h = Harness::start().await;
+    let (listener, addr, tls) = raw_h2_pep(&h).await;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let mut conn = raw_h2_accept(&listener, &tls).await;
+        let Some(Ok((req, mut respond))) = conn.accept().await else {
+            return;
+        };
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        let mut body = req.into_body();
+        let mut got = Vec::new();
+        // Both parts before any answer (bounded: a missing one fails the test).
+        while got.len() < b"first|second".len() {
+            let Ok(Some(Ok(data))) = tokio::time::timeout(WAIT_TUNNEL, body.data()).await else {
+                break;
+            };
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+            seen_tx.send(data.to_vec()).unwrap();
+        }
+        let resp = http::Response::builder().status(200).body(()).unwrap();
+        let mut send = respond.send_response(resp, false).unwrap();
+        let _ = send.send_data(Bytes::from(got), true);
+    });
+    let agent = Pooled::new(
+        pep(
+            addr,
+            h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
+        ),
+        10,
+    );
+    // The actor's connection, as captured: its first bytes already sent.
+    let lst = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut actor = TcpStream::connect(lst.local_addr().unwrap()).await.unwrap();
+    let (captured, _) = lst.accept().await.unwrap();
+    actor.write_all(b"first|").await.unwrap();
+    let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let opening = tokio::spawn(async move {
+        let t = agent.open_for(dst, &captured).await;
+        (t, captured)
+    });
+    assert_eq!(
+        within("the first DATA", seen_rx.recv()).await.unwrap(),
+        b"first|"
+    );
+    actor.write_all(b"second").await.unwrap();
+    assert_eq!(
+        within("DATA sent while unanswered", seen_rx.recv())
+            .await
+            .unwrap(),
+        b"second"
+    );
+    let (t, _captured) = within("the answer", opening).await.unwrap();
+    let mut t = t.unwrap();
+    let mut back = Vec::new();
+    within("the echo", t.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"first|second");
+}
+
 /// A listener standing in for the PEP with the PEP's certificate (ALPN h2), for raw h2 servers
 /// that answer in ways the real PEP does not.
 async fn raw_h2_pep(
@@ -1474,6 +1540,19 @@ async fn raw_h2_pep(
     (listener, addr, tls)
 }
 
+/// The next connection to a [`raw_h2_pep`] listener, TLS and h2 handshakes done.
+async fn raw_h2_accept(
+    listener: &tokio::net::TcpListener,
+    tls: &identity::tls::ReloadableServerConfig,
+) -> h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes> {
+    let (tcp, _) = listener.accept().await.unwrap();
+    let tls = tokio_rustls::TlsAcceptor::from(tls.current())
+        .accept(tcp)
+        .await
+        .unwrap();
+    h2::server::handshake(tls).await.unwrap()
+}
+
 /// The early bytes leave with the CONNECT, before any answer: a raw h2 server (TLS with the
 /// PEP's certificate) reads the stream's first DATA before it answers — `200` and an echo for
 /// one tunnel, `403` for the next, which the agent then reports as refused. Without early data
@@ -1486,12 +1565,7 @@ async fn pooled_early_bytes_arrive_before_the_answer() {
     let (listener, addr, tls) = raw_h2_pep(&h).await;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let tls = tokio_rustls::TlsAcceptor::from(tls.current())
-            .accept(tcp)
-            .await
-            .unwrap();
-        let mut conn = h2::server::handshake(tls).await.unwrap();
+        let mut conn = raw_h2_accept(&listener, &tls).await;
         let mut answer = 200;
         while let Some(Ok((req, mut respond))) = conn.accept().await {
             let seen_tx = seen_tx.clone();

@@ -23,14 +23,17 @@ use std::time::Duration;
 
 use std::sync::atomic::AtomicBool;
 
-use bytes::{Buf, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::agent::per_connection::{PepEndpoint, TunnelError};
+use crate::agent::tunnels::EARLY_BYTES;
+use crate::h2_tunnel::{H2Tunnel, h2_to_io};
 
 /// Longest wait before the next attempt to open a connection after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -115,7 +118,7 @@ impl Pooled {
         dst: SocketAddr,
         host: Option<&str>,
     ) -> Result<PooledTunnel, TunnelError> {
-        self.open_timed(dst, Bytes::new(), host).await
+        self.open_timed(dst, Early::default(), host).await
     }
 
     /// A tunnel to `dst` whose first bytes `early` (what the actor already sent; may be empty)
@@ -128,14 +131,38 @@ impl Pooled {
         dst: SocketAddr,
         early: Bytes,
     ) -> Result<PooledTunnel, TunnelError> {
-        self.open_timed(dst, early, None).await
+        let mut sent = Early::default();
+        sent.push(early);
+        self.open_timed(dst, sent, None).await
+    }
+
+    /// A tunnel to `dst` for the captured connection `client`. What the actor has already
+    /// sent leaves with the CONNECT, and what it sends while the PEP's answer is awaited
+    /// follows at once instead of one round trip later (client-first protocols: HTTP, TLS);
+    /// up to [`EARLY_BYTES`] in all, the rest waits for the answer. Bytes sent before the
+    /// answer are sent again when the tunnel is retried on another connection.
+    ///
+    /// # Errors
+    /// As [`Pooled::open`]; [`TunnelError::Io`] when reading `client` fails. A refused
+    /// tunnel's bytes reach nobody.
+    pub async fn open_for(
+        &self,
+        dst: SocketAddr,
+        client: &TcpStream,
+    ) -> Result<PooledTunnel, TunnelError> {
+        let mut sent = Early {
+            client: Some(client),
+            ..Early::default()
+        };
+        sent.read_now().map_err(TunnelError::Io)?;
+        self.open_timed(dst, sent, None).await
     }
 
     /// [`Pooled::open_now`] within the PEP endpoint's timeout.
     async fn open_timed(
         &self,
         dst: SocketAddr,
-        early: Bytes,
+        early: Early<'_>,
         host: Option<&str>,
     ) -> Result<PooledTunnel, TunnelError> {
         let timeout = self.pep.timeout();
@@ -147,7 +174,7 @@ impl Pooled {
     async fn open_now(
         &self,
         dst: SocketAddr,
-        early: Bytes,
+        mut early: Early<'_>,
         host: Option<&str>,
     ) -> Result<PooledTunnel, TunnelError> {
         // A connection the PEP is closing (GOAWAY) refuses new streams: the tunnel is retried
@@ -168,7 +195,7 @@ impl Pooled {
                 .body(())
                 .map_err(|e| TunnelError::BadAnswer(format!("CONNECT request: {e}")))?;
             let (send, slot, closed) = self.pick().await?;
-            let (response, stream) = match send_connect(send, req, &early).await {
+            let (response, mut stream) = match send_connect(send, req, &early.chunks).await {
                 Ok(sent) => sent,
                 Err(e) if !retried => {
                     closed.store(true, Ordering::Relaxed);
@@ -178,14 +205,15 @@ impl Pooled {
                 }
                 Err(e) => return Err(h2_io(e)),
             };
-            let resp = match response.await {
-                Ok(r) => r,
+            let resp = match early.answer(response, &mut stream).await {
+                Err(e) => return Err(TunnelError::Io(e)),
+                Ok(Ok(r)) => r,
                 // Not processed by the PEP (RFC 9113 §8.7): safe to send again.
-                Err(e) if !retried && e.reason() == Some(h2::Reason::REFUSED_STREAM) => {
+                Ok(Err(e)) if !retried && e.reason() == Some(h2::Reason::REFUSED_STREAM) => {
                     retried = true;
                     continue;
                 }
-                Err(e) => return Err(h2_io(e)),
+                Ok(Err(e)) => return Err(h2_io(e)),
             };
             let status = resp.status();
             if !status.is_success() {
@@ -195,11 +223,7 @@ impl Pooled {
                 });
             }
             return Ok(PooledTunnel {
-                send: stream,
-                recv: resp.into_body(),
-                pending: Bytes::new(),
-                eof: false,
-                shut: false,
+                io: H2Tunnel::new(stream, resp.into_body()),
                 _slot: slot,
             });
         }
@@ -340,14 +364,96 @@ async fn keep_alive(ping: Option<h2::PingPong>, streams: &AtomicUsize) -> &'stat
 async fn send_connect(
     send: SendRequest<Bytes>,
     req: http::Request<()>,
-    early: &Bytes,
+    early: &[Bytes],
 ) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), h2::Error> {
     let mut send = send.ready().await?;
     let (response, mut stream) = send.send_request(req, false)?;
-    if !early.is_empty() {
-        stream.send_data(early.clone(), false)?;
+    for chunk in early {
+        stream.send_data(chunk.clone(), false)?;
     }
     Ok((response, stream))
+}
+
+/// A tunnel's bytes sent before the PEP's answer (at most [`EARLY_BYTES`]), kept to be sent
+/// again on a retry, and the captured connection they are read from (none: only what the
+/// caller gave).
+#[derive(Default)]
+struct Early<'a> {
+    chunks: Vec<Bytes>,
+    len: usize,
+    client: Option<&'a TcpStream>,
+    /// The client's write side has ended (its EOF stays for the splice to read).
+    client_done: bool,
+}
+
+impl Early<'_> {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(chunk);
+        }
+    }
+
+    /// Whether more of the client's bytes may be read before the answer.
+    fn reading(&self) -> Option<&TcpStream> {
+        self.client
+            .filter(|_| !self.client_done && self.len < EARLY_BYTES)
+    }
+
+    /// Reads what the client has sent, without waiting (up to [`EARLY_BYTES`] in all); the new
+    /// bytes, if any.
+    fn read_now(&mut self) -> std::io::Result<Option<Bytes>> {
+        let Some(client) = self.reading() else {
+            return Ok(None);
+        };
+        let budget = EARLY_BYTES - self.len;
+        let mut buf = BytesMut::with_capacity(budget);
+        match client.try_read_buf(&mut (&mut buf).limit(budget)) {
+            Ok(0) => {
+                self.client_done = true;
+                Ok(None)
+            }
+            Ok(_) => {
+                let chunk = buf.freeze();
+                self.push(chunk.clone());
+                Ok(Some(chunk))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Awaits the PEP's answer on `response`; meanwhile what the client sends is read and
+    /// sent on `stream` at once.
+    ///
+    /// # Errors
+    /// Reading the client failed (the outer error); the stream failed (the inner one).
+    async fn answer(
+        &mut self,
+        response: h2::client::ResponseFuture,
+        stream: &mut SendStream<Bytes>,
+    ) -> std::io::Result<Result<http::Response<RecvStream>, h2::Error>> {
+        tokio::pin!(response);
+        loop {
+            let reading = self.reading();
+            tokio::select! {
+                biased;
+                answer = &mut response => return Ok(answer),
+                ready = async {
+                    match reading {
+                        Some(client) => client.readable().await,
+                        None => std::future::pending().await,
+                    }
+                }, if reading.is_some() => {
+                    ready?;
+                    if let Some(chunk) = self.read_now()? {
+                        // A stream that fails here fails its answer too.
+                        let _ = stream.send_data(chunk, false);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// An h2 error as the tunnel's I/O error.
@@ -355,42 +461,10 @@ fn h2_io(e: h2::Error) -> TunnelError {
     TunnelError::Io(h2_to_io(e))
 }
 
-fn h2_to_io(e: h2::Error) -> std::io::Error {
-    if e.is_io() {
-        e.into_io()
-            .unwrap_or_else(|| std::io::Error::other("h2 I/O error"))
-    } else {
-        std::io::Error::other(e)
-    }
-}
-
-/// One pooled tunnel: a CONNECT stream's bytes.
+/// One pooled tunnel: a CONNECT stream's bytes, holding its slot on the connection.
 pub struct PooledTunnel {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    /// Received bytes not read yet.
-    pending: Bytes,
-    eof: bool,
-    /// END_STREAM sent.
-    shut: bool,
+    io: H2Tunnel,
     _slot: StreamSlot,
-}
-
-impl PooledTunnel {
-    /// The error a write gets once the stream cannot carry more: the PEP's reset, or a broken
-    /// pipe when it ended the stream normally.
-    fn poll_write_error(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
-        match std::task::ready!(self.send.poll_reset(cx)) {
-            Ok(h2::Reason::NO_ERROR | h2::Reason::CANCEL | h2::Reason::STREAM_CLOSED) => {
-                Poll::Ready(std::io::ErrorKind::BrokenPipe.into())
-            }
-            Ok(reason) => Poll::Ready(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                format!("the PEP reset the tunnel: {reason}"),
-            )),
-            Err(e) => Poll::Ready(h2_to_io(e)),
-        }
-    }
 }
 
 impl AsyncRead for PooledTunnel {
@@ -399,32 +473,7 @@ impl AsyncRead for PooledTunnel {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        loop {
-            if !self.pending.is_empty() {
-                let n = buf.remaining().min(self.pending.len());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if self.eof {
-                return Poll::Ready(Ok(()));
-            }
-            match std::task::ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // The window opens again as bytes are taken (bounded by the stream window).
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.pending = data;
-                }
-                Some(Err(e)) => {
-                    if e.reason() == Some(h2::Reason::NO_ERROR) {
-                        self.eof = true;
-                    } else {
-                        return Poll::Ready(Err(h2_to_io(e)));
-                    }
-                }
-                None => self.eof = true,
-            }
-        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -434,47 +483,14 @@ impl AsyncWrite for PooledTunnel {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.shut {
-            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
-        }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.send.reserve_capacity(buf.len());
-        match std::task::ready!(self.send.poll_capacity(cx)) {
-            Some(Ok(n)) if n > 0 => {
-                let n = n.min(buf.len());
-                if self
-                    .send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .is_ok()
-                {
-                    return Poll::Ready(Ok(n));
-                }
-            }
-            // Nothing assigned yet: ask again on the next turn.
-            Some(Ok(_)) => {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            Some(Err(_)) | None => {}
-        }
-        self.poll_write_error(cx).map(Err)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // The connection's driver writes queued frames as soon as it can.
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.shut {
-            return Poll::Ready(Ok(()));
-        }
-        if self.send.send_data(Bytes::new(), true).is_ok() {
-            self.shut = true;
-            return Poll::Ready(Ok(()));
-        }
-        self.poll_write_error(cx).map(Err)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -13,8 +13,8 @@ use tokio_rustls::client::TlsStream;
 use crate::agent::per_connection::{PerConnection, TunnelError};
 use crate::agent::pooled::{Pooled, PooledTunnel};
 
-/// Most bytes of a captured connection sent with its CONNECT (`pooled`): a ClientHello or a
-/// request head fits.
+/// Most bytes of a captured connection sent before the PEP answers its CONNECT (`pooled`): a
+/// ClientHello or a request head fits.
 pub const EARLY_BYTES: usize = 16 * 1024;
 
 /// How the agent tunnels to the PEP.
@@ -61,10 +61,10 @@ impl Tunnels {
         }
     }
 
-    /// A tunnel to `dst` for the captured connection `client`. `pooled`: the bytes the client
-    /// has already sent (up to [`EARLY_BYTES`], read without waiting) go with the CONNECT
-    /// ([`Pooled::open_with`]). `per-connection` sends nothing before the PEP's answer, as
-    /// atunnel.
+    /// A tunnel to `dst` for the captured connection `client`. `pooled`: the client's bytes
+    /// (up to [`EARLY_BYTES`]) do not wait for the PEP's answer: what it has already sent goes
+    /// with the CONNECT, what it sends meanwhile right after ([`Pooled::open_for`]).
+    /// `per-connection` sends nothing before the PEP's answer, as atunnel.
     ///
     /// # Errors
     /// The mode's [`TunnelError`]; [`TunnelError::Io`] when reading the client fails.
@@ -75,22 +75,8 @@ impl Tunnels {
     ) -> Result<TunnelStream, TunnelError> {
         match self {
             Tunnels::PerConnection(_) => self.open(dst).await,
-            Tunnels::Pooled(p) => {
-                let early = already_sent(client).map_err(TunnelError::Io)?;
-                p.open_with(dst, early).await.map(TunnelStream::H2)
-            }
+            Tunnels::Pooled(p) => p.open_for(dst, client).await.map(TunnelStream::H2),
         }
-    }
-}
-
-/// What `client` has sent so far (up to [`EARLY_BYTES`]), read without waiting: a copy of
-/// exactly those bytes (none is no allocation), the read buffer on this function's stack.
-fn already_sent(client: &TcpStream) -> std::io::Result<bytes::Bytes> {
-    let mut buf = [0u8; EARLY_BYTES];
-    match client.try_read(&mut buf) {
-        Ok(n) => Ok(bytes::Bytes::copy_from_slice(&buf[..n])),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(bytes::Bytes::new()),
-        Err(e) => Err(e),
     }
 }
 
