@@ -201,6 +201,14 @@ impl Harness {
         Self::with(Options::default()).await
     }
 
+    async fn with_limits(limits: TunnelLimits) -> Self {
+        Self::with(Options {
+            limits,
+            ..Options::default()
+        })
+        .await
+    }
+
     async fn with(opts: Options) -> Self {
         let pki = TestPki::new();
         let (cert, key) = pki.localhost_server("pep");
@@ -929,12 +937,7 @@ async fn limits_close_and_count() {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(0x4, 0, 0, &[]));
     for id in [1u32, 3, 5] {
-        let mut block = vec![0x02, 7];
-        block.extend(b"CONNECT");
-        block.push(0x01);
-        block.push(target.len() as u8);
-        block.extend(target.as_bytes());
-        out.extend(frame(0x1, 0x4, id, &block));
+        out.extend(connect_headers(id, 0x4, &target));
     }
     tls.write_all(&out).await.unwrap();
     let refused = within("RST_STREAM on stream 5", async {
@@ -957,6 +960,17 @@ async fn limits_close_and_count() {
         h.metrics.limits(Limit::TooManyStreams) == 1
     })
     .await;
+}
+
+/// A HEADERS frame with a CONNECT to `target` (HPACK literals without indexing; `target`
+/// shorter than 127 bytes), with `flags` (END_HEADERS 0x4, END_STREAM 0x1).
+fn connect_headers(stream: u32, flags: u8, target: &str) -> Vec<u8> {
+    let mut block = vec![0x02, 7];
+    block.extend(b"CONNECT");
+    block.push(0x01);
+    block.push(target.len() as u8);
+    block.extend(target.as_bytes());
+    frame(0x1, flags, stream, &block)
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -1024,12 +1038,9 @@ async fn client_certificate_without_any_eku_is_refused_by_the_pep() {
 #[tokio::test]
 async fn h2_connections_without_a_connect_close_after_the_header_read_timeout() {
     let timeout = Duration::from_millis(300);
-    let h = Harness::with(Options {
-        limits: TunnelLimits {
-            header_read_timeout: timeout,
-            ..Options::default().limits
-        },
-        ..Options::default()
+    let h = Harness::with_limits(TunnelLimits {
+        header_read_timeout: timeout,
+        ..Options::default().limits
     })
     .await;
     let cert = h.actor_cert("demo", "bot");
@@ -1062,12 +1073,9 @@ async fn h2_connections_without_a_connect_close_after_the_header_read_timeout() 
 #[tokio::test]
 async fn h2_connection_closes_once_idle_after_its_last_tunnel() {
     let idle = Duration::from_millis(500);
-    let h = Harness::with(Options {
-        limits: TunnelLimits {
-            idle_timeout: idle,
-            ..Options::default().limits
-        },
-        ..Options::default()
+    let h = Harness::with_limits(TunnelLimits {
+        idle_timeout: idle,
+        ..Options::default().limits
     })
     .await;
     let cert = h.actor_cert("demo", "bot");
@@ -1119,6 +1127,49 @@ async fn h2_connection_closes_once_idle_after_its_last_tunnel() {
         h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 1
     })
     .await;
+}
+
+/// A peer that never answers the idle GOAWAY (nor its PING) is dropped: its tunnel ended, the
+/// PEP sends GOAWAY after the idle timeout and closes the connection a bounded time later.
+#[tokio::test]
+async fn idle_h2_connections_whose_peer_ignores_the_goaway_are_dropped() {
+    let idle = Duration::from_millis(300);
+    let h = Harness::with_limits(TunnelLimits {
+        idle_timeout: idle,
+        ..Options::default().limits
+    })
+    .await;
+    let cert = h.actor_cert("demo", "bot");
+    let mut tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    // Preface, SETTINGS, then a CONNECT whose stream ends at once (no DATA): the tunnel ends
+    // unclassified and the connection has no open stream.
+    let target = h.echo.addr.to_string();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(connect_headers(1, 0x4 | 0x1, &target));
+    tls.write_all(&out).await.unwrap();
+    // Read without ever answering: no SETTINGS ack, no PING ack, no GOAWAY of ours.
+    let started = std::time::Instant::now();
+    let mut kinds = Vec::new();
+    within("the PEP closes the connection", async {
+        loop {
+            let mut head = [0u8; 9];
+            if tls.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if tls.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            kinds.push(head[3]);
+        }
+    })
+    .await;
+    assert!(kinds.contains(&0x7), "a GOAWAY before the close: {kinds:?}");
+    assert!(started.elapsed() >= idle, "closed before the idle timeout");
+    eventually("idle", || h.metrics.limits(Limit::Idle) == 1).await;
 }
 
 /// An HTTP/1.1 server answering `ok` (`text/plain`), counting connections and requests.
