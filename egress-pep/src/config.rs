@@ -549,7 +549,8 @@ pub struct EgressLimitsConfig {
     /// round trip; `bench/agent.sh`).
     pub stream_window: u32,
     /// h2: flow-control window per connection, bytes: what all tunnels of one agent connection
-    /// may have in flight towards the PEP together. Default 16 MiB.
+    /// may have in flight towards the PEP together. Default 4 MiB (one bulk tunnel may use it
+    /// all).
     pub connection_window: u32,
     /// A tunnel with no bytes either way this long is closed.
     #[serde(with = "humantime_serde")]
@@ -580,7 +581,7 @@ impl Default for EgressLimitsConfig {
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 256,
             stream_window: 4 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
+            connection_window: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
             classify_timeout: Duration::from_secs(5),

@@ -155,7 +155,8 @@ pub enum Reason {
     /// The PEP is draining and takes no new tunnels.
     Draining,
     /// The tunnel's first bytes looked like TLS or HTTP but did not complete within the
-    /// classification limits (size, time), or could not be read.
+    /// classification limits (size, time), or could not be read (the client went away, also
+    /// before its `200`).
     Unclassified,
     /// A cleartext HTTP tunnel: not decided as a whole, each request is (tunnel records only).
     PerRequest,

@@ -78,7 +78,8 @@ pub struct TunnelLimits {
     /// handshake itself by the same value. Default 10 s.
     pub header_read_timeout: Duration,
     /// Largest CONNECT request head in bytes (HTTP/1.1 head; h2 header list); more → 431
-    /// (counted `oversized_header`). Default 16 KiB.
+    /// (HTTP/1.1: counted `oversized_header`; h2: answered by the h2 layer, not counted).
+    /// Default 16 KiB.
     pub max_header_bytes: usize,
     /// Most CONNECT streams open at once on one h2 connection (the advertised
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`; streams beyond it are refused, counted
@@ -92,7 +93,8 @@ pub struct TunnelLimits {
     /// Default 4 MiB: a bulk tunnel keeps moving across a round trip.
     pub h2_stream_window: u32,
     /// h2 per-connection flow-control window, bytes: bounds what all streams of a connection
-    /// buffer receiving. Default 16 MiB.
+    /// buffer receiving (in payload bytes: a peer sending tiny frames costs more per byte).
+    /// Default 4 MiB.
     pub h2_connection_window: u32,
     /// The most an HTTP/1.1 tunnel's splice buffers per direction, bytes (buffers grow to it
     /// while a stream is bulk; see [`crate::forward::SpliceLimits`]); an h2 tunnel's is capped
@@ -130,7 +132,7 @@ impl Default for TunnelLimits {
             max_streams_per_connection: 256,
             idle_timeout: Duration::from_secs(600),
             h2_stream_window: 4 * 1024 * 1024,
-            h2_connection_window: 16 * 1024 * 1024,
+            h2_connection_window: 4 * 1024 * 1024,
             stream_buffer_bytes: crate::forward::DEFAULT_SPLICE_BUFFER_MAX,
             liveness_ttl: liveness::DEFAULT_TTL,
             liveness_capacity: liveness::DEFAULT_CAPACITY,
@@ -467,9 +469,15 @@ impl Pep {
                     draining = true;
                     conn.graceful_shutdown();
                 }
-                changed = streams_rx.changed(), if !draining => {
+                changed = streams_rx.changed(), if !draining || closing.is_some() => {
                     if changed.is_ok() && *streams_rx.borrow_and_update() == 0 {
-                        idle_since = tokio::time::Instant::now();
+                        let now = tokio::time::Instant::now();
+                        idle_since = now;
+                        // A CONNECT that raced the GOAWAY has ended: the peer gets the close
+                        // timeout again from here (its last frames are still being flushed).
+                        if closing.is_some() {
+                            closing = Some(now + CLOSE_TIMEOUT);
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(at), if timer.is_some() => match why {
@@ -511,6 +519,7 @@ impl Pep {
                 Ok(send) => self.run(H2Tunnel::new(send, recv), tunnel, rec).await,
                 Err(e) => {
                     tracing::debug!(dst = %tunnel.dst, error = %e, "tunnel stream reset before its 200");
+                    self.gone_before_200(&tunnel, rec);
                 }
             },
             Err(answer) => answer.send_h2(respond),
@@ -536,7 +545,10 @@ impl Pep {
         ctx.drain.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => pep.run(TokioIo::new(upgraded), tunnel, rec).await,
-                Err(e) => tracing::debug!(%dst, error = %e, "tunnel upgrade failed"),
+                Err(e) => {
+                    tracing::debug!(%dst, error = %e, "tunnel upgrade failed");
+                    pep.gone_before_200(&tunnel, rec);
+                }
             }
         });
         Response::builder()
@@ -691,6 +703,14 @@ impl Pep {
         rec.reason = reason;
         self.finish(rec.with_duration(started.elapsed()));
         answer
+    }
+
+    /// Records an admitted tunnel whose client went away before its `200` could be sent: denied,
+    /// nothing read, nothing dialled.
+    fn gone_before_200(&self, t: &Tunnel, mut rec: AuditRecord) {
+        rec.verdict = Verdict::Deny;
+        rec.reason = Reason::Unclassified;
+        self.finish(rec.with_duration(t.started.elapsed()));
     }
 
     /// Counts and audits a finished tunnel record.

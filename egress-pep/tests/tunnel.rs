@@ -962,6 +962,30 @@ async fn limits_close_and_count() {
     .await;
 }
 
+/// An h2 CONNECT to `target` on a new hyper client connection over `tls`: the answer, and the
+/// task driving the connection with its sender (the connection ends once both are dropped).
+async fn h2_connect(
+    tls: TlsStream<TcpStream>,
+    target: &str,
+) -> (
+    http::Response<hyper::body::Incoming>,
+    (
+        tokio::task::JoinHandle<hyper::Result<()>>,
+        hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    ),
+) {
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::connect(target)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = within("CONNECT", send.send_request(req)).await.unwrap();
+    (resp, (conn, send))
+}
+
 /// A HEADERS frame with a CONNECT to `target` (HPACK literals without indexing; `target`
 /// shorter than 127 bytes), with `flags` (END_HEADERS 0x4, END_STREAM 0x1).
 fn connect_headers(stream: u32, flags: u8, target: &str) -> Vec<u8> {
@@ -988,19 +1012,7 @@ async fn draining_refuses_new_connects_and_status_reports() {
     let target = h.echo.addr.to_string();
     // An h2 connection open before the drain.
     let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let resp = send
-        .send_request(
-            http::Request::connect(target.clone())
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let (resp, _conn) = h2_connect(tls, &target).await;
     assert_eq!(resp.status(), 200);
     let open = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
     let status = h.pep.status();
@@ -1080,21 +1092,7 @@ async fn h2_connection_closes_once_idle_after_its_last_tunnel() {
     .await;
     let cert = h.actor_cert("demo", "bot");
     let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let resp = within(
-        "CONNECT",
-        send.send_request(
-            http::Request::connect(h.echo.addr.to_string())
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let (resp, (conn, _send)) = h2_connect(tls, &h.echo.addr.to_string()).await;
     assert_eq!(resp.status(), 200);
     let mut io = TokioIo::new(within("upgrade", hyper::upgrade::on(resp)).await.unwrap());
     // An open tunnel with traffic keeps the connection past the idle timeout (pacing, not
@@ -1127,6 +1125,34 @@ async fn h2_connection_closes_once_idle_after_its_last_tunnel() {
         h.metrics.tunnels(Verdict::Allow, Reason::Allowed) == 1
     })
     .await;
+}
+
+/// A CONNECT whose client resets its stream while the PEP is still deciding is audited all the
+/// same (denied, `unclassified`), and nothing is dialled.
+#[tokio::test]
+async fn an_h2_connect_reset_before_its_answer_is_audited() {
+    let h = Harness::start().await;
+    h.cp.script(
+        CpMethod::GetActor,
+        ACTOR,
+        [Step::Delay(Duration::from_millis(300))],
+    );
+    let mut tls = h
+        .tls(Some(&h.actor_cert("demo", "bot")), &[b"h2"])
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(connect_headers(1, 0x4, &h.echo.addr.to_string()));
+    // RST_STREAM (CANCEL) right behind it, while liveness is still being asked.
+    out.extend(frame(0x3, 0, 1, &8u32.to_be_bytes()));
+    tls.write_all(&out).await.unwrap();
+    eventually("the tunnel's record", || {
+        h.metrics.tunnels(Verdict::Deny, Reason::Unclassified) == 1
+    })
+    .await;
+    assert_eq!(h.last_tunnel().reason, Reason::Unclassified);
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 0);
 }
 
 /// A peer that never answers the idle GOAWAY (nor its PING) is dropped: its tunnel ended, the
@@ -1508,16 +1534,11 @@ async fn pooled_tunnels_send_the_first_bytes_with_the_connect() {
 /// that waited for the answer would never be answered), then echoes everything.
 #[tokio::test]
 async fn pooled_tunnels_send_what_the_actor_sends_while_the_connect_is_unanswered() {
-    use egress_pep::agent::pooled::Pooled;
     let h = Harness::start().await;
     let (listener, addr, tls) = raw_h2_pep(&h).await;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        let mut conn = raw_h2_accept(&listener, &tls).await;
-        let Some(Ok((req, mut respond))) = conn.accept().await else {
-            return;
-        };
-        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        let (req, mut respond) = raw_h2_first_stream(&listener, &tls).await;
         let mut body = req.into_body();
         let mut got = Vec::new();
         // Both parts before any answer (bounded: a missing one fails the test).
@@ -1533,17 +1554,9 @@ async fn pooled_tunnels_send_what_the_actor_sends_while_the_connect_is_unanswere
         let mut send = respond.send_response(resp, false).unwrap();
         let _ = send.send_data(Bytes::from(got), true);
     });
-    let agent = Pooled::new(
-        pep(
-            addr,
-            h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
-        ),
-        10,
-    );
+    let agent = pooled_as_bot(&h, addr);
     // The actor's connection, as captured: its first bytes already sent.
-    let lst = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut actor = TcpStream::connect(lst.local_addr().unwrap()).await.unwrap();
-    let (captured, _) = lst.accept().await.unwrap();
+    let (mut actor, captured) = tcp_pair().await;
     actor.write_all(b"first|").await.unwrap();
     let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let opening = tokio::spawn(async move {
@@ -1566,6 +1579,98 @@ async fn pooled_tunnels_send_what_the_actor_sends_while_the_connect_is_unanswere
     let mut back = Vec::new();
     within("the echo", t.read_to_end(&mut back)).await.unwrap();
     assert_eq!(back, b"first|second");
+}
+
+/// What an actor sends before the PEP's answer is bounded ([`EARLY_BYTES`]): a raw h2 server
+/// that answers only once the agent has gone quiet sees exactly that much before its answer,
+/// and the rest, in order, after it.
+#[tokio::test]
+async fn pooled_tunnels_send_at_most_early_bytes_before_the_answer() {
+    use egress_pep::agent::tunnels::EARLY_BYTES;
+    let h = Harness::start().await;
+    let (listener, addr, tls) = raw_h2_pep(&h).await;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Vec<u8>)>();
+    tokio::spawn(async move {
+        let (req, mut respond) = raw_h2_first_stream(&listener, &tls).await;
+        let mut body = req.into_body();
+        let mut got = Vec::new();
+        // Before answering: everything until the agent has sent nothing for 300 ms.
+        while let Ok(Some(Ok(data))) =
+            tokio::time::timeout(Duration::from_millis(300), body.data()).await
+        {
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        let before = got.len();
+        let resp = http::Response::builder().status(200).body(()).unwrap();
+        let _send = respond.send_response(resp, false).unwrap();
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        seen_tx.send((before, got)).unwrap();
+    });
+    let agent = pooled_as_bot(&h, addr);
+    let (mut actor, mut captured) = tcp_pair().await;
+    let data = pattern(3 * EARLY_BYTES, 9);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        actor.write_all(&sent).await.unwrap();
+        actor.shutdown().await.unwrap();
+        actor
+    });
+    let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut t = within("the answer", agent.open_for(dst, &captured))
+        .await
+        .unwrap();
+    assert_eq!(t.sent_early(), EARLY_BYTES as u64);
+    // The rest goes through the tunnel as the capture listener would splice it.
+    let mut rest = Vec::new();
+    within("the rest", captured.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    t.write_all(&rest).await.unwrap();
+    t.shutdown().await.unwrap();
+    let (before, got) = within("the server's view", seen_rx.recv()).await.unwrap();
+    assert_eq!(before, EARLY_BYTES, "bytes before the answer");
+    assert!(got == data, "all bytes, in order");
+    let _actor = writer.await.unwrap();
+}
+
+/// The PEP's refusals on h2 carry the same answer as on HTTP/1.1: status, `text/plain`, the
+/// body, its length.
+#[tokio::test]
+async fn h2_refusals_answer_with_a_plain_body() {
+    use http_body_util::BodyExt;
+    let h = Harness::start().await;
+    let tls = h
+        .tls(Some(&h.actor_cert("demo", "ghost")), &[b"h2"])
+        .await
+        .unwrap();
+    let (resp, _conn) = h2_connect(tls, &h.echo.addr.to_string()).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["content-type"], "text/plain");
+    assert_eq!(resp.headers()["content-length"], "13");
+    let body = within("body", resp.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "egress denied");
+    assert_eq!(h.last_tunnel().verdict, Verdict::Deny);
+}
+
+/// The agent's pooled tunnels to `addr` as actor `demo/bot`.
+fn pooled_as_bot(h: &Harness, addr: SocketAddr) -> egress_pep::agent::pooled::Pooled {
+    let tls = h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]);
+    egress_pep::agent::pooled::Pooled::new(pep(addr, tls), 10)
+}
+
+/// A loopback TCP connection: the actor's end and the captured end.
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let lst = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let actor = TcpStream::connect(lst.local_addr().unwrap()).await.unwrap();
+    let (captured, _) = lst.accept().await.unwrap();
+    (actor, captured)
 }
 
 /// A listener standing in for the PEP with the PEP's certificate (ALPN h2), for raw h2 servers
@@ -1604,6 +1709,21 @@ async fn raw_h2_accept(
     h2::server::handshake(tls).await.unwrap()
 }
 
+/// The first stream of the next connection to a [`raw_h2_pep`] listener; the connection keeps
+/// being driven in a task of its own.
+async fn raw_h2_first_stream(
+    listener: &tokio::net::TcpListener,
+    tls: &identity::tls::ReloadableServerConfig,
+) -> (
+    http::Request<h2::RecvStream>,
+    h2::server::SendResponse<Bytes>,
+) {
+    let mut conn = raw_h2_accept(listener, tls).await;
+    let first = conn.accept().await.unwrap().unwrap();
+    tokio::spawn(async move { while conn.accept().await.is_some() {} });
+    first
+}
+
 /// The early bytes leave with the CONNECT, before any answer: a raw h2 server (TLS with the
 /// PEP's certificate) reads the stream's first DATA before it answers — `200` and an echo for
 /// one tunnel, `403` for the next, which the agent then reports as refused. Without early data
@@ -1611,7 +1731,6 @@ async fn raw_h2_accept(
 #[tokio::test]
 async fn pooled_early_bytes_arrive_before_the_answer() {
     use egress_pep::agent::per_connection::TunnelError;
-    use egress_pep::agent::pooled::Pooled;
     let h = Harness::start().await;
     let (listener, addr, tls) = raw_h2_pep(&h).await;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
@@ -1644,13 +1763,7 @@ async fn pooled_early_bytes_arrive_before_the_answer() {
             });
         }
     });
-    let agent = Pooled::new(
-        pep(
-            addr,
-            h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
-        ),
-        10,
-    );
+    let agent = pooled_as_bot(&h, addr);
     let mut t = within(
         "a tunnel with early bytes",
         agent.open_with(
@@ -1689,7 +1802,6 @@ async fn pooled_early_bytes_arrive_before_the_answer() {
 /// that tunnel is still open; the next tunnel is retried on a second connection and works.
 #[tokio::test]
 async fn pooled_tunnels_leave_a_connection_the_pep_is_closing() {
-    use egress_pep::agent::pooled::Pooled;
     let h = Harness::start().await;
     let (listener, addr, tls) = raw_h2_pep(&h).await;
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -1725,13 +1837,7 @@ async fn pooled_tunnels_leave_a_connection_the_pep_is_closing() {
             });
         }
     });
-    let agent = Pooled::new(
-        pep(
-            addr,
-            h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]),
-        ),
-        10,
-    );
+    let agent = pooled_as_bot(&h, addr);
     let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut first = within("the first tunnel", agent.open(dst)).await.unwrap();
     let mut b = [0u8; 2];

@@ -95,9 +95,13 @@ async fn carry(
     };
     // A per-connection tunnel is a connection to the PEP of its own (pooled ones count theirs).
     let _pep_connection = matches!(tunnel, TunnelStream::Tls(_)).then(|| metrics.pep_connection());
+    let early = match &tunnel {
+        TunnelStream::H2(t) => t.sent_early(),
+        TunnelStream::Tls(_) => 0,
+    };
     let counters = SpliceCounters::new();
     let spliced = splice_counted(stream, tunnel, limits, &counters).await;
-    metrics.bytes(counters.up(), counters.down());
+    metrics.bytes(counters.up() + early, counters.down());
     spliced
         .map(|_| ())
         .map_err(|e| format!("splice to {dst}: {e}"))

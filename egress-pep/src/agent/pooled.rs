@@ -224,6 +224,7 @@ impl Pooled {
             }
             return Ok(PooledTunnel {
                 io: H2Tunnel::new(stream, resp.into_body()),
+                early: early.len as u64,
                 _slot: slot,
             });
         }
@@ -374,19 +375,25 @@ async fn send_connect(
     Ok((response, stream))
 }
 
-/// A tunnel's bytes sent before the PEP's answer (at most [`EARLY_BYTES`]), kept to be sent
-/// again on a retry, and the captured connection they are read from (none: only what the
-/// caller gave).
+/// Most reads of a captured connection before the PEP's answer: an actor trickling bytes one
+/// at a time cannot make a tunnel queue thousands of tiny DATA frames.
+const EARLY_READS: usize = 64;
+
+/// A tunnel's bytes sent before the PEP's answer (at most [`EARLY_BYTES`] in at most
+/// [`EARLY_READS`] reads, all in one buffer of that size), kept to be sent again on a retry,
+/// and the captured connection they are read from (none: only what the caller gave).
 #[derive(Default)]
 struct Early<'a> {
     chunks: Vec<Bytes>,
     len: usize,
+    /// Where reads go: one allocation of [`EARLY_BYTES`] that every chunk shares.
+    buf: BytesMut,
     client: Option<&'a TcpStream>,
     /// The client's write side has ended (its EOF stays for the splice to read).
     client_done: bool,
 }
 
-impl Early<'_> {
+impl<'a> Early<'a> {
     fn push(&mut self, chunk: Bytes) {
         if !chunk.is_empty() {
             self.len += chunk.len();
@@ -395,9 +402,10 @@ impl Early<'_> {
     }
 
     /// Whether more of the client's bytes may be read before the answer.
-    fn reading(&self) -> Option<&TcpStream> {
-        self.client
-            .filter(|_| !self.client_done && self.len < EARLY_BYTES)
+    fn reading(&self) -> Option<&'a TcpStream> {
+        self.client.filter(|_| {
+            !self.client_done && self.len < EARLY_BYTES && self.chunks.len() < EARLY_READS
+        })
     }
 
     /// Reads what the client has sent, without waiting (up to [`EARLY_BYTES`] in all); the new
@@ -407,14 +415,16 @@ impl Early<'_> {
             return Ok(None);
         };
         let budget = EARLY_BYTES - self.len;
-        let mut buf = BytesMut::with_capacity(budget);
-        match client.try_read_buf(&mut (&mut buf).limit(budget)) {
+        if self.buf.capacity() == 0 {
+            self.buf = BytesMut::with_capacity(budget);
+        }
+        match client.try_read_buf(&mut (&mut self.buf).limit(budget)) {
             Ok(0) => {
                 self.client_done = true;
                 Ok(None)
             }
             Ok(_) => {
-                let chunk = buf.freeze();
+                let chunk = self.buf.split().freeze();
                 self.push(chunk.clone());
                 Ok(Some(chunk))
             }
@@ -464,7 +474,16 @@ fn h2_io(e: h2::Error) -> TunnelError {
 /// One pooled tunnel: a CONNECT stream's bytes, holding its slot on the connection.
 pub struct PooledTunnel {
     io: H2Tunnel,
+    /// Bytes sent before the PEP's answer (they are not the splice's).
+    early: u64,
     _slot: StreamSlot,
+}
+
+impl PooledTunnel {
+    /// Bytes of the actor's sent with the CONNECT, before the PEP answered.
+    pub fn sent_early(&self) -> u64 {
+        self.early
+    }
 }
 
 impl AsyncRead for PooledTunnel {

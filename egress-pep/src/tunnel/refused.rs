@@ -1,6 +1,6 @@
 //! Counts the HTTP/2 streams the server refuses (RST_STREAM with REFUSED_STREAM) by watching the
 //! frames it writes. The h2 server enforces `max_concurrent_streams` itself and refuses a stream
-//! beyond it before hyper (and so the PEP) sees the request; this wrapper is how such refusals
+//! beyond it before the PEP sees the request; this wrapper is how such refusals
 //! are still counted (`actorgate_egress_limits_total{limit="too_many_streams"}`).
 //!
 //! Streams refused because the connection is closing are not a limit: once the server has written
