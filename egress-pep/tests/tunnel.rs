@@ -1637,6 +1637,34 @@ async fn pooled_tunnels_send_at_most_early_bytes_before_the_answer() {
     let _actor = writer.await.unwrap();
 }
 
+/// An actor that resets its connection while its CONNECT is unanswered fails the tunnel as the
+/// client's failure, not the PEP's (`client_gone` in the agent's metrics).
+#[tokio::test]
+async fn a_pooled_tunnel_whose_actor_resets_while_unanswered_is_the_clients_failure() {
+    use egress_pep::agent::per_connection::TunnelError;
+    let h = Harness::start().await;
+    let (listener, addr, tls) = raw_h2_pep(&h).await;
+    tokio::spawn(async move {
+        // Never answers.
+        let (_req, _respond) = raw_h2_first_stream(&listener, &tls).await;
+        std::future::pending::<()>().await;
+    });
+    let agent = pooled_as_bot(&h, addr);
+    let (actor, captured) = tcp_pair().await;
+    let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let opening = tokio::spawn(async move { agent.open_for(dst, &captured).await.err() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // RST instead of FIN.
+    actor.set_zero_linger().unwrap();
+    drop(actor);
+    match within("the tunnel fails", opening).await.unwrap() {
+        Some(TunnelError::Client(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset)
+        }
+        other => panic!("want the client's failure, got {other:?}"),
+    }
+}
+
 /// The PEP's refusals on h2 carry the same answer as on HTTP/1.1: status, `text/plain`, the
 /// body, its length.
 #[tokio::test]

@@ -118,6 +118,7 @@ pub async fn start(w: &mut Wiring, loaded: &Loaded) -> Result<()> {
                 "refused": metrics.tunnels(mode, TunnelResult::Refused),
                 "failed": metrics.tunnels(mode, TunnelResult::Failed),
                 "not_captured": metrics.tunnels(mode, TunnelResult::NotCaptured),
+                "client_gone": metrics.tunnels(mode, TunnelResult::ClientGone),
             },
         })
     })?;

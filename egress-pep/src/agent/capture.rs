@@ -86,6 +86,8 @@ async fn carry(
                 metrics.connect_status(*status);
                 // The status and reason are logged; the actor's connection closes with no bytes.
                 tracing::info!(%dst, status, "the PEP refused the tunnel");
+            } else if let TunnelError::Client(_) = &e {
+                metrics.tunnel(mode, TunnelResult::ClientGone);
             } else {
                 metrics.tunnel(mode, TunnelResult::Failed);
                 tracing::warn!(%dst, error = %e, "no tunnel to the PEP");

@@ -21,6 +21,8 @@ pub enum TunnelResult {
     Failed,
     /// The connection was not redirected (no original destination) or pointed at the agent.
     NotCaptured,
+    /// The actor's connection failed before its tunnel opened (the actor went away).
+    ClientGone,
 }
 
 impl TunnelResult {
@@ -31,6 +33,7 @@ impl TunnelResult {
             TunnelResult::Refused => "refused",
             TunnelResult::Failed => "failed",
             TunnelResult::NotCaptured => "not_captured",
+            TunnelResult::ClientGone => "client_gone",
         }
     }
 }

@@ -44,6 +44,10 @@ pub enum TunnelError {
     /// Writing the CONNECT or reading the answer failed.
     #[error("CONNECT to the PEP: {0}")]
     Io(std::io::Error),
+    /// Reading the actor's own connection failed while its tunnel opened (`pooled` reads it
+    /// before the PEP answers): the actor went away, nothing is wrong with the PEP.
+    #[error("the captured connection failed: {0}")]
+    Client(std::io::Error),
     /// Connect, handshake and answer did not finish in time.
     #[error("the PEP did not answer within {0:?}")]
     Timeout(Duration),

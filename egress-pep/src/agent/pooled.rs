@@ -143,7 +143,7 @@ impl Pooled {
     /// answer are sent again when the tunnel is retried on another connection.
     ///
     /// # Errors
-    /// As [`Pooled::open`]; [`TunnelError::Io`] when reading `client` fails. A refused
+    /// As [`Pooled::open`]; [`TunnelError::Client`] when reading `client` fails. A refused
     /// tunnel's bytes reach nobody.
     pub async fn open_for(
         &self,
@@ -154,7 +154,7 @@ impl Pooled {
             client: Some(client),
             ..Early::default()
         };
-        sent.read_now().map_err(TunnelError::Io)?;
+        sent.read_now().map_err(TunnelError::Client)?;
         self.open_timed(dst, sent, None).await
     }
 
@@ -206,7 +206,7 @@ impl Pooled {
                 Err(e) => return Err(h2_io(e)),
             };
             let resp = match early.answer(response, &mut stream).await {
-                Err(e) => return Err(TunnelError::Io(e)),
+                Err(e) => return Err(TunnelError::Client(e)),
                 Ok(Ok(r)) => r,
                 // Not processed by the PEP (RFC 9113 §8.7): safe to send again.
                 Ok(Err(e)) if !retried && e.reason() == Some(h2::Reason::REFUSED_STREAM) => {

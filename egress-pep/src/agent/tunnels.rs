@@ -67,7 +67,7 @@ impl Tunnels {
     /// `per-connection` sends nothing before the PEP's answer, as atunnel.
     ///
     /// # Errors
-    /// The mode's [`TunnelError`]; [`TunnelError::Io`] when reading the client fails.
+    /// The mode's [`TunnelError`]; [`TunnelError::Client`] when reading the client fails.
     pub async fn open_for(
         &self,
         client: &TcpStream,
