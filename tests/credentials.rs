@@ -21,7 +21,6 @@ mod common;
 mod upstream_wire;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -353,26 +352,6 @@ fn echoed(body: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// `token` verified with the JWKS file `jwks` for `audience`.
-async fn verify_token(jwks: &Path, audience: &str, token: &str) -> identity::token::Verified {
-    let keys = identity::jwks::KeySet::load(
-        identity::jwks::JwksSource::File(jwks.to_path_buf()),
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
-    let verifier = identity::Verifier::new(
-        keys,
-        identity::VerifierSettings {
-            issuers: vec![ISSUER.into()],
-            audience: audience.into(),
-            leeway: Duration::from_secs(5),
-            max_lifetime: Duration::from_secs(3600),
-        },
-    );
-    verifier.verify(token).await.unwrap()
-}
-
 #[tokio::test]
 async fn the_origin_receives_secrets_the_actor_never_holds() {
     let lab = Lab::start().await;
@@ -401,6 +380,7 @@ async fn the_origin_receives_secrets_the_actor_never_holds() {
         .to_owned();
     let verified = verify_token(
         &lab.parts.keys.path().join("jwks.json"),
+        ISSUER,
         "other.cred.test",
         &token,
     )
@@ -648,7 +628,7 @@ egress:
         .strip_prefix("Bearer ")
         .unwrap()
         .to_owned();
-    let verified = verify_token(&parts.keys.path().join("jwks.json"), API, &token).await;
+    let verified = verify_token(&parts.keys.path().join("jwks.json"), ISSUER, API, &token).await;
     assert_eq!(verified.claims.sub, "actor/demo/hello");
     assert_eq!(verified.actor.uid.as_deref(), Some("uid-hello"));
     assert_eq!(verified.claims.exp - verified.claims.iat, 900);

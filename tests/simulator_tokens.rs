@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use routing_core::proto;
@@ -69,22 +68,13 @@ async fn mint_actor_jwt_signs_upstream_tokens_for_directory_actors() {
         .await
         .unwrap()
         .into_inner();
-    let keys = identity::jwks::KeySet::load(
-        identity::jwks::JwksSource::File(dir.path().join("tokens/jwks.json")),
-        Duration::ZERO,
+    let verified = verify_token(
+        &dir.path().join("tokens/jwks.json"),
+        ISSUER,
+        "other.example",
+        &resp.actor_jwt,
     )
-    .await
-    .unwrap();
-    let verifier = identity::Verifier::new(
-        keys,
-        identity::VerifierSettings {
-            issuers: vec![ISSUER.into()],
-            audience: "other.example".into(),
-            leeway: Duration::from_secs(5),
-            max_lifetime: Duration::from_secs(3600),
-        },
-    );
-    let verified = verifier.verify(&resp.actor_jwt).await.unwrap();
+    .await;
     assert_eq!(
         (
             verified.actor.atespace.as_str(),
@@ -112,7 +102,8 @@ async fn mint_actor_jwt_signs_upstream_tokens_for_directory_actors() {
         .await
         .unwrap()
         .into_inner();
-    let v = verifier.verify(&long.actor_jwt).await.unwrap();
+    let jwks = dir.path().join("tokens/jwks.json");
+    let v = verify_token(&jwks, ISSUER, "other.example", &long.actor_jwt).await;
     assert_eq!(v.claims.exp - v.claims.iat, 3600);
 
     for (req, code) in [

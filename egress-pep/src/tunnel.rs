@@ -212,12 +212,10 @@ struct ConnCtx {
     info: Arc<ConnInfo>,
     cert: identity::CertIdentity,
     drain: DrainSignal,
-    /// h2: the number of CONNECT streams open (answered or tunnelling), for the connection's
-    /// first-request deadline and idle timeout. `None` for HTTP/1.1.
-    streams: Option<Arc<watch::Sender<usize>>>,
 }
 
-/// Holds one open CONNECT stream of an h2 connection (see [`ConnCtx::streams`]).
+/// Holds one open CONNECT stream of an h2 connection in the connection's count of them
+/// (answered or tunnelling), which its first-request deadline and idle timeout watch.
 struct StreamGuard(Arc<watch::Sender<usize>>);
 
 impl StreamGuard {
@@ -355,22 +353,11 @@ impl Pep {
         let cert = self
             .identity
             .read_certificate(info.peer_identity.as_ref().map(|p| p.certificate.as_ref()));
-        if info.alpn.as_deref() == Some(b"h2") {
-            let (streams, streams_rx) = watch::channel(0usize);
-            let ctx = Arc::new(ConnCtx {
-                info,
-                cert,
-                drain,
-                streams: Some(Arc::new(streams)),
-            });
-            return self.connection_h2(conn, ctx, streams_rx).await;
+        let h2 = info.alpn.as_deref() == Some(b"h2");
+        let ctx = Arc::new(ConnCtx { info, cert, drain });
+        if h2 {
+            return self.connection_h2(conn, ctx).await;
         }
-        let ctx = Arc::new(ConnCtx {
-            info,
-            cert,
-            drain,
-            streams: None,
-        });
         let pep = self.clone();
         let svc_ctx = ctx.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -402,15 +389,9 @@ impl Pep {
     /// in one task from its HEADERS to its end ([`Pep::stream_h2`]). Time bounds: the preface
     /// and first CONNECT within the header read timeout, then no stretch of the idle timeout
     /// without an open stream (then GOAWAY). The drain sends GOAWAY and ends the timers.
-    async fn connection_h2(
-        self: Arc<Self>,
-        conn: Conn,
-        ctx: Arc<ConnCtx>,
-        mut streams_rx: watch::Receiver<usize>,
-    ) {
-        let Some(streams) = ctx.streams.clone() else {
-            return;
-        };
+    async fn connection_h2(self: Arc<Self>, conn: Conn, ctx: Arc<ConnCtx>) {
+        let (streams, mut streams_rx) = watch::channel(0usize);
+        let streams = Arc::new(streams);
         let io = refused::CountRefused::new(conn, self.metrics.clone(), ctx.drain.clone());
         let mut builder = h2::server::Builder::new();
         builder

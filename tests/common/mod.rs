@@ -505,6 +505,32 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub const DAY: Duration = Duration::from_secs(86400);
 pub use identity::testing::{TestPki, YEAR};
 
+/// `token` verified (it must be) with the JWKS file `jwks`, for `issuer` and `audience`, as a
+/// workload would: 5 s leeway, at most an hour of lifetime.
+pub async fn verify_token(
+    jwks: &Path,
+    issuer: &str,
+    audience: &str,
+    token: &str,
+) -> identity::token::Verified {
+    let keys = identity::jwks::KeySet::load(
+        identity::jwks::JwksSource::File(jwks.to_path_buf()),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let verifier = identity::Verifier::new(
+        keys,
+        identity::VerifierSettings {
+            issuers: vec![issuer.into()],
+            audience: audience.into(),
+            leeway: Duration::from_secs(5),
+            max_lifetime: Duration::from_secs(3600),
+        },
+    );
+    verifier.verify(token).await.unwrap()
+}
+
 /// A dev CA with a name of its own ([`identity::testing::dev_ca`]) written to `dir` (`ca.crt`,
 /// `ca.key`), with a server certificate for `localhost` and 127.0.0.1 (`server.crt`,
 /// `server.key`): for a config in `dir` that names the files relatively.
