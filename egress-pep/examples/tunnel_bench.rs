@@ -13,7 +13,15 @@
 //! tunnel_bench plain-hold  TARGET COUNT        # COUNT idle plain connections (one echo each), "held N", until stdin EOF
 //! tunnel_bench http   PEP SNI CERTS TARGET SECS CONC HOST  # cleartext HTTP/1.1 requests/s inside CONC tunnels, p50/p99
 //! tunnel_bench plain-http  TARGET SECS CONC HOST  # the same requests on CONC plain connections to TARGET
+//! tunnel_bench wire NETNS_A DEV_A NETNS_B DEV_B DELAY_US  # a link between two TUN devices, DELAY_US each way
 //! ```
+//!
+//! `wire` stands in for `tc qdisc … netem delay` on kernels without `netem` (bench/agent.sh
+//! `RTT_MS`): it attaches to TUN device `DEV_A` in the network namespace `NETNS_A` (a path such
+//! as `/var/run/netns/NAME`) and `DEV_B` in `NETNS_B`, and passes every IP packet from one to
+//! the other after `DELAY_US` microseconds, in order: a link whose round-trip time is twice the
+//! delay. Each packet costs the wire a wakeup or two (tens of µs here), as a real hop costs;
+//! it is meant for latency, not throughput. Runs until killed.
 //!
 //! `BENCH_HEADER='name: value'` adds one header to every request of `https`, `http` and
 //! `plain-http` (a credential placeholder the PEP replaces, for the injection benchmark).
@@ -51,6 +59,9 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("wire") {
+        return wire(&args);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
             std::env::var("BENCH_THREADS")
@@ -115,7 +126,7 @@ fn main() -> Result<(), Error> {
                 plain_requests(open, args[2].parse()?, args[3].parse()?, &args[4]).await
             }
             Some("plain-hold") => plain_hold(args[1].parse()?, args[2].parse()?).await,
-            _ => Err("usage: tunnel_bench sink|bulk|setup|hold|https|https-conns|plain-setup|plain-bulk|plain-hold …".into()),
+            _ => Err("usage: tunnel_bench sink|bulk|setup|hold|https|https-conns|plain-setup|plain-bulk|plain-hold|wire …".into()),
         }
     })
 }
@@ -746,4 +757,82 @@ async fn plain_requests(open: Opener, secs: u64, conc: usize, host: &str) -> Res
         }));
     }
     report("requests", secs, start, tasks, &stop, &errors).await
+}
+
+/// `wire` (see the module docs): two threads per direction, one reading packets, one writing
+/// each when it is due.
+fn wire(args: &[String]) -> Result<(), Error> {
+    let [_, netns_a, dev_a, netns_b, dev_b, delay] = args else {
+        return Err("usage: tunnel_bench wire NETNS_A DEV_A NETNS_B DEV_B DELAY_US".into());
+    };
+    let delay = Duration::from_micros(delay.parse()?);
+    // Sleeps end within a microsecond of their deadline instead of glibc's default 50 µs slack;
+    // threads created below inherit it. SAFETY: prctl with an integer argument, no pointers.
+    unsafe { nix::libc::prctl(nix::libc::PR_SET_TIMERSLACK, 1 as nix::libc::c_ulong) };
+    let a = open_tun(netns_a, dev_a)?;
+    let b = open_tun(netns_b, dev_b)?;
+    let (a_out, b_out) = (a.try_clone()?, b.try_clone()?);
+    let forth = std::thread::spawn(move || pass(a, b_out, delay));
+    let back = std::thread::spawn(move || pass(b, a_out, delay));
+    for direction in [forth, back] {
+        direction.join().map_err(|_| "wire thread panicked")??;
+    }
+    Ok(())
+}
+
+/// The TUN device `dev` (IP packets, no packet information header) in the network namespace
+/// at `netns`; the calling thread stays in that namespace.
+fn open_tun(netns: &str, dev: &str) -> Result<std::fs::File, Error> {
+    use std::os::fd::AsRawFd;
+    /// `_IOW('T', 202, int)` from linux/if_tun.h (not in the libc crate).
+    const TUNSETIFF: nix::libc::c_ulong = 0x4004_54ca;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: nix::libc::c_short,
+        _union_rest: [u8; 22],
+    }
+    if dev.len() >= 16 {
+        return Err(format!("TUN device name {dev:?}: at most 15 bytes").into());
+    }
+    let ns = std::fs::File::open(netns).map_err(|e| format!("{netns}: {e}"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {netns}: {e}"))?;
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (nix::libc::IFF_TUN | nix::libc::IFF_NO_PI) as nix::libc::c_short,
+        _union_rest: [0; 22],
+    };
+    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is laid out as (40
+    // bytes) and outlives the call.
+    if unsafe { nix::libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        return Err(format!("TUNSETIFF {dev}: {}", std::io::Error::last_os_error()).into());
+    }
+    Ok(tun)
+}
+
+/// Packets read from `from` are written to `to` once `delay` has passed since each arrived.
+fn pass(mut from: std::fs::File, mut to: std::fs::File, delay: Duration) -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let (due, packets) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for (at, packet) in packets {
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            // A packet the kernel refuses is a packet lost on the wire.
+            let _ = to.write(&packet);
+        }
+    });
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = from.read(&mut buf)?;
+        due.send((Instant::now() + delay, buf[..n].to_vec()))
+            .map_err(|_| "wire writer ended")?;
+    }
 }

@@ -35,11 +35,15 @@ pub enum Limit {
     Idle,
     /// The tunnel's first bytes did not classify within the classification timeout.
     ClassifyTimeout,
+    /// An h2 connection closed by the h2 layer with GOAWAY `ENHANCE_YOUR_CALM`: the peer sent
+    /// more small DATA frames than the PEP read (their framing overhead is bounded to half the
+    /// connection window), or more resets, empty frames or refused streams than h2 allows.
+    H2Flood,
 }
 
 impl Limit {
     /// The label value: `slow_header`, `oversized_header`, `too_many_streams`, `idle`,
-    /// `classify_timeout`.
+    /// `classify_timeout`, `h2_flood`.
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::SlowHeader => "slow_header",
@@ -47,6 +51,7 @@ impl Limit {
             Limit::TooManyStreams => "too_many_streams",
             Limit::Idle => "idle",
             Limit::ClassifyTimeout => "classify_timeout",
+            Limit::H2Flood => "h2_flood",
         }
     }
 }

@@ -478,6 +478,10 @@ impl Pep {
             }
         };
         if let Err(e) = result {
+            if e.is_go_away() && !e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+            {
+                self.metrics.limit(Limit::H2Flood);
+            }
             tracing::debug!(peer = %ctx.info.peer, error = %e, "h2 tunnel connection ended");
         }
     }

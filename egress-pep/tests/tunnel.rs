@@ -1155,6 +1155,79 @@ async fn an_h2_connect_reset_before_its_answer_is_audited() {
     assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 0);
 }
 
+/// Flow control bounds the payload bytes a peer may send ahead, not the frames carrying them. A
+/// peer that splits its bytes into 1-byte DATA frames while the PEP is not reading the stream
+/// (here: still asking liveness) is cut off by h2's small-DATA-frame budget (half the
+/// connection window of framing overhead) with GOAWAY ENHANCE_YOUR_CALM, long before its
+/// windows would stop it: counted `h2_flood`, nothing is dialled, and the PEP serves the next
+/// connection.
+#[tokio::test]
+async fn tiny_data_frames_the_pep_is_not_reading_are_bounded() {
+    let h = Harness::start().await;
+    h.cp.script(
+        CpMethod::GetActor,
+        ACTOR,
+        [Step::Delay(Duration::from_secs(2))],
+    );
+    let cert = h.actor_cert("demo", "bot");
+    let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    wr.write_all(&out).await.unwrap();
+    // The PEP's SETTINGS (its 4 MiB stream window) and connection WINDOW_UPDATE come first: from
+    // then on 1 MiB of payload is within both windows.
+    let (mut settings, mut window) = (false, false);
+    while !(settings && window) {
+        let (kind, flags, stream, _) = within("SETTINGS", read_frame(&mut rd)).await.unwrap();
+        settings |= kind == 0x4 && flags & 0x1 == 0;
+        window |= kind == 0x8 && stream == 0;
+    }
+    // A CONNECT and 1 MiB in 1-byte DATA frames behind it, while the PEP is still deciding.
+    let target = h.echo.addr.to_string();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&connect_headers(1, 0x4, &target)).await?;
+        let batch = frame(0x0, 0, 1, b"x").repeat(64 * 1024);
+        for _ in 0..16 {
+            wr.write_all(&batch).await?;
+        }
+        Ok::<_, std::io::Error>(wr)
+    });
+    let code = within("GOAWAY", async {
+        loop {
+            match read_frame(&mut rd).await {
+                Some((0x7, _, 0, payload)) => {
+                    break Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+                }
+                Some(_) => {}
+                None => break None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM");
+    let _ = writer.await.unwrap();
+    eventually("counted", || h.metrics.limits(Limit::H2Flood) == 1).await;
+    assert_eq!(h.echo.accepted.load(Ordering::SeqCst), 0);
+    // The next connection is served.
+    let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
+    let (resp, _conn) = h2_connect(tls, &h.echo.addr.to_string()).await;
+    assert_eq!(resp.status(), 200);
+    let io = TokioIo::new(within("upgrade", hyper::upgrade::on(resp)).await.unwrap());
+    echo_through(io, pattern(64 * 1024, 7)).await;
+}
+
+/// The next frame on `rd`: kind, flags, stream and payload; `None` once the connection ends.
+async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    rd.read_exact(&mut head).await.ok()?;
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    rd.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
 /// A peer that never answers the idle GOAWAY (nor its PING) is dropped: its tunnel ended, the
 /// PEP sends GOAWAY after the idle timeout and closes the connection a bounded time later.
 #[tokio::test]
@@ -1178,18 +1251,8 @@ async fn idle_h2_connections_whose_peer_ignores_the_goaway_are_dropped() {
     let started = std::time::Instant::now();
     let mut kinds = Vec::new();
     within("the PEP closes the connection", async {
-        loop {
-            let mut head = [0u8; 9];
-            if tls.read_exact(&mut head).await.is_err() {
-                break;
-            }
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if tls.read_exact(&mut payload).await.is_err() {
-                break;
-            }
-            kinds.push(head[3]);
+        while let Some((kind, ..)) = read_frame(&mut tls).await {
+            kinds.push(kind);
         }
     })
     .await;
