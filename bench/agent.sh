@@ -80,6 +80,8 @@ if [ -n "$RTT_MS" ]; then
   for ns in "$ACTOR_NS" "$PEP_NS"; do ip -n "$ns" tuntap add dev "agb$$" mode tun; done
   "$TB" wire "/var/run/netns/$ACTOR_NS" "agb$$" "/var/run/netns/$PEP_NS" "agb$$" \
     "$(awk -v r="$RTT_MS" 'BEGIN {printf "%d", r * 500}')" 2>"$WORK/wire.log" & pids+=($!)
+  sleep 0.3
+  kill -0 $! 2>/dev/null || { log "the wire did not start: $(cat "$WORK/wire.log")"; exit 1; }
 else
   LINK_A="agb$$a" LINK_P="agb$$p"
   ip link add "$LINK_A" type veth peer name "$LINK_P"
@@ -247,13 +249,17 @@ per_round() { # p50 | gbps
   local r
   for r in $(seq 1 "$ROUNDS"); do
     case $1 in
+      # nan when the ratio has no meaning (per-connection added nothing, or moved nothing).
       p50) awk -v a="${ROUND[pooled,p50,$r]}" -v b="${ROUND[per-connection,p50,$r]}" -v d="${ROUND[direct,p50,$r]}" \
-        'BEGIN {printf "%.3f\n", (b - d > 0) ? (a - d) / (b - d) : 0}' ;;
+        'BEGIN {if (b - d > 0) printf "%.3f\n", (a - d) / (b - d); else print "nan"}' ;;
       gbps) awk -v a="${ROUND[pooled,gbps,$r]}" -v b="${ROUND[per-connection,gbps,$r]}" \
-        'BEGIN {printf "%.3f\n", (b > 0) ? a / b : 0}' ;;
+        'BEGIN {if (b > 0) printf "%.3f\n", a / b; else print "nan"}' ;;
     esac
-  done | sort -g | awk '{v[NR] = $1} END {m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    printf "per round: median %.2f, range %.2f to %.2f", m, v[1], v[NR]}'
+  done | awk '$1 == "nan" {bad++; next} {print}
+    END {if (bad) printf "per round: %d of the rounds without a ratio\n", bad > "/dev/stderr"}' |
+    sort -g | awk '{v[NR] = $1} END {if (NR == 0) {printf "per round: no ratio"; exit}
+      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "per round: median %.2f, range %.2f to %.2f", m, v[1], v[NR]}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}'; }
 added() { awk -v a="$(mean "$1,$2")" -v b="$(mean "direct,$2")" 'BEGIN {printf "%.3f", a - b}'; }

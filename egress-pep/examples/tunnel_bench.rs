@@ -772,20 +772,23 @@ fn wire(args: &[String]) -> Result<(), Error> {
     let a = open_tun(netns_a, dev_a)?;
     let b = open_tun(netns_b, dev_b)?;
     let (a_out, b_out) = (a.try_clone()?, b.try_clone()?);
-    let forth = std::thread::spawn(move || pass(a, b_out, delay));
-    let back = std::thread::spawn(move || pass(b, a_out, delay));
-    for direction in [forth, back] {
-        direction.join().map_err(|_| "wire thread panicked")??;
-    }
-    Ok(())
+    // Either direction failing ends the wire (the process), not just that direction.
+    let (name_a, name_b) = (dev_a.clone(), dev_b.clone());
+    let back = std::thread::spawn(move || {
+        let failed = pass(b, a_out, delay);
+        eprintln!("wire: {name_b} -> {name_a}: {failed:?}");
+        std::process::exit(1);
+    });
+    let failed = pass(a, b_out, delay);
+    drop(back);
+    Err(format!("wire: {dev_a} -> {dev_b}: {failed:?}").into())
 }
 
 /// The TUN device `dev` (IP packets, no packet information header) in the network namespace
 /// at `netns`; the calling thread stays in that namespace.
 fn open_tun(netns: &str, dev: &str) -> Result<std::fs::File, Error> {
     use std::os::fd::AsRawFd;
-    /// `_IOW('T', 202, int)` from linux/if_tun.h (not in the libc crate).
-    const TUNSETIFF: nix::libc::c_ulong = 0x4004_54ca;
+    /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags at the start of the union.
     #[repr(C)]
     struct IfReq {
         name: [u8; 16],
@@ -810,7 +813,7 @@ fn open_tun(netns: &str, dev: &str) -> Result<std::fs::File, Error> {
     req.name[..dev.len()].copy_from_slice(dev.as_bytes());
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is laid out as (40
     // bytes) and outlives the call.
-    if unsafe { nix::libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+    if unsafe { nix::libc::ioctl(tun.as_raw_fd(), nix::libc::TUNSETIFF, &mut req) } < 0 {
         return Err(format!("TUNSETIFF {dev}: {}", std::io::Error::last_os_error()).into());
     }
     Ok(tun)

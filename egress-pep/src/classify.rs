@@ -308,6 +308,12 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<IO: crate::forward::Absorb> crate::forward::Absorb for Rewind<IO> {
+    fn poll_absorb(self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        self.project().inner.poll_absorb(cx);
+    }
+}
+
 impl<IO> Rewind<IO> {
     /// Wraps `inner`, replaying `prefix` before its own bytes.
     pub fn new(prefix: Bytes, inner: IO) -> Self {

@@ -13,7 +13,9 @@
 //!   [`SpliceLimits::max_buffer`]: a bulk stream then moves a lot per wakeup and per system
 //!   call, which is what a byte costs least with. The size reached is kept for the direction's
 //!   later bursts (allocations are not zeroed, so a large one costs no more than a small one);
-//!   memory is held only while bytes are in flight.
+//!   memory is held only while bytes are in flight. While one side takes nothing, the reader
+//!   on the other side takes in what arrives ([`Absorb`]: an h2 stream's small frames, which
+//!   h2 would otherwise count against the whole connection).
 
 use std::future::Future;
 use std::io;
@@ -303,6 +305,27 @@ impl SpliceCounters {
     }
 }
 
+/// A splice end that takes in what its peer sends while the splice cannot pass it on (the other
+/// side is not taking bytes), so that the peer's framing is not left queued.
+///
+/// An h2 stream ([`crate::h2_tunnel::H2Tunnel`]) needs it: h2 keeps every DATA frame it has
+/// received and not handed out as a separate entry, and closes the whole connection, with every
+/// tunnel on it, once small frames pile up past its budget (GOAWAY `ENHANCE_YOUR_CALM`). A
+/// socket does not: its kernel buffer holds bytes, not frames, so the default does nothing.
+pub trait Absorb {
+    /// Takes in what has arrived, up to the end's own flow-control bound (nothing is released
+    /// to the peer until the bytes are read), and registers `cx` for more.
+    fn poll_absorb(self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+}
+
+impl Absorb for TcpStream {}
+impl Absorb for tokio::io::DuplexStream {}
+impl<T> Absorb for hyper_util::rt::TokioIo<T> {}
+impl<IO> Absorb for tokio_rustls::client::TlsStream<IO> {}
+impl<IO> Absorb for tokio_rustls::server::TlsStream<IO> {}
+
 /// Copies bytes both ways between `a` and `b` until both directions reached EOF (each EOF
 /// shuts down the write side of the other stream; the other direction keeps running), or no
 /// byte moved either way for `idle` (then `idle_timeout` is set and the streams are dropped by
@@ -310,8 +333,8 @@ impl SpliceCounters {
 /// up to [`DEFAULT_SPLICE_BUFFER_MAX`]; [`splice_counted`] takes other bounds.
 pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> io::Result<SpliceStats>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Absorb + Unpin,
+    B: AsyncRead + AsyncWrite + Absorb + Unpin,
 {
     let counters = SpliceCounters::new();
     splice_counted(a, b, SpliceLimits::with_idle(idle), &counters).await
@@ -326,8 +349,8 @@ pub async fn splice_counted<A, B>(
     counters: &SpliceCounters,
 ) -> io::Result<SpliceStats>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Absorb + Unpin,
+    B: AsyncRead + AsyncWrite + Absorb + Unpin,
 {
     let max = limits.max_buffer.max(SPLICE_BUFFER_START);
     let mut splice = Splice {
@@ -385,7 +408,7 @@ impl Half {
         progress: &mut bool,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + ?Sized,
+        R: AsyncRead + Absorb + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         loop {
@@ -462,7 +485,14 @@ impl Half {
                     self.pos = self.cap;
                     break;
                 };
-                let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                let Poll::Ready(written) = w.as_mut().poll_write(cx, &buf[self.pos..self.cap])
+                else {
+                    // The other side takes nothing for now: the reader takes in what arrives
+                    // meanwhile (h2 frames), within its own flow control.
+                    r.as_mut().poll_absorb(cx);
+                    return Poll::Pending;
+                };
+                let n = written?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -506,8 +536,8 @@ struct Splice<'s, A: ?Sized, B: ?Sized> {
 
 impl<A, B> Splice<'_, A, B>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + Absorb + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Absorb + Unpin + ?Sized,
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<SpliceStats>> {
         let mut progress = false;

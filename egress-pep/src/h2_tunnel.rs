@@ -4,23 +4,52 @@
 //!
 //! * Reads release flow-control capacity as bytes are taken, so the stream window bounds what is
 //!   buffered for a slow reader.
+//! * While a splice cannot pass the bytes on, it absorbs them ([`Absorb`]): frames are taken
+//!   out of h2 as they arrive, frames under [`COALESCE_BELOW`] copied together, and their
+//!   capacity is released only once read. Memory stays bounded by the stream window; h2's
+//!   small-DATA-frame budget, which would otherwise close the connection with every tunnel on
+//!   it, is not spent by a tunnel whose far side stopped reading while small frames trickle in.
+//!   Once [`ABSORB_LARGE_MAX`] of larger frames is held the stream is bulk and absorbing stops
+//!   (larger frames do not spend the budget; each absorbed frame costs the splice a wakeup).
 //! * Writes send at most the capacity h2 assigns (the peer's window and the send buffer bound).
 //! * Shutdown sends END_STREAM: a half-close, the other direction keeps flowing (RFC 9113 §8.5).
 //! * A reset from the peer is a write error; END_STREAM from the peer is EOF.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::forward::Absorb;
+
+/// Absorbed DATA payloads shorter than this are copied together, bytes: h2 charges its
+/// small-DATA-frame budget for frames under 256 bytes (`h2::proto::DEFAULT_DATA_FRAME_OVERHEAD_THRESHOLD`),
+/// and one entry per larger frame is bounded by the window over 256.
+pub const COALESCE_BELOW: usize = 256;
+
+/// Bytes of absorbed frames of at least [`COALESCE_BELOW`] after which a stream stops absorbing
+/// until read: one frame of the PEP's largest size (256 KiB).
+pub const ABSORB_LARGE_MAX: usize = 256 * 1024;
 
 /// An h2 CONNECT stream's bytes (see the module docs).
 pub struct H2Tunnel {
     send: SendStream<Bytes>,
     recv: RecvStream,
-    /// Received bytes not read yet.
+    /// Received bytes not read yet (their capacity released).
     pending: Bytes,
+    /// Absorbed frames not read yet, in order, before `small` (capacity not released), each
+    /// with whether it is one frame of at least [`COALESCE_BELOW`].
+    held: VecDeque<(Bytes, bool)>,
+    /// Bytes of the larger frames in `held`.
+    held_large: usize,
+    /// Absorbed small frames since the last entry of `held`, copied together (capacity not
+    /// released).
+    small: BytesMut,
+    /// An error absorbed after the held bytes, reported once they are read.
+    held_error: Option<h2::Error>,
     eof: bool,
     /// END_STREAM sent.
     shut: bool,
@@ -33,8 +62,39 @@ impl H2Tunnel {
             send,
             recv,
             pending: Bytes::new(),
+            held: VecDeque::new(),
+            held_large: 0,
+            small: BytesMut::new(),
+            held_error: None,
             eof: false,
             shut: false,
+        }
+    }
+
+    /// The next absorbed chunk, its capacity released now that it is being read.
+    fn take_held(&mut self) -> Option<Bytes> {
+        let chunk = match self.held.pop_front() {
+            Some((chunk, large)) => {
+                if large {
+                    self.held_large -= chunk.len();
+                }
+                chunk
+            }
+            None if !self.small.is_empty() => self.small.split().freeze(),
+            None => return None,
+        };
+        let _ = self.recv.flow_control().release_capacity(chunk.len());
+        Some(chunk)
+    }
+
+    /// A received frame's outcome for the reader: `NO_ERROR` ends the stream like END_STREAM.
+    fn received_end(&mut self, e: Option<h2::Error>) -> Option<h2::Error> {
+        match e {
+            Some(e) if e.reason() != Some(h2::Reason::NO_ERROR) => Some(e),
+            _ => {
+                self.eof = true;
+                None
+            }
         }
     }
 
@@ -77,6 +137,13 @@ impl AsyncRead for H2Tunnel {
                 self.pending.advance(n);
                 return Poll::Ready(Ok(()));
             }
+            if let Some(chunk) = self.take_held() {
+                self.pending = chunk;
+                continue;
+            }
+            if let Some(e) = self.held_error.take() {
+                return Poll::Ready(Err(h2_to_io(e)));
+            }
             if self.eof {
                 return Poll::Ready(Ok(()));
             }
@@ -87,13 +154,38 @@ impl AsyncRead for H2Tunnel {
                     self.pending = data;
                 }
                 Some(Err(e)) => {
-                    if e.reason() == Some(h2::Reason::NO_ERROR) {
-                        self.eof = true;
-                    } else {
+                    if let Some(e) = self.received_end(Some(e)) {
                         return Poll::Ready(Err(h2_to_io(e)));
                     }
                 }
-                None => self.eof = true,
+                None => {
+                    self.received_end(None);
+                }
+            }
+        }
+    }
+}
+
+impl Absorb for H2Tunnel {
+    fn poll_absorb(self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        let this = self.get_mut();
+        while !this.eof && this.held_error.is_none() && this.held_large < ABSORB_LARGE_MAX {
+            match this.recv.poll_data(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(data))) if data.len() < COALESCE_BELOW => {
+                    this.small.extend_from_slice(&data);
+                }
+                Poll::Ready(Some(Ok(data))) => {
+                    if !this.small.is_empty() {
+                        this.held.push_back((this.small.split().freeze(), false));
+                    }
+                    this.held_large += data.len();
+                    this.held.push_back((data, true));
+                }
+                Poll::Ready(Some(Err(e))) => this.held_error = this.received_end(Some(e)),
+                Poll::Ready(None) => {
+                    this.received_end(None);
+                }
             }
         }
     }

@@ -36,8 +36,9 @@ pub enum Limit {
     /// The tunnel's first bytes did not classify within the classification timeout.
     ClassifyTimeout,
     /// An h2 connection closed by the h2 layer with GOAWAY `ENHANCE_YOUR_CALM`: the peer sent
-    /// more small DATA frames than the PEP read (their framing overhead is bounded to half the
-    /// connection window), or more resets, empty frames or refused streams than h2 allows.
+    /// more small DATA frames than were taken in (their framing overhead is bounded to half
+    /// the connection window), or more resets, empty DATA or CONTINUATION frames, or refused
+    /// and failed streams than h2 allows over the connection's life.
     H2Flood,
 }
 

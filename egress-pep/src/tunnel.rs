@@ -46,7 +46,7 @@ use crate::cleartext::{
 };
 use crate::credentials::{CredentialMemo, Credentials};
 use crate::decision::{Decision, Dial, Query, Reason, RuleKind, Traffic, Verdict};
-use crate::forward::{DialRefusal, Dialed, Dialer, SpliceCounters};
+use crate::forward::{Absorb, DialRefusal, Dialed, Dialer, SpliceCounters};
 use crate::h2_tunnel::H2Tunnel;
 use crate::intercepted::Interception;
 use crate::metrics::{ActiveTunnel, EgressMetrics, Limit};
@@ -709,7 +709,7 @@ impl Pep {
     /// A tunnel after its 200: classify, decide, forward or close.
     async fn run<IO>(self: Arc<Self>, mut io: IO, t: Tunnel, mut rec: AuditRecord)
     where
-        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        IO: AsyncRead + AsyncWrite + Absorb + Send + Unpin + 'static,
     {
         // Boxed, as the other large steps: the task keeps only what an open tunnel needs.
         let (class, prefix) = match Box::pin(classify::classify(&mut io, self.classify)).await {
@@ -829,8 +829,8 @@ impl Pep {
     /// Splices the tunnel with its upstream until both directions end, then records the bytes.
     async fn splice<IO, U>(&self, io: IO, upstream: U, t: &Tunnel, mut rec: AuditRecord)
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
-        U: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + Absorb + Unpin,
+        U: AsyncRead + AsyncWrite + Absorb + Unpin,
     {
         let counters = SpliceCounters::new();
         let limits = self.limits.splice_limits(t.stream.is_some());
@@ -855,7 +855,7 @@ impl Pep {
         port: u16,
         rec: AuditRecord,
     ) where
-        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        IO: AsyncRead + AsyncWrite + Absorb + Send + Unpin + 'static,
     {
         let upstream = match &self.ingress {
             Some(ingress) => {

@@ -1170,19 +1170,7 @@ async fn tiny_data_frames_the_pep_is_not_reading_are_bounded() {
         [Step::Delay(Duration::from_secs(2))],
     );
     let cert = h.actor_cert("demo", "bot");
-    let tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
-    wr.write_all(&out).await.unwrap();
-    // The PEP's SETTINGS (its 4 MiB stream window) and connection WINDOW_UPDATE come first: from
-    // then on 1 MiB of payload is within both windows.
-    let (mut settings, mut window) = (false, false);
-    while !(settings && window) {
-        let (kind, flags, stream, _) = within("SETTINGS", read_frame(&mut rd)).await.unwrap();
-        settings |= kind == 0x4 && flags & 0x1 == 0;
-        window |= kind == 0x8 && stream == 0;
-    }
+    let (mut rd, mut wr) = raw_h2_client(&h, &cert).await;
     // A CONNECT and 1 MiB in 1-byte DATA frames behind it, while the PEP is still deciding.
     let target = h.echo.addr.to_string();
     let writer = tokio::spawn(async move {
@@ -1215,6 +1203,130 @@ async fn tiny_data_frames_the_pep_is_not_reading_are_bounded() {
     assert_eq!(resp.status(), 200);
     let io = TokioIo::new(within("upgrade", hyper::upgrade::on(resp)).await.unwrap());
     echo_through(io, pattern(64 * 1024, 7)).await;
+}
+
+/// An h2 connection to the PEP as `cert`, spoken by hand: the preface and empty SETTINGS sent;
+/// the PEP's SETTINGS (its stream window) and connection WINDOW_UPDATE, which it sends first,
+/// read, and its SETTINGS acknowledged (h2 applies its stream window once they are). From then
+/// on the windows are the PEP's, not the protocol's initial 64 KiB.
+async fn raw_h2_client(
+    h: &Harness,
+    cert: &(std::path::PathBuf, std::path::PathBuf),
+) -> (
+    tokio::io::ReadHalf<TlsStream<TcpStream>>,
+    tokio::io::WriteHalf<TlsStream<TcpStream>>,
+) {
+    let tls = h.tls(Some(cert), &[b"h2"]).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    wr.write_all(&out).await.unwrap();
+    let (mut settings, mut window) = (false, false);
+    while !(settings && window) {
+        let (kind, flags, stream, _) = within("SETTINGS", read_frame(&mut rd)).await.unwrap();
+        settings |= kind == 0x4 && flags & 0x1 == 0;
+        window |= kind == 0x8 && stream == 0;
+    }
+    wr.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
+    (rd, wr)
+}
+
+/// A tunnel whose upstream stops reading while its peer keeps sending small DATA frames (an
+/// actor trickling small writes at a stalled server) keeps its connection: the PEP takes the
+/// frames in as they arrive (within the stream window) instead of leaving them to h2's
+/// small-DATA-frame budget, which would close the connection with every other tunnel on it.
+/// Another tunnel on the same connection works meanwhile, and once the upstream reads again it
+/// gets every byte in order.
+///
+/// 300,000 frames of 20 bytes (6 MB) with 16 MiB windows: the PEP's socket and splice buffers
+/// take about 3 MB before its writes stall, h2's budget about 35,500 such frames more
+/// (8 MiB / 236), so without absorbing them the connection would close halfway. They are paced
+/// (250 frames, then a pause), as a trickle is: h2 charges every frame it reads in one go
+/// before the tunnel's task runs, so a burst of more frames than the budget is refused whatever
+/// the PEP does.
+#[tokio::test]
+async fn small_data_frames_to_a_stalled_upstream_keep_the_connection() {
+    const SIZE: usize = 20;
+    const FRAMES: usize = 300_000;
+    const BATCH: usize = 250;
+    let h = Harness::with_limits(TunnelLimits {
+        h2_stream_window: 16 * 1024 * 1024,
+        h2_connection_window: 16 * 1024 * 1024,
+        ..Options::default().limits
+    })
+    .await;
+    // The upstream: a small receive buffer, reads nothing until told to.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let stalled = socket.listen(1).unwrap();
+    let stalled_addr = stalled.local_addr().unwrap();
+    let (go, read_now) = tokio::sync::oneshot::channel::<()>();
+    let upstream = tokio::spawn(async move {
+        let (mut conn, _) = stalled.accept().await.unwrap();
+        let _ = read_now.await;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let cert = h.actor_cert("demo", "bot");
+    let (mut rd, mut wr) = raw_h2_client(&h, &cert).await;
+    wr.write_all(&connect_headers(1, 0x4, &stalled_addr.to_string()))
+        .await
+        .unwrap();
+    loop {
+        let (kind, _, stream, _) = within("200", read_frame(&mut rd)).await.unwrap();
+        if kind == 0x1 && stream == 1 {
+            break;
+        }
+    }
+    // The PEP's frames from here on: GOAWAYs, and what arrives on stream 3.
+    let seen = Arc::new(Mutex::new((0usize, Vec::new())));
+    let seen_by_reader = seen.clone();
+    let reader = tokio::spawn(async move {
+        while let Some((kind, _, stream, payload)) = read_frame(&mut rd).await {
+            let mut seen = seen_by_reader.lock();
+            match (kind, stream) {
+                (0x7, _) => seen.0 += 1,
+                (0x0, 3) => seen.1.extend_from_slice(&payload),
+                _ => {}
+            }
+        }
+    });
+    let sent: Vec<u8> = (0..FRAMES * SIZE).map(|i| (i % 251) as u8).collect();
+    for batch in sent.chunks(SIZE * BATCH) {
+        let frames: Vec<u8> = batch
+            .chunks(SIZE)
+            .flat_map(|payload| frame(0x0, 0, 1, payload))
+            .collect();
+        if let Err(e) = wr.write_all(&frames).await {
+            panic!("{e} (h2_flood {})", h.metrics.limits(Limit::H2Flood));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // A second tunnel on the same connection still works.
+    wr.write_all(&connect_headers(3, 0x4, &h.echo.addr.to_string()))
+        .await
+        .unwrap();
+    wr.write_all(&frame(0x0, 0, 3, b"eping")).await.unwrap();
+    eventually("the second tunnel's echo", || seen.lock().1 == b"eping").await;
+    // The first tunnel ends; the upstream reads again and gets every byte.
+    wr.write_all(&frame(0x0, 0x1, 1, &[])).await.unwrap();
+    go.send(()).unwrap();
+    let got = within("the upstream's bytes", upstream).await.unwrap();
+    assert!(
+        got == sent,
+        "{} bytes of {}, in order",
+        got.len(),
+        sent.len()
+    );
+    assert_eq!(h.metrics.limits(Limit::H2Flood), 0);
+    assert_eq!(
+        seen.lock().0,
+        0,
+        "no GOAWAY while the connection was in use"
+    );
+    reader.abort();
 }
 
 /// The next frame on `rd`: kind, flags, stream and payload; `None` once the connection ends.
@@ -1751,6 +1863,89 @@ async fn h2_refusals_answer_with_a_plain_body() {
 }
 
 /// The agent's pooled tunnels to `addr` as actor `demo/bot`.
+/// The agent side of `small_data_frames_to_a_stalled_upstream_keep_the_connection`: a server
+/// trickles 100,000 DATA frames of 20 bytes (2 MB, paced; within the agent's 2 MiB stream
+/// window, so the server never waits for the actor) to an actor that stopped reading. The agent
+/// takes them in as they arrive instead of leaving them to h2's small-DATA-frame budget (half
+/// its 5 MiB connection window: about 11,100 such frames), which would close its connection to
+/// the PEP with every tunnel on it. Once the actor reads again it gets every byte in order.
+#[tokio::test]
+async fn pooled_tunnels_take_in_small_frames_for_an_actor_that_stopped_reading() {
+    const SIZE: usize = 20;
+    const FRAMES: usize = 100_000;
+    const BATCH: usize = 250;
+    let h = Harness::start().await;
+    let (listener, addr, tls) = raw_h2_pep(&h).await;
+    let sent: Vec<u8> = (0..FRAMES * SIZE).map(|i| (i % 251) as u8).collect();
+    let to_send = sent.clone();
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let conn_ended = ended.clone();
+    let server = tokio::spawn(async move {
+        let mut conn = raw_h2_accept(&listener, &tls).await;
+        let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move {
+            while conn.accept().await.is_some() {}
+            conn_ended.store(true, Ordering::SeqCst);
+        });
+        let resp = http::Response::builder().status(200).body(()).unwrap();
+        let mut send = respond.send_response(resp, false).unwrap();
+        for batch in to_send.chunks(SIZE * BATCH) {
+            for payload in batch.chunks(SIZE) {
+                // One frame per call, each within the window the agent granted.
+                send.reserve_capacity(SIZE);
+                while send.capacity() < SIZE {
+                    std::future::poll_fn(|cx| send.poll_capacity(cx))
+                        .await
+                        .expect("the agent's window")
+                        .expect("the stream stays open");
+                }
+                send.send_data(Bytes::copy_from_slice(payload), false)
+                    .expect("the connection stays open");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+    });
+    let agent = pooled_as_bot(&h, addr);
+    let tunnel = within(
+        "a tunnel",
+        agent.open_with("127.0.0.1:9".parse().unwrap(), Bytes::new()),
+    )
+    .await
+    .unwrap();
+    // The actor's connection to the agent, with small socket buffers: the actor reads nothing
+    // until the server is done.
+    let lst = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut actor = socket.connect(lst.local_addr().unwrap()).await.unwrap();
+    let (captured, _) = lst.accept().await.unwrap();
+    nix::sys::socket::setsockopt(&captured, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let counters = egress_pep::forward::SpliceCounters::new();
+    let splice = tokio::spawn(async move {
+        egress_pep::forward::splice_counted(
+            captured,
+            tunnel,
+            egress_pep::forward::SpliceLimits::with_idle(Duration::from_secs(30)),
+            &counters,
+        )
+        .await
+    });
+    within("the server sent everything", server).await.unwrap();
+    let mut got = vec![0u8; sent.len()];
+    within("the actor's bytes", actor.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert!(got == sent, "every byte, in order");
+    assert!(
+        !ended.load(Ordering::SeqCst),
+        "the agent's connection to the PEP stays open"
+    );
+    actor.shutdown().await.unwrap();
+    drop(actor);
+    let _ = within("the splice ends", splice).await.unwrap();
+}
+
 fn pooled_as_bot(h: &Harness, addr: SocketAddr) -> egress_pep::agent::pooled::Pooled {
     let tls = h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]);
     egress_pep::agent::pooled::Pooled::new(pep(addr, tls), 10)

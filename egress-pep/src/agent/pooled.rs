@@ -486,6 +486,12 @@ impl PooledTunnel {
     }
 }
 
+impl crate::forward::Absorb for PooledTunnel {
+    fn poll_absorb(mut self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        Pin::new(&mut self.io).poll_absorb(cx);
+    }
+}
+
 impl AsyncRead for PooledTunnel {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -88,6 +88,15 @@ pub enum TunnelStream {
     H2(PooledTunnel),
 }
 
+impl crate::forward::Absorb for TunnelStream {
+    fn poll_absorb(self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        match self.get_mut() {
+            TunnelStream::Tls(s) => Pin::new(s.as_mut()).poll_absorb(cx),
+            TunnelStream::H2(s) => Pin::new(s).poll_absorb(cx),
+        }
+    }
+}
+
 impl AsyncRead for TunnelStream {
     fn poll_read(
         self: Pin<&mut Self>,
