@@ -313,8 +313,9 @@ impl SpliceCounters {
 /// tunnel on it, once small frames pile up past its budget (GOAWAY `ENHANCE_YOUR_CALM`). A
 /// socket does not: its kernel buffer holds bytes, not frames, so the default does nothing.
 pub trait Absorb {
-    /// Takes in what has arrived, up to the end's own flow-control bound (nothing is released
-    /// to the peer until the bytes are read), and registers `cx` for more.
+    /// Takes in what has arrived, within the end's own flow-control bound (nothing is released
+    /// to the peer until the bytes are read), and registers `cx` for more while more can come
+    /// (the pending write's wakeup brings the splice back in any case).
     fn poll_absorb(self: Pin<&mut Self>, cx: &mut Context<'_>) {
         let _ = cx;
     }

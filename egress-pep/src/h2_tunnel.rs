@@ -5,12 +5,12 @@
 //! * Reads release flow-control capacity as bytes are taken, so the stream window bounds what is
 //!   buffered for a slow reader.
 //! * While a splice cannot pass the bytes on, it absorbs them ([`Absorb`]): frames are taken
-//!   out of h2 as they arrive, frames under [`COALESCE_BELOW`] copied together, and their
-//!   capacity is released only once read. Memory stays bounded by the stream window; h2's
-//!   small-DATA-frame budget, which would otherwise close the connection with every tunnel on
-//!   it, is not spent by a tunnel whose far side stopped reading while small frames trickle in.
-//!   Once [`ABSORB_LARGE_MAX`] of larger frames is held the stream is bulk and absorbing stops
-//!   (larger frames do not spend the budget; each absorbed frame costs the splice a wakeup).
+//!   out of h2 as they arrive, frames under [`COALESCE_BELOW`] copied together. Their capacity
+//!   is released as they are read, at most [`HELD_READ_MAX`] at a time, so absorbed bytes
+//!   stay within the stream window and what is released but not yet passed on stays within
+//!   one such piece, as without absorbing. h2's small-DATA-frame budget, which would otherwise
+//!   close the connection with every tunnel on it, is not spent by a spliced tunnel whose far
+//!   side stopped reading while small frames trickle in.
 //! * Writes send at most the capacity h2 assigns (the peer's window and the send buffer bound).
 //! * Shutdown sends END_STREAM: a half-close, the other direction keeps flowing (RFC 9113 §8.5).
 //! * A reset from the peer is a write error; END_STREAM from the peer is EOF.
@@ -30,9 +30,9 @@ use crate::forward::Absorb;
 /// and one entry per larger frame is bounded by the window over 256.
 pub const COALESCE_BELOW: usize = 256;
 
-/// Bytes of absorbed frames of at least [`COALESCE_BELOW`] after which a stream stops absorbing
-/// until read: one frame of the PEP's largest size (256 KiB).
-pub const ABSORB_LARGE_MAX: usize = 256 * 1024;
+/// The most of the absorbed bytes a read takes (and releases capacity for) at a time, bytes: one
+/// frame of the PEP's largest size, what a read took before absorbing existed.
+pub const HELD_READ_MAX: usize = 256 * 1024;
 
 /// An h2 CONNECT stream's bytes (see the module docs).
 pub struct H2Tunnel {
@@ -40,11 +40,8 @@ pub struct H2Tunnel {
     recv: RecvStream,
     /// Received bytes not read yet (their capacity released).
     pending: Bytes,
-    /// Absorbed frames not read yet, in order, before `small` (capacity not released), each
-    /// with whether it is one frame of at least [`COALESCE_BELOW`].
-    held: VecDeque<(Bytes, bool)>,
-    /// Bytes of the larger frames in `held`.
-    held_large: usize,
+    /// Absorbed frames not read yet, in order, before `small` (capacity not released).
+    held: VecDeque<Bytes>,
     /// Absorbed small frames since the last entry of `held`, copied together (capacity not
     /// released).
     small: BytesMut,
@@ -63,7 +60,6 @@ impl H2Tunnel {
             recv,
             pending: Bytes::new(),
             held: VecDeque::new(),
-            held_large: 0,
             small: BytesMut::new(),
             held_error: None,
             eof: false,
@@ -71,18 +67,19 @@ impl H2Tunnel {
         }
     }
 
-    /// The next absorbed chunk, its capacity released now that it is being read.
+    /// The next absorbed piece (at most [`HELD_READ_MAX`]), its capacity released now that it
+    /// is being read.
     fn take_held(&mut self) -> Option<Bytes> {
-        let chunk = match self.held.pop_front() {
-            Some((chunk, large)) => {
-                if large {
-                    self.held_large -= chunk.len();
-                }
-                chunk
-            }
-            None if !self.small.is_empty() => self.small.split().freeze(),
+        let mut chunk = match self.held.pop_front() {
+            Some(chunk) => chunk,
+            // Taken whole: the next small frame starts a buffer of its own, so an idle tunnel
+            // keeps no allocation from a stall.
+            None if !self.small.is_empty() => std::mem::take(&mut self.small).freeze(),
             None => return None,
         };
+        if chunk.len() > HELD_READ_MAX {
+            self.held.push_front(chunk.split_off(HELD_READ_MAX));
+        }
         let _ = self.recv.flow_control().release_capacity(chunk.len());
         Some(chunk)
     }
@@ -169,7 +166,7 @@ impl AsyncRead for H2Tunnel {
 impl Absorb for H2Tunnel {
     fn poll_absorb(self: Pin<&mut Self>, cx: &mut Context<'_>) {
         let this = self.get_mut();
-        while !this.eof && this.held_error.is_none() && this.held_large < ABSORB_LARGE_MAX {
+        while !this.eof && this.held_error.is_none() {
             match this.recv.poll_data(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(data))) if data.len() < COALESCE_BELOW => {
@@ -177,10 +174,10 @@ impl Absorb for H2Tunnel {
                 }
                 Poll::Ready(Some(Ok(data))) => {
                     if !this.small.is_empty() {
-                        this.held.push_back((this.small.split().freeze(), false));
+                        this.held
+                            .push_back(std::mem::take(&mut this.small).freeze());
                     }
-                    this.held_large += data.len();
-                    this.held.push_back((data, true));
+                    this.held.push_back(data);
                 }
                 Poll::Ready(Some(Err(e))) => this.held_error = this.received_end(Some(e)),
                 Poll::Ready(None) => {

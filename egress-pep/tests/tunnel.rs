@@ -1862,21 +1862,24 @@ async fn h2_refusals_answer_with_a_plain_body() {
     assert_eq!(h.last_tunnel().verdict, Verdict::Deny);
 }
 
-/// The agent's pooled tunnels to `addr` as actor `demo/bot`.
 /// The agent side of `small_data_frames_to_a_stalled_upstream_keep_the_connection`: a server
-/// trickles 100,000 DATA frames of 20 bytes (2 MB, paced; within the agent's 2 MiB stream
-/// window, so the server never waits for the actor) to an actor that stopped reading. The agent
-/// takes them in as they arrive instead of leaving them to h2's small-DATA-frame budget (half
-/// its 5 MiB connection window: about 11,100 such frames), which would close its connection to
-/// the PEP with every tunnel on it. Once the actor reads again it gets every byte in order.
+/// answers an actor that stopped reading with 1 MiB, then trickles 40,000 DATA frames of 20
+/// bytes (paced; 1.8 MB in all, within the agent's 2 MiB stream window, so the server never
+/// waits for the actor), like heartbeats after a reply. The agent takes them in as they arrive
+/// instead of leaving them to h2's small-DATA-frame budget (half its 5 MiB connection window:
+/// about 11,100 such frames), which would close its connection to the PEP with every tunnel on
+/// it. Once the actor reads again it gets every byte in order.
 #[tokio::test]
 async fn pooled_tunnels_take_in_small_frames_for_an_actor_that_stopped_reading() {
     const SIZE: usize = 20;
-    const FRAMES: usize = 100_000;
+    const FRAMES: usize = 40_000;
     const BATCH: usize = 250;
+    const REPLY: usize = 1024 * 1024;
     let h = Harness::start().await;
     let (listener, addr, tls) = raw_h2_pep(&h).await;
-    let sent: Vec<u8> = (0..FRAMES * SIZE).map(|i| (i % 251) as u8).collect();
+    let sent: Vec<u8> = (0..REPLY + FRAMES * SIZE)
+        .map(|i| (i % 251) as u8)
+        .collect();
     let to_send = sent.clone();
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let conn_ended = ended.clone();
@@ -1889,7 +1892,10 @@ async fn pooled_tunnels_take_in_small_frames_for_an_actor_that_stopped_reading()
         });
         let resp = http::Response::builder().status(200).body(()).unwrap();
         let mut send = respond.send_response(resp, false).unwrap();
-        for batch in to_send.chunks(SIZE * BATCH) {
+        // The reply: frames of the agent's largest size (16 KiB), within its window.
+        send.send_data(Bytes::copy_from_slice(&to_send[..REPLY]), false)
+            .unwrap();
+        for batch in to_send[REPLY..].chunks(SIZE * BATCH) {
             for payload in batch.chunks(SIZE) {
                 // One frame per call, each within the window the agent granted.
                 send.reserve_capacity(SIZE);
@@ -1946,6 +1952,7 @@ async fn pooled_tunnels_take_in_small_frames_for_an_actor_that_stopped_reading()
     let _ = within("the splice ends", splice).await.unwrap();
 }
 
+/// The agent's pooled tunnels to `addr` as actor `demo/bot`.
 fn pooled_as_bot(h: &Harness, addr: SocketAddr) -> egress_pep::agent::pooled::Pooled {
     let tls = h.agent_tls(&h.actor_cert("demo", "bot"), vec![b"h2".to_vec()]);
     egress_pep::agent::pooled::Pooled::new(pep(addr, tls), 10)
