@@ -84,14 +84,14 @@ impl H2Tunnel {
         Some(chunk)
     }
 
-    /// A received frame's outcome for the reader: `NO_ERROR` ends the stream like END_STREAM.
-    fn received_end(&mut self, e: Option<h2::Error>) -> Option<h2::Error> {
-        match e {
-            Some(e) if e.reason() != Some(h2::Reason::NO_ERROR) => Some(e),
-            _ => {
-                self.eof = true;
-                None
-            }
+    /// A receive error as the reader sees it: `NO_ERROR` ends the stream like END_STREAM (EOF,
+    /// `None`); any other reason is the error to report.
+    fn received_error(&mut self, e: h2::Error) -> Option<h2::Error> {
+        if e.reason() == Some(h2::Reason::NO_ERROR) {
+            self.eof = true;
+            None
+        } else {
+            Some(e)
         }
     }
 
@@ -151,13 +151,11 @@ impl AsyncRead for H2Tunnel {
                     self.pending = data;
                 }
                 Some(Err(e)) => {
-                    if let Some(e) = self.received_end(Some(e)) {
+                    if let Some(e) = self.received_error(e) {
                         return Poll::Ready(Err(h2_to_io(e)));
                     }
                 }
-                None => {
-                    self.received_end(None);
-                }
+                None => self.eof = true,
             }
         }
     }
@@ -179,10 +177,8 @@ impl Absorb for H2Tunnel {
                     }
                     this.held.push_back(data);
                 }
-                Poll::Ready(Some(Err(e))) => this.held_error = this.received_end(Some(e)),
-                Poll::Ready(None) => {
-                    this.received_end(None);
-                }
+                Poll::Ready(Some(Err(e))) => this.held_error = this.received_error(e),
+                Poll::Ready(None) => this.eof = true,
             }
         }
     }

@@ -934,8 +934,7 @@ async fn limits_close_and_count() {
     // refused.
     let mut tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
     let target = h.echo.addr.to_string();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
+    let mut out = client_preface();
     for id in [1u32, 3, 5] {
         out.extend(connect_headers(id, 0x4, &target));
     }
@@ -995,6 +994,13 @@ fn connect_headers(stream: u32, flags: u8, target: &str) -> Vec<u8> {
     block.push(target.len() as u8);
     block.extend(target.as_bytes());
     frame(0x1, flags, stream, &block)
+}
+
+/// What an h2 client sends first: the connection preface and an empty SETTINGS frame.
+fn client_preface() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -1069,9 +1075,7 @@ async fn h2_connections_without_a_connect_close_after_the_header_read_timeout() 
     eventually("slow_header 1", || h.metrics.limits(Limit::SlowHeader) == 1).await;
     // The preface and SETTINGS, then no CONNECT.
     let mut tls = h.tls(Some(&cert), &[b"h2"]).await.unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
-    tls.write_all(&out).await.unwrap();
+    tls.write_all(&client_preface()).await.unwrap();
     let _ = within(
         "h2 connection without a CONNECT closes",
         tls.read_to_end(&mut Vec::new()),
@@ -1141,8 +1145,7 @@ async fn an_h2_connect_reset_before_its_answer_is_audited() {
         .tls(Some(&h.actor_cert("demo", "bot")), &[b"h2"])
         .await
         .unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
+    let mut out = client_preface();
     out.extend(connect_headers(1, 0x4, &h.echo.addr.to_string()));
     // RST_STREAM (CANCEL) right behind it, while liveness is still being asked.
     out.extend(frame(0x3, 0, 1, &8u32.to_be_bytes()));
@@ -1218,9 +1221,7 @@ async fn raw_h2_client(
 ) {
     let tls = h.tls(Some(cert), &[b"h2"]).await.unwrap();
     let (mut rd, mut wr) = tokio::io::split(tls);
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
-    wr.write_all(&out).await.unwrap();
+    wr.write_all(&client_preface()).await.unwrap();
     let (mut settings, mut window) = (false, false);
     while !(settings && window) {
         let (kind, flags, stream, _) = within("SETTINGS", read_frame(&mut rd)).await.unwrap();
@@ -1355,8 +1356,7 @@ async fn idle_h2_connections_whose_peer_ignores_the_goaway_are_dropped() {
     // Preface, SETTINGS, then a CONNECT whose stream ends at once (no DATA): the tunnel ends
     // unclassified and the connection has no open stream.
     let target = h.echo.addr.to_string();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
+    let mut out = client_preface();
     out.extend(connect_headers(1, 0x4 | 0x1, &target));
     tls.write_all(&out).await.unwrap();
     // Read without ever answering: no SETTINGS ack, no PING ack, no GOAWAY of ours.
